@@ -1,0 +1,893 @@
+#!/usr/bin/env python3
+"""lbtui vs HAProxy vs direct: the same wrk load against each, interleaved over rounds.
+
+Stdlib only. Needs wrk, nginx and taskset (and haproxy unless excluded with --only) on PATH.
+See benchmarks/README.md for what the numbers mean and the bars they are held to.
+
+    python benchmarks/run.py [--rounds 3] [--duration 10] [--connections 50,1] [--json out.json]
+                             [--only lbtui,haproxy,direct] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BODY = b"hello, world\n"
+TARGETS = ("direct", "haproxy", "lbtui")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+READY_DEADLINE_S = 10.0
+WARMUP_S = 1
+WRK_TIMEOUT = "5s"  # per request, inside wrk; a slower answer counts as a timeout error
+
+# The bars (README.md). Concurrent levels (c > 1) compare lbtui with HAProxy; c = 1 compares with direct.
+BAR_RPS_MIN = 0.5  # lbtui req/s >= 0.5x HAProxy's
+BAR_CPU_MAX = 1.6  # lbtui CPU time per request <= 1.6x HAProxy's
+BAR_P99_MAX = 2.5  # lbtui p99 <= 2.5x HAProxy's
+BAR_P50_DELTA_US = 100.0  # at one connection: lbtui p50 <= direct p50 + 100 us
+
+
+class StartError(Exception):
+    """Something could not be started (or died): exit 2 with the message."""
+
+
+class Interrupted(Exception):
+    """SIGTERM: treated like Ctrl-C."""
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (bind to port 0, read it, close; all held open until the end)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Proc:
+    """A child process in its own session (so Ctrl-C reaches us, not it); output to a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, **popen: Any) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        try:
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **popen,
+            )
+        except OSError as e:
+            self._log.close()
+            raise StartError(f"{name}: could not run {' '.join(argv)}: {e}") from e
+        self.pid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        tail = text.splitlines()[-lines:]
+        return "\n".join("    | " + line for line in tail) if tail else "    | (empty log)"
+
+    def died_message(self, when: str) -> str:
+        return (
+            f"{self.name} exited with code {self.popen.returncode} {when}.\n"
+            f"  command: {' '.join(self.argv)}\n  last lines of its output ({self.log_path.name}):\n"
+            f"{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM to the process group we created (pgid == our child's pid), then SIGKILL after 5 s."""
+        for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            try:
+                self.popen.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+            # The leader is gone; make sure nothing it left in its group (e.g. an nginx worker) survives.
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            break
+        if self.popen.returncode is None:
+            try:
+                self.popen.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+        self._log.close()
+
+
+def http_get(port: int, timeout: float = 1.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_ready(proc: Proc, port: int, deadline_s: float = READY_DEADLINE_S, successes: int = 2) -> float:
+    """Poll with real HTTP GETs until `successes` consecutive 200s with the expected body; return seconds."""
+    t0 = time.monotonic()
+    last = "no answer yet"
+    ok = 0
+    while time.monotonic() - t0 < deadline_s:
+        if not proc.alive():
+            raise StartError(proc.died_message("before it was ready"))
+        try:
+            status, body = http_get(port)
+            if status == 200 and body == BODY:
+                ok += 1
+                if ok >= successes:
+                    return time.monotonic() - t0
+                continue
+            last = f"HTTP {status}, body {body[:80]!r}"
+        except (OSError, http.client.HTTPException) as e:
+            last = f"{type(e).__name__}: {e}"
+        ok = 0
+        time.sleep(0.05)
+    raise StartError(
+        f"{proc.name} did not answer GET http://127.0.0.1:{port}/ with 200 {BODY!r} "
+        f"within {deadline_s:.0f} s "
+        f"(last: {last}).\n  command: {' '.join(proc.argv)}\n  last lines of its output:\n{proc.log_tail()}"
+    )
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, utime + stime in clock ticks) for every process we can read."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        rest = raw[raw.rfind(b")") + 2 :].split()
+        # rest[0] is field 3 (state); ppid is field 4, utime field 14, stime field 15 (proc(5)).
+        try:
+            table[int(entry)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
+        except (IndexError, ValueError):
+            continue
+    return table
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and its live descendants."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, ()))
+    return out
+
+
+def set_tree_affinity(root: int, cpu: int) -> None:
+    """Move every thread of `root` and its descendants to `cpu` (what `taskset -a -p -c CPU PID` does)."""
+    for pid in tree_pids(root):
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, {cpu})
+            except OSError:
+                pass
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime of `root` and all its live descendants (all threads included), in seconds."""
+    table = _proc_table()
+    if root not in table:
+        raise StartError(f"process {root} is gone")
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += table[pid][1]
+        stack.extend(children.get(pid, ()))
+    return total / CLK_TCK
+
+
+# ------------------------------------------------------------------------------------------------- wrk
+
+
+def parse_time_us(text: str) -> float:
+    """wrk's time format ('85.00us', '1.23ms', '2.00s', '1.00m', '1.00h') to microseconds."""
+    for unit, factor in (("us", 1.0), ("ms", 1e3), ("s", 1e6), ("m", 60e6), ("h", 3600e6)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)  # pragma: no cover - wrk always prints a unit
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_us: float
+    p99_us: float
+    requests: int
+    seconds: float
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    non_2xx_3xx: int = 0
+
+    @property
+    def errors(self) -> int:
+        return sum(self.socket_errors.values()) + self.non_2xx_3xx
+
+
+def parse_wrk(out: str) -> WrkResult:
+    rps = p50 = p99 = seconds = None
+    requests = None
+    sock: dict[str, int] = {}
+    non2xx = 0
+    for line in out.splitlines():
+        s = line.strip()
+        parts = s.split()
+        if s.startswith("50%") and len(parts) == 2:
+            p50 = parse_time_us(parts[1])
+        elif s.startswith("99%") and len(parts) == 2:
+            p99 = parse_time_us(parts[1])
+        elif " requests in " in s:
+            # "123456 requests in 5.00s, 12.34MB read"
+            requests = int(parts[0])
+            seconds = parse_time_us(parts[3].rstrip(",")) / 1e6
+        elif s.startswith("Socket errors:"):
+            # "Socket errors: connect 0, read 0, write 0, timeout 0"
+            for item in s.split(":", 1)[1].split(","):
+                kind, n = item.split()
+                sock[kind] = int(n)
+        elif s.startswith("Non-2xx or 3xx responses:"):
+            non2xx = int(parts[-1])
+        elif s.startswith("Requests/sec:"):
+            rps = float(parts[1])
+    if rps is None or p50 is None or p99 is None or requests is None or seconds is None:
+        raise ValueError("could not parse wrk output:\n" + out)
+    return WrkResult(rps, p50, p99, requests, seconds, {k: v for k, v in sock.items() if v}, non2xx)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+def nginx_conf(tmp: Path, ports: list[int]) -> str:
+    servers = "\n".join(
+        f"""    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "hello, world\\n"; }}
+    }}"""
+        for port in ports
+    )
+    return f"""# generated by benchmarks/run.py
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+{"user root;" if os.geteuid() == 0 else ""}
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+{servers}
+}}
+"""
+
+
+def haproxy_cfg(port: int, backends: list[int]) -> str:
+    servers = "\n".join(f"    server b{i} 127.0.0.1:{p}" for i, p in enumerate(backends, 1))
+    return f"""# generated by benchmarks/run.py
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend bench
+
+backend bench
+    balance roundrobin
+{servers}
+"""
+
+
+def lbtui_toml(tmp: Path, port: int, admin_port: int, backends: list[int]) -> str:
+    out = [
+        "# generated by benchmarks/run.py",
+        "[[listeners]]",
+        'name = "web"',
+        f'bind = "127.0.0.1:{port}"',
+        'mode = "http"',
+        "",
+        "[admin]  # explicit free port: never collide with another instance on the default",
+        f'bind = "127.0.0.1:{admin_port}"',
+        "",
+        "[state]  # keep runtime state inside the temp dir",
+        f"file = {json.dumps(str(tmp / 'lbtui.state.json'))}",
+        "",
+        "[services.bench]",
+        'algorithm = "round_robin"',
+    ]
+    for i, p in enumerate(backends, 1):
+        out += ["", "[[services.bench.backends]]", f'name = "b{i}"', f'address = "127.0.0.1:{p}"']
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- the bench
+
+
+@dataclass
+class Run:
+    round: int
+    connections: int
+    target: str
+    rps: float
+    p50_us: float
+    p99_us: float
+    requests: int
+    seconds: float
+    cpu_us_per_req: float
+    cpu_of: str
+    socket_errors: dict[str, int]
+    non_2xx_3xx: int
+
+    @property
+    def errors(self) -> int:
+        return sum(self.socket_errors.values()) + self.non_2xx_3xx
+
+    def error_text(self) -> str:
+        if not self.errors:
+            return "none"
+        parts = [f"socket {k} {v}" for k, v in self.socket_errors.items()]
+        if self.non_2xx_3xx:
+            parts.append(f"non-2xx/3xx {self.non_2xx_3xx}")
+        return "FLAGGED: " + ", ".join(parts)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.targets: list[str] = args.only
+        self.levels: list[int] = args.connections
+        self.tmp = Path(tempfile.mkdtemp(prefix="lbtui-bench-"))
+        self.procs: list[Proc] = []
+        self.ports: dict[str, int] = {}
+        self.proc_of: dict[str, Proc] = {}
+        self.runs: list[Run] = []
+        cpus = sorted(os.sched_getaffinity(0))
+        self.pinned = len(cpus) >= 2 and shutil.which("taskset") is not None
+        self.load_cpu = cpus[0]
+        self.proxy_cpu = cpus[1] if len(cpus) >= 2 else cpus[0]
+
+    # -- helpers
+
+    def pin(self, cpu: int) -> list[str]:
+        return ["taskset", "-c", str(cpu)] if self.pinned else []
+
+    def start(self, name: str, argv: list[str], **popen: Any) -> Proc:
+        proc = Proc(name, argv, self.tmp / f"{name}.log", **popen)
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+        if self.args.keep_tmp:
+            print(f"temp dir kept: {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- preflight
+
+    def preflight(self) -> None:
+        need = ["wrk", "nginx"] + (["haproxy"] if "haproxy" in self.targets else [])
+        missing = [tool for tool in need if shutil.which(tool) is None]
+        if missing:
+            raise StartError(f"missing on PATH: {', '.join(missing)} (apt-get install -y wrk haproxy nginx)")
+        if "lbtui" in self.targets:
+            try:
+                cp = subprocess.run(
+                    [sys.executable, "-m", "lbtui", "serve", "--help"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    cwd=self.tmp,
+                    env=self.lbtui_env(),
+                )
+                lines = (cp.stderr or cp.stdout).strip().splitlines()
+                problem = "" if cp.returncode == 0 else (lines[-1] if lines else f"exit {cp.returncode}")
+            except subprocess.TimeoutExpired:
+                problem = "timed out after 30 s"
+            if problem:
+                raise StartError(
+                    f"the lbtui engine is not available: `{sys.executable} -m lbtui serve --help` failed: "
+                    f"{problem}\n  (`python -m lbtui serve --config FILE` is needed; "
+                    "until it exists, run with --only direct,haproxy)"
+                )
+
+    def lbtui_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        return env
+
+    # -- start everything
+
+    def start_all(self) -> None:
+        b1, b2, hp, lp, admin = free_ports(5)
+        backends = [b1, b2]
+
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(nginx_conf(self.tmp, backends))
+        nginx = self.start(
+            "nginx",
+            [
+                *self.pin(self.load_cpu),
+                "nginx",
+                "-p",
+                str(self.tmp),
+                "-c",
+                str(conf),
+                "-e",
+                str(self.tmp / "nginx-error.log"),
+            ],
+        )
+        t = wait_ready(nginx, b1)
+        wait_ready(nginx, b2)
+        self.ports["direct"], self.proc_of["direct"] = b1, nginx
+        print(f"  nginx backends on 127.0.0.1:{b1} and :{b2} (ready in {t:.2f} s)")
+
+        if "haproxy" in self.targets:
+            cfg = self.tmp / "haproxy.cfg"
+            cfg.write_text(haproxy_cfg(hp, backends))
+            proc = self.start("haproxy", [*self.pin(self.proxy_cpu), "haproxy", "-f", str(cfg), "-db"])
+            t = wait_ready(proc, hp)
+            self.ports["haproxy"], self.proc_of["haproxy"] = hp, proc
+            print(f"  haproxy on 127.0.0.1:{hp} (ready in {t:.2f} s)")
+
+        if "lbtui" in self.targets:
+            toml = self.tmp / "lbtui.toml"
+            toml.write_text(lbtui_toml(self.tmp, lp, admin, backends))
+            argv = [*self.pin(self.proxy_cpu), sys.executable, "-m", "lbtui", "serve", "--config", str(toml)]
+            proc = self.start("lbtui", argv, cwd=self.tmp, env=self.lbtui_env())
+            t = wait_ready(proc, lp)
+            self.ports["lbtui"], self.proc_of["lbtui"] = lp, proc
+            print(f"  lbtui on 127.0.0.1:{lp} (ready in {t:.2f} s; stderr -> lbtui.log)")
+
+    # -- load
+
+    def wrk(self, port: int, connections: int, seconds: int) -> WrkResult:
+        argv = [
+            *self.pin(self.load_cpu),
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            WRK_TIMEOUT,
+            "--latency",
+            f"http://127.0.0.1:{port}/",
+        ]
+        limit = seconds + 30
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired as e:
+            raise StartError(f"wrk did not finish within {limit} s: {' '.join(argv)}") from e
+        finally:
+            if proc.poll() is None:  # timeout or Ctrl-C: never leave wrk behind
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            raise StartError(f"wrk failed (exit {proc.returncode}): {' '.join(argv)}\n{err or out}")
+        try:
+            return parse_wrk(out)
+        except ValueError as e:
+            raise StartError(str(e)) from e
+
+    def measure(self, rnd: int, connections: int, target: str) -> Run:
+        proc, port = self.proc_of[target], self.ports[target]
+        for p in self.procs:
+            if not p.alive():
+                raise StartError(p.died_message("during the benchmark"))
+        shared = self.shares_cpu(connections, target)
+        if shared:
+            set_tree_affinity(proc.pid, self.load_cpu)
+        try:
+            self.wrk(port, connections, WARMUP_S)  # warm-up, discarded
+            before = tree_cpu_seconds(proc.pid)
+            res = self.wrk(port, connections, self.args.duration)
+            after = tree_cpu_seconds(proc.pid)
+        finally:
+            if shared and proc.alive():
+                set_tree_affinity(proc.pid, self.proxy_cpu)
+        if not proc.alive():
+            raise StartError(proc.died_message("during the benchmark"))
+        cpu_us = (after - before) * 1e6 / max(res.requests, 1)
+        return Run(
+            round=rnd,
+            connections=connections,
+            target=target,
+            rps=res.rps,
+            p50_us=res.p50_us,
+            p99_us=res.p99_us,
+            requests=res.requests,
+            seconds=res.seconds,
+            cpu_us_per_req=cpu_us,
+            cpu_of="backend nginx" if target == "direct" else target,
+            socket_errors=res.socket_errors,
+            non_2xx_3xx=res.non_2xx_3xx,
+        )
+
+    def shares_cpu(self, connections: int, target: str) -> bool:
+        """--c1-shared-cpu: at one connection the proxy joins wrk and nginx on the load CPU."""
+        return self.pinned and self.args.c1_shared_cpu and connections == 1 and target != "direct"
+
+    def run(self) -> None:
+        n = len(self.targets)
+        for rnd in range(1, self.args.rounds + 1):
+            order = [self.targets[(i + rnd - 1) % n] for i in range(n)]
+            print(f"round {rnd}/{self.args.rounds}: order {', '.join(order)}")
+            for c in self.levels:
+                for target in order:
+                    run = self.measure(rnd, c, target)
+                    self.runs.append(run)
+                    print(
+                        f"  c={c:<3} {target:<8} {run.rps:>9.0f} req/s  p50 {fmt_us(run.p50_us):>8}  "
+                        f"p99 {fmt_us(run.p99_us):>8}  cpu {run.cpu_us_per_req:6.1f} us/req"
+                        f"{' (backend)' if target == 'direct' else ''}  {run.requests} req  "
+                        f"errors: {run.error_text()}",
+                        flush=True,
+                    )
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+
+def fmt_us(us: float) -> str:
+    return f"{us:.0f}us" if us < 1000 else f"{us / 1000:.2f}ms"
+
+
+def fmt_x(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def pick(runs: list[Run], target: str, c: int, rnd: int | None = None) -> list[Run]:
+    return [r for r in runs if r.target == target and r.connections == c and (rnd is None or r.round == rnd)]
+
+
+def med(runs: list[Run], attr: str) -> float:
+    return statistics.median(getattr(r, attr) for r in runs)
+
+
+def haproxy_verdict(rps: float | None, cpu: float | None, p99: float | None, errors: int) -> str:
+    ok = (
+        rps is not None
+        and cpu is not None
+        and p99 is not None
+        and rps >= BAR_RPS_MIN
+        and cpu <= BAR_CPU_MAX
+        and p99 <= BAR_P99_MAX
+        and errors == 0
+    )
+    return "PASS" if ok else "FAIL"
+
+
+def report(bench: Bench) -> tuple[dict[str, Any], bool]:
+    """Print the tables and ratio lines; return (summary for JSON, all bars passed)."""
+    runs, args = bench.runs, bench.args
+    summary: dict[str, Any] = {"levels": {}}
+    all_pass = True
+    print()
+    print("=" * 100)
+    for c in bench.levels:
+        level: dict[str, Any] = {"targets": {}, "ratios": {}, "per_round": []}
+        summary["levels"][str(c)] = level
+        print(f"c={c}: wrk -t1 -c{c}, {args.duration} s x {args.rounds} rounds; median [min-max] over rounds")
+        print(f"  {'target':<8} {'req/s':>24}  {'p50':>22}  {'p99':>22}  {'cpu us/req':>19}  errors")
+        for t in bench.targets:
+            rs = pick(runs, t, c)
+            if not rs:
+                continue
+            row: dict[str, Any] = {}
+            cells = []
+            for attr, fmt in (
+                ("rps", lambda v: f"{v:.0f}"),
+                ("p50_us", fmt_us),
+                ("p99_us", fmt_us),
+                ("cpu_us_per_req", lambda v: f"{v:.1f}"),
+            ):
+                vals = [getattr(r, attr) for r in rs]
+                m = statistics.median(vals)
+                row[attr] = {"median": m, "min": min(vals), "max": max(vals)}
+                cells.append(f"{fmt(m)} [{fmt(min(vals))}-{fmt(max(vals))}]")
+            nerr = sum(1 for r in rs if r.errors)
+            row["runs_with_errors"] = nerr
+            level["targets"][t] = row
+            label = t + ("*" if t == "direct" else "")
+            print(
+                f"  {label:<8} {cells[0]:>24}  {cells[1]:>22}  {cells[2]:>22}  {cells[3]:>19}  "
+                f"{'FLAGGED: ' + str(nerr) + ' run(s) with errors' if nerr else 'none'}"
+            )
+        if "direct" in bench.targets:
+            print("  * direct: cpu us/req is the backend nginx's (master + worker), not a proxy's")
+
+        head = f"c={c}".ljust(6)
+        lb = pick(runs, "lbtui", c)
+        lb_err = sum(1 for r in lb if r.errors)
+        err_note = f" (lbtui had errors in {lb_err} run(s))" if lb_err else ""
+        print()
+        if lb and pick(runs, "haproxy", c):
+            hp = pick(runs, "haproxy", c)
+            rr = ratio(med(lb, "rps"), med(hp, "rps"))
+            cr = ratio(med(lb, "cpu_us_per_req"), med(hp, "cpu_us_per_req"))
+            pr = ratio(med(lb, "p99_us"), med(hp, "p99_us"))
+            level["ratios"]["lbtui/haproxy"] = {"rps": rr, "cpu_per_req": cr, "p99": pr}
+            if c > 1:
+                verdict = haproxy_verdict(rr, cr, pr, lb_err)
+                all_pass &= verdict == "PASS"
+                level["ratios"]["lbtui/haproxy"]["verdict"] = verdict
+                print(
+                    f"{head}lbtui/haproxy  req/s {fmt_x(rr)} (bar >= {BAR_RPS_MIN}x)  "
+                    f"cpu/req {fmt_x(cr)} (bar <= {BAR_CPU_MAX}x)  p99 {fmt_x(pr)} (bar <= {BAR_P99_MAX}x)  "
+                    f"{verdict}{err_note}"
+                )
+            else:
+                print(
+                    f"{head}lbtui/haproxy  req/s {fmt_x(rr)}  cpu/req {fmt_x(cr)}  p99 {fmt_x(pr)}  "
+                    "(info, no bar at c=1)"
+                )
+        if c == 1 and lb and pick(runs, "direct", c):
+            d = med(lb, "p50_us") - med(pick(runs, "direct", c), "p50_us")
+            verdict = "PASS" if d <= BAR_P50_DELTA_US and not lb_err else "FAIL"
+            all_pass &= verdict == "PASS"
+            level["ratios"]["lbtui-direct"] = {"p50_delta_us": d, "verdict": verdict}
+            print(
+                f"{head}lbtui-direct   p50 {d:+.0f} us (bar <= +{BAR_P50_DELTA_US:.0f} us)  "
+                f"{verdict}{err_note}"
+            )
+        if c == 1 and pick(runs, "haproxy", c) and pick(runs, "direct", c):
+            d = med(pick(runs, "haproxy", c), "p50_us") - med(pick(runs, "direct", c), "p50_us")
+            level["ratios"]["haproxy-direct"] = {"p50_delta_us": d}
+            print(f"{head}haproxy-direct p50 {d:+.0f} us  (info, for scale)")
+
+        # Per round: the two targets compared ran minutes apart at most, so this spread is the honest one.
+        for rnd in range(1, args.rounds + 1):
+            lbr, hpr, dr = (pick(runs, t, c, rnd) for t in ("lbtui", "haproxy", "direct"))
+            if not lbr or not (hpr or dr):
+                continue
+            entry: dict[str, Any] = {"round": rnd}
+            line = f"  round {rnd}:"
+            if hpr:
+                rr = ratio(lbr[0].rps, hpr[0].rps)
+                cr = ratio(lbr[0].cpu_us_per_req, hpr[0].cpu_us_per_req)
+                pr = ratio(lbr[0].p99_us, hpr[0].p99_us)
+                entry.update(rps=rr, cpu_per_req=cr, p99=pr)
+                line += f"  lbtui/haproxy  req/s {fmt_x(rr)}  cpu/req {fmt_x(cr)}  p99 {fmt_x(pr)}"
+                if c > 1:
+                    v = haproxy_verdict(rr, cr, pr, lbr[0].errors)
+                    entry["verdict"] = v
+                    line += f"  {v}"
+            if c == 1 and dr:
+                d = lbr[0].p50_us - dr[0].p50_us
+                v = "PASS" if d <= BAR_P50_DELTA_US and not lbr[0].errors else "FAIL"
+                entry.update(p50_delta_us=d, verdict_direct=v)
+                line += f"  lbtui-direct p50 {d:+.0f} us  {v}"
+            level["per_round"].append(entry)
+            print(line)
+        verdicts = [e.get("verdict", e.get("verdict_direct")) for e in level["per_round"]]
+        verdicts = [v for v in verdicts if v]
+        if verdicts:
+            print(f"  rounds passing: {verdicts.count('PASS')}/{len(verdicts)}")
+        if not lb:
+            print(f"{head}(lbtui not measured: no ratio lines)")
+        print()
+    summary["all_bars_pass"] = all_pass
+    return summary, all_pass
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (cp.stdout + cp.stderr).strip().splitlines()
+    return " ".join(text[0].split()[:3]) if text else "?"
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Benchmark lbtui against HAProxy and a direct backend with wrk.")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3, at least 1)")
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run (default 10)")
+    p.add_argument("--connections", default="50,1", help="connection levels, comma-separated (default 50,1)")
+    p.add_argument("--json", metavar="FILE", help="also write every run and the summary as JSON")
+    p.add_argument("--only", default=",".join(TARGETS), help="targets, comma-separated: lbtui,haproxy,direct")
+    p.add_argument("--check", action="store_true", help="exit 1 if a bar fails (or lbtui had errors)")
+    p.add_argument(
+        "--c1-shared-cpu",
+        action="store_true",
+        help="for the 1-connection runs, put the proxy on the CPU of wrk and nginx (no cross-CPU wake-ups)",
+    )
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs) for inspection")
+    args = p.parse_args(argv)
+    try:
+        args.connections = [int(x) for x in args.connections.split(",") if x.strip()]
+    except ValueError:
+        p.error("--connections: comma-separated integers, e.g. 50,1")
+    if not args.connections or min(args.connections) < 1 or max(args.connections) > 10000:
+        p.error("--connections: integers between 1 and 10000")
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    bad = [x for x in only if x not in TARGETS]
+    if bad or not only:
+        p.error(f"--only: choose from {', '.join(TARGETS)} (got {args.only!r})")
+    args.only = [t for t in TARGETS if t in only]  # canonical order: direct, haproxy, lbtui
+    if not 1 <= args.rounds <= 50:
+        p.error("--rounds: 1..50")
+    if not 1 <= args.duration <= 600:
+        p.error("--duration: 1..600 seconds")
+    return args
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    bench = Bench(args)
+    # This script does little (it waits on wrk) but keep it off the proxy's CPU anyway.
+    if bench.pinned:
+        os.sched_setaffinity(0, {bench.load_cpu})
+    try:
+        print("lbtui benchmark")
+        print(
+            f"  targets: {', '.join(args.only)}; connections: {', '.join(map(str, args.connections))}; "
+            f"rounds: {args.rounds} (order rotated each round); {args.duration} s per run after a "
+            f"{WARMUP_S} s warm-up"
+        )
+        if bench.pinned:
+            print(
+                f"  CPU pinning (taskset): the proxy under test (haproxy, lbtui) on CPU {bench.proxy_cpu}; "
+                f"wrk, the nginx backends and this script on CPU {bench.load_cpu}"
+            )
+            if args.c1_shared_cpu:
+                print(
+                    f"  --c1-shared-cpu: for the c=1 runs the proxy is moved to CPU {bench.load_cpu} too "
+                    "(one request in flight, so no contention; no cross-CPU wake-up per hop)"
+                )
+            elif 1 in args.connections:
+                print(
+                    "  note: at c=1 each request crosses CPUs twice (wrk -> proxy -> nginx and back); "
+                    "on a VM a cross-CPU wake-up costs tens of us, so c=1 latencies include it "
+                    "(see --c1-shared-cpu)"
+                )
+        else:
+            print(
+                "  CPU pinning: NOT applied (fewer than 2 CPUs available or no taskset); numbers are rougher"
+            )
+        print(
+            f"  python {platform.python_version()} ({sys.executable}); {tool_version(['wrk', '--version'])}; "
+            f"{tool_version(['nginx', '-v'])}"
+            + (f"; {tool_version(['haproxy', '-v'])}" if "haproxy" in args.only else "")
+        )
+        print(
+            f"  load average at start: {Path('/proc/loadavg').read_text().split()[:3]}; "
+            "expect +-20% between identical runs on a shared box"
+        )
+        bench.preflight()
+        bench.start_all()
+        bench.run()
+        summary, all_pass = report(bench)
+        if args.json:
+            doc = {
+                "meta": {
+                    "targets": args.only,
+                    "connections": args.connections,
+                    "rounds": args.rounds,
+                    "duration_s": args.duration,
+                    "warmup_s": WARMUP_S,
+                    "pinned": bench.pinned,
+                    "c1_shared_cpu": args.c1_shared_cpu,
+                    "proxy_cpu": bench.proxy_cpu,
+                    "load_cpu": bench.load_cpu,
+                    "python": platform.python_version(),
+                    "bars": {
+                        "rps_min": BAR_RPS_MIN,
+                        "cpu_max": BAR_CPU_MAX,
+                        "p99_max": BAR_P99_MAX,
+                        "p50_delta_us_max": BAR_P50_DELTA_US,
+                    },
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+                "runs": [asdict(r) for r in bench.runs],
+                "summary": summary,
+            }
+            Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+            print(f"JSON written to {args.json}")
+        if args.check and not all_pass:
+            print("--check: a bar failed")
+            return 1
+        return 0
+    except StartError as e:
+        sys.stdout.flush()
+        print(f"\nERROR: {e}", file=sys.stderr)
+        if bench.procs and not args.keep_tmp:
+            print("  (re-run with --keep-tmp to keep configs and logs)", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Interrupted):
+        sys.stdout.flush()
+        print("\ninterrupted; stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        bench.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from lbtui.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""The command line (ARCHITECTURE section 6). No traceback ever reaches the user."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from lbtui import __version__
+from lbtui.config import ConfigError, load_config, parse_duration
+
+DEFAULT_CONFIG = "lbtui.toml"
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lbtui",
+        description="A load balancer and API gateway that lives in your terminal.",
+    )
+    parser.add_argument("--version", action="version", version=f"lbtui {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the engine headless (SIGTERM drains and exits)")
+    source = serve.add_mutually_exclusive_group()
+    source.add_argument("--config", "-c", metavar="FILE", help=f"config file (default: ./{DEFAULT_CONFIG})")
+    source.add_argument("--demo", action="store_true", help="run the built-in demo: backends and traffic")
+    serve.add_argument(
+        "--grace", type=_duration, default=10.0, metavar="DURATION", help="shutdown deadline (default 10s)"
+    )
+    serve.add_argument(
+        "--traffic",
+        type=float,
+        default=20.0,
+        metavar="RPS",
+        help="demo traffic in requests per second (default 20; 0 for none)",
+    )
+
+    check = sub.add_parser("check", help="validate a config file; exits 1 on an error")
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+def _load(path: str) -> int | object:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        count = len(error.issues)
+        print(f"lbtui: {path}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if isinstance(config, int):
+        return config
+    from lbtui.config import Config
+
+    assert isinstance(config, Config)
+    backends = sum(len(s.backends) for s in config.services)
+    print(
+        f"{args.file}: ok ({len(config.listeners)} listener(s), {len(config.services)} service(s), "
+        f"{backends} backend(s), {len(config.routes)} route(s))"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lbtui.config import Config
+    from lbtui.serve import ServeOptions, run
+
+    config: Config | None = None
+    if not args.demo:
+        path = args.config
+        if path is None:
+            if not os.path.exists(DEFAULT_CONFIG):
+                print(
+                    f"lbtui: no --config given and no ./{DEFAULT_CONFIG} here; "
+                    "use `lbtui serve --config FILE` or `lbtui serve --demo`",
+                    file=sys.stderr,
+                )
+                return 2
+            path = DEFAULT_CONFIG
+        loaded = _load(path)
+        if isinstance(loaded, int):
+            return loaded
+        assert isinstance(loaded, Config)
+        config = loaded
+    return run(ServeOptions(config=config, grace=args.grace, traffic_rate=args.traffic))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            return cmd_check(args)
+        if args.command == "serve":
+            return cmd_serve(args)
+        print(
+            "lbtui: the dashboard is not in this version yet; run the engine headless with "
+            "`lbtui serve --demo` or `lbtui serve --config FILE` (see `lbtui --help`)",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # the last line of defence: a message, never a traceback
+        print(f"lbtui: internal error: {error.__class__.__name__}: {error}", file=sys.stderr)
+        if os.environ.get("LBTUI_DEBUG"):
+            raise
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

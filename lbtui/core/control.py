@@ -1,0 +1,259 @@
+"""The Controller: the only way state changes, and the audit log of every change.
+
+The interface speaks in names, states, weights, splits and algorithms, never in engine objects, so that the
+same dashboard and keys can steer the embedded balancer (InProcessController), a running `lbtui serve`
+through its admin API, or later another engine.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lbtui.config import ALGORITHMS, ConfigError, parse_backend
+from lbtui.core.balancer import REMOVE_DEADLINE, Balancer
+from lbtui.core.model import AdminState, Backend, Service, Snapshot
+
+
+class ControlError(Exception):
+    """A request the controller refuses (unknown name, bad value); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One audited change: who did what to which target, and the value before and after."""
+
+    id: int
+    time: float  # wall clock (time.time())
+    actor: str  # "key", "api", "ctl", "reload", "health", "undo", ...
+    action: str  # "state", "weight", "add", "remove", "algorithm", "split", "flip", ...
+    target: str  # backend or service name
+    before: Any
+    after: Any
+
+    def describe(self) -> str:
+        return f"{self.actor}: {self.action} {self.target}: {self.before} -> {self.after}"
+
+
+class Controller(abc.ABC):
+    """What a UI or API may do to a balancer."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> Snapshot: ...
+
+    @abc.abstractmethod
+    def set_state(self, backend: str, state: str, actor: str = "api") -> Event: ...
+
+    def drain(self, backend: str, actor: str = "api") -> Event:
+        return self.set_state(backend, AdminState.DRAIN.value, actor)
+
+    def enable(self, backend: str, actor: str = "api") -> Event:
+        return self.set_state(backend, AdminState.READY.value, actor)
+
+    def maint(self, backend: str, actor: str = "api") -> Event:
+        return self.set_state(backend, AdminState.MAINT.value, actor)
+
+    @abc.abstractmethod
+    def set_weight(self, backend: str, weight: int, actor: str = "api") -> Event: ...
+
+    @abc.abstractmethod
+    def add_backend(
+        self, service: str, name: str, address: str, group: str = "default", weight: int = 1, actor: str = "api"
+    ) -> Event: ...
+
+    @abc.abstractmethod
+    def remove_backend(self, backend: str, actor: str = "api") -> Event: ...
+
+    @abc.abstractmethod
+    def set_algorithm(self, service: str, algorithm: str, actor: str = "api") -> Event: ...
+
+    @abc.abstractmethod
+    def set_split(self, service: str, split: Mapping[str, int], actor: str = "api") -> Event: ...
+
+    @abc.abstractmethod
+    def flip(self, service: str, actor: str = "api") -> Event: ...
+
+    @abc.abstractmethod
+    def events(self, limit: int = 100) -> list[Event]:
+        """The newest `limit` events, newest first."""
+
+    @abc.abstractmethod
+    def undo(self, actor: str = "api") -> Event:
+        """Revert the newest change not yet undone."""
+
+
+class InProcessController(Controller):
+    """The Controller of the embedded balancer. Call it from the event loop that runs the data plane."""
+
+    def __init__(self, balancer: Balancer, history: int = 1000, wall_clock: Callable[[], float] = time.time):
+        self.balancer = balancer
+        self._events: deque[Event] = deque(maxlen=history)
+        self._undo: list[Event] = []
+        self._next_id = 1
+        self._wall_clock = wall_clock
+        self.listeners: list[Callable[[Event], None]] = []
+        balancer.on_tick_change.append(self._on_tick_change)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _backend(self, name: str) -> Backend:
+        backend = self.balancer.backends.get(name)
+        if backend is None:
+            raise ControlError(f"no backend named {name!r}")
+        return backend
+
+    def _service(self, name: str) -> Service:
+        service = self.balancer.services.get(name)
+        if service is None:
+            known = ", ".join(sorted(self.balancer.services)) or "none"
+            raise ControlError(f"no service named {name!r} (services: {known})")
+        return service
+
+    def record(self, actor: str, action: str, target: str, before: Any, after: Any, undoable: bool = True) -> Event:
+        event = Event(self._next_id, self._wall_clock(), actor, action, target, before, after)
+        self._next_id += 1
+        self._events.append(event)
+        if undoable and actor != "undo":
+            self._undo.append(event)
+            del self._undo[:-100]
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def _on_tick_change(self, backend: Backend, before: str, after: str) -> None:
+        self.record("engine", "remove", backend.name, before, after, undoable=False)
+
+    # -- the interface -------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        return self.balancer.snapshot()
+
+    def set_state(self, backend: str, state: str, actor: str = "api") -> Event:
+        b = self._backend(backend)
+        try:
+            new = AdminState(state)
+        except ValueError:
+            raise ControlError(f"{state!r} is not a state (ready, drain, maint)") from None
+        if b.remove_deadline is not None:
+            raise ControlError(f"backend {backend!r} is being removed")
+        before = b.admin_state.value
+        self.balancer.set_admin_state(b, new)
+        return self.record(actor, "state", backend, before, new.value)
+
+    def set_weight(self, backend: str, weight: int, actor: str = "api") -> Event:
+        b = self._backend(backend)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 1000:
+            raise ControlError(f"weight must be an integer from 0 to 1000, got {weight!r}")
+        before = b.weight
+        b.weight = weight
+        self.balancer.service_of(b).changed()
+        return self.record(actor, "weight", backend, before, weight)
+
+    def add_backend(
+        self, service: str, name: str, address: str, group: str = "default", weight: int = 1, actor: str = "api"
+    ) -> Event:
+        s = self._service(service)
+        try:
+            config = parse_backend(
+                {"name": name, "address": address, "group": group, "weight": weight}, s.config, "<runtime>"
+            )
+        except ConfigError as e:
+            raise ControlError("; ".join(f"{i.key_path}: {i.message}" for i in e.issues)) from None
+        if config.name in self.balancer.backends:
+            raise ControlError(f"a backend named {config.name!r} exists already")
+        backend = Backend(config, s.name, self.balancer.clock())
+        s.backends.append(backend)
+        self.balancer.backends[backend.name] = backend
+        s.changed()
+        after = {"service": s.name, "address": backend.address, "group": backend.group, "weight": backend.weight}
+        return self.record(actor, "add", backend.name, None, after)
+
+    def remove_backend(self, backend: str, actor: str = "api") -> Event:
+        b = self._backend(backend)
+        if b.remove_deadline is not None:
+            raise ControlError(f"backend {backend!r} is being removed already")
+        before = {
+            "service": b.service,
+            "address": b.address,
+            "group": b.group,
+            "weight": b.weight,
+            "state": b.admin_state.value,
+        }
+        # Removing drains first: no new traffic, in-flight finishes, then the tick drops it.
+        self.balancer.set_admin_state(b, AdminState.DRAIN)
+        b.remove_deadline = self.balancer.clock() + REMOVE_DEADLINE
+        if b.in_flight == 0:
+            self.balancer.drop_backend(b)
+        return self.record(actor, "remove", backend, before, None)
+
+    def set_algorithm(self, service: str, algorithm: str, actor: str = "api") -> Event:
+        s = self._service(service)
+        if algorithm not in ALGORITHMS:
+            raise ControlError(f"{algorithm!r} is not an algorithm ({', '.join(ALGORITHMS)})")
+        if algorithm == "consistent_hash" and not s.config.hash_key:
+            raise ControlError(f"service {service!r} has no hash_key, which consistent_hash needs")
+        before = s.algorithm_name
+        s.set_algorithm(algorithm)
+        return self.record(actor, "algorithm", service, before, algorithm)
+
+    def set_split(self, service: str, split: Mapping[str, int], actor: str = "api") -> Event:
+        s = self._service(service)
+        groups = set(s.groups)
+        clean: dict[str, int] = {}
+        for group, weight in split.items():
+            if group not in groups:
+                raise ControlError(f"service {service!r} has no group {group!r} (groups: {', '.join(s.groups)})")
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+                raise ControlError(f"split weight for {group!r} must be an integer >= 0, got {weight!r}")
+            clean[group] = weight
+        if clean and not any(clean.values()):
+            raise ControlError("a split needs at least one group with a weight above 0")
+        before = dict(s.split) if s.split else None
+        s.split = clean or None
+        s.changed()
+        return self.record(actor, "split", service, before, dict(clean) if clean else None)
+
+    def flip(self, service: str, actor: str = "api") -> Event:
+        s = self._service(service)
+        if not s.split or len(s.split) != 2:
+            raise ControlError(f"service {service!r} needs a split of exactly two groups to flip")
+        (a, wa), (b, wb) = s.split.items()
+        before = dict(s.split)
+        s.split = {a: wb, b: wa}
+        s.changed()
+        return self.record(actor, "flip", service, before, dict(s.split))
+
+    def events(self, limit: int = 100) -> list[Event]:
+        return list(reversed(self._events))[:limit]
+
+    def undo(self, actor: str = "api") -> Event:
+        while self._undo:
+            event = self._undo.pop()
+            try:
+                return self._revert(event)
+            except ControlError:
+                continue  # the target is gone (removed since): nothing to revert, try the one before
+        raise ControlError("nothing to undo")
+
+    def _revert(self, event: Event) -> Event:
+        if event.action == "state":
+            return self.set_state(event.target, event.before, "undo")
+        if event.action == "weight":
+            return self.set_weight(event.target, event.before, "undo")
+        if event.action == "add":
+            return self.remove_backend(event.target, "undo")
+        if event.action == "remove":
+            before = event.before
+            ev = self.add_backend(
+                before["service"], event.target, before["address"], before["group"], before["weight"], "undo"
+            )
+            if before["state"] != AdminState.READY.value:
+                self.balancer.set_admin_state(self._backend(event.target), AdminState(before["state"]))
+            return ev
+        if event.action == "algorithm":
+            return self.set_algorithm(event.target, event.before, "undo")
+        if event.action in ("split", "flip"):
+            return self.set_split(event.target, event.before or {}, "undo")
+        raise ControlError(f"cannot undo {event.action}")

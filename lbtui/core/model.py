@@ -1,0 +1,360 @@
+"""Backends, services, their states and the immutable snapshot a UI reads.
+
+Invariants:
+- A backend takes new traffic only when its admin state is `ready` and its health is `up` or `going_down`
+  (a check is failing but `fall` is not reached yet, as in HAProxy).
+- `drain`: no new traffic; in-flight requests finish; upstream keep-alive connections close after their
+  current request. `maint`: no traffic at all; in-flight requests still finish.
+- Every change of eligibility or weight bumps the service's `version`, which is how the algorithms know to
+  rebuild what they cache. Only the Controller changes states (see control.py); the data plane only counts.
+- A snapshot is built from counters and windows; its cost grows with backends, not with traffic.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbtui.config import BackendConfig, ServiceConfig
+from lbtui.core.algorithms import Algorithm, ewma_decay, ewma_update, make_algorithm
+from lbtui.core.stats import SlidingWindow, WindowView, merge_views
+
+
+class AdminState(enum.StrEnum):
+    READY = "ready"
+    DRAIN = "drain"
+    MAINT = "maint"
+
+
+class Health(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+    GOING_UP = "going_up"
+    GOING_DOWN = "going_down"
+    EJECTED = "ejected"
+
+
+SERVING_HEALTH = frozenset({Health.UP, Health.GOING_DOWN})
+
+# Peak-EWMA starts from this guess (seconds) so a new backend is neither shunned nor flooded.
+EWMA_INITIAL = 0.005
+
+
+class Backend:
+    """One upstream server: what the operator set, what checks saw, and live counters."""
+
+    __slots__ = (
+        "_ewma",
+        "_ewma_time",
+        "admin_state",
+        "bytes_in",
+        "bytes_out",
+        "connect_failures",
+        "drain_since",
+        "group",
+        "health",
+        "health_count",
+        "host",
+        "in_flight",
+        "name",
+        "pool",
+        "port",
+        "remove_deadline",
+        "requests",
+        "service",
+        "status_classes",
+        "weight",
+        "window",
+    )
+
+    def __init__(self, config: BackendConfig, service: str, now: float) -> None:
+        self.name = config.name
+        self.service = service
+        self.group = config.group
+        self.host = config.host
+        self.port = config.port
+        self.weight = config.weight
+        self.admin_state = AdminState(config.state)
+        self.health = Health.UP
+        self.health_count = 0  # k of `going_up k/rise` or `going_down k/fall`
+        self.in_flight = 0
+        self.requests = 0
+        self.status_classes = [0, 0, 0, 0, 0, 0]  # index = status // 100; [0] counts failures with no status
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.connect_failures = 0
+        self.window = SlidingWindow(now=now)
+        self._ewma = EWMA_INITIAL
+        self._ewma_time = now
+        self.drain_since: float | None = now if self.admin_state is AdminState.DRAIN else None
+        self.remove_deadline: float | None = None  # set while being removed (draining first)
+        self.pool: Any = None  # the data plane's connection pool for this backend (opaque to the core)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def serving(self) -> bool:
+        return self.admin_state is AdminState.READY and self.health in SERVING_HEALTH and self.weight > 0
+
+    def ewma_cost(self, now: float) -> float:
+        return ewma_decay(self._ewma, self._ewma_time, now)
+
+    def observe(self, status: int, latency: float, now: float, bytes_out: int) -> None:
+        """Count one finished exchange (status 0: it failed before any response)."""
+        self.requests += 1
+        self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
+        self.bytes_out += bytes_out
+        self.window.record(latency, status >= 500 or status == 0, now)
+        self._ewma = ewma_update(self._ewma, self._ewma_time, latency, now)
+        self._ewma_time = now
+
+    def config(self) -> BackendConfig:
+        return BackendConfig(
+            name=self.name,
+            host=self.host,
+            port=self.port,
+            group=self.group,
+            weight=self.weight,
+            state=self.admin_state.value,
+        )
+
+
+class Service:
+    """An upstream cluster: backends in config order, groups, split and one algorithm per group."""
+
+    def __init__(self, config: ServiceConfig, now: float) -> None:
+        self.name = config.name
+        self.config = config
+        self.algorithm_name = config.algorithm
+        self.backends: list[Backend] = [Backend(b, config.name, now) for b in config.backends]
+        self.split: dict[str, int] | None = dict(config.split) if config.split else None
+        self.backup_group = config.backup_group
+        self.version = 0
+        self.unrouted = 0  # requests answered 503 because no backend was eligible
+        self.rng = random.Random()
+        self._algorithms: dict[str, Algorithm[Any]] = {}
+        self._eligible: dict[str, tuple[Backend, ...]] = {}
+        self._eligible_version = -1
+        self._group_current: dict[str, int] = {}
+
+    # -- changes (called by the Controller only) -------------------------------------------------------
+    def changed(self) -> None:
+        self.version += 1
+
+    def set_algorithm(self, name: str) -> None:
+        self.algorithm_name = name
+        self._algorithms = {}
+        self.changed()
+
+    @property
+    def groups(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for b in self.backends:
+            seen.setdefault(b.group, None)
+        return list(seen)
+
+    # -- selection (hot path) --------------------------------------------------------------------------
+    def _refresh(self) -> dict[str, tuple[Backend, ...]]:
+        by_group: dict[str, list[Backend]] = {}
+        for b in self.backends:
+            if b.serving:
+                by_group.setdefault(b.group, []).append(b)
+        self._eligible = {g: tuple(bs) for g, bs in by_group.items()}
+        self._eligible_version = self.version
+        return self._eligible
+
+    def _pool_key(self, eligible: Mapping[str, tuple[Backend, ...]]) -> str | None:
+        """Which group (or "*" for all non-backup groups together) serves the next request."""
+        split = self.split
+        backup = self.backup_group
+        if split:
+            live = [(g, w) for g, w in split.items() if w > 0 and g in eligible]
+            if live:
+                if len(live) == 1:
+                    return live[0][0]
+                # Smooth weighted round robin between groups: exact proportions, evenly interleaved.
+                current = self._group_current
+                total = 0
+                best = None
+                best_value = 0
+                for g, w in live:
+                    value = current.get(g, 0) + w
+                    current[g] = value
+                    total += w
+                    if best is None or value > best_value:
+                        best, best_value = g, value
+                assert best is not None
+                current[best] = best_value - total
+                return best
+            # No group of the split can serve: any other group that can, before the backup group.
+            for g in eligible:
+                if g != backup:
+                    return g
+            return backup if backup in eligible else None
+        if any(g != backup for g in eligible):
+            return "*"
+        return backup if backup in eligible else None
+
+    def pick(self, key: bytes | None, exclude: Sequence[Backend] = ()) -> Backend | None:
+        eligible = self._eligible if self._eligible_version == self.version else self._refresh()
+        if not eligible:
+            return None
+        if exclude:
+            eligible = {
+                g: kept for g, bs in eligible.items() if (kept := tuple(b for b in bs if b not in exclude))
+            }
+            if not eligible:
+                return None
+        pool = self._pool_key(eligible)
+        if pool is None:
+            return None
+        if pool == "*":
+            candidates: tuple[Backend, ...] = tuple(
+                b for g, bs in eligible.items() if g != self.backup_group for b in bs
+            )
+        else:
+            candidates = eligible[pool]
+        limit = self.config.max_connections
+        version = self.version if not exclude else -1 - self.version
+        if limit is not None:
+            full = tuple(b for b in candidates if b.in_flight < limit)
+            if len(full) != len(candidates):
+                candidates = full
+                version = -1 - self.version - 1_000_000 * len(candidates)
+            if not candidates:
+                return None
+        algorithm = self._algorithms.get(pool)
+        if algorithm is None:
+            algorithm = self._algorithms[pool] = make_algorithm(self.algorithm_name)
+        picked: Backend | None = algorithm.pick(candidates, version, key, self.rng)
+        return picked
+
+
+# -- snapshot ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackendView:
+    name: str
+    service: str
+    group: str
+    address: str
+    weight: int
+    admin_state: str
+    health: str
+    health_count: int
+    in_flight: int
+    requests: int
+    status_classes: tuple[int, int, int, int, int, int]  # failures with no status, 1xx, 2xx, 3xx, 4xx, 5xx
+    bytes_in: int
+    bytes_out: int
+    connect_failures: int
+    ewma_ms: float
+    drain_seconds: float | None  # time since drain began
+    removing: bool
+    window: WindowView
+
+    @property
+    def rps(self) -> float:
+        return self.window.rps
+
+    @property
+    def p50_ms(self) -> float:
+        return self.window.p50_ms
+
+    @property
+    def p99_ms(self) -> float:
+        return self.window.p99_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    name: str
+    algorithm: str
+    split: tuple[tuple[str, int], ...] | None
+    groups: tuple[str, ...]
+    backup_group: str | None
+    backends: tuple[BackendView, ...]
+    unrouted: int
+    window: WindowView
+
+    @property
+    def requests(self) -> int:
+        return sum(b.requests for b in self.backends) + self.unrouted
+
+    @property
+    def in_flight(self) -> int:
+        return sum(b.in_flight for b in self.backends)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerView:
+    name: str
+    mode: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    time: float  # monotonic
+    uptime: float
+    listeners: tuple[ListenerView, ...]
+    services: tuple[ServiceView, ...]
+    connections: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def backend(self, name: str) -> BackendView:
+        for s in self.services:
+            for b in s.backends:
+                if b.name == name:
+                    return b
+        raise KeyError(name)
+
+    def service(self, name: str) -> ServiceView:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def backend_view(b: Backend, now: float) -> BackendView:
+    sc = b.status_classes
+    return BackendView(
+        name=b.name,
+        service=b.service,
+        group=b.group,
+        address=b.address,
+        weight=b.weight,
+        admin_state=b.admin_state.value,
+        health=b.health.value,
+        health_count=b.health_count,
+        in_flight=b.in_flight,
+        requests=b.requests,
+        status_classes=(sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]),
+        bytes_in=b.bytes_in,
+        bytes_out=b.bytes_out,
+        connect_failures=b.connect_failures,
+        ewma_ms=b.ewma_cost(now) * 1000.0,
+        drain_seconds=(now - b.drain_since) if b.drain_since is not None else None,
+        removing=b.remove_deadline is not None,
+        window=b.window.view(now),
+    )
+
+
+def service_view(s: Service, now: float) -> ServiceView:
+    backends = tuple(backend_view(b, now) for b in s.backends)
+    return ServiceView(
+        name=s.name,
+        algorithm=s.algorithm_name,
+        split=tuple(s.split.items()) if s.split else None,
+        groups=tuple(s.groups),
+        backup_group=s.backup_group,
+        backends=backends,
+        unrouted=s.unrouted,
+        window=merge_views([b.window for b in backends]),
+    )

@@ -1,0 +1,753 @@
+"""The client side: one protocol per client connection, one Exchange per request.
+
+Invariants:
+- Requests on a connection are answered in the order they arrived (pipelining): one exchange is served at a
+  time; later ones are parsed and held (their bodies buffered, reading paused) until their turn.
+- Bodies stream both ways with backpressure: a full write buffer on one side pauses reading on the other, so
+  memory stays flat whatever the body size.
+- A request is retried on another backend only while nothing of its response has reached the client, only
+  when what was sent can be sent again (idempotent method, body kept), and never after a POST was sent.
+- Every exchange ends exactly once (`_finish`), which releases its backend's in-flight count and records it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from lbtui.proxy.http import (
+    CHUNKED,
+    HOP_BY_HOP,
+    IDEMPOTENT_METHODS,
+    LAST_CHUNK,
+    LENGTH,
+    NO_BODY,
+    SET_BY_PROXY,
+    UNTIL_CLOSE,
+    chunk_frame,
+    connection_tokens,
+    error_response,
+    status_line,
+)
+from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, UpstreamConnection
+
+if TYPE_CHECKING:
+    from lbtui.config import ListenerConfig, TimeoutsConfig
+    from lbtui.core.model import Backend, Service
+    from lbtui.proxy.engine import Engine
+
+# Request body bytes kept so that a failed attempt can be sent again to another backend.
+REPLAY_LIMIT = 64 * 1024
+# Bytes of pipelined requests we hold before we stop reading from the client.
+PIPELINE_LIMIT = 64 * 1024
+
+PAUSE_UPSTREAM = 1  # the upstream's write buffer is full
+PAUSE_PIPELINE = 2  # requests are queued behind the current one
+PAUSE_WAITING = 4  # body arrives before an upstream connection is ready
+
+
+class Exchange:
+    """One request and its response."""
+
+    __slots__ = (
+        "_timer",
+        "backend",
+        "body_pending",
+        "body_pending_size",
+        "bytes_in",
+        "bytes_out",
+        "chunk_out",
+        "client",
+        "close_after",
+        "done",
+        "fresh_retry",
+        "headers",
+        "keep_alive",
+        "method",
+        "replay",
+        "replay_size",
+        "req_framing",
+        "request_done",
+        "resp_framing",
+        "response_started",
+        "service",
+        "started",
+        "status",
+        "tried",
+        "tunnel",
+        "tunnel_pending",
+        "upgrade",
+        "upstream",
+        "upstream_request",
+        "url",
+        "version",
+    )
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False
+        self.req_framing = NO_BODY
+        self.request_done = False
+        self.body_pending: list[bytes] = []  # framed body bytes not yet written upstream
+        self.body_pending_size = 0
+        self.replay: list[bytes] | None = []  # framed body bytes sent so far, while small enough to resend
+        self.replay_size = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.service: Service | None = None
+        self.backend: Backend | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_request = b""
+        self.tried: list[Backend] = []
+        self.fresh_retry = False
+        self.response_started = False
+        self.resp_framing = NO_BODY
+        self.chunk_out = False  # frame the response body in chunks for the client
+        self.status = 0
+        self.started = 0.0
+        self.done = False
+        self.close_after = False
+        self.tunnel = False
+        self.tunnel_pending: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- request side ----------------------------------------------------------------------------------
+    def build_upstream_head(self) -> None:
+        """Re-serialise the request for the backend: hop-by-hop headers out, forwarding headers in."""
+        client = self.client
+        dropped = HOP_BY_HOP
+        conn_named: set[bytes] | None = None
+        for name, value in self.headers:
+            if len(name) == 10 and name.lower() == b"connection":
+                conn_named = (conn_named or set()) | connection_tokens(value)
+        parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
+        forwarded_for = None
+        host = None
+        request_id = None
+        upgrade_value = None
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname in dropped:
+                if lname == b"upgrade":
+                    upgrade_value = value
+                continue
+            if conn_named is not None and lname in conn_named:
+                continue
+            if lname in SET_BY_PROXY:
+                continue
+            if lname == b"x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+                continue
+            if lname == b"host":
+                host = value
+            elif lname == b"x-request-id":
+                request_id = value
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
+        peer = client.peer_host
+        parts.append(b"X-Forwarded-For: ")
+        parts.append(peer if forwarded_for is None else forwarded_for + b", " + peer)
+        parts.append(client.forwarded_proto)
+        if host is not None:
+            parts.append(b"\r\nX-Forwarded-Host: ")
+            parts.append(host)
+        if request_id is None:
+            parts.append(b"\r\nX-Request-ID: ")
+            parts.append(client.engine.request_ids.next())
+        if self.req_framing == CHUNKED:
+            parts.append(b"\r\nTransfer-Encoding: chunked")
+        if self.upgrade and upgrade_value is not None:
+            parts.append(b"\r\nConnection: upgrade\r\nUpgrade: ")
+            parts.append(upgrade_value)
+        parts.append(b"\r\n\r\n")
+        self.upstream_request = b"".join(parts)
+
+    def request_body(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        framed = chunk_frame(data) if self.req_framing == CHUNKED else [data]
+        self._send_body(framed, len(data))
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.req_framing == CHUNKED:
+            self._send_body([LAST_CHUNK], 5)
+        if self.done:
+            self.client.exchange_finished(self)
+
+    def _send_body(self, framed: list[bytes], size: int) -> None:
+        if self.done:
+            return  # answered early: the rest of the body is read and dropped
+        if self.replay is not None:
+            self.replay_size += size
+            if self.replay_size > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                self.replay.extend(framed)
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None and not upstream.closed:
+            upstream.transport.writelines(framed)
+        else:
+            self.body_pending.extend(framed)
+            self.body_pending_size += size
+            if self.body_pending_size > PIPELINE_LIMIT:
+                self.client.pause_reading_for(PAUSE_WAITING)
+
+    # -- dispatch ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """This exchange's turn: choose a service and a backend."""
+        client = self.client
+        engine = client.engine
+        self.started = engine.loop.time()
+        service = engine.router.route(self)
+        if service is None:
+            self.respond_error(404, "no route matches this request")
+            return
+        self.service = service
+        self.build_upstream_head()
+        self.attempt()
+
+    def hash_key(self) -> bytes | None:
+        service = self.service
+        assert service is not None
+        kind = service.algorithm_name
+        if kind == "ip_hash":
+            return self.client.peer_host
+        if kind != "consistent_hash":
+            return None
+        spec = service.config.hash_key or "path"
+        if spec == "path":
+            return self.url.split(b"?", 1)[0]
+        source, _, name = spec.partition(":")
+        wanted = name.lower().encode()
+        if source == "header":
+            for hname, value in self.headers:
+                if hname.lower() == wanted:
+                    return value
+            return None
+        if source == "cookie":
+            for hname, value in self.headers:
+                if hname.lower() == b"cookie":
+                    for part in value.split(b";"):
+                        k, _, v = part.strip().partition(b"=")
+                        if k.lower() == wanted:
+                            return v
+            return None
+        if source == "query":
+            _, _, query = self.url.partition(b"?")
+            for part in query.split(b"&"):
+                k, _, v = part.partition(b"=")
+                if k.lower() == wanted:
+                    return v
+            return None
+        return None
+
+    def attempt(self, same_backend: Backend | None = None) -> None:
+        service = self.service
+        assert service is not None
+        backend = same_backend or service.pick(self.hash_key(), self.tried)
+        if backend is None:
+            service.unrouted += 1
+            if self.tried:
+                self.respond_error(503, "no backend could take the request", retry_after=True)
+            else:
+                self.respond_error(503, f"no backend of service {service.name!r} is available", retry_after=True)
+            return
+        self.backend = backend
+        backend.in_flight += 1
+        pool = backend.pool
+        if pool is None:
+            pool = self.client.engine.make_pool(backend)
+        conn = None if same_backend is not None else pool.acquire()
+        if conn is not None:
+            self.attach(conn, reused=True)
+        else:
+            pool.connect(self)
+
+    def service_config_timeouts(self) -> TimeoutsConfig:
+        assert self.service is not None
+        return self.service.config.timeouts
+
+    def attach(self, conn: UpstreamConnection, reused: bool) -> None:
+        """An upstream connection is ready for this exchange: send the request."""
+        if self.done or self.backend is None or conn.pool.backend is not self.backend:
+            conn.pool.release(conn)
+            return
+        conn.begin(self, skip_body=self.method == b"HEAD")
+        self.upstream = conn
+        transport = conn.transport
+        assert transport is not None
+        if reused:
+            self.fresh_retry = False
+        else:
+            self.fresh_retry = True  # a fresh connection is never retried "fresh" again
+        if self.replay is not None and self.tried_before():
+            transport.write(self.upstream_request)
+            transport.writelines(self.replay)
+        else:
+            transport.write(self.upstream_request)
+            if self.body_pending:
+                transport.writelines(self.body_pending)
+        self.body_pending = []
+        self.body_pending_size = 0
+        self.client.resume_reading_for(PAUSE_WAITING)
+        if self.tunnel_pending:
+            transport.writelines(self.tunnel_pending)
+            self.tunnel_pending = []
+        if self.client.write_paused:
+            transport.pause_reading()
+        engine = self.client.engine
+        self._timer = engine.loop.call_at(engine.loop.time() + self.service_config_timeouts().response, self._timeout)
+
+    def tried_before(self) -> bool:
+        return bool(self.tried) or self._attempts > 0
+
+    @property
+    def _attempts(self) -> int:
+        # A replayed body was already written once when the replay buffer holds more than what is pending.
+        return 1 if self.replay is not None and self.replay_size > self.body_pending_size else 0
+
+    def connect_failed(self, backend: Backend, reason: str) -> None:
+        if self.done or self.backend is not backend:
+            return
+        backend.connect_failures += 1
+        self._attempt_failed(CONNECT_FAILURE, reason)
+
+    def _timeout(self) -> None:
+        self._timer = None
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.exchange = None
+            conn.close()
+        self._attempt_failed(TIMEOUT, "the backend did not answer in time")
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        """The backend closed the connection before the exchange completed."""
+        if self.upstream is not conn:
+            return
+        self.upstream = None
+        if self.response_started and self.resp_framing == UNTIL_CLOSE:
+            self._response_end()
+            return
+        self._attempt_failed(RESET, "the backend closed the connection", reused=conn.requests > 0)
+
+    def upstream_failed(self, kind: str, reason: str) -> None:
+        self.upstream = None
+        self._attempt_failed(kind, reason)
+
+    def _attempt_failed(self, kind: str, reason: str, reused: bool = False) -> None:
+        if self.done:
+            return
+        self._cancel_timer()
+        backend = self.backend
+        if self.response_started:
+            # Part of the response reached the client: it cannot be replaced, and must not look whole.
+            self.status = 502
+            self.close_after = True
+            self.client.abort()
+            self._finish()
+            return
+        if backend is not None:
+            backend.in_flight -= 1
+            backend.observe(0, self.client.engine.loop.time() - self.started, self.client.engine.loop.time(), 0)
+            self.backend = None
+        service = self.service
+        assert service is not None
+        retries = service.config.retries
+        resendable = self.method in IDEMPOTENT_METHODS and self.replay is not None
+        if kind == CONNECT_FAILURE:
+            # Nothing was sent: any method may go to the next backend.
+            if backend is not None:
+                self.tried.append(backend)
+            if len(self.tried) <= max(len(service.backends), retries.attempts):
+                self.attempt()
+                return
+            self.respond_error(503, reason, retry_after=True)
+            return
+        if kind == RESET and reused and resendable and backend is not None and not self.fresh_retry:
+            # A pooled connection found dead on reuse: once more on a fresh connection to the same backend.
+            self.fresh_retry = True
+            self.attempt(same_backend=backend)
+            return
+        if backend is not None:
+            self.tried.append(backend)
+        allowed = kind in retries.on or (kind == RESET and "reset" in retries.on)
+        if resendable and allowed and len(self.tried) <= retries.attempts:
+            self.attempt()
+            return
+        if kind == TIMEOUT:
+            self.respond_error(504, reason)
+        else:
+            self.respond_error(502, reason)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- response side ---------------------------------------------------------------------------------
+    def upstream_informational(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.version == "1.0" or self.done:
+            return  # HTTP/1.0 clients do not understand 1xx
+        parts = [status_line(status, reason)]
+        for name, value in headers:
+            if name.lower() not in HOP_BY_HOP:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self.client.write(b"".join(parts))
+
+    def upstream_head(
+        self, conn: UpstreamConnection, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        if self.done:
+            return
+        self._cancel_timer()
+        self.status = status
+        self.response_started = True
+        client = self.client
+        conn_named: set[bytes] | None = None
+        framing = UNTIL_CLOSE
+        for name, value in headers:
+            if len(name) == 10 and name.lower() == b"connection":
+                conn_named = (conn_named or set()) | connection_tokens(value)
+        parts = [status_line(status, reason)]
+        upgrade_value = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    framing = CHUNKED
+                elif lname == b"upgrade":
+                    upgrade_value = value
+                continue
+            if conn_named is not None and lname in conn_named:
+                continue
+            if lname == b"content-length" and framing != CHUNKED:
+                framing = LENGTH
+            parts += (name, b": ", value, b"\r\n")
+        if self.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
+            framing = NO_BODY
+        if status == 101:
+            if upgrade_value is not None:
+                parts.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
+            parts.append(b"\r\n")
+            client.write(b"".join(parts))
+            return
+        if not self.request_done and self.req_framing != NO_BODY:
+            self.close_after = True  # answered before the request was read whole: close after the reply
+        self.resp_framing = framing
+        if framing in (CHUNKED, UNTIL_CLOSE):
+            if self.version == "1.1":
+                # Chunked to the client, also when the backend ends its body by closing: keeps keep-alive.
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                self.chunk_out = True
+            else:
+                self.close_after = True  # HTTP/1.0 knows no chunks: the body ends when we close
+        if self.close_after or not self.keep_alive or client.engine.closing:
+            parts.append(b"Connection: close\r\n")
+            self.close_after = True
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        client.write(b"".join(parts))
+
+    def upstream_body(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        self.bytes_out += len(data)
+        if self.chunk_out:
+            self.client.writelines(chunk_frame(data))
+        else:
+            self.client.write(data)
+
+    def upstream_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
+        if self.done:
+            conn.close()
+            return
+        reusable = (
+            keep_alive
+            and self.request_done
+            and self.backend is not None
+            and self.backend.admin_state.value == "ready"
+            and not self.client.engine.closing
+        )
+        self.upstream = None
+        if reusable:
+            conn.pool.release(conn)
+        else:
+            conn.close()
+        self._response_end()
+
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """The backend switched protocols (101): from now on, bytes pass through both ways untouched."""
+        if self.status != 101 or not self.upgrade:
+            conn.close()
+            self.upstream = None
+            self._attempt_failed(BAD_RESPONSE, "the backend switched protocols unasked")
+            return
+        self.tunnel = True
+        conn.pool.active.discard(conn)
+        self.client.start_tunnel(self, conn)
+        if rest:
+            self.client.write(rest)
+        self._record()
+
+    def _response_end(self) -> None:
+        if self.chunk_out:
+            self.client.write(LAST_CHUNK)
+        self._finish()
+
+    def respond_error(self, status: int, detail: str, retry_after: bool = False) -> None:
+        """Answer with an error of our own, when nothing of a backend's response was sent."""
+        if self.done:
+            return
+        self._cancel_timer()
+        self.status = status
+        if not self.request_done and self.req_framing != NO_BODY:
+            self.close_after = True
+        close = self.close_after or not self.keep_alive or self.client.engine.closing
+        self.close_after = close
+        extra = ((b"Retry-After", b"1"),) if retry_after else ()
+        self.client.write(error_response(status, detail, close=close, head_only=self.method == b"HEAD", extra=extra))
+        self._finish()
+
+    def _record(self) -> None:
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            backend.in_flight -= 1
+            backend.bytes_in += self.bytes_in
+            now = self.client.engine.loop.time()
+            backend.observe(self.status, now - self.started, now, self.bytes_out)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        self._record()
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.exchange = None
+            upstream.close()
+        if self.tunnel:
+            return
+        if self.request_done or self.req_framing == NO_BODY or self.close_after:
+            self.client.exchange_finished(self)
+
+    def client_lost(self) -> None:
+        """The client went away: stop the exchange and close its upstream connection."""
+        if self.done:
+            return
+        self.close_after = True
+        if not self.response_started:
+            self.status = 499  # nginx's "client closed request"
+        self._finish()
+
+
+class ClientConnection(asyncio.Protocol):
+    """A connection from a client to one of our http listeners."""
+
+    def __init__(self, engine: Engine, listener: ListenerConfig) -> None:
+        self.engine = engine
+        self.listener = listener
+        self.forwarded_proto = b"\r\nX-Forwarded-Proto: https" if listener.tls else b"\r\nX-Forwarded-Proto: http"
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: Exchange | None = None
+        self.current: Exchange | None = None
+        self.pending: deque[Exchange] = deque()
+        self.peer_host = b""
+        self.paused = 0
+        self.write_paused = False
+        self.closed = False
+        self.last_active = 0.0
+        self.tunnel_to: UpstreamConnection | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_host = str(peer[0]).encode()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=256 * 1024)
+        self.last_active = self.engine.loop.time()
+        self.engine.connection_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.engine.connection_closed(self)
+        tunnel = self.tunnel_to
+        if tunnel is not None:
+            self.tunnel_to = None
+            tunnel.close()
+        if self.current is not None:
+            self.current.client_lost()
+        for exchange in self.pending:
+            exchange.done = True
+        self.pending.clear()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        return self.current is None and self.parsing is None and self.tunnel_to is None
+
+    # -- writing and flow control ------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.writelines(data)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        upstream = self.tunnel_to or (self.current.upstream if self.current is not None else None)
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        upstream = self.tunnel_to or (self.current.upstream if self.current is not None else None)
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.resume_reading()
+
+    def pause_reading_for(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading_for(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    # -- parsing -------------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel_to
+        if tunnel is not None:
+            if tunnel.transport is not None:
+                tunnel.transport.write(data)
+            return
+        self.last_active = self.engine.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = data[upgrade.args[0] :]
+            exchange = self.current
+            if exchange is not None and rest:
+                exchange.tunnel_pending.append(rest)
+        except httptools.HttpParserError as error:
+            self.bad_request(error)
+
+    def bad_request(self, error: Exception) -> None:
+        """The client sent what is not HTTP/1.1: answer 400 (unless busy answering) and close."""
+        self.pending.clear()
+        self.parsing = None
+        if self.current is None:
+            detail = str(error).split("\n")[0]
+            self.write(error_response(400, f"bad request: {detail}", close=True))
+            self.close()
+        else:
+            self.current.close_after = True
+            self.current.request_done = True
+
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(self)
+
+    def on_url(self, url: bytes) -> None:
+        exchange = self.parsing
+        if exchange is not None:
+            exchange.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self.parsing
+        if exchange is not None and not exchange.request_done:
+            exchange.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        exchange = self.parsing
+        assert exchange is not None
+        parser = self.parser
+        exchange.method = parser.get_method()
+        exchange.version = parser.get_http_version()
+        exchange.keep_alive = parser.should_keep_alive() and not self.engine.closing
+        exchange.upgrade = parser.should_upgrade()
+        framing = NO_BODY
+        for name, value in exchange.headers:
+            if len(name) == 17 and name.lower() == b"transfer-encoding":
+                framing = CHUNKED
+            elif len(name) == 14 and framing == NO_BODY and name.lower() == b"content-length" and value != b"0":
+                framing = LENGTH
+        exchange.req_framing = framing
+        if exchange.upgrade:
+            exchange.keep_alive = False
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:
+            self.pending.append(exchange)
+            self.pause_reading_for(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.parsing
+        if exchange is not None:
+            exchange.request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        self.parsing = None
+        if exchange is not None:
+            exchange.request_complete()
+
+    # -- sequencing ----------------------------------------------------------------------------------------
+    def exchange_finished(self, exchange: Exchange) -> None:
+        if exchange is not self.current:
+            return
+        self.current = None
+        self.last_active = self.engine.loop.time()
+        if exchange.close_after or not exchange.keep_alive or self.engine.closing:
+            self.close()
+            return
+        if self.pending:
+            self.current = self.pending.popleft()
+            if not self.pending:
+                self.resume_reading_for(PAUSE_PIPELINE)
+            self.current.start()
+        else:
+            self.resume_reading_for(PAUSE_PIPELINE)
+            self.engine.connection_idle(self)
+
+    def start_tunnel(self, exchange: Exchange, upstream: UpstreamConnection) -> None:
+        self.tunnel_to = upstream
+        self.current = None
+        self.parsing = None

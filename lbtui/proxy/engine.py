@@ -1,0 +1,184 @@
+"""The engine: listeners, connections, pools and the housekeeping tick around one Balancer.
+
+Graceful shutdown (SIGTERM) follows uvicorn and HAProxy: stop accepting, close idle client connections, let
+in-flight exchanges finish (their replies carry `Connection: close`), then close what is left at the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from lbtui.config import Config, ListenerConfig
+from lbtui.core.balancer import Balancer
+from lbtui.core.control import InProcessController
+from lbtui.core.model import Backend, ListenerView
+from lbtui.gateway.routing import Router
+from lbtui.proxy.client import ClientConnection
+from lbtui.proxy.http import RequestIds
+from lbtui.proxy.upstream import Pool
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger("lbtui")
+
+TICK_SECONDS = 0.25
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Engine:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.balancer = Balancer(config)
+        self.controller = InProcessController(self.balancer)
+        self.router = Router(config.routes, self.balancer.services)
+        self.request_ids = RequestIds()
+        self.connections: set[ClientConnection] = set()
+        self.servers: list[asyncio.Server] = []
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self.balancer.on_backend_removed.append(self._backend_removed)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the engine is not started"
+        return self._loop
+
+    def make_pool(self, backend: Backend) -> Pool:
+        pool = Pool(backend, self)
+        backend.pool = pool
+        return pool
+
+    def _backend_removed(self, backend: Backend) -> None:
+        if backend.pool is not None:
+            backend.pool.close_all()
+
+    # -- start and stop -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for backend in self.balancer.backends.values():
+            self.make_pool(backend)
+        try:
+            for listener in self.config.listeners:
+                await self._listen(listener)
+        except BaseException:
+            self.close_servers()
+            raise
+
+    async def _listen(self, listener: ListenerConfig) -> None:
+        if listener.mode != "http":
+            raise OSError(f"listener {listener.name!r}: mode {listener.mode!r} is not available yet")
+        server = await self.loop.create_server(
+            lambda: ClientConnection(self, listener),
+            listener.host,
+            listener.port,
+            reuse_address=True,
+            backlog=2048,
+        )
+        self.servers.append(server)
+        sock = server.sockets[0]
+        host, port = sock.getsockname()[:2]
+        self.addresses[listener.name] = (host, port)
+        self.balancer.listeners.append(ListenerView(listener.name, listener.mode, format_address(host, port)))
+
+    def address(self, listener: str | None = None) -> tuple[str, int]:
+        if listener is None:
+            return next(iter(self.addresses.values()))
+        return self.addresses[listener]
+
+    def url(self, listener: str | None = None) -> str:
+        host, port = self.address(listener)
+        return f"http://{format_address(host, port)}"
+
+    def close_servers(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers = []
+
+    async def run_ticks(self) -> None:
+        """Housekeeping until cancelled: drained removals, idle connections, timeouts."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.tick()
+
+    def tick(self) -> None:
+        self.balancer.tick()
+        now = self.loop.time()
+        for backend in self.balancer.backends.values():
+            pool = backend.pool
+            if pool is not None and pool.idle:
+                service = self.balancer.services.get(backend.service)
+                idle = service.config.timeouts.idle if service is not None else 60.0
+                pool.close_idle(now - idle)
+        limits = self.config.limits
+        idle_deadline = now - limits.client_idle_timeout
+        header_deadline = now - limits.header_timeout
+        for conn in list(self.connections):
+            if conn.current is None and conn.tunnel_to is None:
+                if conn.parsing is None and conn.last_active < idle_deadline:
+                    conn.close()
+                elif conn.parsing is not None and conn.last_active < header_deadline and not conn.pending:
+                    conn.close()
+
+    def connection_opened(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+        self.balancer.connections = len(self.connections)
+        if self.closing:
+            conn.close()
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        self.balancer.connections = len(self.connections)
+        self._wake_idle_waiters()
+
+    def connection_idle(self, conn: ClientConnection) -> None:
+        if self.closing:
+            conn.close()
+        self._wake_idle_waiters()
+
+    def _wake_idle_waiters(self) -> None:
+        if self.closing and not any(not c.idle for c in self.connections):
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def in_flight(self) -> int:
+        return sum(b.in_flight for b in self.balancer.backends.values())
+
+    async def shutdown(self, grace: float = 10.0, on_progress: Callable[[str], None] | None = None) -> bool:
+        """Stop accepting, finish in-flight exchanges, close idle connections. True if all finished in time."""
+        self.closing = True
+        self.close_servers()
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+        busy = [c for c in self.connections if not c.idle]
+        finished = True
+        if busy:
+            if on_progress is not None:
+                on_progress(f"waiting for {len(busy)} connection(s) with requests in flight (up to {grace:g}s)")
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._idle_waiters.append(waiter)
+            self._wake_idle_waiters()
+            try:
+                await asyncio.wait_for(waiter, grace)
+            except TimeoutError:
+                finished = False
+        for conn in list(self.connections):
+            if finished and not conn.idle:
+                continue
+            conn.abort() if not conn.idle else conn.close()
+        for backend in self.balancer.backends.values():
+            if backend.pool is not None:
+                backend.pool.close_all()
+                backend.pool.close_active()
+        # Let the transports run their close callbacks.
+        await asyncio.sleep(0)
+        return finished

@@ -1,0 +1,102 @@
+"""HTTP/1.1 pieces shared by both sides of the proxy: hop-by-hop headers, status lines, error replies.
+
+Headers are never forwarded as raw bytes: the parser hands us names and values, and we serialise them again.
+"""
+
+from __future__ import annotations
+
+import http
+import os
+from itertools import count
+
+# RFC 9110 7.6.1 (and the ones RFC 2616 listed, which proxies still strip): meant for one connection only.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Request headers the proxy writes itself rather than passing on.
+SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+# Body framings, for both directions.
+NO_BODY = 0
+LENGTH = 1
+CHUNKED = 2
+UNTIL_CLOSE = 3
+
+_status_lines: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    """`HTTP/1.1 200 OK\\r\\n`, cached; an upstream's reason phrase is kept when it is printable."""
+    key = (status, reason)
+    line = _status_lines.get(key)
+    if line is None:
+        if not reason or not all(0x20 <= c < 0x7F or c == 0x09 for c in reason):
+            try:
+                reason = http.HTTPStatus(status).phrase.encode()
+            except ValueError:
+                reason = b""
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if len(_status_lines) < 4096:
+            _status_lines[key] = line
+    return line
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def chunk_frame(data: bytes) -> list[bytes]:
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def error_response(
+    status: int,
+    detail: str = "",
+    *,
+    close: bool = False,
+    head_only: bool = False,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """A small plain-text reply made by the proxy itself (503, 502, 504, 400...)."""
+    phrase = http.HTTPStatus(status).phrase
+    body = f"{status} {phrase}\n{detail}\n".encode() if detail else f"{status} {phrase}\n".encode()
+    parts = [
+        status_line(status),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Cache-Control: no-store\r\n",
+    ]
+    parts.extend(name + b": " + value + b"\r\n" for name, value in extra)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+class RequestIds:
+    """Request ids unique across processes and restarts: a random prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = count(1)
+
+    def next(self) -> bytes:
+        return b"%s-%x" % (self._prefix.encode(), next(self._counter))

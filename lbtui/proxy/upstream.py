@@ -1,0 +1,258 @@
+"""The upstream side: one protocol per connection to a backend, and a pool of idle ones per backend.
+
+Invariants:
+- A connection serves one exchange at a time (no pipelining upstream) and goes back to the pool only when its
+  response was read whole, the request was sent whole, both sides allow keep-alive and the backend is `ready`.
+- A connection that receives bytes while idle, fails to parse, or is closed by the peer is never reused.
+- httptools traps handled here: a response to HEAD has a body by its headers, so we stop the parser after the
+  headers and start a new one; a body delimited by the connection closing ends in `connection_lost`; a 1xx
+  response ends a message for the parser but not the exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+if TYPE_CHECKING:
+    from lbtui.core.model import Backend
+    from lbtui.proxy.client import Exchange
+    from lbtui.proxy.engine import Engine
+
+
+class _HeadersDone(Exception):
+    """Raised from the parser callback to stop parsing after the headers of a response that has no body."""
+
+
+# Upstream failure kinds, as the retry policy names them.
+CONNECT_FAILURE = "connect-failure"
+RESET = "reset"
+BAD_RESPONSE = "gateway-error"
+TIMEOUT = "timeout"
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_complete",
+        "_informational",
+        "_keep_alive",
+        "_reason",
+        "_skip_body",
+        "closed",
+        "exchange",
+        "headers",
+        "idle_since",
+        "parser",
+        "pool",
+        "received",
+        "requests",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._complete = False
+        self._informational = False
+        self._keep_alive = False
+        self._skip_body = False
+        self.closed = False
+        self.received = False  # any byte of the current response seen
+        self.requests = 0  # exchanges served, 0 while the first is under way
+        self.idle_since = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=256 * 1024)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.upstream_lost(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    def begin(self, exchange: Exchange, skip_body: bool) -> None:
+        """Start an exchange on this connection (fresh or from the pool)."""
+        self.exchange = exchange
+        self._skip_body = skip_body
+        self._complete = False
+        self.received = False
+        self.headers = []
+
+    # -- flow control: the client is slower than the backend, or the reverse ------------------------------
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.pause_reading_for(1)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.resume_reading_for(1)
+
+    # -- parsing -------------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # Bytes while idle: the peer is out of step with us. Never reuse this connection.
+            self.close()
+            return
+        if exchange.tunnel:
+            exchange.client.write(data)
+            return
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            exchange.upstream_upgraded(self, data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserCallbackError as error:
+            if isinstance(error.__context__, _HeadersDone):
+                self._keep_alive = self.parser.should_keep_alive()
+                self.parser = httptools.HttpResponseParser(self)
+                self._complete = True
+            else:
+                raise
+        except httptools.HttpParserError as error:
+            self.close()
+            self.exchange = None
+            exchange.upstream_failed(BAD_RESPONSE, f"invalid response from backend: {error}")
+            return
+        if self._complete:
+            self._complete = False
+            self.exchange = None
+            exchange.upstream_complete(self, self._keep_alive)
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        exchange = self.exchange
+        assert exchange is not None
+        if 100 <= status < 200 and status != 101:
+            # A 1xx ends a message for the parser, not the exchange: the real response follows.
+            self._informational = True
+            exchange.upstream_informational(status, self._reason, self.headers)
+            return
+        exchange.upstream_head(self, status, self._reason, self.headers)
+        if self._skip_body and status not in (204, 304):
+            raise _HeadersDone
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+        elif self.exchange is not None:
+            self._complete = True
+            # Read now: the parser forgets it once the message is over.
+            self._keep_alive = self.parser.should_keep_alive()
+
+
+class Pool:
+    """Idle keep-alive connections to one backend (newest reused first), and new connections on demand."""
+
+    __slots__ = ("_connecting", "active", "backend", "engine", "idle", "max_idle")
+
+    def __init__(self, backend: Backend, engine: Engine, max_idle: int = 256) -> None:
+        self.backend = backend
+        self.engine = engine
+        self.idle: list[UpstreamConnection] = []
+        self.active: set[UpstreamConnection] = set()
+        self.max_idle = max_idle
+        self._connecting: set[asyncio.Task[Any]] = set()
+
+    def acquire(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self.active.add(conn)
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        self.active.discard(conn)
+        if conn.closed:
+            return
+        if len(self.idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self.engine.loop.time()
+        conn.requests += 1
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.active.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def connect(self, exchange: Exchange) -> None:
+        task = self.engine.loop.create_task(self._connect(exchange))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, exchange: Exchange) -> None:
+        backend = self.backend
+        timeout = exchange.service_config_timeouts().connect
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await self.engine.loop.create_connection(
+                    lambda: UpstreamConnection(self), backend.host, backend.port
+                )
+        except (OSError, TimeoutError) as error:
+            reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+            exchange.connect_failed(backend, f"cannot connect to {backend.name} ({backend.address}): {reason}")
+            return
+        if conn.closed:
+            exchange.connect_failed(backend, f"{backend.name} ({backend.address}) closed the connection at once")
+            return
+        self.active.add(conn)
+        exchange.attach(conn, reused=False)
+
+    def close_idle(self, older_than: float) -> None:
+        for conn in [c for c in self.idle if c.idle_since < older_than]:
+            conn.close()
+
+    def close_all(self) -> None:
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
+        for task in list(self._connecting):
+            task.cancel()
+
+    def close_active(self) -> None:
+        for conn in list(self.active):
+            conn.close()

@@ -1,0 +1,287 @@
+"""Fixtures: real backends, a scripted upstream, a raw client, and an engine on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import pytest
+
+from lbtui.config import Config, parse_config
+from lbtui.demo.backends import DemoBackend, Profile
+from lbtui.proxy.engine import Engine
+
+DEADLINE = 10.0
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE, what: str = "condition") -> None:
+    """Wait until `condition()` is true, polling; fail after `timeout` seconds. Never a bare sleep."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def make_config(
+    backends: list[tuple[str, str]] | list[DemoBackend] | list[Any],
+    algorithm: str = "round_robin",
+    **service: Any,
+) -> Config:
+    entries = []
+    for b in backends:
+        if isinstance(b, tuple):
+            name, address = b
+            entries.append({"name": name, "address": address})
+        elif isinstance(b, dict):
+            entries.append(b)
+        else:
+            entries.append({"name": b.name, "address": b.address})
+    data: dict[str, Any] = {
+        "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
+        "services": {"app": {"algorithm": algorithm, "backends": entries, **service}},
+    }
+    return parse_config(data, source="<test>")
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[Callable[..., Awaitable[DemoBackend]]]:
+    started: list[DemoBackend] = []
+
+    async def start(name: str, **profile: Any) -> DemoBackend:
+        backend = await DemoBackend(name, Profile(**profile)).start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for b in started:
+        await b.stop()
+
+
+@pytest.fixture
+async def engine_factory() -> AsyncIterator[Callable[[Config], Awaitable[Engine]]]:
+    engines: list[Engine] = []
+
+    async def start(config: Config) -> Engine:
+        engine = Engine(config)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield start
+    for engine in engines:
+        await engine.shutdown(grace=1.0)
+
+
+# -- raw client -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    closed: bool = False
+    informational: list[int] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        for n, v in self.headers:
+            if n.lower() == name.lower():
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+class _ResponseReader:
+    def __init__(self, head_request: bool) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_request = head_request
+        self.responses: list[RawResponse] = []
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._info: list[int] = []
+        self.done = False
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._body = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._info.append(status)
+        elif self.head_request or status == 101:
+            self.responses.append(RawResponse(status, self._headers, b"", informational=self._info))
+            self.done = True
+            raise _Stop
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            return
+        self.responses.append(RawResponse(status, self._headers, b"".join(self._body), informational=self._info))
+        self._info = []
+        self.done = True
+
+
+class _Stop(Exception):
+    pass
+
+
+class RawClient:
+    """A client that writes exact bytes and reads responses with a strict parser; knows if the server closed."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.closed = False
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int]) -> RawClient:
+        reader, writer = await asyncio.open_connection(*address)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_response(self, head: bool = False, timeout: float = DEADLINE) -> RawResponse:
+        reader = _ResponseReader(head)
+        async with asyncio.timeout(timeout):
+            while not reader.done:
+                data = await self.reader.read(65536)
+                if not data:
+                    self.closed = True
+                    # A body delimited by the connection closing ends here.
+                    if reader._headers and not reader.responses:
+                        return RawResponse(
+                            reader.parser.get_status_code(), reader._headers, b"".join(reader._body), True
+                        )
+                    raise ConnectionError("the server closed the connection before a whole response")
+                try:
+                    reader.parser.feed_data(data)
+                except httptools.HttpParserCallbackError:
+                    break
+                if reader.done and len(reader.responses) == 1:
+                    # Data after this response belongs to the next one: keep it for the next read.
+                    pass
+        response = reader.responses[0]
+        return response
+
+    async def request(self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None,
+                      body: bytes = b"") -> RawResponse:
+        lines = [f"{method} {path} HTTP/1.1", "Host: test.local"]
+        for k, v in (headers or {}).items():
+            lines.append(f"{k}: {v}")
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
+        await self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        return await self.read_response(head=method == "HEAD")
+
+    async def is_closed(self, timeout: float = DEADLINE) -> bool:
+        """True when the server closes the connection (reads until EOF or timeout)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    data = await self.reader.read(65536)
+                    if not data:
+                        self.closed = True
+                        return True
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            self.closed = True
+            return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+@pytest.fixture
+async def raw_client() -> AsyncIterator[Callable[[tuple[str, int]], Awaitable[RawClient]]]:
+    clients: list[RawClient] = []
+
+    async def connect(address: tuple[str, int]) -> RawClient:
+        client = await RawClient.connect(address)
+        clients.append(client)
+        return client
+
+    yield connect
+    for c in clients:
+        await c.close()
+
+
+# -- scripted upstream ----------------------------------------------------------------------------------------
+
+
+class ScriptedUpstream:
+    """A TCP server whose every connection runs `script(reader, writer, upstream)`; it records what it received."""
+
+    def __init__(self, script: Callable[[asyncio.StreamReader, asyncio.StreamWriter, ScriptedUpstream], Awaitable[None]]):
+        self.script = script
+        self.server: asyncio.Server | None = None
+        self.received: list[bytes] = []
+        self.connections = 0
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> ScriptedUpstream:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.script(reader, writer, self)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """Read one request head (and a Content-Length body) and record it."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await reader.readexactly(length) if length else b""
+        self.received.append(head + body)
+        return head + body
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[..., Awaitable[ScriptedUpstream]]]:
+    servers: list[ScriptedUpstream] = []
+
+    async def start(script: Any) -> ScriptedUpstream:
+        server = await ScriptedUpstream(script).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        await s.stop()
