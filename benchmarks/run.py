@@ -217,6 +217,16 @@ def set_tree_affinity(root: int, cpu: int) -> None:
                 pass
 
 
+def cpu_busy_seconds(cpu: int) -> tuple[float, float]:
+    """(busy, steal) seconds of one CPU since boot, from /proc/stat (busy: user nice system irq softirq)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:9]]
+                return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK, v[7] / CLK_TCK
+    return 0.0, 0.0
+
+
 def tree_cpu_seconds(root: int) -> float:
     """utime + stime of `root` and all its live descendants (all threads included), in seconds."""
     table = _proc_table()
@@ -388,6 +398,10 @@ class Run:
     cpu_of: str
     socket_errors: dict[str, int]
     non_2xx_3xx: int
+    # Share of the proxy CPU used by anything but the target during the run (the box is shared), and the
+    # hypervisor's steal on it. A high value means the run was disturbed.
+    proxy_cpu_others_pct: float
+    proxy_cpu_steal_pct: float
 
     @property
     def errors(self) -> int:
@@ -554,7 +568,11 @@ class Bench:
         try:
             self.wrk(port, connections, WARMUP_S)  # warm-up, discarded
             before = tree_cpu_seconds(proc.pid)
+            busy0, steal0 = cpu_busy_seconds(self.proxy_cpu)
+            t0 = time.monotonic()
             res = self.wrk(port, connections, self.args.duration)
+            wall = time.monotonic() - t0
+            busy1, steal1 = cpu_busy_seconds(self.proxy_cpu)
             after = tree_cpu_seconds(proc.pid)
         finally:
             if shared and proc.alive():
@@ -562,6 +580,9 @@ class Bench:
         if not proc.alive():
             raise StartError(proc.died_message("during the benchmark"))
         cpu_us = (after - before) * 1e6 / max(res.requests, 1)
+        # The target's own CPU counts as "others" only when it does not run on the proxy CPU.
+        own = after - before if target != "direct" and not shared else 0.0
+        others = max(0.0, (busy1 - busy0) - own) * 100 / wall
         return Run(
             round=rnd,
             connections=connections,
@@ -575,6 +596,8 @@ class Bench:
             cpu_of="backend nginx" if target == "direct" else target,
             socket_errors=res.socket_errors,
             non_2xx_3xx=res.non_2xx_3xx,
+            proxy_cpu_others_pct=others,
+            proxy_cpu_steal_pct=(steal1 - steal0) * 100 / wall,
         )
 
     def shares_cpu(self, connections: int, target: str) -> bool:
@@ -594,7 +617,8 @@ class Bench:
                         f"  c={c:<3} {target:<8} {run.rps:>9.0f} req/s  p50 {fmt_us(run.p50_us):>8}  "
                         f"p99 {fmt_us(run.p99_us):>8}  cpu {run.cpu_us_per_req:6.1f} us/req"
                         f"{' (backend)' if target == 'direct' else ''}  {run.requests} req  "
-                        f"errors: {run.error_text()}",
+                        f"errors: {run.error_text()}  [cpu{self.proxy_cpu}: others "
+                        f"{run.proxy_cpu_others_pct:.0f}%, steal {run.proxy_cpu_steal_pct:.0f}%]",
                         flush=True,
                     )
 
@@ -646,7 +670,10 @@ def report(bench: Bench) -> tuple[dict[str, Any], bool]:
         level: dict[str, Any] = {"targets": {}, "ratios": {}, "per_round": []}
         summary["levels"][str(c)] = level
         print(f"c={c}: wrk -t1 -c{c}, {args.duration} s x {args.rounds} rounds; median [min-max] over rounds")
-        print(f"  {'target':<8} {'req/s':>24}  {'p50':>22}  {'p99':>22}  {'cpu us/req':>19}  errors")
+        print(
+            f"  {'target':<8} {'req/s':>24}  {'p50':>22}  {'p99':>22}  {'cpu us/req':>19}  "
+            f"{'others':>6}  errors"
+        )
         for t in bench.targets:
             rs = pick(runs, t, c)
             if not rs:
@@ -665,14 +692,20 @@ def report(bench: Bench) -> tuple[dict[str, Any], bool]:
                 cells.append(f"{fmt(m)} [{fmt(min(vals))}-{fmt(max(vals))}]")
             nerr = sum(1 for r in rs if r.errors)
             row["runs_with_errors"] = nerr
+            others = max(r.proxy_cpu_others_pct for r in rs)
+            row["proxy_cpu_others_pct_max"] = others
             level["targets"][t] = row
             label = t + ("*" if t == "direct" else "")
             print(
                 f"  {label:<8} {cells[0]:>24}  {cells[1]:>22}  {cells[2]:>22}  {cells[3]:>19}  "
-                f"{'FLAGGED: ' + str(nerr) + ' run(s) with errors' if nerr else 'none'}"
+                f"{others:>5.0f}%  {'FLAGGED: ' + str(nerr) + ' run(s) with errors' if nerr else 'none'}"
             )
         if "direct" in bench.targets:
             print("  * direct: cpu us/req is the backend nginx's (master + worker), not a proxy's")
+        print(
+            f"  others: the most CPU {bench.proxy_cpu} (the proxy's) gave to anything else in a run of that "
+            "target (other tenants, kernel); high = disturbed"
+        )
 
         head = f"c={c}".ljust(6)
         lb = pick(runs, "lbtui", c)
@@ -845,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.start_all()
         bench.run()
         summary, all_pass = report(bench)
+        print(f"load average at end: {Path('/proc/loadavg').read_text().split()[:3]}")
         if args.json:
             doc = {
                 "meta": {

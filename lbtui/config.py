@@ -384,6 +384,7 @@ _DURATION_FACTORS: Final = {
 _DURATION_PART: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|µs|μs|ms|s|m|h)")
 _DURATION_WHOLE: Final = re.compile(r"(?:\s*\d+(?:\.\d+)?\s*(?:us|µs|μs|ms|s|m|h))+\s*")
 
+_INT64: Final = 2**63
 _SIZE_HINT: Final = "use a number of bytes or a string like '512KiB', '100MiB', '1GB'"
 _SIZE_FACTORS: Final = {
     "": 1,
@@ -408,6 +409,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise _Invalid(f"expected a duration, got {_describe(value)}", _DURATION_HINT)
     if isinstance(value, int | float):
+        if isinstance(value, int) and abs(value) >= _INT64:
+            raise _Invalid("integer is too large for a duration")
         if not math.isfinite(value):
             raise _Invalid(f"{_number(value)} is not a duration", _DURATION_HINT)
         if value < 0:
@@ -422,11 +425,15 @@ def parse_duration(value: object) -> float:
         )
     if not _DURATION_WHOLE.fullmatch(text):
         raise _Invalid(f"{_q(value)} is not a duration", _DURATION_HINT)
-    total = sum(
-        (Decimal(number) * _DURATION_FACTORS[unit] for number, unit in _DURATION_PART.findall(text)),
-        Decimal(0),
+    total = float(
+        sum(
+            (Decimal(number) * _DURATION_FACTORS[unit] for number, unit in _DURATION_PART.findall(text)),
+            Decimal(0),
+        )
     )
-    return float(total)
+    if not math.isfinite(total):
+        raise _Invalid(f"{_q(value)} is too large for a duration")
+    return total
 
 
 def parse_size(value: object) -> int:
@@ -434,6 +441,8 @@ def parse_size(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise _Invalid(f"expected a size, got {_describe(value)}", _SIZE_HINT)
     if isinstance(value, int):
+        if abs(value) >= _INT64:
+            raise _Invalid("integer is too large for a size")
         if value < 0:
             raise _Invalid(f"{value} is not a size", "sizes cannot be negative")
         return value
@@ -443,6 +452,8 @@ def parse_size(value: object) -> int:
     size = Decimal(match.group(1)) * _SIZE_FACTORS[match.group(2)]
     if size != size.to_integral_value():
         raise _Invalid(f"{_q(value)} is not a whole number of bytes", _SIZE_HINT)
+    if size >= _INT64:
+        raise _Invalid(f"{_q(value)} is too large for a size")
     return int(size)
 
 
@@ -550,7 +561,8 @@ def _describe(value: object) -> str:
     if isinstance(value, bool):
         return f"boolean {'true' if value else 'false'}"
     if isinstance(value, int):
-        return f"integer {value}"
+        # Python refuses to print ints of more than 4300 digits; TOML integers are 64-bit anyway.
+        return f"integer {value}" if abs(value) < _INT64 else "integer (too large)"
     if isinstance(value, float):
         return f"float {_number(value)}"
     if isinstance(value, str):
@@ -615,6 +627,8 @@ def _integer(value: object) -> int:
         elif isinstance(value, float) and value.is_integer():
             hint = f"write {int(value)}"
         raise _Invalid(f"expected an integer, got {_describe(value)}", hint)
+    if abs(value) >= _INT64:
+        raise _Invalid("integer is too large", "TOML integers are 64-bit")
     return value
 
 
@@ -655,9 +669,8 @@ def _upstream_address(value: object) -> tuple[str, int]:
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAME_HINT: Final = "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 _ENV_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TOKEN_RE: Final = re.compile(
-    r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-)  # RFC 9110 token: header names, methods, cookies
+# RFC 9110 token: header names, methods, cookie names.
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEX64_RE: Final = re.compile(r"[0-9a-fA-F]{64}")
 _ORIGIN_RE: Final = re.compile(r"https?://[^/\s?#]+")
 
@@ -1711,7 +1724,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([issue]) from None
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or int() refusing a 5000-digit number inside tomllib
         raise ConfigError([ConfigIssue(file, "", f"invalid TOML: {exc}")]) from None
     return parse_config(data, file, base_dir=os.path.dirname(os.path.abspath(file)))
 

@@ -292,12 +292,11 @@ class Exchange:
         else:
             self.fresh_retry = True  # a fresh connection is never retried "fresh" again
         if self.replay is not None and self.tried_before():
-            transport.write(self.upstream_request)
-            transport.writelines(self.replay)
+            transport.writelines([self.upstream_request, *self.replay])
+        elif self.body_pending:
+            transport.writelines([self.upstream_request, *self.body_pending])
         else:
             transport.write(self.upstream_request)
-            if self.body_pending:
-                transport.writelines(self.body_pending)
         self.body_pending = []
         self.body_pending_size = 0
         self.client.resume_reading_for(PAUSE_WAITING)
@@ -573,6 +572,7 @@ class ClientConnection(asyncio.Protocol):
         self.paused = 0
         self.write_paused = False
         self.closed = False
+        self.out: list[bytes] | None = None  # writes held while corked
         self.last_active = 0.0
         self.tunnel_to: UpstreamConnection | None = None
 
@@ -607,6 +607,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
+            self.uncork()
             self.closed = True
             self.transport.close()
 
@@ -621,12 +622,32 @@ class ClientConnection(asyncio.Protocol):
 
     # -- writing and flow control ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
+        out = self.out
+        if out is not None:
+            out.append(data)
+        elif not self.closed and self.transport is not None:
             self.transport.write(data)
 
     def writelines(self, data: list[bytes]) -> None:
-        if not self.closed and self.transport is not None:
+        out = self.out
+        if out is not None:
+            out.extend(data)
+        elif not self.closed and self.transport is not None:
             self.transport.writelines(data)
+
+    def cork(self) -> None:
+        """Collect writes until `uncork`: a response's head and body leave in one system call."""
+        if self.out is None:
+            self.out = []
+
+    def uncork(self) -> None:
+        out = self.out
+        self.out = None
+        if out and not self.closed and self.transport is not None:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
 
     def pause_writing(self) -> None:
         self.write_paused = True

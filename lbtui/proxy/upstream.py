@@ -122,6 +122,14 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.client.write(data)
             return
         self.received = True
+        client = exchange.client
+        client.cork()
+        try:
+            self._feed(exchange, data)
+        finally:
+            client.uncork()
+
+    def _feed(self, exchange: Exchange, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
