@@ -71,7 +71,6 @@ async def serve(options: ServeOptions, say: Callable[[str], None] = _say) -> int
         say(f"try: curl -i {engine.url()}/products")
     exit_code = 0
     async with anyio.create_task_group() as tg:
-        tg.start_soon(engine.run_ticks)
         if demo and options.traffic_rate > 0:
             tg.start_soon(TrafficGenerator(engine.url(), options.traffic_rate).run)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

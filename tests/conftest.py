@@ -132,7 +132,9 @@ class _ResponseReader:
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             return
-        self.responses.append(RawResponse(status, self._headers, b"".join(self._body), informational=self._info))
+        self.responses.append(
+            RawResponse(status, self._headers, b"".join(self._body), informational=self._info)
+        )
         self._info = []
         self.done = True
 
@@ -181,8 +183,9 @@ class RawClient:
         response = reader.responses[0]
         return response
 
-    async def request(self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None,
-                      body: bytes = b"") -> RawResponse:
+    async def request(
+        self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> RawResponse:
         lines = [f"{method} {path} HTTP/1.1", "Host: test.local"]
         for k, v in (headers or {}).items():
             lines.append(f"{k}: {v}")
@@ -232,7 +235,10 @@ async def raw_client() -> AsyncIterator[Callable[[tuple[str, int]], Awaitable[Ra
 class ScriptedUpstream:
     """A TCP server whose every connection runs `script(reader, writer, upstream)`; it records what it received."""
 
-    def __init__(self, script: Callable[[asyncio.StreamReader, asyncio.StreamWriter, ScriptedUpstream], Awaitable[None]]):
+    def __init__(
+        self,
+        script: Callable[[asyncio.StreamReader, asyncio.StreamWriter, ScriptedUpstream], Awaitable[None]],
+    ):
         self.script = script
         self.server: asyncio.Server | None = None
         self.received: list[bytes] = []

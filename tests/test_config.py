@@ -178,7 +178,7 @@ max_connections = 10000
 
 [state]
 file = "lbtui.state.json"
-"""  # noqa: E501  (inline tables cannot span lines in TOML 1.0)
+"""
 
 
 @pytest.fixture

@@ -62,7 +62,13 @@ class Controller(abc.ABC):
 
     @abc.abstractmethod
     def add_backend(
-        self, service: str, name: str, address: str, group: str = "default", weight: int = 1, actor: str = "api"
+        self,
+        service: str,
+        name: str,
+        address: str,
+        group: str = "default",
+        weight: int = 1,
+        actor: str = "api",
     ) -> Event: ...
 
     @abc.abstractmethod
@@ -112,7 +118,9 @@ class InProcessController(Controller):
             raise ControlError(f"no service named {name!r} (services: {known})")
         return service
 
-    def record(self, actor: str, action: str, target: str, before: Any, after: Any, undoable: bool = True) -> Event:
+    def record(
+        self, actor: str, action: str, target: str, before: Any, after: Any, undoable: bool = True
+    ) -> Event:
         event = Event(self._next_id, self._wall_clock(), actor, action, target, before, after)
         self._next_id += 1
         self._events.append(event)
@@ -152,7 +160,13 @@ class InProcessController(Controller):
         return self.record(actor, "weight", backend, before, weight)
 
     def add_backend(
-        self, service: str, name: str, address: str, group: str = "default", weight: int = 1, actor: str = "api"
+        self,
+        service: str,
+        name: str,
+        address: str,
+        group: str = "default",
+        weight: int = 1,
+        actor: str = "api",
     ) -> Event:
         s = self._service(service)
         try:
@@ -167,7 +181,12 @@ class InProcessController(Controller):
         s.backends.append(backend)
         self.balancer.backends[backend.name] = backend
         s.changed()
-        after = {"service": s.name, "address": backend.address, "group": backend.group, "weight": backend.weight}
+        after = {
+            "service": s.name,
+            "address": backend.address,
+            "group": backend.group,
+            "weight": backend.weight,
+        }
         return self.record(actor, "add", backend.name, None, after)
 
     def remove_backend(self, backend: str, actor: str = "api") -> Event:
@@ -204,7 +223,9 @@ class InProcessController(Controller):
         clean: dict[str, int] = {}
         for group, weight in split.items():
             if group not in groups:
-                raise ControlError(f"service {service!r} has no group {group!r} (groups: {', '.join(s.groups)})")
+                raise ControlError(
+                    f"service {service!r} has no group {group!r} (groups: {', '.join(s.groups)})"
+                )
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
                 raise ControlError(f"split weight for {group!r} must be an integer >= 0, got {weight!r}")
             clean[group] = weight

@@ -139,6 +139,7 @@ class Service:
         self.rng = random.Random()
         self._algorithms: dict[str, Algorithm[Any]] = {}
         self._eligible: dict[str, tuple[Backend, ...]] = {}
+        self._all_eligible: tuple[Backend, ...] = ()  # every eligible backend outside the backup group
         self._eligible_version = -1
         self._group_current: dict[str, int] = {}
 
@@ -165,6 +166,9 @@ class Service:
             if b.serving:
                 by_group.setdefault(b.group, []).append(b)
         self._eligible = {g: tuple(bs) for g, bs in by_group.items()}
+        self._all_eligible = tuple(
+            b for g, bs in self._eligible.items() if g != self.backup_group for b in bs
+        )
         self._eligible_version = self.version
         return self._eligible
 
@@ -214,8 +218,10 @@ class Service:
         if pool is None:
             return None
         if pool == "*":
-            candidates: tuple[Backend, ...] = tuple(
-                b for g, bs in eligible.items() if g != self.backup_group for b in bs
+            candidates: tuple[Backend, ...] = (
+                self._all_eligible
+                if not exclude
+                else tuple(b for g, bs in eligible.items() if g != self.backup_group for b in bs)
             )
         else:
             candidates = eligible[pool]

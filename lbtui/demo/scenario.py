@@ -30,7 +30,8 @@ def demo_config(backends: list[DemoBackend], bind: str = DEMO_LISTEN) -> Config:
                     "algorithm": "least_connections",
                     "split": {"blue": 90, "green": 10},
                     "backends": [
-                        {"name": b.name, "address": b.address, "group": b.name.split("-")[0]} for b in backends
+                        {"name": b.name, "address": b.address, "group": b.name.split("-")[0]}
+                        for b in backends
                     ],
                 }
             },

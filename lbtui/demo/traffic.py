@@ -79,7 +79,9 @@ class TrafficGenerator:
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUser-Agent: lbtui-demo\r\n\r\n".encode())
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUser-Agent: lbtui-demo\r\n\r\n".encode()
+            )
             reply = _Reply()
             while not reply.done:
                 data = await reader.read(65536)

@@ -36,7 +36,9 @@ class CompiledRoute:
     headers: tuple[tuple[bytes, bytes], ...]
     rank: tuple[int, int, int, int]
 
-    def matches(self, method: bytes, host: bytes | None, path: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    def matches(
+        self, method: bytes, host: bytes | None, path: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> bool:
         if self.host is not None and host != self.host:
             return False
         if self.methods and method not in self.methods:

@@ -54,7 +54,6 @@ class Exchange:
     """One request and its response."""
 
     __slots__ = (
-        "_timer",
         "backend",
         "body_pending",
         "body_pending_size",
@@ -63,6 +62,7 @@ class Exchange:
         "chunk_out",
         "client",
         "close_after",
+        "deadline",
         "done",
         "fresh_retry",
         "headers",
@@ -118,29 +118,28 @@ class Exchange:
         self.close_after = False
         self.tunnel = False
         self.tunnel_pending: list[bytes] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = (
+            0.0  # when the backend's response head is due (0: not waiting); the engine's tick checks
+        )
 
     # -- request side ----------------------------------------------------------------------------------
     def build_upstream_head(self) -> None:
         """Re-serialise the request for the backend: hop-by-hop headers out, forwarding headers in."""
         client = self.client
         dropped = HOP_BY_HOP
-        conn_named: set[bytes] | None = None
-        for name, value in self.headers:
-            if len(name) == 10 and name.lower() == b"connection":
-                conn_named = (conn_named or set()) | connection_tokens(value)
         parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
         forwarded_for = None
         host = None
         request_id = None
         upgrade_value = None
+        connection = None
         for name, value in self.headers:
             lname = name.lower()
             if lname in dropped:
                 if lname == b"upgrade":
                     upgrade_value = value
-                continue
-            if conn_named is not None and lname in conn_named:
+                elif lname == b"connection":
+                    connection = value if connection is None else connection + b"," + value
                 continue
             if lname in SET_BY_PROXY:
                 continue
@@ -151,10 +150,17 @@ class Exchange:
                 host = value
             elif lname == b"x-request-id":
                 request_id = value
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
+            parts += (name, b": ", value, b"\r\n")
+        if connection is not None:
+            named = connection_tokens(connection) - dropped - {b"close", b"upgrade"}
+            if named:  # headers the client marked as for this connection only: drop them too
+                parts = [
+                    p
+                    for i in range(4, len(parts), 4)
+                    if parts[i].lower() not in named
+                    for p in parts[i : i + 4]
+                ]
+                parts[0:0] = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
         peer = client.peer_host
         parts.append(b"X-Forwarded-For: ")
         parts.append(peer if forwarded_for is None else forwarded_for + b", " + peer)
@@ -261,7 +267,9 @@ class Exchange:
             if self.tried:
                 self.respond_error(503, "no backend could take the request", retry_after=True)
             else:
-                self.respond_error(503, f"no backend of service {service.name!r} is available", retry_after=True)
+                self.respond_error(
+                    503, f"no backend of service {service.name!r} is available", retry_after=True
+                )
             return
         self.backend = backend
         backend.in_flight += 1
@@ -306,7 +314,7 @@ class Exchange:
         if self.client.write_paused:
             transport.pause_reading()
         engine = self.client.engine
-        self._timer = engine.loop.call_at(engine.loop.time() + self.service_config_timeouts().response, self._timeout)
+        self.deadline = engine.loop.time() + self.service_config_timeouts().response
 
     def tried_before(self) -> bool:
         return bool(self.tried) or self._attempts > 0
@@ -322,8 +330,9 @@ class Exchange:
         backend.connect_failures += 1
         self._attempt_failed(CONNECT_FAILURE, reason)
 
-    def _timeout(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
+        """The backend's response head did not come in time (called by the engine's tick)."""
+        self.deadline = 0.0
         conn = self.upstream
         if conn is not None:
             self.upstream = None
@@ -359,7 +368,9 @@ class Exchange:
             return
         if backend is not None:
             backend.in_flight -= 1
-            backend.observe(0, self.client.engine.loop.time() - self.started, self.client.engine.loop.time(), 0)
+            backend.observe(
+                0, self.client.engine.loop.time() - self.started, self.client.engine.loop.time(), 0
+            )
             self.backend = None
         service = self.service
         assert service is not None
@@ -391,9 +402,7 @@ class Exchange:
             self.respond_error(502, reason)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
     # -- response side ---------------------------------------------------------------------------------
     def upstream_informational(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -415,13 +424,10 @@ class Exchange:
         self.status = status
         self.response_started = True
         client = self.client
-        conn_named: set[bytes] | None = None
         framing = UNTIL_CLOSE
-        for name, value in headers:
-            if len(name) == 10 and name.lower() == b"connection":
-                conn_named = (conn_named or set()) | connection_tokens(value)
         parts = [status_line(status, reason)]
         upgrade_value = None
+        connection = None
         for name, value in headers:
             lname = name.lower()
             if lname in HOP_BY_HOP:
@@ -429,12 +435,20 @@ class Exchange:
                     framing = CHUNKED
                 elif lname == b"upgrade":
                     upgrade_value = value
-                continue
-            if conn_named is not None and lname in conn_named:
+                elif lname == b"connection":
+                    connection = value if connection is None else connection + b"," + value
                 continue
             if lname == b"content-length" and framing != CHUNKED:
                 framing = LENGTH
             parts += (name, b": ", value, b"\r\n")
+        if connection is not None:
+            named = connection_tokens(connection) - HOP_BY_HOP - {b"close"}
+            if named:  # headers the backend marked as for this connection only: drop them too
+                parts = [parts[0]]
+                for name, value in headers:
+                    lname = name.lower()
+                    if lname not in HOP_BY_HOP and lname not in named:
+                        parts += (name, b": ", value, b"\r\n")
         if self.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
             framing = NO_BODY
         if status == 101:
@@ -518,7 +532,9 @@ class Exchange:
         close = self.close_after or not self.keep_alive or self.client.engine.closing
         self.close_after = close
         extra = ((b"Retry-After", b"1"),) if retry_after else ()
-        self.client.write(error_response(status, detail, close=close, head_only=self.method == b"HEAD", extra=extra))
+        self.client.write(
+            error_response(status, detail, close=close, head_only=self.method == b"HEAD", extra=extra)
+        )
         self._finish()
 
     def _record(self) -> None:
@@ -562,7 +578,9 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, engine: Engine, listener: ListenerConfig) -> None:
         self.engine = engine
         self.listener = listener
-        self.forwarded_proto = b"\r\nX-Forwarded-Proto: https" if listener.tls else b"\r\nX-Forwarded-Proto: http"
+        self.forwarded_proto = (
+            b"\r\nX-Forwarded-Proto: https" if listener.tls else b"\r\nX-Forwarded-Proto: http"
+        )
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: Exchange | None = None
@@ -588,7 +606,7 @@ class ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        transport.set_write_buffer_limits(high=256 * 1024)
+        transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         self.last_active = self.engine.loop.time()
         self.engine.connection_opened(self)
 
@@ -727,7 +745,9 @@ class ClientConnection(asyncio.Protocol):
         for name, value in exchange.headers:
             if len(name) == 17 and name.lower() == b"transfer-encoding":
                 framing = CHUNKED
-            elif len(name) == 14 and framing == NO_BODY and name.lower() == b"content-length" and value != b"0":
+            elif (
+                len(name) == 14 and framing == NO_BODY and name.lower() == b"content-length" and value != b"0"
+            ):
                 framing = LENGTH
         exchange.req_framing = framing
         if exchange.upgrade:

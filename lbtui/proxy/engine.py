@@ -44,6 +44,10 @@ class Engine:
         self.closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self._ticker: asyncio.Task[None] | None = None
+        # Response timeouts are checked by the tick (no timer per request): tick often enough for the shortest.
+        shortest = min((s.timeouts.response for s in config.services), default=TICK_SECONDS * 4)
+        self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
         self.balancer.on_backend_removed.append(self._backend_removed)
 
     @property
@@ -71,6 +75,7 @@ class Engine:
         except BaseException:
             self.close_servers()
             raise
+        self._ticker = self.loop.create_task(self.run_ticks())
 
     async def _listen(self, listener: ListenerConfig) -> None:
         if listener.mode != "http":
@@ -105,7 +110,7 @@ class Engine:
     async def run_ticks(self) -> None:
         """Housekeeping until cancelled: drained removals, idle connections, timeouts."""
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await asyncio.sleep(self.tick_interval)
             self.tick()
 
     def tick(self) -> None:
@@ -113,7 +118,13 @@ class Engine:
         now = self.loop.time()
         for backend in self.balancer.backends.values():
             pool = backend.pool
-            if pool is not None and pool.idle:
+            if pool is None:
+                continue
+            for conn in list(pool.active):
+                exchange = conn.exchange
+                if exchange is not None and exchange.deadline and now >= exchange.deadline:
+                    exchange.expire()
+            if pool.idle:
                 service = self.balancer.services.get(backend.service)
                 idle = service.config.timeouts.idle if service is not None else 60.0
                 pool.close_idle(now - idle)
@@ -121,11 +132,13 @@ class Engine:
         idle_deadline = now - limits.client_idle_timeout
         header_deadline = now - limits.header_timeout
         for conn in list(self.connections):
-            if conn.current is None and conn.tunnel_to is None:
-                if conn.parsing is None and conn.last_active < idle_deadline:
+            if conn.current is not None or conn.tunnel_to is not None:
+                continue
+            if conn.parsing is None:
+                if conn.last_active < idle_deadline:
                     conn.close()
-                elif conn.parsing is not None and conn.last_active < header_deadline and not conn.pending:
-                    conn.close()
+            elif conn.last_active < header_deadline and not conn.pending:
+                conn.close()
 
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
@@ -163,7 +176,9 @@ class Engine:
         finished = True
         if busy:
             if on_progress is not None:
-                on_progress(f"waiting for {len(busy)} connection(s) with requests in flight (up to {grace:g}s)")
+                on_progress(
+                    f"waiting for {len(busy)} connection(s) with requests in flight (up to {grace:g}s)"
+                )
             waiter: asyncio.Future[None] = self.loop.create_future()
             self._idle_waiters.append(waiter)
             self._wake_idle_waiters()
@@ -179,6 +194,9 @@ class Engine:
             if backend.pool is not None:
                 backend.pool.close_all()
                 backend.pool.close_active()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         # Let the transports run their close callbacks.
         await asyncio.sleep(0)
         return finished

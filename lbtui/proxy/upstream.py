@@ -77,7 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        transport.set_write_buffer_limits(high=256 * 1024)
+        transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -242,10 +242,14 @@ class Pool:
                 )
         except (OSError, TimeoutError) as error:
             reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
-            exchange.connect_failed(backend, f"cannot connect to {backend.name} ({backend.address}): {reason}")
+            exchange.connect_failed(
+                backend, f"cannot connect to {backend.name} ({backend.address}): {reason}"
+            )
             return
         if conn.closed:
-            exchange.connect_failed(backend, f"{backend.name} ({backend.address}) closed the connection at once")
+            exchange.connect_failed(
+                backend, f"{backend.name} ({backend.address}) closed the connection at once"
+            )
             return
         self.active.add(conn)
         exchange.attach(conn, reused=False)

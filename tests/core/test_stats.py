@@ -64,7 +64,8 @@ def test_window_slides_and_rate_is_per_second():
     assert v.rps == pytest.approx(50, rel=0.05)
     assert v.error_ratio == pytest.approx(0.5)
     later = w.view(40.0)
-    assert later.requests == 0 and later.p99_ms == 0.0
+    assert later.requests == 0
+    assert later.p99_ms == 0.0
 
 
 def test_old_slow_requests_leave_the_window():
@@ -82,7 +83,8 @@ def test_merge_views_for_a_service():
     for _ in range(10):
         b.record(0.1, True, 1.0)
     m = merge_views([a.view(1.5), b.view(1.5)])
-    assert m.requests == 100 and m.errors == 10
+    assert m.requests == 100
+    assert m.errors == 10
     assert m.p50_ms == pytest.approx(1.0, rel=0.02)
     assert m.p99_ms == pytest.approx(100.0, rel=0.02)
 

@@ -37,7 +37,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def write_config(tmp_path: Path, backends: list, extra: str = "") -> Path:
-    lines = ['[[listeners]]\nname = "web"\nbind = "127.0.0.1:0"\n', "[services.app]\n", 'algorithm = "round_robin"\n']
+    lines = [
+        '[[listeners]]\nname = "web"\nbind = "127.0.0.1:0"\n',
+        "[services.app]\n",
+        'algorithm = "round_robin"\n',
+    ]
     lines.append(extra)
     for b in backends:
         lines.append(f'\n[[services.app.backends]]\nname = "{b.name}"\naddress = "{b.address}"\n')
@@ -79,7 +83,8 @@ async def test_sigterm_finishes_in_flight_then_exits(tmp_path, backends):
         assert proc.returncode == 0
         assert time.monotonic() - started < 8
         with pytest.raises(httpx.ConnectError):
-            httpx.get(url, timeout=2)
+            async with httpx.AsyncClient(timeout=2) as http:
+                await http.get(url)
     finally:
         stop(proc)
 
@@ -127,7 +132,9 @@ async def test_demo_serves_traffic_and_prints_where():
 
 def test_check_reports_errors_without_traceback(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[services.shop]\nalgoritm = "round_robin"\n[[services.shop.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n')
+    bad.write_text(
+        '[services.shop]\nalgoritm = "round_robin"\n[[services.shop.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "lbtui", "check", str(bad)], capture_output=True, text=True, timeout=30
     )
@@ -152,7 +159,10 @@ def test_serve_with_a_bad_config_exits_cleanly(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("this is = = not toml")
     proc = subprocess.run(
-        [sys.executable, "-m", "lbtui", "serve", "--config", str(bad)], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "lbtui", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 1
     assert str(bad) in proc.stderr
@@ -171,7 +181,10 @@ def test_serve_on_a_busy_port_says_so(tmp_path):
             f'[[listeners]]\nbind = "127.0.0.1:{port}"\n[services.a]\n[[services.a.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
         )
         proc = subprocess.run(
-            [sys.executable, "-m", "lbtui", "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=30
+            [sys.executable, "-m", "lbtui", "serve", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     assert proc.returncode == 1
     assert "cannot listen" in proc.stderr

@@ -30,7 +30,9 @@ async def test_refused_backend_is_skipped_for_any_method(backends, engine_factor
 
 
 async def test_all_backends_refused_gives_503_with_retry_after(engine_factory, raw_client):
-    engine = await engine_factory(make_config([("d1", f"127.0.0.1:{closed_port()}"), ("d2", f"127.0.0.1:{closed_port()}")]))
+    engine = await engine_factory(
+        make_config([("d1", f"127.0.0.1:{closed_port()}"), ("d2", f"127.0.0.1:{closed_port()}")])
+    )
     client = await raw_client(engine.address())
     r = await client.request("GET", "/")
     assert r.status == 503
@@ -65,7 +67,8 @@ async def test_dead_pooled_connection_is_retried_on_a_fresh_one(scripted, engine
     client = await raw_client(engine.address())
     for _ in range(5):
         r = await client.request("GET", "/")
-        assert r.status == 200 and r.body == b"ok"
+        assert r.status == 200
+        assert r.body == b"ok"
     # Each reuse met a dead connection and was retried once on a fresh one, on the same (only) backend.
     assert up.connections == 5
     assert len(up.received) == 9
