@@ -38,6 +38,7 @@ class Health(enum.StrEnum):
 
 
 SERVING_HEALTH = frozenset({Health.UP, Health.GOING_DOWN})
+HASHING = frozenset({"ip_hash", "consistent_hash"})
 
 # Peak-EWMA starts from this guess (seconds) so a new backend is neither shunned nor flooded.
 EWMA_INITIAL = 0.005
@@ -131,6 +132,8 @@ class Service:
         self.name = config.name
         self.config = config
         self.algorithm_name = config.algorithm
+        self.hashing = config.algorithm in HASHING  # the data plane computes a hash key only then
+        self.response_timeout = config.timeouts.response
         self.backends: list[Backend] = [Backend(b, config.name, now) for b in config.backends]
         self.split: dict[str, int] | None = dict(config.split) if config.split else None
         self.backup_group = config.backup_group
@@ -149,6 +152,7 @@ class Service:
 
     def set_algorithm(self, name: str) -> None:
         self.algorithm_name = name
+        self.hashing = name in HASHING
         self._algorithms = {}
         self.changed()
 
@@ -208,6 +212,13 @@ class Service:
         eligible = self._eligible if self._eligible_version == self.version else self._refresh()
         if not eligible:
             return None
+        if not exclude and not self.split and self._all_eligible and self.config.max_connections is None:
+            # The common case: no split, nothing to exclude, no limit: one pool of every eligible backend.
+            algorithm = self._algorithms.get("*")
+            if algorithm is None:
+                algorithm = self._algorithms["*"] = make_algorithm(self.algorithm_name)
+            fast: Backend | None = algorithm.pick(self._all_eligible, self.version, key, self.rng)
+            return fast
         if exclude:
             eligible = {
                 g: kept for g, bs in eligible.items() if (kept := tuple(b for b in bs if b not in exclude))

@@ -121,7 +121,15 @@ class SlidingWindow:
             self._errors[slot] += 1
         counts = self._counts[slot]
         assert counts is not None
-        counts[bucket_index(int(latency_s * 1_000_000))] += 1
+        us = int(latency_s * 1_000_000)
+        if us < SUB_BUCKETS:  # bucket_index, inlined: this runs once per request
+            index = us if us > 0 else 0
+        else:
+            if us > MAX_LATENCY_US:
+                us = MAX_LATENCY_US
+            shift = us.bit_length() - SUB_BUCKET_BITS - 1
+            index = (shift + 1) * SUB_BUCKETS + (us >> shift) - SUB_BUCKETS
+        counts[index] += 1
 
     def view(self, now: float) -> WindowView:
         second = int(now)

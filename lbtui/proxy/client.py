@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from lbtui.core.model import Backend, Service
     from lbtui.proxy.engine import Engine
 
+# Connection header values that name no other header (the usual ones): nothing more to strip.
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
 # Request body bytes kept so that a failed attempt can be sent again to another backend.
 REPLAY_LIMIT = 64 * 1024
 # Bytes of pipelined requests we hold before we stop reading from the client.
@@ -54,6 +57,7 @@ class Exchange:
     """One request and its response."""
 
     __slots__ = (
+        "attempts",
         "backend",
         "body_pending",
         "body_pending_size",
@@ -108,6 +112,7 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.upstream_request = b""
         self.tried: list[Backend] = []
+        self.attempts = 0  # requests written to a backend so far (a retry resends the kept body)
         self.fresh_retry = False
         self.response_started = False
         self.resp_framing = NO_BODY
@@ -151,7 +156,7 @@ class Exchange:
             elif lname == b"x-request-id":
                 request_id = value
             parts += (name, b": ", value, b"\r\n")
-        if connection is not None:
+        if connection is not None and connection.lower() not in PLAIN_CONNECTION:
             named = connection_tokens(connection) - dropped - {b"close", b"upgrade"}
             if named:  # headers the client marked as for this connection only: drop them too
                 parts = [
@@ -214,7 +219,7 @@ class Exchange:
         """This exchange's turn: choose a service and a backend."""
         client = self.client
         engine = client.engine
-        self.started = engine.loop.time()
+        self.started = engine.now()
         service = engine.router.route(self)
         if service is None:
             self.respond_error(404, "no route matches this request")
@@ -261,7 +266,7 @@ class Exchange:
     def attempt(self, same_backend: Backend | None = None) -> None:
         service = self.service
         assert service is not None
-        backend = same_backend or service.pick(self.hash_key(), self.tried)
+        backend = same_backend or service.pick(self.hash_key() if service.hashing else None, self.tried)
         if backend is None:
             service.unrouted += 1
             if self.tried:
@@ -299,30 +304,24 @@ class Exchange:
             self.fresh_retry = False
         else:
             self.fresh_retry = True  # a fresh connection is never retried "fresh" again
-        if self.replay is not None and self.tried_before():
+        self.attempts += 1
+        if self.attempts > 1 and self.replay is not None:
             transport.writelines([self.upstream_request, *self.replay])
         elif self.body_pending:
             transport.writelines([self.upstream_request, *self.body_pending])
         else:
             transport.write(self.upstream_request)
-        self.body_pending = []
-        self.body_pending_size = 0
-        self.client.resume_reading_for(PAUSE_WAITING)
+        if self.body_pending:
+            self.body_pending = []
+            self.body_pending_size = 0
+            self.client.resume_reading_for(PAUSE_WAITING)
         if self.tunnel_pending:
             transport.writelines(self.tunnel_pending)
             self.tunnel_pending = []
         if self.client.write_paused:
             transport.pause_reading()
         engine = self.client.engine
-        self.deadline = engine.loop.time() + self.service_config_timeouts().response
-
-    def tried_before(self) -> bool:
-        return bool(self.tried) or self._attempts > 0
-
-    @property
-    def _attempts(self) -> int:
-        # A replayed body was already written once when the replay buffer holds more than what is pending.
-        return 1 if self.replay is not None and self.replay_size > self.body_pending_size else 0
+        self.deadline = engine.now() + self.service.response_timeout  # type: ignore[union-attr]
 
     def connect_failed(self, backend: Backend, reason: str) -> None:
         if self.done or self.backend is not backend:
@@ -368,9 +367,7 @@ class Exchange:
             return
         if backend is not None:
             backend.in_flight -= 1
-            backend.observe(
-                0, self.client.engine.loop.time() - self.started, self.client.engine.loop.time(), 0
-            )
+            backend.observe(0, self.client.engine.now() - self.started, self.client.engine.now(), 0)
             self.backend = None
         service = self.service
         assert service is not None
@@ -441,7 +438,7 @@ class Exchange:
             if lname == b"content-length" and framing != CHUNKED:
                 framing = LENGTH
             parts += (name, b": ", value, b"\r\n")
-        if connection is not None:
+        if connection is not None and connection.lower() not in PLAIN_CONNECTION:
             named = connection_tokens(connection) - HOP_BY_HOP - {b"close"}
             if named:  # headers the backend marked as for this connection only: drop them too
                 parts = [parts[0]]
@@ -543,7 +540,7 @@ class Exchange:
             self.backend = None
             backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
-            now = self.client.engine.loop.time()
+            now = self.client.engine.now()
             backend.observe(self.status, now - self.started, now, self.bytes_out)
 
     def _finish(self) -> None:
@@ -607,7 +604,7 @@ class ClientConnection(asyncio.Protocol):
             except OSError:
                 pass
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
-        self.last_active = self.engine.loop.time()
+        self.last_active = self.engine.now()
         self.engine.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -697,7 +694,7 @@ class ClientConnection(asyncio.Protocol):
             if tunnel.transport is not None:
                 tunnel.transport.write(data)
             return
-        self.last_active = self.engine.loop.time()
+        self.last_active = self.engine.now()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -775,7 +772,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not self.current:
             return
         self.current = None
-        self.last_active = self.engine.loop.time()
+        self.last_active = self.engine.now()
         if exchange.close_after or not exchange.keep_alive or self.engine.closing:
             self.close()
             return

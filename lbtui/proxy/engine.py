@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from lbtui.config import Config, ListenerConfig
@@ -45,6 +46,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._ticker: asyncio.Task[None] | None = None
+        self.now: Callable[[], float] = time.monotonic  # the loop's clock once started
         # Response timeouts are checked by the tick (no timer per request): tick often enough for the shortest.
         shortest = min((s.timeouts.response for s in config.services), default=TICK_SECONDS * 4)
         self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
@@ -67,6 +69,7 @@ class Engine:
     # -- start and stop -----------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.now = self._loop.time
         for backend in self.balancer.backends.values():
             self.make_pool(backend)
         try:
@@ -154,7 +157,7 @@ class Engine:
     def connection_idle(self, conn: ClientConnection) -> None:
         if self.closing:
             conn.close()
-        self._wake_idle_waiters()
+            self._wake_idle_waiters()
 
     def _wake_idle_waiters(self) -> None:
         if self.closing and not any(not c.idle for c in self.connections):

@@ -218,7 +218,7 @@ class Pool:
         if len(self.idle) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = self.engine.loop.time()
+        conn.idle_since = self.engine.now()
         conn.requests += 1
         self.idle.append(conn)
 
