@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from lbtui.core.model import AdminState
 from lbtui.proxy.http import (
     CHUNKED,
     HOP_BY_HOP,
@@ -26,12 +27,12 @@ from lbtui.proxy.http import (
     LAST_CHUNK,
     LENGTH,
     NO_BODY,
+    PLAIN_CONNECTION,
     SET_BY_PROXY,
     UNTIL_CLOSE,
     chunk_frame,
     connection_tokens,
     error_response,
-    status_line,
 )
 from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, UpstreamConnection
 
@@ -40,13 +41,12 @@ if TYPE_CHECKING:
     from lbtui.core.model import Backend, Service
     from lbtui.proxy.engine import Engine
 
-# Connection header values that name no other header (the usual ones): nothing more to strip.
-PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
-
 # Request body bytes kept so that a failed attempt can be sent again to another backend.
 REPLAY_LIMIT = 64 * 1024
 # Bytes of pipelined requests we hold before we stop reading from the client.
 PIPELINE_LIMIT = 64 * 1024
+
+READY = AdminState.READY
 
 PAUSE_UPSTREAM = 1  # the upstream's write buffer is full
 PAUSE_PIPELINE = 2  # requests are queued behind the current one
@@ -56,76 +56,43 @@ PAUSE_WAITING = 4  # body arrives before an upstream connection is ready
 class Exchange:
     """One request and its response."""
 
-    __slots__ = (
-        "attempts",
-        "backend",
-        "body_pending",
-        "body_pending_size",
-        "bytes_in",
-        "bytes_out",
-        "chunk_out",
-        "client",
-        "close_after",
-        "deadline",
-        "done",
-        "fresh_retry",
-        "headers",
-        "keep_alive",
-        "method",
-        "replay",
-        "replay_size",
-        "req_framing",
-        "request_done",
-        "resp_framing",
-        "response_started",
-        "service",
-        "started",
-        "status",
-        "tried",
-        "tunnel",
-        "tunnel_pending",
-        "upgrade",
-        "upstream",
-        "upstream_request",
-        "url",
-        "version",
-    )
+    # Defaults live on the class: a new exchange sets only what differs, which keeps the hot path short.
+    # (Lists are never shared: the empty defaults are tuples, replaced by a list on first use.)
+    url = b""
+    method = b""
+    version = "1.1"
+    keep_alive = True
+    upgrade = False
+    req_framing = NO_BODY
+    request_done = False
+    body_pending: tuple[bytes, ...] | list[bytes] = ()  # framed body bytes not yet written upstream
+    body_pending_size = 0
+    # Framed body bytes sent so far, while small enough to send again; None once they are not.
+    replay: tuple[bytes, ...] | list[bytes] | None = ()
+    replay_size = 0
+    bytes_in = 0
+    bytes_out = 0
+    service: Service | None = None
+    backend: Backend | None = None
+    upstream: UpstreamConnection | None = None
+    upstream_request = b""
+    tried: tuple[Backend, ...] = ()
+    attempts = 0  # requests written to a backend so far (a retry resends the kept body)
+    fresh_retry = False
+    response_started = False
+    resp_framing = NO_BODY
+    chunk_out = False  # frame the response body in chunks for the client
+    status = 0
+    started = 0.0
+    done = False
+    close_after = False
+    tunnel = False
+    tunnel_pending: tuple[bytes, ...] = ()
+    deadline = 0.0  # when the backend's response head is due (0: not waiting); the engine's tick checks
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
-        self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.method = b""
-        self.version = "1.1"
-        self.keep_alive = True
-        self.upgrade = False
-        self.req_framing = NO_BODY
-        self.request_done = False
-        self.body_pending: list[bytes] = []  # framed body bytes not yet written upstream
-        self.body_pending_size = 0
-        self.replay: list[bytes] | None = []  # framed body bytes sent so far, while small enough to resend
-        self.replay_size = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.service: Service | None = None
-        self.backend: Backend | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.upstream_request = b""
-        self.tried: list[Backend] = []
-        self.attempts = 0  # requests written to a backend so far (a retry resends the kept body)
-        self.fresh_retry = False
-        self.response_started = False
-        self.resp_framing = NO_BODY
-        self.chunk_out = False  # frame the response body in chunks for the client
-        self.status = 0
-        self.started = 0.0
-        self.done = False
-        self.close_after = False
-        self.tunnel = False
-        self.tunnel_pending: list[bytes] = []
-        self.deadline = (
-            0.0  # when the backend's response head is due (0: not waiting); the engine's tick checks
-        )
 
     # -- request side ----------------------------------------------------------------------------------
     def build_upstream_head(self) -> None:
@@ -174,8 +141,9 @@ class Exchange:
             parts.append(b"\r\nX-Forwarded-Host: ")
             parts.append(host)
         if request_id is None:
-            parts.append(b"\r\nX-Request-ID: ")
-            parts.append(client.engine.request_ids.next())
+            ids = client.engine.request_ids
+            ids.count += 1
+            parts.append(b"\r\nX-Request-ID: %s%x" % (ids.prefix, ids.count))
         if self.req_framing == CHUNKED:
             parts.append(b"\r\nTransfer-Encoding: chunked")
         if self.upgrade and upgrade_value is not None:
@@ -194,22 +162,30 @@ class Exchange:
         if self.req_framing == CHUNKED:
             self._send_body([LAST_CHUNK], 5)
         if self.done:
-            self.client.exchange_finished(self)
+            self.client.exchange_finished(self, self.client.engine.now())
 
     def _send_body(self, framed: list[bytes], size: int) -> None:
         if self.done:
             return  # answered early: the rest of the body is read and dropped
-        if self.replay is not None:
+        replay = self.replay
+        if replay is not None:
             self.replay_size += size
             if self.replay_size > REPLAY_LIMIT:
                 self.replay = None
             else:
-                self.replay.extend(framed)
+                if not replay:
+                    self.replay = replay = []
+                assert isinstance(replay, list)
+                replay.extend(framed)
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None and not upstream.closed:
             upstream.transport.writelines(framed)
         else:
-            self.body_pending.extend(framed)
+            pending = self.body_pending
+            if not pending:
+                self.body_pending = pending = []
+            assert isinstance(pending, list)
+            pending.extend(framed)
             self.body_pending_size += size
             if self.body_pending_size > PIPELINE_LIMIT:
                 self.client.pause_reading_for(PAUSE_WAITING)
@@ -217,10 +193,8 @@ class Exchange:
     # -- dispatch ----------------------------------------------------------------------------------------
     def start(self) -> None:
         """This exchange's turn: choose a service and a backend."""
-        client = self.client
-        engine = client.engine
-        self.started = engine.now()
-        service = engine.router.route(self)
+        router = self.client.engine.router
+        service = router.single or router.route(self)
         if service is None:
             self.respond_error(404, "no route matches this request")
             return
@@ -294,16 +268,13 @@ class Exchange:
     def attach(self, conn: UpstreamConnection, reused: bool) -> None:
         """An upstream connection is ready for this exchange: send the request."""
         if self.done or self.backend is None or conn.pool.backend is not self.backend:
-            conn.pool.release(conn)
+            conn.pool.release(conn, self.client.engine.now())
             return
         conn.begin(self, skip_body=self.method == b"HEAD")
         self.upstream = conn
         transport = conn.transport
         assert transport is not None
-        if reused:
-            self.fresh_retry = False
-        else:
-            self.fresh_retry = True  # a fresh connection is never retried "fresh" again
+        self.fresh_retry = not reused  # a fresh connection is never retried "fresh" again
         self.attempts += 1
         if self.attempts > 1 and self.replay is not None:
             transport.writelines([self.upstream_request, *self.replay])
@@ -312,16 +283,15 @@ class Exchange:
         else:
             transport.write(self.upstream_request)
         if self.body_pending:
-            self.body_pending = []
+            self.body_pending = ()
             self.body_pending_size = 0
             self.client.resume_reading_for(PAUSE_WAITING)
         if self.tunnel_pending:
-            transport.writelines(self.tunnel_pending)
-            self.tunnel_pending = []
+            transport.writelines(list(self.tunnel_pending))
+            self.tunnel_pending = ()
         if self.client.write_paused:
             transport.pause_reading()
-        engine = self.client.engine
-        self.deadline = engine.now() + self.service.response_timeout  # type: ignore[union-attr]
+        self.deadline = self.client.engine.now() + self.service.response_timeout  # type: ignore[union-attr]
 
     def connect_failed(self, backend: Backend, reason: str) -> None:
         if self.done or self.backend is not backend:
@@ -376,7 +346,7 @@ class Exchange:
         if kind == CONNECT_FAILURE:
             # Nothing was sent: any method may go to the next backend.
             if backend is not None:
-                self.tried.append(backend)
+                self.tried = (*self.tried, backend)
             if len(self.tried) <= max(len(service.backends), retries.attempts):
                 self.attempt()
                 return
@@ -388,7 +358,7 @@ class Exchange:
             self.attempt(same_backend=backend)
             return
         if backend is not None:
-            self.tried.append(backend)
+            self.tried = (*self.tried, backend)
         allowed = kind in retries.on or (kind == RESET and "reset" in retries.on)
         if resendable and allowed and len(self.tried) <= retries.attempts:
             self.attempt()
@@ -402,50 +372,27 @@ class Exchange:
         self.deadline = 0.0
 
     # -- response side ---------------------------------------------------------------------------------
-    def upstream_informational(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_informational(self, parts: list[bytes]) -> None:
         if self.version == "1.0" or self.done:
             return  # HTTP/1.0 clients do not understand 1xx
-        parts = [status_line(status, reason)]
-        for name, value in headers:
-            if name.lower() not in HOP_BY_HOP:
-                parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
         self.client.write(b"".join(parts))
 
     def upstream_head(
-        self, conn: UpstreamConnection, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        parts: list[bytes],
+        framing: int,
+        upgrade_value: bytes | None,
     ) -> None:
+        """The backend's response head, its headers already filtered (see UpstreamConnection.on_header)."""
         if self.done:
             return
-        self._cancel_timer()
+        self.deadline = 0.0
         self.status = status
         self.response_started = True
         client = self.client
-        framing = UNTIL_CLOSE
-        parts = [status_line(status, reason)]
-        upgrade_value = None
-        connection = None
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"transfer-encoding":
-                    framing = CHUNKED
-                elif lname == b"upgrade":
-                    upgrade_value = value
-                elif lname == b"connection":
-                    connection = value if connection is None else connection + b"," + value
-                continue
-            if lname == b"content-length" and framing != CHUNKED:
-                framing = LENGTH
-            parts += (name, b": ", value, b"\r\n")
-        if connection is not None and connection.lower() not in PLAIN_CONNECTION:
-            named = connection_tokens(connection) - HOP_BY_HOP - {b"close"}
-            if named:  # headers the backend marked as for this connection only: drop them too
-                parts = [parts[0]]
-                for name, value in headers:
-                    lname = name.lower()
-                    if lname not in HOP_BY_HOP and lname not in named:
-                        parts += (name, b": ", value, b"\r\n")
         if self.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
             framing = NO_BODY
         if status == 101:
@@ -482,22 +429,36 @@ class Exchange:
             self.client.write(data)
 
     def upstream_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
+        """The backend's response was read whole: the common end of an exchange, kept short."""
         if self.done:
             conn.close()
             return
-        reusable = (
+        client = self.client
+        engine = client.engine
+        now = engine.now()
+        backend = self.backend
+        self.upstream = None
+        if (
             keep_alive
             and self.request_done
-            and self.backend is not None
-            and self.backend.admin_state.value == "ready"
-            and not self.client.engine.closing
-        )
-        self.upstream = None
-        if reusable:
-            conn.pool.release(conn)
+            and backend is not None
+            and backend.admin_state is READY
+            and not engine.closing
+        ):
+            conn.pool.release(conn, now)
         else:
-            conn.close()
-        self._response_end()
+            conn.close()  # draining backends close their connections after the current request
+        if self.chunk_out:
+            client.write(LAST_CHUNK)
+        self.done = True
+        self.deadline = 0.0
+        if backend is not None:
+            self.backend = None
+            backend.in_flight -= 1
+            backend.bytes_in += self.bytes_in
+            backend.observe(self.status, now - self.started, now, self.bytes_out)
+        if self.request_done or self.req_framing == NO_BODY or self.close_after:
+            client.exchange_finished(self, now)
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The backend switched protocols (101): from now on, bytes pass through both ways untouched."""
@@ -534,21 +495,22 @@ class Exchange:
         )
         self._finish()
 
-    def _record(self) -> None:
+    def _record(self) -> float:
+        now = self.client.engine.now()
         backend = self.backend
         if backend is not None:
             self.backend = None
             backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
-            now = self.client.engine.now()
             backend.observe(self.status, now - self.started, now, self.bytes_out)
+        return now
 
     def _finish(self) -> None:
         if self.done:
             return
         self.done = True
         self._cancel_timer()
-        self._record()
+        now = self._record()
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
@@ -557,7 +519,7 @@ class Exchange:
         if self.tunnel:
             return
         if self.request_done or self.req_framing == NO_BODY or self.close_after:
-            self.client.exchange_finished(self)
+            self.client.exchange_finished(self, now)
 
     def client_lost(self) -> None:
         """The client went away: stop the exchange and close its upstream connection."""
@@ -701,7 +663,7 @@ class ClientConnection(asyncio.Protocol):
             rest = data[upgrade.args[0] :]
             exchange = self.current
             if exchange is not None and rest:
-                exchange.tunnel_pending.append(rest)
+                exchange.tunnel_pending = (*exchange.tunnel_pending, rest)
         except httptools.HttpParserError as error:
             self.bad_request(error)
 
@@ -747,6 +709,7 @@ class ClientConnection(asyncio.Protocol):
             ):
                 framing = LENGTH
         exchange.req_framing = framing
+        exchange.started = self.last_active  # when its bytes arrived: queueing behind others counts too
         if exchange.upgrade:
             exchange.keep_alive = False
         if self.current is None:
@@ -768,22 +731,24 @@ class ClientConnection(asyncio.Protocol):
             exchange.request_complete()
 
     # -- sequencing ----------------------------------------------------------------------------------------
-    def exchange_finished(self, exchange: Exchange) -> None:
+    def exchange_finished(self, exchange: Exchange, now: float) -> None:
         if exchange is not self.current:
             return
         self.current = None
-        self.last_active = self.engine.now()
-        if exchange.close_after or not exchange.keep_alive or self.engine.closing:
+        self.last_active = now
+        engine = self.engine
+        if exchange.close_after or not exchange.keep_alive or engine.closing:
             self.close()
+            if engine.closing:
+                engine.connection_idle(self)
             return
         if self.pending:
             self.current = self.pending.popleft()
             if not self.pending:
                 self.resume_reading_for(PAUSE_PIPELINE)
             self.current.start()
-        else:
+        elif self.paused:
             self.resume_reading_for(PAUSE_PIPELINE)
-            self.engine.connection_idle(self)
 
     def start_tunnel(self, exchange: Exchange, upstream: UpstreamConnection) -> None:
         self.tunnel_to = upstream

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http
 import os
-from itertools import count
 
 # RFC 9110 7.6.1 (and the ones RFC 2616 listed, which proxies still strip): meant for one connection only.
 HOP_BY_HOP = frozenset(
@@ -23,6 +22,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+
+# Connection header values that name no other header (the usual ones): nothing more to strip.
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 # Request headers the proxy writes itself rather than passing on.
 SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
@@ -95,8 +97,9 @@ class RequestIds:
     """Request ids unique across processes and restarts: a random prefix and a counter."""
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex()
-        self._counter = count(1)
+        self.prefix = os.urandom(6).hex().encode() + b"-"
+        self.count = 0
 
     def next(self) -> bytes:
-        return b"%s-%x" % (self._prefix.encode(), next(self._counter))
+        self.count += 1
+        return b"%s%x" % (self.prefix, self.count)

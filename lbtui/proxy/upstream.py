@@ -17,6 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from lbtui.proxy.http import (
+    CHUNKED,
+    HOP_BY_HOP,
+    LENGTH,
+    PLAIN_CONNECTION,
+    UNTIL_CLOSE,
+    connection_tokens,
+    status_line,
+)
+
 if TYPE_CHECKING:
     from lbtui.core.model import Backend
     from lbtui.proxy.client import Exchange
@@ -42,14 +52,17 @@ class UpstreamConnection(asyncio.Protocol):
         "_reason",
         "_skip_body",
         "closed",
+        "connection",
         "exchange",
-        "headers",
+        "framing",
         "idle_since",
         "parser",
+        "parts",
         "pool",
         "received",
         "requests",
         "transport",
+        "upgrade_value",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -57,7 +70,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.parts: list[bytes] = []
+        self.framing = UNTIL_CLOSE
+        self.connection: bytes | None = None
+        self.upgrade_value: bytes | None = None
         self._reason = b""
         self._complete = False
         self._informational = False
@@ -100,7 +116,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._skip_body = skip_body
         self._complete = False
         self.received = False
-        self.headers = []
 
     # -- flow control: the client is slower than the backend, or the reverse ------------------------------
     def pause_writing(self) -> None:
@@ -152,26 +167,58 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange = None
             exchange.upstream_complete(self, self._keep_alive)
 
+    # The response head is filtered and re-serialised as its headers arrive: hop-by-hop headers are left out,
+    # and what they say about framing, upgrade and the connection is kept aside.
     def on_message_begin(self) -> None:
-        self.headers = []
+        self.parts = [b""]  # the status line goes first once the status is known
+        self.framing = UNTIL_CLOSE
+        self.connection = None
+        self.upgrade_value = None
         self._reason = b""
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                self.framing = CHUNKED
+            elif lname == b"connection":
+                c = self.connection
+                self.connection = value if c is None else c + b"," + value
+            elif lname == b"upgrade":
+                self.upgrade_value = value
+            return
+        if lname == b"content-length" and self.framing == UNTIL_CLOSE:
+            self.framing = LENGTH
+        self.parts += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         exchange = self.exchange
         assert exchange is not None
+        parts = self.parts
+        parts[0] = status_line(status, self._reason)
+        connection = self.connection
+        if connection is not None and connection.lower() not in PLAIN_CONNECTION:
+            named = connection_tokens(connection) - HOP_BY_HOP - {b"close"}
+            if named:  # headers the backend marked as for this connection only: drop them too
+                parts = [
+                    parts[0],
+                    *(
+                        p
+                        for i in range(1, len(parts), 4)
+                        if parts[i].lower() not in named
+                        for p in parts[i : i + 4]
+                    ),
+                ]
         if 100 <= status < 200 and status != 101:
             # A 1xx ends a message for the parser, not the exchange: the real response follows.
             self._informational = True
-            exchange.upstream_informational(status, self._reason, self.headers)
+            exchange.upstream_informational(parts)
             return
-        exchange.upstream_head(self, status, self._reason, self.headers)
+        exchange.upstream_head(self, status, parts, self.framing, self.upgrade_value)
         if self._skip_body and status not in (204, 304):
             raise _HeadersDone
 
@@ -211,14 +258,14 @@ class Pool:
                 return conn
         return None
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection, now: float) -> None:
         self.active.discard(conn)
         if conn.closed:
             return
         if len(self.idle) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = self.engine.now()
+        conn.idle_since = now
         conn.requests += 1
         self.idle.append(conn)
 
