@@ -13,13 +13,15 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lbtui.config import BackendConfig, ServiceConfig
-from lbtui.core.algorithms import Algorithm, ewma_decay, ewma_update, make_algorithm
+from lbtui.core.algorithms import DEFAULT_EWMA_TAU as EWMA_TAU
+from lbtui.core.algorithms import Algorithm, ewma_decay, make_algorithm
 from lbtui.core.stats import SlidingWindow, WindowView, merge_views
 
 
@@ -111,7 +113,13 @@ class Backend:
         self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
         self.bytes_out += bytes_out
         self.window.record(latency, status >= 500 or status == 0, now)
-        self._ewma = ewma_update(self._ewma, self._ewma_time, latency, now)
+        # Peak-EWMA (algorithms.ewma_update, inlined: once per request): a slower sample is taken at once.
+        ewma = self._ewma
+        if latency >= ewma:
+            self._ewma = latency
+        elif now > self._ewma_time:
+            w = math.exp((self._ewma_time - now) / EWMA_TAU)
+            self._ewma = ewma * w + latency * (1.0 - w)
         self._ewma_time = now
 
     def config(self) -> BackendConfig:

@@ -255,11 +255,15 @@ class Exchange:
         pool = backend.pool
         if pool is None:
             pool = self.client.engine.make_pool(backend)
-        conn = None if same_backend is not None else pool.acquire()
-        if conn is not None:
-            self.attach(conn, reused=True)
-        else:
-            pool.connect(self)
+        if same_backend is None:
+            idle = pool.idle
+            while idle:  # the newest idle connection first (Pool.acquire, inlined: once per request)
+                conn = idle.pop()
+                if not conn.closed:
+                    pool.active.add(conn)
+                    self.attach(conn, reused=True)
+                    return
+        pool.connect(self)
 
     def service_config_timeouts(self) -> TimeoutsConfig:
         assert self.service is not None
@@ -270,7 +274,9 @@ class Exchange:
         if self.done or self.backend is None or conn.pool.backend is not self.backend:
             conn.pool.release(conn, self.client.engine.now())
             return
-        conn.begin(self, skip_body=self.method == b"HEAD")
+        conn.exchange = self  # UpstreamConnection.begin, inlined
+        conn._skip_body = self.method == b"HEAD"
+        conn.received = False
         self.upstream = conn
         transport = conn.transport
         assert transport is not None
@@ -423,10 +429,17 @@ class Exchange:
         if self.done or not data:
             return
         self.bytes_out += len(data)
-        if self.chunk_out:
-            self.client.writelines(chunk_frame(data))
+        client = self.client
+        out = client.out
+        if out is not None:  # corked: the usual case, inside UpstreamConnection.data_received
+            if self.chunk_out:
+                out += (b"%x\r\n" % len(data), data, b"\r\n")
+            else:
+                out.append(data)
+        elif self.chunk_out:
+            client.writelines(chunk_frame(data))
         else:
-            self.client.write(data)
+            client.write(data)
 
     def upstream_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         """The backend's response was read whole: the common end of an exchange, kept short."""
@@ -728,7 +741,10 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.parsing
         self.parsing = None
         if exchange is not None:
-            exchange.request_complete()
+            if exchange.req_framing == NO_BODY and not exchange.done:
+                exchange.request_done = True  # Exchange.request_complete, for the common bodiless case
+            else:
+                exchange.request_complete()
 
     # -- sequencing ----------------------------------------------------------------------------------------
     def exchange_finished(self, exchange: Exchange, now: float) -> None:

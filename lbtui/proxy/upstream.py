@@ -138,34 +138,32 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.received = True
         client = exchange.client
-        client.cork()
-        try:
-            self._feed(exchange, data)
-        finally:
-            client.uncork()
-
-    def _feed(self, exchange: Exchange, data: bytes) -> None:
+        # Cork the client: the head and body of a response leave in one system call.
+        corked = client.out is None
+        if corked:
+            client.out = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            self._complete = False  # the parser ended the 101 message: the exchange goes on, as a tunnel
             exchange.upstream_upgraded(self, data[upgrade.args[0] :])
-            return
         except httptools.HttpParserCallbackError as error:
-            if isinstance(error.__context__, _HeadersDone):
-                self._keep_alive = self.parser.should_keep_alive()
-                self.parser = httptools.HttpResponseParser(self)
-                self._complete = True
-            else:
+            if not isinstance(error.__context__, _HeadersDone):
                 raise
+            self._keep_alive = self.parser.should_keep_alive()
+            self.parser = httptools.HttpResponseParser(self)
+            self._complete = True
         except httptools.HttpParserError as error:
             self.close()
             self.exchange = None
             exchange.upstream_failed(BAD_RESPONSE, f"invalid response from backend: {error}")
-            return
-        if self._complete:
-            self._complete = False
-            self.exchange = None
-            exchange.upstream_complete(self, self._keep_alive)
+        finally:
+            if self._complete:
+                self._complete = False
+                self.exchange = None
+                exchange.upstream_complete(self, self._keep_alive)
+            if corked:
+                client.uncork()
 
     # The response head is filtered and re-serialised as its headers arrive: hop-by-hop headers are left out,
     # and what they say about framing, upgrade and the connection is kept aside.
