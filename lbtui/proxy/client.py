@@ -96,10 +96,43 @@ class Exchange:
 
     # -- request side ----------------------------------------------------------------------------------
     def build_upstream_head(self) -> None:
-        """Re-serialise the request for the backend: hop-by-hop headers out, forwarding headers in."""
+        """Re-serialise the request for the backend: hop-by-hop headers out, forwarding headers in.
+
+        A client on a keep-alive connection mostly sends the same headers again and again: the filtered
+        headers are kept per connection and reused while the next request's headers are equal.
+        """
+        client = self.client
+        headers = self.headers
+        cached = client.head_cache
+        if cached is not None and cached[0] == headers and not self.upgrade:
+            middle, has_request_id = cached[1], cached[2]
+        else:
+            middle, has_request_id = self._filter_headers()
+            if not self.upgrade:
+                client.head_cache = (headers, middle, has_request_id)
+        if has_request_id:
+            self.upstream_request = b"".join(
+                (self.method, b" ", self.url, b" HTTP/1.1\r\n", middle, b"\r\n\r\n")
+            )
+        else:
+            ids = client.engine.request_ids
+            ids.count += 1
+            self.upstream_request = b"".join(
+                (
+                    self.method,
+                    b" ",
+                    self.url,
+                    b" HTTP/1.1\r\n",
+                    middle,
+                    b"\r\nX-Request-ID: %s%x\r\n\r\n" % (ids.prefix, ids.count),
+                )
+            )
+
+    def _filter_headers(self) -> tuple[bytes, bool]:
+        """The request's headers for the backend (no request line, no final CRLF), and whether it had an id."""
         client = self.client
         dropped = HOP_BY_HOP
-        parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
+        parts: list[bytes] = []
         forwarded_for = None
         host = None
         request_id = None
@@ -128,11 +161,10 @@ class Exchange:
             if named:  # headers the client marked as for this connection only: drop them too
                 parts = [
                     p
-                    for i in range(4, len(parts), 4)
+                    for i in range(0, len(parts), 4)
                     if parts[i].lower() not in named
                     for p in parts[i : i + 4]
                 ]
-                parts[0:0] = [self.method, b" ", self.url, b" HTTP/1.1\r\n"]
         peer = client.peer_host
         parts.append(b"X-Forwarded-For: ")
         parts.append(peer if forwarded_for is None else forwarded_for + b", " + peer)
@@ -140,17 +172,12 @@ class Exchange:
         if host is not None:
             parts.append(b"\r\nX-Forwarded-Host: ")
             parts.append(host)
-        if request_id is None:
-            ids = client.engine.request_ids
-            ids.count += 1
-            parts.append(b"\r\nX-Request-ID: %s%x" % (ids.prefix, ids.count))
         if self.req_framing == CHUNKED:
             parts.append(b"\r\nTransfer-Encoding: chunked")
         if self.upgrade and upgrade_value is not None:
             parts.append(b"\r\nConnection: upgrade\r\nUpgrade: ")
             parts.append(upgrade_value)
-        parts.append(b"\r\n\r\n")
-        self.upstream_request = b"".join(parts)
+        return b"".join(parts), request_id is not None
 
     def request_body(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -565,6 +592,8 @@ class ClientConnection(asyncio.Protocol):
         self.out: list[bytes] | None = None  # writes held while corked
         self.last_active = 0.0
         self.tunnel_to: UpstreamConnection | None = None
+        # The last request's headers and what they became for the backend (see build_upstream_head).
+        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
