@@ -93,34 +93,43 @@ class SlidingWindow:
     measure the latency, so the window costs no clock call of its own.
     """
 
-    __slots__ = ("_counts", "_current", "_errors", "_requests", "_slot_starts", "slots", "started")
+    __slots__ = (
+        "_counts",
+        "_current",
+        "_current_counts",
+        "_current_slot",
+        "_errors",
+        "_slot_starts",
+        "slots",
+        "started",
+    )
 
     def __init__(self, slots: int = 10, now: float = 0.0) -> None:
         self.slots = slots
         self.started = now
         self._slot_starts = [-1] * slots  # the whole second each slot holds, -1 when empty
-        self._requests = [0] * slots
         self._errors = [0] * slots
-        self._counts: list[list[int] | None] = [None] * slots
+        # Latency bucket counts per slot; a slot's request count is their sum (one increment per request).
+        self._counts: list[list[int]] = [[0] * BUCKETS for _ in range(slots)]
         self._current = -1  # the second being recorded
+        self._current_slot = 0
+        self._current_counts = self._counts[0]
+
+    def _start_second(self, second: int) -> None:
+        slot = second % self.slots
+        self._current = second
+        self._current_slot = slot
+        self._slot_starts[slot] = second
+        self._errors[slot] = 0
+        counts = self._current_counts = self._counts[slot]
+        counts[:] = _ZEROS
 
     def record(self, latency_s: float, error: bool, now: float) -> None:
         second = int(now)
-        slot = second % self.slots
-        if self._slot_starts[slot] != second:
-            self._slot_starts[slot] = second
-            self._requests[slot] = 0
-            self._errors[slot] = 0
-            counts = self._counts[slot]
-            if counts is None:
-                self._counts[slot] = counts = [0] * BUCKETS
-            else:
-                counts[:] = _ZEROS
-        self._requests[slot] += 1
+        if second != self._current:
+            self._start_second(second)
         if error:
-            self._errors[slot] += 1
-        counts = self._counts[slot]
-        assert counts is not None
+            self._errors[self._current_slot] += 1
         us = int(latency_s * 1_000_000)
         if us < SUB_BUCKETS:  # bucket_index, inlined: this runs once per request
             index = us if us > 0 else 0
@@ -129,7 +138,7 @@ class SlidingWindow:
                 us = MAX_LATENCY_US
             shift = us.bit_length() - SUB_BUCKET_BITS - 1
             index = (shift + 1) * SUB_BUCKETS + (us >> shift) - SUB_BUCKETS
-        counts[index] += 1
+        self._current_counts[index] += 1
 
     def view(self, now: float) -> WindowView:
         second = int(now)
@@ -140,10 +149,11 @@ class SlidingWindow:
             start = self._slot_starts[slot]
             if start < oldest or start > second:
                 continue
-            requests += self._requests[slot]
-            errors += self._errors[slot]
             counts = self._counts[slot]
-            if counts is not None and self._requests[slot]:
+            in_slot = sum(counts)
+            if in_slot:
+                requests += in_slot
+                errors += self._errors[slot]
                 for i, c in enumerate(counts):
                     if c:
                         merged[i] += c
