@@ -304,6 +304,7 @@ class Exchange:
         conn.exchange = self  # UpstreamConnection.begin, inlined
         conn._skip_body = self.method == b"HEAD"
         conn.received = False
+        conn.reset_head()
         self.upstream = conn
         transport = conn.transport
         assert transport is not None
@@ -497,7 +498,19 @@ class Exchange:
             backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
             backend.observe(self.status, now - self.started, now, self.bytes_out)
-        if self.request_done or self.req_framing == NO_BODY or self.close_after:
+        if (
+            client.current is self
+            and self.keep_alive
+            and not self.close_after
+            and not engine.closing
+            and not client.pending
+            and not client.paused
+            and (self.request_done or self.req_framing == NO_BODY)
+        ):
+            # The usual end (ClientConnection.exchange_finished, inlined): idle, waiting for the next request.
+            client.current = None
+            client.last_active = now
+        elif self.request_done or self.req_framing == NO_BODY or self.close_after:
             client.exchange_finished(self, now)
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
@@ -724,13 +737,14 @@ class ClientConnection(asyncio.Protocol):
             self.current.close_after = True
             self.current.request_done = True
 
-    def on_message_begin(self) -> None:
-        self.parsing = Exchange(self)
-
+    # No on_message_begin callback (one Python call less per request): a request starts with its URL.
     def on_url(self, url: bytes) -> None:
         exchange = self.parsing
-        if exchange is not None:
-            exchange.url += url
+        if exchange is None:
+            self.parsing = exchange = Exchange(self)
+            exchange.url = url
+        else:
+            exchange.url += url  # the URL can arrive in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing

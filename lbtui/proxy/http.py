@@ -37,13 +37,13 @@ LENGTH = 1
 CHUNKED = 2
 UNTIL_CLOSE = 3
 
-_status_lines: dict[tuple[int, bytes], bytes] = {}
+STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
     """`HTTP/1.1 200 OK\\r\\n`, cached; an upstream's reason phrase is kept when it is printable."""
     key = (status, reason)
-    line = _status_lines.get(key)
+    line = STATUS_LINES.get(key)
     if line is None:
         if not reason or not all(0x20 <= c < 0x7F or c == 0x09 for c in reason):
             try:
@@ -51,8 +51,8 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
             except ValueError:
                 reason = b""
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-        if len(_status_lines) < 4096:
-            _status_lines[key] = line
+        if len(STATUS_LINES) < 4096:
+            STATUS_LINES[key] = line
     return line
 
 

@@ -22,6 +22,7 @@ from lbtui.proxy.http import (
     HOP_BY_HOP,
     LENGTH,
     PLAIN_CONNECTION,
+    STATUS_LINES,
     UNTIL_CLOSE,
     connection_tokens,
     status_line,
@@ -167,7 +168,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # The response head is filtered and re-serialised as its headers arrive: hop-by-hop headers are left out,
     # and what they say about framing, upgrade and the connection is kept aside.
-    def on_message_begin(self) -> None:
+    # No on_message_begin callback (one Python call less per response): `reset_head` runs when an exchange
+    # starts on this connection (Exchange.attach) and after a 1xx.
+    def reset_head(self) -> None:
         self.parts = [b""]  # the status line goes first once the status is known
         self.framing = UNTIL_CLOSE
         self.connection = None
@@ -197,7 +200,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         assert exchange is not None
         parts = self.parts
-        parts[0] = status_line(status, self._reason)
+        parts[0] = STATUS_LINES.get((status, self._reason)) or status_line(status, self._reason)
         connection = self.connection
         if connection is not None and connection.lower() not in PLAIN_CONNECTION:
             named = connection_tokens(connection) - HOP_BY_HOP - {b"close"}
@@ -222,12 +225,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
-        if exchange is not None:
+        if exchange is None or exchange.done or not body:
+            return
+        out = exchange.client.out
+        if out is not None and not exchange.chunk_out:  # the usual case (Exchange.upstream_body, inlined)
+            exchange.bytes_out += len(body)
+            out.append(body)
+        else:
             exchange.upstream_body(body)
 
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
+            self.reset_head()
         elif self.exchange is not None:
             self._complete = True
             # Read now: the parser forgets it once the message is over.
