@@ -40,6 +40,7 @@ class Health(enum.StrEnum):
 
 
 SERVING_HEALTH = frozenset({Health.UP, Health.GOING_DOWN})
+_exp = math.exp
 HASHING = frozenset({"ip_hash", "consistent_hash"})
 
 # Peak-EWMA starts from this guess (seconds) so a new backend is neither shunned nor flooded.
@@ -118,7 +119,7 @@ class Backend:
         if latency >= ewma:
             self._ewma = latency
         elif now > self._ewma_time:
-            w = math.exp((self._ewma_time - now) / EWMA_TAU)
+            w = _exp((self._ewma_time - now) / EWMA_TAU)
             self._ewma = ewma * w + latency * (1.0 - w)
         self._ewma_time = now
 

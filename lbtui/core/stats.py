@@ -21,6 +21,8 @@ BUCKETS = (27 - SUB_BUCKET_BITS + 1) * SUB_BUCKETS  # 736 buckets cover 0 .. MAX
 
 def bucket_index(us: int) -> int:
     """The bucket of a latency in whole microseconds (values below 32 us are exact)."""
+    if us < 0:
+        return 0
     if us < SUB_BUCKETS:
         return us if us > 0 else 0
     if us > MAX_LATENCY_US:
@@ -99,6 +101,7 @@ class SlidingWindow:
         "_current_counts",
         "_current_slot",
         "_errors",
+        "_second_end",
         "_slot_starts",
         "slots",
         "started",
@@ -112,12 +115,14 @@ class SlidingWindow:
         # Latency bucket counts per slot; a slot's request count is their sum (one increment per request).
         self._counts: list[list[int]] = [[0] * BUCKETS for _ in range(slots)]
         self._current = -1  # the second being recorded
+        self._second_end = -1.0  # when it ends
         self._current_slot = 0
         self._current_counts = self._counts[0]
 
     def _start_second(self, second: int) -> None:
         slot = second % self.slots
         self._current = second
+        self._second_end = second + 1.0
         self._current_slot = slot
         self._slot_starts[slot] = second
         self._errors[slot] = 0
@@ -125,20 +130,12 @@ class SlidingWindow:
         counts[:] = _ZEROS
 
     def record(self, latency_s: float, error: bool, now: float) -> None:
-        second = int(now)
-        if second != self._current:
-            self._start_second(second)
+        if now >= self._second_end:
+            self._start_second(int(now))
         if error:
             self._errors[self._current_slot] += 1
-        us = int(latency_s * 1_000_000)
-        if us < SUB_BUCKETS:  # bucket_index, inlined: this runs once per request
-            index = us if us > 0 else 0
-        else:
-            if us > MAX_LATENCY_US:
-                us = MAX_LATENCY_US
-            shift = us.bit_length() - SUB_BUCKET_BITS - 1
-            index = (shift + 1) * SUB_BUCKETS + (us >> shift) - SUB_BUCKETS
-        self._current_counts[index] += 1
+        us = int(latency_s * 1_000_000.0)
+        self._current_counts[_INDEX[us] if us < _INDEX_SIZE else bucket_index(us)] += 1
 
     def view(self, now: float) -> WindowView:
         second = int(now)
@@ -164,6 +161,11 @@ class SlidingWindow:
 
 
 _ZEROS = [0] * BUCKETS
+
+# bucket_index for every latency below ~65 ms, precomputed: recording is then one list lookup.
+_INDEX_SIZE = 1 << 16
+_BUCKET_NUMBERS = list(range(BUCKETS))  # shared int objects: the table holds 64 Ki references, not 64 Ki ints
+_INDEX = [_BUCKET_NUMBERS[bucket_index(us)] for us in range(_INDEX_SIZE)]
 
 
 def window_view(seconds: float, requests: int, errors: int, counts: Sequence[int]) -> WindowView:

@@ -301,10 +301,14 @@ class Exchange:
         if self.done or self.backend is None or conn.pool.backend is not self.backend:
             conn.pool.release(conn, self.client.engine.now())
             return
-        conn.exchange = self  # UpstreamConnection.begin, inlined
+        conn.exchange = self  # UpstreamConnection.begin and reset_head, inlined
         conn._skip_body = self.method == b"HEAD"
         conn.received = False
-        conn.reset_head()
+        conn.parts = [b""]
+        conn.framing = UNTIL_CLOSE
+        conn.connection = None
+        conn.upgrade_value = None
+        conn._reason = b""
         self.upstream = conn
         transport = conn.transport
         assert transport is not None
