@@ -455,7 +455,11 @@ class Exchange:
         elif self.version == "1.0":
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        client.write(b"".join(parts))
+        out = client.out
+        if out is not None:
+            out += parts  # corked: joined once with the body when the connection is uncorked
+        else:
+            client.write(b"".join(parts))
 
     def upstream_body(self, data: bytes) -> None:
         if self.done or not data:
@@ -683,7 +687,7 @@ class ClientConnection(asyncio.Protocol):
             # One buffer, not a vector of small ones: a plain write costs the kernel less than writev.
             if len(out) == 1:
                 self.transport.write(out[0])
-            elif len(out) <= 8:
+            elif len(out) <= 64:
                 self.transport.write(b"".join(out))
             else:
                 self.transport.writelines(out)

@@ -169,7 +169,7 @@ class UpstreamConnection(asyncio.Protocol):
                 if out and not client.closed and client.transport is not None:
                     if len(out) == 1:
                         client.transport.write(out[0])
-                    elif len(out) <= 8:
+                    elif len(out) <= 64:
                         client.transport.write(b"".join(out))  # one buffer costs the kernel less than writev
                     else:
                         client.transport.writelines(out)
