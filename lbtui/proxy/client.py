@@ -105,11 +105,11 @@ class Exchange:
         headers = self.headers
         cached = client.head_cache
         if cached is not None and cached[0] == headers and not self.upgrade:
-            middle, has_request_id = cached[1], cached[2]
+            middle, has_request_id, self.req_framing = cached[1], cached[2], cached[3]
         else:
             middle, has_request_id = self._filter_headers()
             if not self.upgrade:
-                client.head_cache = (headers, middle, has_request_id)
+                client.head_cache = (headers, middle, has_request_id, self.req_framing)
         if has_request_id:
             self.upstream_request = b"".join(
                 (self.method, b" ", self.url, b" HTTP/1.1\r\n", middle, b"\r\n\r\n")
@@ -129,7 +129,10 @@ class Exchange:
             )
 
     def _filter_headers(self) -> tuple[bytes, bool]:
-        """The request's headers for the backend (no request line, no final CRLF), and whether it had an id."""
+        """The request's headers for the backend (no request line, no final CRLF), and whether it had an id.
+
+        Also sets the request's body framing from Transfer-Encoding and Content-Length.
+        """
         client = self.client
         dropped = HOP_BY_HOP
         parts: list[bytes] = []
@@ -138,6 +141,7 @@ class Exchange:
         request_id = None
         upgrade_value = None
         connection = None
+        framing = NO_BODY
         for name, value in self.headers:
             lname = name.lower()
             if lname in dropped:
@@ -145,7 +149,11 @@ class Exchange:
                     upgrade_value = value
                 elif lname == b"connection":
                     connection = value if connection is None else connection + b"," + value
+                elif lname == b"transfer-encoding":
+                    framing = CHUNKED
                 continue
+            if lname == b"content-length" and framing == NO_BODY and value != b"0":
+                framing = LENGTH
             if lname in SET_BY_PROXY:
                 continue
             if lname == b"x-forwarded-for":
@@ -165,6 +173,7 @@ class Exchange:
                     if parts[i].lower() not in named
                     for p in parts[i : i + 4]
                 ]
+        self.req_framing = framing
         peer = client.peer_host
         parts.append(b"X-Forwarded-For: ")
         parts.append(peer if forwarded_for is None else forwarded_for + b", " + peer)
@@ -226,7 +235,6 @@ class Exchange:
             self.respond_error(404, "no route matches this request")
             return
         self.service = service
-        self.build_upstream_head()
         self.attempt()
 
     def hash_key(self) -> bytes | None:
@@ -614,7 +622,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = 0.0
         self.tunnel_to: UpstreamConnection | None = None
         # The last request's headers and what they became for the backend (see build_upstream_head).
-        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool] | None = None
+        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -767,15 +775,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.version = parser.get_http_version()
         exchange.keep_alive = parser.should_keep_alive() and not self.engine.closing
         exchange.upgrade = parser.should_upgrade()
-        framing = NO_BODY
-        for name, value in exchange.headers:
-            if len(name) == 17 and name.lower() == b"transfer-encoding":
-                framing = CHUNKED
-            elif (
-                len(name) == 14 and framing == NO_BODY and name.lower() == b"content-length" and value != b"0"
-            ):
-                framing = LENGTH
-        exchange.req_framing = framing
+        exchange.build_upstream_head()  # also learns the body's framing, needed before its turn
         exchange.started = self.last_active  # when its bytes arrived: queueing behind others counts too
         if exchange.upgrade:
             exchange.keep_alive = False
