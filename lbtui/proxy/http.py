@@ -23,6 +23,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# The lengths of the header names a response can need us to look at (hop-by-hop and Content-Length).
+SPECIAL_LENGTHS = frozenset({len(name) for name in HOP_BY_HOP} | {len(b"content-length")})
+
 # Connection header values that name no other header (the usual ones): nothing more to strip.
 PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 

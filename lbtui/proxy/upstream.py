@@ -22,6 +22,7 @@ from lbtui.proxy.http import (
     HOP_BY_HOP,
     LENGTH,
     PLAIN_CONNECTION,
+    SPECIAL_LENGTHS,
     STATUS_LINES,
     UNTIL_CLOSE,
     connection_tokens,
@@ -189,18 +190,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"transfer-encoding":
-                self.framing = CHUNKED
-            elif lname == b"connection":
-                c = self.connection
-                self.connection = value if c is None else c + b"," + value
-            elif lname == b"upgrade":
-                self.upgrade_value = value
-            return
-        if lname == b"content-length" and self.framing == UNTIL_CLOSE:
-            self.framing = LENGTH
+        if len(name) in SPECIAL_LENGTHS:  # most names are none of ours: skip lower() and a hash for them
+            lname = name.lower()
+            if lname in HOP_BY_HOP:
+                if lname == b"transfer-encoding":
+                    self.framing = CHUNKED
+                elif lname == b"connection":
+                    c = self.connection
+                    self.connection = value if c is None else c + b"," + value
+                elif lname == b"upgrade":
+                    self.upgrade_value = value
+                return
+            if lname == b"content-length" and self.framing == UNTIL_CLOSE:
+                self.framing = LENGTH
         self.parts += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
