@@ -34,6 +34,8 @@ class Balancer:
         self.connections = 0  # open client connections, kept by the data plane
         # Called with a backend that has just been dropped, so the data plane can close its pool.
         self.on_backend_removed: list[Callable[[Backend], None]] = []
+        # Called with a backend whose admin state has just changed (the data plane closes idle connections).
+        self.on_state_change: list[Callable[[Backend], None]] = []
         # Called with (backend, before, after) by the tick when drain-then-remove completes.
         self.on_tick_change: list[Callable[[Backend, str, str], None]] = []
 
@@ -75,3 +77,5 @@ class Balancer:
         backend.admin_state = state
         backend.drain_since = self.clock() if state is AdminState.DRAIN else None
         self.service_of(backend).changed()
+        for callback in self.on_state_change:
+            callback(backend)

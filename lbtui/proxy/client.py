@@ -26,6 +26,7 @@ from lbtui.proxy.http import (
     IDEMPOTENT_METHODS,
     LAST_CHUNK,
     LENGTH,
+    NEVER_CONNECTION_NAMED,
     NO_BODY,
     PLAIN_CONNECTION,
     SET_BY_PROXY,
@@ -43,8 +44,10 @@ if TYPE_CHECKING:
 
 # Request body bytes kept so that a failed attempt can be sent again to another backend.
 REPLAY_LIMIT = 64 * 1024
-# Bytes of pipelined requests we hold before we stop reading from the client.
+# Bytes of a request body we hold while it waits (for its turn, or for a connection) before we stop reading.
 PIPELINE_LIMIT = 64 * 1024
+# Pipelined requests we hold before we stop reading from the client.
+PIPELINE_DEPTH = 16
 
 READY = AdminState.READY
 
@@ -165,7 +168,7 @@ class Exchange:
                 request_id = value
             parts += (name, b": ", value, b"\r\n")
         if connection is not None and connection.lower() not in PLAIN_CONNECTION:
-            named = connection_tokens(connection) - dropped - {b"close", b"upgrade"}
+            named = connection_tokens(connection) - dropped - NEVER_CONNECTION_NAMED
             if named:  # headers the client marked as for this connection only: drop them too
                 parts = [
                     p
@@ -197,6 +200,8 @@ class Exchange:
         self.request_done = True
         if self.req_framing == CHUNKED:
             self._send_body([LAST_CHUNK], 5)
+        if self.upstream is not None and not self.response_started and self.service is not None:
+            self.deadline = self.client.engine.now() + self.service.response_timeout
         if self.done:
             self.client.exchange_finished(self, self.client.engine.now())
 
@@ -332,12 +337,11 @@ class Exchange:
             self.body_pending = ()
             self.body_pending_size = 0
             self.client.resume_reading_for(PAUSE_WAITING)
-        if self.tunnel_pending:
-            transport.writelines(list(self.tunnel_pending))
-            self.tunnel_pending = ()
         if self.client.write_paused:
             transport.pause_reading()
-        self.deadline = self.client.engine.now() + self.service.response_timeout  # type: ignore[union-attr]
+        if self.request_done or self.req_framing == NO_BODY:
+            self.deadline = self.client.engine.now() + self.service.response_timeout  # type: ignore[union-attr]
+        # else: the response timeout starts when the body has been sent whole (request_complete)
 
     def connect_failed(self, backend: Backend, reason: str) -> None:
         if self.done or self.backend is not backend:
@@ -541,6 +545,9 @@ class Exchange:
         self.client.start_tunnel(self, conn)
         if rest:
             self.client.write(rest)
+        if self.tunnel_pending and conn.transport is not None:
+            conn.transport.writelines(list(self.tunnel_pending))  # what the client sent after its request
+            self.tunnel_pending = ()
         self._record()
 
     def _response_end(self) -> None:
@@ -578,6 +585,10 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        if self.body_pending:  # held for a backend that will not get it now
+            self.body_pending = ()
+            self.body_pending_size = 0
+            self.client.resume_reading_for(PAUSE_WAITING)
         self._cancel_timer()
         now = self._record()
         upstream = self.upstream
@@ -621,6 +632,8 @@ class ClientConnection(asyncio.Protocol):
         self.out: list[bytes] | None = None  # writes held while corked
         self.last_active = 0.0
         self.tunnel_to: UpstreamConnection | None = None
+        self.upgrading: Exchange | None = None  # an Upgrade request waiting for its 101
+        self.last_request = False  # a request said `Connection: close` (or the parser failed): read no more
         # The last request's headers and what they became for the backend (see build_upstream_head).
         self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int] | None = None
 
@@ -731,27 +744,43 @@ class ClientConnection(asyncio.Protocol):
                 tunnel.transport.write(data)
             return
         self.last_active = self.engine.now()
+        upgrading = self.upgrading
+        if upgrading is not None:
+            # After an Upgrade request nothing is parsed as HTTP: the bytes wait for the backend's 101, and are
+            # dropped with the connection if it refuses.
+            upgrading.tunnel_pending = (*upgrading.tunnel_pending, data)
+            return
+        if self.last_request:
+            return  # after `Connection: close` (or HTTP/1.0): nothing more is read as a request
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :]
-            exchange = self.current
+            exchange = self.upgrading
             if exchange is not None and rest:
                 exchange.tunnel_pending = (*exchange.tunnel_pending, rest)
         except httptools.HttpParserError as error:
+            if self.last_request:
+                return  # bytes after the last request of the connection: ignored, not an error
             self.bad_request(error)
 
     def bad_request(self, error: Exception) -> None:
         """The client sent what is not HTTP/1.1: answer 400 (unless busy answering) and close."""
         self.pending.clear()
         self.parsing = None
-        if self.current is None:
+        self.last_request = True  # the parser is in error: nothing after this is read
+        current = self.current
+        if current is None:
             detail = str(error).split("\n")[0]
             self.write(error_response(400, f"bad request: {detail}", close=True))
             self.close()
+        elif not current.response_started:
+            # Broken in the middle of its body: the backend has part of it, so that connection is spoiled
+            # (request_done stays false, so it is closed, never pooled).
+            current.close_after = True
+            current.respond_error(400, f"bad request: {str(error).splitlines()[0]}")
         else:
-            self.current.close_after = True
-            self.current.request_done = True
+            current.close_after = True
 
     # No on_message_begin callback (one Python call less per request): a request starts with its URL.
     def on_url(self, url: bytes) -> None:
@@ -764,7 +793,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
-        if exchange is not None and not exchange.request_done:
+        if exchange is not None and not exchange.method:  # after the head (method known): trailers, dropped
             exchange.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -779,12 +808,18 @@ class ClientConnection(asyncio.Protocol):
         exchange.started = self.last_active  # when its bytes arrived: queueing behind others counts too
         if exchange.upgrade:
             exchange.keep_alive = False
+            self.upgrading = exchange
+        if not exchange.keep_alive:
+            self.last_request = True
         if self.current is None:
             self.current = exchange
             exchange.start()
         else:
             self.pending.append(exchange)
-            self.pause_reading_for(PAUSE_PIPELINE)
+            # Queued requests are held, their bodies too; read on (so a closing client is noticed) until
+            # too many wait, then stop reading until they are answered.
+            if len(self.pending) >= PIPELINE_DEPTH:
+                self.pause_reading_for(PAUSE_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.parsing
@@ -814,7 +849,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.pending:
             self.current = self.pending.popleft()
-            if not self.pending:
+            if len(self.pending) < PIPELINE_DEPTH:
                 self.resume_reading_for(PAUSE_PIPELINE)
             self.current.start()
         elif self.paused:
@@ -822,5 +857,6 @@ class ClientConnection(asyncio.Protocol):
 
     def start_tunnel(self, exchange: Exchange, upstream: UpstreamConnection) -> None:
         self.tunnel_to = upstream
+        self.upgrading = None
         self.current = None
         self.parsing = None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from lbtui.config import Config, ListenerConfig
 from lbtui.core.balancer import Balancer
 from lbtui.core.control import InProcessController
-from lbtui.core.model import Backend, ListenerView
+from lbtui.core.model import AdminState, Backend, ListenerView
 from lbtui.gateway.routing import Router
 from lbtui.proxy.client import ClientConnection
 from lbtui.proxy.http import RequestIds
@@ -51,6 +51,7 @@ class Engine:
         shortest = min((s.timeouts.response for s in config.services), default=TICK_SECONDS * 4)
         self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
         self.balancer.on_backend_removed.append(self._backend_removed)
+        self.balancer.on_state_change.append(self._state_changed)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -61,6 +62,11 @@ class Engine:
         pool = Pool(backend, self)
         backend.pool = pool
         return pool
+
+    def _state_changed(self, backend: Backend) -> None:
+        # drain and maint: keep-alive connections close after their current request; idle ones at once.
+        if backend.admin_state is not AdminState.READY and backend.pool is not None:
+            backend.pool.close_all()
 
     def _backend_removed(self, backend: Backend) -> None:
         if backend.pool is not None:

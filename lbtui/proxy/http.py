@@ -26,6 +26,10 @@ HOP_BY_HOP = frozenset(
 # The lengths of the header names a response can need us to look at (hop-by-hop and Content-Length).
 SPECIAL_LENGTHS = frozenset({len(name) for name in HOP_BY_HOP} | {len(b"content-length")})
 
+# Tokens in Connection that never make us drop a header: framing and routing headers are not the
+# sender's to take away (dropping Content-Length would let a body be read as a request: smuggling).
+NEVER_CONNECTION_NAMED = frozenset({b"close", b"upgrade", b"content-length", b"transfer-encoding", b"host"})
+
 # Connection header values that name no other header (the usual ones): nothing more to strip.
 PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 

@@ -21,6 +21,7 @@ from lbtui.proxy.http import (
     CHUNKED,
     HOP_BY_HOP,
     LENGTH,
+    NEVER_CONNECTION_NAMED,
     PLAIN_CONNECTION,
     SPECIAL_LENGTHS,
     STATUS_LINES,
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from lbtui.core.model import Backend
     from lbtui.proxy.client import Exchange
     from lbtui.proxy.engine import Engine
+
+
+class _ExtraData(Exception):
+    """Raised from the parser callback when bytes follow a complete response."""
 
 
 class _HeadersDone(Exception):
@@ -150,15 +155,23 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete = False  # the parser ended the 101 message: the exchange goes on, as a tunnel
             exchange.upstream_upgraded(self, data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as error:
-            if not isinstance(error.__context__, _HeadersDone):
+            if isinstance(error.__context__, _ExtraData):
+                self._keep_alive = False  # the response is whole; the connection is not to be trusted
+            elif isinstance(error.__context__, _HeadersDone):
+                self._keep_alive = self.parser.should_keep_alive()
+                self.parser = httptools.HttpResponseParser(self)
+                self._complete = True
+            else:
                 raise
-            self._keep_alive = self.parser.should_keep_alive()
-            self.parser = httptools.HttpResponseParser(self)
-            self._complete = True
         except httptools.HttpParserError as error:
-            self.close()
-            self.exchange = None
-            exchange.upstream_failed(BAD_RESPONSE, f"invalid response from backend: {error}")
+            if self._complete:
+                self._keep_alive = (
+                    False  # garbage after a whole response: keep the response, drop the connection
+                )
+            else:
+                self.close()
+                self.exchange = None
+                exchange.upstream_failed(BAD_RESPONSE, f"invalid response from backend: {error}")
         finally:
             if self._complete:
                 self._complete = False
@@ -177,8 +190,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # The response head is filtered and re-serialised as its headers arrive: hop-by-hop headers are left out,
     # and what they say about framing, upgrade and the connection is kept aside.
-    # No on_message_begin callback (one Python call less per response): `reset_head` runs when an exchange
-    # starts on this connection (Exchange.attach) and after a 1xx.
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # Another message after the whole response, in the same read: the backend is out of step. Keep
+            # the response, stop here, and never use this connection again.
+            raise _ExtraData
+
+    # `reset_head` runs when an exchange starts on this connection (Exchange.attach) and after a 1xx.
     def reset_head(self) -> None:
         self.parts = [b""]  # the status line goes first once the status is known
         self.framing = UNTIL_CLOSE
@@ -213,7 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
         parts[0] = STATUS_LINES.get((status, self._reason)) or status_line(status, self._reason)
         connection = self.connection
         if connection is not None and connection.lower() not in PLAIN_CONNECTION:
-            named = connection_tokens(connection) - HOP_BY_HOP - {b"close"}
+            named = connection_tokens(connection) - HOP_BY_HOP - NEVER_CONNECTION_NAMED
             if named:  # headers the backend marked as for this connection only: drop them too
                 parts = [
                     parts[0],
