@@ -62,16 +62,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-ALGORITHMS: Final[tuple[str, ...]] = (
-    "round_robin",
-    "weighted_round_robin",
-    "least_connections",
-    "random",
-    "p2c",
-    "ewma",
-    "ip_hash",
-    "consistent_hash",
-)
+# The algorithm names are the algorithms module's (re-exported here for validation and callers).
+from lbtui.core.algorithms import ALGORITHMS  # noqa: E402
+
 LISTENER_MODES: Final = ("http", "tcp")
 BACKEND_STATES: Final = ("ready", "drain", "maint")
 HEALTH_TYPES: Final = ("http", "tcp")

@@ -443,17 +443,10 @@ def test_service_lookup_raises_key_error_for_an_unknown_name() -> None:
         parse_config(with_service()).service("nope")
 
 
-def test_algorithms_are_the_architecture_names() -> None:
-    assert ALGORITHMS == (
-        "round_robin",
-        "weighted_round_robin",
-        "least_connections",
-        "random",
-        "p2c",
-        "ewma",
-        "ip_hash",
-        "consistent_hash",
-    )
+def test_config_validates_against_the_algorithms_module() -> None:
+    from lbtui.core import algorithms
+
+    assert ALGORITHMS is algorithms.ALGORITHMS
     for algorithm in ALGORITHMS:
         hash_key = {"hash_key": "path"} if algorithm == "consistent_hash" else {}
         assert (

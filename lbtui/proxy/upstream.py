@@ -177,19 +177,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self._complete = False
                 self.exchange = None
                 exchange.upstream_complete(self, self._keep_alive)
-            if corked:  # ClientConnection.uncork, inlined
-                out = client.out
-                client.out = None
-                if out and not client.closed and client.transport is not None:
-                    if len(out) == 1:
-                        client.transport.write(out[0])
-                    elif len(out) <= 64:
-                        client.transport.write(b"".join(out))  # one buffer costs the kernel less than writev
-                    else:
-                        client.transport.writelines(out)
+            if corked:
+                client.uncork()
 
-    # The response head is filtered and re-serialised as its headers arrive: hop-by-hop headers are left out,
-    # and what they say about framing, upgrade and the connection is kept aside.
     def on_message_begin(self) -> None:
         if self._complete:
             # Another message after the whole response, in the same read: the backend is out of step. Keep
