@@ -65,6 +65,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     from lbtui.config import Config
 
     assert isinstance(config, Config)
+    from lbtui.features import ignored, refused
+
+    for item in ignored(config):
+        print(f"{args.file}: warning: {item}", file=sys.stderr)
+    blocked = refused(config)
+    for item in blocked:
+        print(f"{args.file}: {item}", file=sys.stderr)
+    if blocked:
+        print(f"lbtui: {args.file}: valid, but uses what this version cannot run", file=sys.stderr)
+        return 1
     backends = sum(len(s.backends) for s in config.services)
     print(
         f"{args.file}: ok ({len(config.listeners)} listener(s), {len(config.services)} service(s), "
@@ -93,6 +103,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if isinstance(loaded, int):
             return loaded
         assert isinstance(loaded, Config)
+        from lbtui.features import ignored, refused
+
+        for item in ignored(loaded):
+            print(f"lbtui: {path}: warning: {item}", file=sys.stderr)
+        blocked = refused(loaded)
+        for item in blocked:
+            print(f"lbtui: {path}: {item}", file=sys.stderr)
+        if blocked:
+            print(f"lbtui: {path}: not started: remove or comment out the keys above", file=sys.stderr)
+            return 1
         config = loaded
     return run(ServeOptions(config=config, grace=args.grace, traffic_rate=args.traffic))
 

@@ -9,6 +9,7 @@ import pytest
 
 HEADLESS = [
     "lbtui.config",
+    "lbtui.features",
     "lbtui.core.model",
     "lbtui.core.algorithms",
     "lbtui.core.stats",

@@ -87,8 +87,9 @@ class Engine:
         self._ticker = self.loop.create_task(self.run_ticks())
 
     async def _listen(self, listener: ListenerConfig) -> None:
-        if listener.mode != "http":
-            raise OSError(f"listener {listener.name!r}: mode {listener.mode!r} is not available yet")
+        if listener.mode != "http" or listener.tls is not None:
+            # lbtui.features.refused keeps such configs out; never serve plain HTTP where TLS was asked for.
+            raise OSError(f"listener {listener.name!r}: tcp mode and TLS are not available yet")
         server = await self.loop.create_server(
             lambda: ClientConnection(self, listener),
             listener.host,

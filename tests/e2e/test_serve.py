@@ -189,3 +189,33 @@ def test_serve_on_a_busy_port_says_so(tmp_path):
     assert proc.returncode == 1
     assert "cannot listen" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_check_and_serve_refuse_what_this_version_cannot_do(tmp_path):
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(
+        '[[listeners]]\nbind = "127.0.0.1:0"\ntls = { cert = "c.pem", key = "k.pem" }\n'
+        '[services.a]\n[[services.a.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
+        '[[routes]]\nmatch = { path_prefix = "/" }\nservice = "a"\nauth = { type = "api_key" }\n'
+        '[[consumers]]\nname = "x"\napi_key_env = "X_KEY"\n'
+    )
+    for command in (["check", str(cfg)], ["serve", "--config", str(cfg)]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "lbtui", *command], capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 1, command
+        assert "listeners[0].tls: TLS termination is not in this version" in proc.stderr
+        assert "routes[0].auth: gateway policies are not in this version" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_check_warns_about_keys_it_ignores(tmp_path):
+    cfg = tmp_path / "health.toml"
+    cfg.write_text(
+        '[services.a]\nhealth = { path = "/healthz" }\n[[services.a.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "lbtui", "check", str(cfg)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0
+    assert "warning: services.a.health: active health checks are not in this version" in proc.stderr

@@ -1,0 +1,80 @@
+"""What this version of the engine does with a config: keys it refuses, and keys it accepts but ignores.
+
+The config schema (ARCHITECTURE section 5) is ahead of the engine. A key that would leave a user unprotected
+if it were silently ignored (TLS, authentication, rate limits, CORS, aggregation, routes that rewrite) makes
+the engine refuse to start; a key that only tunes behaviour not built yet (active health checks, outlier
+detection, slow start, stickiness, the admin API, persisted state) is reported as a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lbtui.config import Config, HeaderOps
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key_path}: {self.message}"
+
+
+LATER = "not in this version of lbtui yet"
+
+
+def refused(config: Config) -> list[Unsupported]:
+    """Keys the engine will not run with: ignoring them would change what reaches a backend or a client."""
+    out: list[Unsupported] = []
+    for i, listener in enumerate(config.listeners):
+        if listener.tls is not None:
+            out.append(
+                Unsupported(f"listeners[{i}].tls", f"TLS termination is {LATER}; it would serve plain HTTP")
+            )
+        if listener.mode != "http":
+            out.append(Unsupported(f"listeners[{i}].mode", f"mode {listener.mode!r} is {LATER}"))
+    for i, route in enumerate(config.routes):
+        base = f"routes[{i}]"
+        checks = (
+            ("aggregate", bool(route.aggregate)),
+            ("auth", route.auth is not None),
+            ("rate_limit", route.rate_limit is not None),
+            ("cors", route.cors is not None),
+            ("cache", route.cache is not None),
+            ("strip_prefix", route.strip_prefix is not None),
+            ("request_headers", route.request_headers != HeaderOps()),
+            ("response_headers", route.response_headers != HeaderOps()),
+            ("timeout", route.timeout is not None),
+        )
+        out.extend(
+            Unsupported(f"{base}.{key}", f"gateway policies are {LATER}") for key, used in checks if used
+        )
+        if route.match.host is not None and route.match.host.startswith("*."):
+            out.append(Unsupported(f"{base}.match.host", f"wildcard hosts are {LATER}"))
+    return out
+
+
+def ignored(config: Config) -> list[Unsupported]:
+    """Keys the engine runs without: validated, and reported so nobody counts on them."""
+    out: list[Unsupported] = []
+    for service in config.services:
+        base = f"services.{service.name}"
+        if service.health is not None:
+            out.append(
+                Unsupported(f"{base}.health", f"active health checks are {LATER}; backends count as up")
+            )
+        if service.outlier is not None:
+            out.append(Unsupported(f"{base}.outlier", f"outlier detection is {LATER}"))
+        if service.slow_start:
+            out.append(Unsupported(f"{base}.slow_start", f"slow start is {LATER}"))
+        if service.sticky is not None:
+            out.append(Unsupported(f"{base}.sticky", f"sticky sessions are {LATER}"))
+    if config.admin.enabled:
+        out.append(Unsupported("admin", f"the admin API is {LATER}"))
+    if config.state.file is not None:
+        out.append(Unsupported("state.file", f"persisted runtime state is {LATER}"))
+    if config.consumers:
+        out.append(Unsupported("consumers", f"consumers (API keys) are {LATER}"))
+    return out
