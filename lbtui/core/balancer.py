@@ -52,9 +52,17 @@ class Balancer:
             callback(backend)
 
     def tick(self) -> None:
-        """Housekeeping: drop removed backends once drained (or past their deadline)."""
+        """Housekeeping: drop removed backends once drained (or past their deadline); drain-then-maint."""
         now = self.clock()
         for backend in list(self.backends.values()):
+            if (
+                backend.maint_when_drained
+                and backend.in_flight == 0
+                and backend.admin_state is AdminState.DRAIN
+            ):
+                self.set_admin_state(backend, AdminState.MAINT)
+                for callback in self.on_tick_change:
+                    callback(backend, "drain", "maint")
             deadline = backend.remove_deadline
             if deadline is not None and (backend.in_flight == 0 or now >= deadline):
                 self.drop_backend(backend)
@@ -75,6 +83,7 @@ class Balancer:
         if backend.admin_state is state:
             return
         backend.admin_state = state
+        backend.maint_when_drained = False
         backend.drain_since = self.clock() if state is AdminState.DRAIN else None
         self.service_of(backend).changed()
         for callback in self.on_state_change:

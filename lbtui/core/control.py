@@ -58,6 +58,10 @@ class Controller(abc.ABC):
         return self.set_state(backend, AdminState.MAINT.value, actor)
 
     @abc.abstractmethod
+    def drain_then_maint(self, backend: str, actor: str = "api") -> Event:
+        """Drain now, and move to maint on its own once nothing is in flight (HAProxy's drain-then-maint)."""
+
+    @abc.abstractmethod
     def set_weight(self, backend: str, weight: int, actor: str = "api") -> Event: ...
 
     @abc.abstractmethod
@@ -132,7 +136,8 @@ class InProcessController(Controller):
         return event
 
     def _on_tick_change(self, backend: Backend, before: str, after: str) -> None:
-        self.record("engine", "remove", backend.name, before, after, undoable=False)
+        action = "remove" if after == "removed" else "state"
+        self.record("engine", action, backend.name, before, after, undoable=False)
 
     # -- the interface -------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -149,6 +154,14 @@ class InProcessController(Controller):
         before = b.admin_state.value
         self.balancer.set_admin_state(b, new)
         return self.record(actor, "state", backend, before, new.value)
+
+    def drain_then_maint(self, backend: str, actor: str = "api") -> Event:
+        event = self.set_state(backend, AdminState.DRAIN.value, actor)
+        b = self._backend(backend)
+        b.maint_when_drained = True
+        if b.in_flight == 0:
+            self.balancer.tick()
+        return event
 
     def set_weight(self, backend: str, weight: int, actor: str = "api") -> Event:
         b = self._backend(backend)

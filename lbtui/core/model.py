@@ -63,6 +63,7 @@ class Backend:
         "health_count",
         "host",
         "in_flight",
+        "maint_when_drained",
         "name",
         "pool",
         "port",
@@ -95,6 +96,7 @@ class Backend:
         self._ewma_time = now
         self.drain_since: float | None = now if self.admin_state is AdminState.DRAIN else None
         self.remove_deadline: float | None = None  # set while being removed (draining first)
+        self.maint_when_drained = False  # "drain then maint": maint on its own once in-flight is 0
         self.pool: Any = None  # the data plane's connection pool for this backend (opaque to the core)
 
     @property

@@ -139,6 +139,25 @@ def test_remove_drains_first_then_drops_when_idle():
     assert c.events()[0].after == "removed"
 
 
+def test_drain_then_maint_moves_to_maint_once_in_flight_is_zero():
+    c = controller()
+    b = c.balancer.backends["blue-1"]
+    b.in_flight = 1
+    c.drain_then_maint("blue-1", actor="key")
+    assert b.admin_state.value == "drain"
+    c.balancer.tick()
+    assert b.admin_state.value == "drain"  # still finishing its request
+    b.in_flight = 0
+    c.balancer.tick()
+    assert b.admin_state.value == "maint"
+    newest = c.events()[0]
+    assert (newest.actor, newest.action, newest.before, newest.after) == ("engine", "state", "drain", "maint")
+    c.enable("blue-1")
+    b.in_flight = 0
+    c.balancer.tick()
+    assert b.admin_state.value == "ready"  # an explicit change cancels the pending maint
+
+
 def test_events_newest_first_with_actor_before_after():
     c = controller()
     c.drain("blue-1", actor="key")
