@@ -118,8 +118,6 @@ class Exchange:
                 (self.method, b" ", self.url, b" HTTP/1.1\r\n", middle, b"\r\n\r\n")
             )
         else:
-            ids = client.engine.request_ids
-            ids.count += 1
             self.upstream_request = b"".join(
                 (
                     self.method,
@@ -127,7 +125,9 @@ class Exchange:
                     self.url,
                     b" HTTP/1.1\r\n",
                     middle,
-                    b"\r\nX-Request-ID: %s%x\r\n\r\n" % (ids.prefix, ids.count),
+                    b"\r\nX-Request-ID: ",
+                    client.engine.request_ids.next(),
+                    b"\r\n\r\n",
                 )
             )
 
@@ -297,7 +297,7 @@ class Exchange:
             pool = self.client.engine.make_pool(backend)
         if same_backend is None:
             idle = pool.idle
-            while idle:  # the newest idle connection first (Pool.acquire, inlined: once per request)
+            while idle:  # the newest idle connection first (LIFO keeps few connections warm)
                 conn = idle.pop()
                 if not conn.closed:
                     pool.active.add(conn)
@@ -314,7 +314,7 @@ class Exchange:
         if self.done or self.backend is None or conn.pool.backend is not self.backend:
             conn.pool.release(conn, self.client.engine.now())
             return
-        conn.exchange = self  # UpstreamConnection.begin and reset_head, inlined
+        conn.exchange = self  # the connection's per-exchange state (as UpstreamConnection.reset_head)
         conn._skip_body = self.method == b"HEAD"
         conn.received = False
         conn.parts = [b""]
@@ -696,12 +696,8 @@ class ClientConnection(asyncio.Protocol):
         elif not self.closed and self.transport is not None:
             self.transport.writelines(data)
 
-    def cork(self) -> None:
-        """Collect writes until `uncork`: a response's head and body leave in one system call."""
-        if self.out is None:
-            self.out = []
-
     def uncork(self) -> None:
+        """Send what was written while corked (`out` set: see UpstreamConnection.data_received) at once."""
         out = self.out
         self.out = None
         if out and not self.closed and self.transport is not None:

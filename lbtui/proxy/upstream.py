@@ -117,13 +117,6 @@ class UpstreamConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
 
-    def begin(self, exchange: Exchange, skip_body: bool) -> None:
-        """Start an exchange on this connection (fresh or from the pool)."""
-        self.exchange = exchange
-        self._skip_body = skip_body
-        self._complete = False
-        self.received = False
-
     # -- flow control: the client is slower than the backend, or the reverse ------------------------------
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -274,15 +267,6 @@ class Pool:
         self.active: set[UpstreamConnection] = set()
         self.max_idle = max_idle
         self._connecting: set[asyncio.Task[Any]] = set()
-
-    def acquire(self) -> UpstreamConnection | None:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                self.active.add(conn)
-                return conn
-        return None
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
         self.active.discard(conn)
