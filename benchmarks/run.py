@@ -793,6 +793,19 @@ def tool_version(argv: list[str]) -> str:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def lbtui_build() -> str:
+    """Which build of the data plane the lbtui runs will use: compiled (mypyc) or pure Python."""
+    code = "import lbtui, lbtui.proxy.client; print(lbtui.data_plane_build())"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark lbtui against HAProxy and a direct backend with wrk.")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3, at least 1)")
@@ -870,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 "  CPU pinning: NOT applied (fewer than 2 CPUs available or no taskset); numbers are rougher"
             )
+        print(f"  lbtui data plane: {lbtui_build()} (python -m lbtui with PYTHONPATH={REPO})")
         print(
             f"  python {platform.python_version()} ({sys.executable}); {tool_version(['wrk', '--version'])}; "
             f"{tool_version(['nginx', '-v'])}"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from lbtui import data_plane_build
 from lbtui.config import Config
 from lbtui.demo.backends import DemoBackend
 from lbtui.demo.scenario import DEMO_LISTEN, demo_backends, demo_config
@@ -68,6 +69,7 @@ async def serve(options: ServeOptions, say: Callable[[str], None] = _say) -> int
     gc.set_threshold(50_000, 20, 20)
     for name, (host, port) in engine.addresses.items():
         say(f"listener {name} on http://{host}:{port}")
+    say(f"data plane: {data_plane_build()}")
     if demo:
         say(
             "demo: service 'shop', backends "
