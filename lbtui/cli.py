@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from lbtui import __version__
-from lbtui.config import ConfigError, load_config, parse_duration
+from lbtui.config import Config, ConfigError, load_config, parse_duration
+from lbtui.features import ignored, refused
 
 DEFAULT_CONFIG = "lbtui.toml"
 
@@ -48,33 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str) -> int | object:
+def _load(path: str, verdict: str) -> Config | int:
+    """The config at `path`, or the exit code after printing why not (errors, or keys this version refuses).
+
+    Keys that this version accepts but ignores are printed as warnings; `verdict` ends the refusal message.
+    """
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as error:
         print(str(error), file=sys.stderr)
         count = len(error.issues)
         print(f"lbtui: {path}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
+    for item in ignored(config):
+        print(f"lbtui: {path}: warning: {item}", file=sys.stderr)
+    blocked = refused(config)
+    for item in blocked:
+        print(f"lbtui: {path}: {item}", file=sys.stderr)
+    if blocked:
+        print(f"lbtui: {path}: {verdict}", file=sys.stderr)
+        return 1
+    return config
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args.file)
+    config = _load(args.file, "valid, but uses what this version cannot run")
     if isinstance(config, int):
         return config
-    from lbtui.config import Config
-
-    assert isinstance(config, Config)
-    from lbtui.features import ignored, refused
-
-    for item in ignored(config):
-        print(f"{args.file}: warning: {item}", file=sys.stderr)
-    blocked = refused(config)
-    for item in blocked:
-        print(f"{args.file}: {item}", file=sys.stderr)
-    if blocked:
-        print(f"lbtui: {args.file}: valid, but uses what this version cannot run", file=sys.stderr)
-        return 1
     backends = sum(len(s.backends) for s in config.services)
     print(
         f"{args.file}: ok ({len(config.listeners)} listener(s), {len(config.services)} service(s), "
@@ -84,7 +85,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lbtui.config import Config
     from lbtui.serve import ServeOptions, run
 
     config: Config | None = None
@@ -99,20 +99,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 )
                 return 2
             path = DEFAULT_CONFIG
-        loaded = _load(path)
+        loaded = _load(path, "not started: remove or comment out the keys above")
         if isinstance(loaded, int):
             return loaded
-        assert isinstance(loaded, Config)
-        from lbtui.features import ignored, refused
-
-        for item in ignored(loaded):
-            print(f"lbtui: {path}: warning: {item}", file=sys.stderr)
-        blocked = refused(loaded)
-        for item in blocked:
-            print(f"lbtui: {path}: {item}", file=sys.stderr)
-        if blocked:
-            print(f"lbtui: {path}: not started: remove or comment out the keys above", file=sys.stderr)
-            return 1
         config = loaded
     return run(ServeOptions(config=config, grace=args.grace, traffic_rate=args.traffic))
 
