@@ -2,7 +2,9 @@
 
 Invariants:
 - Requests on a connection are answered in the order they arrived (pipelining): one exchange is served at a
-  time; later ones are parsed and held (their bodies buffered, reading paused) until their turn.
+  time; later ones are parsed and held, their bodies buffered, until their turn (reading stops while
+  PIPELINE_DEPTH requests or PIPELINE_LIMIT body bytes wait).
+- After a request with `Connection: close`, or an Upgrade request, nothing more is parsed as HTTP.
 - Bodies stream both ways with backpressure: a full write buffer on one side pauses reading on the other, so
   memory stays flat whatever the body size.
 - A request is retried on another backend only while nothing of its response has reached the client, only
@@ -409,8 +411,7 @@ class Exchange:
             return
         if backend is not None:
             self.tried = (*self.tried, backend)
-        allowed = kind in retries.on or (kind == RESET and "reset" in retries.on)
-        if resendable and allowed and len(self.tried) <= retries.attempts:
+        if resendable and kind in retries.on and len(self.tried) <= retries.attempts:
             self.attempt()
             return
         if kind == TIMEOUT:
