@@ -27,6 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="A load balancer and API gateway that lives in your terminal.",
     )
     parser.add_argument("--version", action="version", version=f"lbtui {__version__}")
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help=f"dashboard: config file (default ./{DEFAULT_CONFIG}, else the demo)",
+    )
+    parser.add_argument(
+        "--demo", action="store_true", help="dashboard: the built-in demo even if a config exists"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the engine headless (SIGTERM drains and exits)")
@@ -106,6 +115,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(ServeOptions(config=config, grace=args.grace, traffic_rate=args.traffic))
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """`lbtui`: the dashboard with the engine inside (the UI is imported only here)."""
+    from lbtui.serve import ServeOptions
+
+    config: Config | None = None
+    path = args.config or (DEFAULT_CONFIG if not args.demo and os.path.exists(DEFAULT_CONFIG) else None)
+    if path is not None and not args.demo:
+        loaded = _load(path, "not started: remove or comment out the keys above")
+        if isinstance(loaded, int):
+            return loaded
+        config = loaded
+    from lbtui.tui.app import Dashboard
+
+    app = Dashboard(ServeOptions(config=config))
+    code = app.run()
+    for message in app.messages:
+        if message.startswith("cannot listen"):
+            print(f"lbtui: {message}", file=sys.stderr)
+    return code if isinstance(code, int) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -114,12 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "serve":
             return cmd_serve(args)
-        print(
-            "lbtui: the dashboard is not in this version yet; run the engine headless with "
-            "`lbtui serve --demo` or `lbtui serve --config FILE` (see `lbtui --help`)",
-            file=sys.stderr,
-        )
-        return 2
+        return cmd_dashboard(args)
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # the last line of defence: a message, never a traceback

@@ -30,68 +30,96 @@ def _say(message: str) -> None:
     print(f"lbtui: {message}", file=sys.stderr, flush=True)
 
 
-async def start_demo(bind: str, say: Callable[[str], None]) -> tuple[list[DemoBackend], Config]:
-    backends = demo_backends()
-    for backend in backends:
-        await backend.start()
-    config = demo_config(backends, bind)
-    return backends, config
+class Runtime:
+    """The engine with, for the demo, its backends and traffic: what `serve` and the dashboard both run."""
 
+    def __init__(self, options: ServeOptions, say: Callable[[str], None] = _say) -> None:
+        self.options = options
+        self.say = say
+        self.demo: list[DemoBackend] = []
+        self.engine: Engine | None = None
+        self.traffic: TrafficGenerator | None = None
 
-async def serve(options: ServeOptions, say: Callable[[str], None] = _say) -> int:
-    demo: list[DemoBackend] = []
-    config = options.config
-    if config is None:
-        demo, config = await start_demo(options.demo_bind, say)
-    engine = Engine(config)
-    try:
-        await engine.start()
-    except OSError as error:
-        if options.config is None and options.demo_bind == DEMO_LISTEN:
+    async def start(self) -> bool:
+        """Start everything; False (after saying why) when it cannot listen."""
+        options, say = self.options, self.say
+        config = options.config
+        if config is None:
+            self.demo = demo_backends()
+            for backend in self.demo:
+                await backend.start()
+            config = demo_config(self.demo, options.demo_bind)
+        engine = Engine(config)
+        try:
+            await engine.start()
+        except OSError as error:
+            if not (self.demo and options.demo_bind == DEMO_LISTEN):
+                say(f"cannot listen: {error.strerror or error} ({error.__class__.__name__})")
+                await self.stop_demo()
+                return False
             # The demo's usual port is taken: any free port will do for a demo.
             say(f"{DEMO_LISTEN} is busy ({error.strerror or error}); the demo listens on a free port instead")
-            config = demo_config(demo, "127.0.0.1:0")
-            engine = Engine(config)
+            engine = Engine(demo_config(self.demo, "127.0.0.1:0"))
             try:
                 await engine.start()
             except OSError as again:
                 say(f"cannot listen: {again}")
-                return 1
-        else:
-            say(f"cannot listen: {error.strerror or error} ({error.__class__.__name__})")
-            for backend in demo:
-                await backend.stop()
-            return 1
+                await self.stop_demo()
+                return False
+        self.engine = engine
+        if self.demo and options.traffic_rate > 0:
+            self.traffic = TrafficGenerator(engine.url(), options.traffic_rate)
+        return True
+
+    def announce(self) -> None:
+        engine = self.engine
+        assert engine is not None
+        for name, (host, port) in engine.addresses.items():
+            self.say(f"listener {name} on http://{host}:{port}")
+        self.say(f"data plane: {data_plane_build()}")
+        if self.demo:
+            self.say(
+                "demo: service 'shop', backends "
+                + ", ".join(f"{b.name} ({b.address})" for b in self.demo)
+                + f"; traffic at {self.options.traffic_rate:g} req/s"
+            )
+            self.say(f"try: curl -i {engine.url()}/products")
+
+    async def stop(self) -> bool:
+        """Drain and stop; True when every request in flight finished within the grace period."""
+        finished = True
+        if self.engine is not None:
+            finished = await self.engine.shutdown(self.options.grace, self.say)
+        await self.stop_demo()
+        return finished
+
+    async def stop_demo(self) -> None:
+        for backend in self.demo:
+            await backend.stop()
+
+
+async def serve(options: ServeOptions, say: Callable[[str], None] = _say) -> int:
+    runtime = Runtime(options, say)
+    if not await runtime.start():
+        return 1
     # What exists at start lives for the whole run: keep the cyclic GC from walking it again and again, and
     # let it run less often (the data plane's per-request objects are freed by reference counting).
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    for name, (host, port) in engine.addresses.items():
-        say(f"listener {name} on http://{host}:{port}")
-    say(f"data plane: {data_plane_build()}")
-    if demo:
-        say(
-            "demo: service 'shop', backends "
-            + ", ".join(f"{b.name} ({b.address})" for b in demo)
-            + f"; traffic at {options.traffic_rate:g} req/s"
-        )
-        say(f"try: curl -i {engine.url()}/products")
+    runtime.announce()
     exit_code = 0
     async with anyio.create_task_group() as tg:
-        if demo and options.traffic_rate > 0:
-            tg.start_soon(TrafficGenerator(engine.url(), options.traffic_rate).run)
+        if runtime.traffic is not None:
+            tg.start_soon(runtime.traffic.run)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 say(f"{signal.Signals(signum).name}: draining (up to {options.grace:g}s), then exiting")
                 break
-        finished = await engine.shutdown(options.grace, say)
-        if not finished:
+        if not await runtime.stop():
             say("deadline reached with requests still in flight: closed them")
             exit_code = 1
         tg.cancel_scope.cancel()
-    for backend in demo:
-        await backend.stop()
     say("stopped")
     return exit_code
 
