@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--demo", action="store_true", help="dashboard: the built-in demo even if a config exists"
     )
+    parser.add_argument(
+        "--read-only", action="store_true", help="dashboard: watch only; every steering key is off"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the engine headless (SIGTERM drains and exits)")
@@ -128,7 +131,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         config = loaded
     from lbtui.tui.app import Dashboard
 
-    app = Dashboard(ServeOptions(config=config))
+    app = Dashboard(ServeOptions(config=config), read_only=args.read_only)
     code = app.run()
     for message in app.messages:
         if message.startswith("cannot listen"):

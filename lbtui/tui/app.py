@@ -1,6 +1,6 @@
 """The dashboard: the engine runs inside it; every view reads snapshots, every key goes through the Controller.
 
-This first version shows the status bar and the live backends table and steers drain and enable. The table
+It shows the status bar, the live backends table and the events of this run, and steers by key. The table
 updates in place (only the cells that changed) twice a second, and keeps the cursor on the same backend.
 """
 
@@ -12,11 +12,12 @@ from collections.abc import Callable
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Footer, RichLog, Static
 
-from lbtui.core.control import ControlError, Controller
+from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import BackendView, Snapshot
 from lbtui.serve import Runtime, ServeOptions
+from lbtui.tui.screens import ConfirmScreen, HelpScreen
 
 REFRESH_SECONDS = 0.5
 
@@ -88,11 +89,62 @@ class Dashboard(App[int]):
     BINDINGS = [
         Binding("d", "drain", "Drain", id="drain", tooltip="Drain the selected backend: no new requests"),
         Binding("e", "enable", "Enable", id="enable", tooltip="Put the selected backend back in service"),
-        Binding("q", "quit", "Quit", id="quit", tooltip="Drain the engine and quit"),
+        Binding("m", "maint", "Maint", id="maint", tooltip="Maintenance: no traffic at all (asks first)"),
+        Binding(
+            "plus",
+            "weight(1)",
+            "Weight+",
+            key_display="+",
+            id="weight_up",
+            tooltip="Raise the selected backend's weight",
+        ),
+        Binding(
+            "minus",
+            "weight(-1)",
+            "Weight-",
+            key_display="-",
+            id="weight_down",
+            tooltip="Lower the selected backend's weight",
+        ),
+        Binding(
+            "right_square_bracket",
+            "shift(5)",
+            "Canary+5",
+            key_display="]",
+            id="split_up",
+            tooltip="Shift 5 points of the split to the canary group",
+        ),
+        Binding(
+            "left_square_bracket",
+            "shift(-5)",
+            "Canary-5",
+            key_display="[",
+            id="split_down",
+            tooltip="Shift 5 points of the split back to the stable group",
+        ),
+        Binding(
+            "f",
+            "flip",
+            "Flip",
+            id="flip",
+            tooltip="Blue/green flip: swap the split's two groups (asks first)",
+        ),
+        Binding("u", "undo", "Undo", id="undo", tooltip="Undo the last change"),
+        Binding("p", "pause", "Pause", id="pause", tooltip="Pause or resume refreshing the view"),
+        Binding(
+            "question_mark", "help", "Help", key_display="?", id="help", tooltip="Every key and what it does"
+        ),
+        Binding("q", "quit", "Quit", id="quit", tooltip="Drain the engine and quit (asks first)"),
     ]
+    # Keys that change the balancer: all off with --read-only.
+    STEERING = frozenset({"drain", "enable", "maint", "weight", "shift", "flip", "undo"})
 
-    def __init__(self, options: ServeOptions, say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, options: ServeOptions, say: Callable[[str], None] | None = None, read_only: bool = False
+    ) -> None:
         super().__init__()
+        self.read_only = read_only
+        self.paused = False
         self.messages: list[str] = []
         self.runtime = Runtime(options, say or self.messages.append)
         self.controller: Controller | None = None
@@ -101,6 +153,7 @@ class Dashboard(App[int]):
     def compose(self) -> ComposeResult:
         yield Static("starting…", id="status")
         yield DataTable(id="backends", cursor_type="row", zebra_stripes=True)
+        yield RichLog(id="events", max_lines=500, wrap=False)
         yield Static("", id="message")
         yield Footer()
 
@@ -114,14 +167,27 @@ class Dashboard(App[int]):
         engine = self.runtime.engine
         assert engine is not None
         self.controller = engine.controller
+        engine.controller.listeners.append(self.show_event)
         if self.runtime.traffic is not None:
             self.run_worker(self.runtime.traffic.run(), exclusive=False, group="traffic")
         self.refresh_view()
         self.set_interval(REFRESH_SECONDS, self.refresh_view)
         table.focus()
 
+    def show_event(self, event: Event) -> None:
+        """Every change, whoever made it (a key, the engine): who, what, before and after."""
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+        self.query_one("#events", RichLog).write(
+            f"{stamp}  {event.actor:<6} {event.action:<9} {event.target:<16} {event.before} -> {event.after}"
+        )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.read_only and action in self.STEERING:
+            return None  # shown disabled in the footer, does nothing
+        return True
+
     def refresh_view(self) -> None:
-        if self.controller is None:
+        if self.controller is None or self.paused:
             return
         snapshot = self.controller.snapshot()
         self.query_one("#status", Static).update(status_line(snapshot))
@@ -152,29 +218,113 @@ class Dashboard(App[int]):
         row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
         return row_key.value
 
-    def _act(self, verb: Callable[[str], object], past: str) -> None:
-        name = self.selected_backend()
-        if name is None or self.controller is None:
-            return
+    def say(self, text: str) -> None:
+        self.query_one("#message", Static).update(text)
+
+    def _service_of(self, name: str) -> str | None:
+        if self.controller is None:
+            return None
         try:
-            verb(name)
+            return self.controller.snapshot().backend(name).service
+        except KeyError:
+            return None
+
+    def _do(self, change: Callable[[], Event]) -> None:
+        try:
+            event = change()
         except ControlError as error:
-            self.query_one("#message", Static).update(f"{name}: {error}")
+            self.say(str(error))
             return
-        self.query_one("#message", Static).update(f"{name}: {past}")
+        self.say(f"{event.target}: {event.action} {event.before} -> {event.after}")
         self.refresh_view()
 
     def action_drain(self) -> None:
-        assert self.controller is not None
-        controller = self.controller
-        self._act(lambda name: controller.drain(name, actor="key"), "draining")
+        name, controller = self.selected_backend(), self.controller
+        if name is not None and controller is not None:
+            self._do(lambda: controller.drain(name, actor="key"))
 
     def action_enable(self) -> None:
-        assert self.controller is not None
+        name, controller = self.selected_backend(), self.controller
+        if name is not None and controller is not None:
+            self._do(lambda: controller.enable(name, actor="key"))
+
+    def action_maint(self) -> None:
+        name, controller = self.selected_backend(), self.controller
+        if name is None or controller is None:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._do(lambda: controller.maint(name, actor="key"))
+
+        self.push_screen(ConfirmScreen(f"Put {name} in maintenance? It gets no traffic at all."), answer)
+
+    def action_weight(self, delta: int) -> None:
+        name, controller = self.selected_backend(), self.controller
+        if name is None or controller is None:
+            return
+        weight = controller.snapshot().backend(name).weight
+        self._do(lambda: controller.set_weight(name, max(0, weight + delta), actor="key"))
+
+    def action_shift(self, points: int) -> None:
+        """Move `points` of the split toward the canary group (the split's second group)."""
+        name, controller = self.selected_backend(), self.controller
+        service = self._service_of(name) if name is not None else None
+        if service is None or controller is None:
+            return
+        split = controller.snapshot().service(service).split
+        if not split or len(split) < 2:
+            self.say(f"service {service} has no split to shift")
+            return
+        (stable, a), (canary, b) = split[0], split[1]
+        total = a + b
+        moved = max(-b, min(a, points * total // 100 if total else points))
+        new = {group: weight for group, weight in split}
+        new[stable], new[canary] = a - moved, b + moved
+        self._do(lambda: controller.set_split(service, new, actor="key"))
+
+    def action_flip(self) -> None:
+        name, controller = self.selected_backend(), self.controller
+        service = self._service_of(name) if name is not None else None
+        if service is None or controller is None:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._do(lambda: controller.flip(service, actor="key"))
+
+        self.push_screen(
+            ConfirmScreen(f"Flip service {service}: swap the weights of its two groups?"), answer
+        )
+
+    def action_undo(self) -> None:
         controller = self.controller
-        self._act(lambda name: controller.enable(name, actor="key"), "enabled")
+        if controller is not None:
+            self._do(lambda: controller.undo(actor="key"))
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        self.say("paused: the view is frozen (p resumes)" if self.paused else "")
+        self.refresh_view()
+
+    def action_help(self) -> None:
+        keys = [
+            (b.key_display or b.key, b.tooltip or b.description)
+            for b in self.BINDINGS
+            if isinstance(b, Binding)
+        ]
+        self.push_screen(HelpScreen(keys))
 
     async def action_quit(self) -> None:
-        self.query_one("#message", Static).update("draining…")
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(self._stop(), exclusive=True)
+
+        self.push_screen(
+            ConfirmScreen("Quit? The engine stops taking requests and lets those in flight finish."), answer
+        )
+
+    async def _stop(self) -> None:
+        self.say("draining…")
         await self.runtime.stop()
         self.exit(0)

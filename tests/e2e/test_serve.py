@@ -219,3 +219,12 @@ def test_check_warns_about_keys_it_ignores(tmp_path):
     )
     assert proc.returncode == 0
     assert "warning: services.a.health: active health checks are not in this version" in proc.stderr
+
+
+def test_dashboard_options_parse():
+    from lbtui.cli import build_parser
+
+    args = build_parser().parse_args(["--demo", "--read-only"])
+    assert args.demo
+    assert args.read_only
+    assert args.command is None

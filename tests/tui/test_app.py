@@ -3,34 +3,47 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from lbtui.core.model import BackendView, Snapshot
+from lbtui.core.stats import window_view
 from lbtui.serve import ServeOptions
 from lbtui.tui.app import Dashboard, backend_cells, status_line
+from lbtui.tui.screens import ConfirmScreen, HelpScreen
 from tests.conftest import make_config, wait_for
+
+SIZE = (160, 40)
+
+
+async def quit_app(app, pilot) -> None:
+    await pilot.press("q")
+    assert isinstance(app.screen, ConfirmScreen)
+    await pilot.press("y")
+    await wait_for(lambda: app.runtime.engine.closing, what="the engine to drain")
 
 
 async def test_table_shows_backends_in_config_order_and_live_counts(backends):
     bs = [await backends(f"b{i}") for i in range(3)]
     app = Dashboard(ServeOptions(config=make_config(bs)))
-    async with app.run_test(size=(160, 30)) as pilot:
+    async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         table = app.query_one("#backends")
         assert [r.value for r in table.rows] == ["b0", "b1", "b2"]
         assert table.cursor_row == 0
-        engine = app.runtime.engine
-        async with httpx.AsyncClient(base_url=engine.url()) as http:
+        async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
             for _ in range(6):
                 assert (await http.get("/")).status_code == 200
         app.refresh_view()
         assert str(table.get_cell("b0", "requests")) == "2"
         assert "req/s" in str(app.query_one("#status").render())
-        await app.action_quit()
+        await quit_app(app, pilot)
+    assert app.return_value == 0
 
 
 async def test_d_drains_and_e_enables_the_selected_backend(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
     app = Dashboard(ServeOptions(config=make_config(bs)))
-    async with app.run_test(size=(160, 30)) as pilot:
+    async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         await pilot.press("down", "d")
         controller = app.controller
@@ -40,27 +53,114 @@ async def test_d_drains_and_e_enables_the_selected_backend(backends):
         assert str(table.get_cell("b1", "state")).startswith("drain")
         event = controller.events()[0]
         assert (event.actor, event.action, event.target, event.after) == ("key", "state", "b1", "drain")
+        assert any("b1" in str(line) for line in app.query_one("#events").lines)  # the events pane
         await pilot.press("e")
         assert controller.snapshot().backend("b1").admin_state == "ready"
         await wait_for(lambda: str(table.get_cell("b1", "state")) == "ready", what="the table to show ready")
-        await app.action_quit()
+        await quit_app(app, pilot)
 
 
-async def test_q_drains_and_quits(backends):
+async def test_m_asks_first_and_n_leaves_it(backends):
     b = await backends("b0")
     app = Dashboard(ServeOptions(config=make_config([b])))
-    async with app.run_test(size=(160, 30)) as pilot:
+    async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        engine = app.runtime.engine
-        await pilot.press("q")
-        await wait_for(lambda: engine.closing, what="the engine to drain")
-    assert app.return_value == 0
+        await pilot.press("m")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "b0" in app.screen.question
+        assert app.screen.focused.id == "cancel"  # Cancel has the focus
+        await pilot.press("n")
+        assert app.controller.snapshot().backend("b0").admin_state == "ready"
+        await pilot.press("m", "y")
+        assert app.controller.snapshot().backend("b0").admin_state == "maint"
+        await quit_app(app, pilot)
+
+
+async def test_weight_keys_and_undo(backends):
+    b = await backends("b0")
+    app = Dashboard(ServeOptions(config=make_config([b])))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("plus", "plus")
+        assert app.controller.snapshot().backend("b0").weight == 3
+        await pilot.press("minus")
+        assert app.controller.snapshot().backend("b0").weight == 2
+        await pilot.press("u")
+        assert app.controller.snapshot().backend("b0").weight == 3
+        await quit_app(app, pilot)
+
+
+async def test_split_shift_and_flip(backends):
+    blue, green = await backends("blue-1"), await backends("green-1")
+    config = make_config(
+        [
+            {"name": "blue-1", "address": blue.address, "group": "blue"},
+            {"name": "green-1", "address": green.address, "group": "green"},
+        ],
+        split={"blue": 90, "green": 10},
+    )
+    app = Dashboard(ServeOptions(config=config))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("right_square_bracket")
+        assert dict(app.controller.snapshot().service("app").split) == {"blue": 85, "green": 15}
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        assert dict(app.controller.snapshot().service("app").split) == {"blue": 95, "green": 5}
+        await pilot.press("f")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        assert dict(app.controller.snapshot().service("app").split) == {"blue": 5, "green": 95}
+        await quit_app(app, pilot)
+
+
+async def test_p_pauses_the_view(backends):
+    b = await backends("b0")
+    app = Dashboard(ServeOptions(config=make_config([b])))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.query_one("#backends")
+        await pilot.press("p")
+        async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
+            await http.get("/")
+        app.refresh_view()
+        assert str(table.get_cell("b0", "requests")) == "0"  # frozen
+        await pilot.press("p")
+        assert str(table.get_cell("b0", "requests")) == "1"
+        await quit_app(app, pilot)
+
+
+async def test_help_lists_every_key(backends):
+    b = await backends("b0")
+    app = Dashboard(ServeOptions(config=make_config([b])))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = "\n".join(f"{k} {t}" for k, t in app.screen.keys)
+        for binding in Dashboard.BINDINGS:
+            assert binding.tooltip, binding.key  # every key has help text
+            assert binding.tooltip in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await quit_app(app, pilot)
+
+
+@pytest.mark.parametrize("key", ["d", "e", "m", "plus", "minus", "f", "u"])
+async def test_read_only_turns_every_steering_key_off(backends, key):
+    b = await backends("b0")
+    app = Dashboard(ServeOptions(config=make_config([b])), read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        before = app.controller.snapshot().backend("b0")
+        await pilot.press(key)
+        assert not isinstance(app.screen, ConfirmScreen)
+        after = app.controller.snapshot().backend("b0")
+        assert (after.admin_state, after.weight) == (before.admin_state, before.weight)
+        assert app.controller.events() == []
+        await quit_app(app, pilot)
 
 
 def test_cells_say_state_in_words_not_only_colour():
-    from lbtui.core.model import BackendView
-    from lbtui.core.stats import window_view
-
     view = BackendView(
         name="x",
         service="s",
@@ -89,8 +189,6 @@ def test_cells_say_state_in_words_not_only_colour():
 
 
 def test_status_line_without_traffic():
-    from lbtui.core.model import Snapshot
-
     line = status_line(Snapshot(time=0.0, uptime=61.0, listeners=(), services=(), connections=0))
     assert "up 00:01:01" in line
     assert "5xx -" in line

@@ -1,0 +1,63 @@
+"""Modal screens of the dashboard: confirmation of destructive actions, and the keys help."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Names the target; Cancel has the focus; y/enter confirm, n/escape cancel."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes", id="confirm.yes", tooltip="Do it"),
+        Binding("n", "answer(False)", "No", id="confirm.no", tooltip="Leave it as it is"),
+        Binding("escape", "answer(False)", "Cancel", id="confirm.cancel", tooltip="Leave it as it is"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.question, id="question")
+            with Horizontal(id="buttons"):
+                yield Button("Cancel", id="cancel")
+                yield Button("Yes", id="yes", variant="warning")
+
+    def on_mount(self) -> None:
+        self.query_one("#cancel", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the dashboard, with what it does."""
+
+    BINDINGS = [
+        Binding("escape", "close", "Close", id="help.close", tooltip="Back to the dashboard"),
+        Binding("question_mark", "close", "Close", show=False),
+        Binding("q", "close", "Close", show=False),
+    ]
+
+    def __init__(self, keys: Iterable[tuple[str, str]]) -> None:
+        super().__init__()
+        self.keys = list(keys)
+
+    def compose(self) -> ComposeResult:
+        lines = ["lbtui keys", ""] + [f"  {key:<10} {text}" for key, text in self.keys] + ["", "escape: back"]
+        with Vertical(id="dialog"):
+            yield Static("\n".join(lines), id="help")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
