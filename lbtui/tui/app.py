@@ -14,10 +14,11 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, RichLog, Static
 
+from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import BackendView, Snapshot
 from lbtui.serve import Runtime, ServeOptions
-from lbtui.tui.screens import ConfirmScreen, HelpScreen
+from lbtui.tui.screens import ChoiceScreen, ConfirmScreen, HelpScreen
 
 REFRESH_SECONDS = 0.5
 
@@ -123,6 +124,16 @@ class Dashboard(App[int]):
             tooltip="Shift 5 points of the split back to the stable group",
         ),
         Binding(
+            "x",
+            "remove",
+            "Remove",
+            id="remove",
+            tooltip="Remove the selected backend: drains first (asks first)",
+        ),
+        Binding(
+            "l", "algorithm", "Algorithm", id="algorithm", tooltip="Choose the service's balancing algorithm"
+        ),
+        Binding(
             "f",
             "flip",
             "Flip",
@@ -137,7 +148,9 @@ class Dashboard(App[int]):
         Binding("q", "quit", "Quit", id="quit", tooltip="Drain the engine and quit (asks first)"),
     ]
     # Keys that change the balancer: all off with --read-only.
-    STEERING = frozenset({"drain", "enable", "maint", "weight", "shift", "flip", "undo"})
+    STEERING = frozenset(
+        {"drain", "enable", "maint", "weight", "shift", "flip", "undo", "remove", "algorithm"}
+    )
 
     def __init__(
         self, options: ServeOptions, say: Callable[[str], None] | None = None, read_only: bool = False
@@ -296,6 +309,33 @@ class Dashboard(App[int]):
         self.push_screen(
             ConfirmScreen(f"Flip service {service}: swap the weights of its two groups?"), answer
         )
+
+    def action_remove(self) -> None:
+        name, controller = self.selected_backend(), self.controller
+        if name is None or controller is None:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._do(lambda: controller.remove_backend(name, actor="key"))
+
+        self.push_screen(
+            ConfirmScreen(f"Remove {name}? It drains first: requests in flight finish, then it is gone."),
+            answer,
+        )
+
+    def action_algorithm(self) -> None:
+        name, controller = self.selected_backend(), self.controller
+        service = self._service_of(name) if name is not None else None
+        if service is None or controller is None:
+            return
+        current = controller.snapshot().service(service).algorithm
+
+        def chosen(algorithm: str | None) -> None:
+            if algorithm is not None and algorithm != current:
+                self._do(lambda: controller.set_algorithm(service, algorithm, actor="key"))
+
+        self.push_screen(ChoiceScreen(f"Algorithm of service {service}:", ALGORITHMS, current), chosen)
 
     def action_undo(self) -> None:
         controller = self.controller

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Static
+from textual.widgets import Button, OptionList, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -60,4 +60,33 @@ class HelpScreen(ModalScreen[None]):
             yield Static("\n".join(lines), id="help")
 
     def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """Pick one of a few choices (the algorithm of a service): enter picks, escape cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="choice.cancel", tooltip="Leave it as it is")]
+
+    def __init__(self, title: str, choices: Iterable[str], current: str | None = None) -> None:
+        super().__init__()
+        self.title_text = title
+        self.choices = list(choices)
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.title_text, id="question")
+            yield OptionList(*self.choices, id="choices")
+
+    def on_mount(self) -> None:
+        options = self.query_one("#choices", OptionList)
+        if self.current in self.choices:
+            options.highlighted = self.choices.index(self.current)
+        options.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.choices[event.option_index])
+
+    def action_cancel(self) -> None:
         self.dismiss(None)

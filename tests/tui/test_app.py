@@ -9,7 +9,7 @@ from lbtui.core.model import BackendView, Snapshot
 from lbtui.core.stats import window_view
 from lbtui.serve import ServeOptions
 from lbtui.tui.app import Dashboard, backend_cells, status_line
-from lbtui.tui.screens import ConfirmScreen, HelpScreen
+from lbtui.tui.screens import ChoiceScreen, ConfirmScreen, HelpScreen
 from tests.conftest import make_config, wait_for
 
 SIZE = (160, 40)
@@ -145,7 +145,7 @@ async def test_help_lists_every_key(backends):
         await quit_app(app, pilot)
 
 
-@pytest.mark.parametrize("key", ["d", "e", "m", "plus", "minus", "f", "u"])
+@pytest.mark.parametrize("key", ["d", "e", "m", "plus", "minus", "f", "u", "x", "l"])
 async def test_read_only_turns_every_steering_key_off(backends, key):
     b = await backends("b0")
     app = Dashboard(ServeOptions(config=make_config([b])), read_only=True)
@@ -192,3 +192,34 @@ def test_status_line_without_traffic():
     line = status_line(Snapshot(time=0.0, uptime=61.0, listeners=(), services=(), connections=0))
     assert "up 00:01:01" in line
     assert "5xx -" in line
+
+
+async def test_x_removes_after_confirmation(backends):
+    bs = [await backends(f"b{i}") for i in range(2)]
+    app = Dashboard(ServeOptions(config=make_config(bs)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("down", "x")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "b1" in app.screen.question
+        await pilot.press("y")
+        await wait_for(
+            lambda: "b1" not in app.controller.balancer.backends, what="b1 to go"
+        )  # drained (idle)
+        app.refresh_view()
+        assert [r.value for r in app.query_one("#backends").rows] == ["b0"]
+        await quit_app(app, pilot)
+
+
+async def test_l_chooses_the_algorithm_from_a_list(backends):
+    b = await backends("b0")
+    app = Dashboard(ServeOptions(config=make_config([b])))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("l")
+        assert isinstance(app.screen, ChoiceScreen)
+        await pilot.press("down", "down", "enter")  # round_robin -> weighted_round_robin -> least_connections
+        assert app.controller.snapshot().service("app").algorithm == "least_connections"
+        await pilot.press("l", "escape")
+        assert app.controller.snapshot().service("app").algorithm == "least_connections"
+        await quit_app(app, pilot)
