@@ -18,7 +18,7 @@ from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import BackendView, Snapshot
 from lbtui.serve import Runtime, ServeOptions
-from lbtui.tui.screens import ChoiceScreen, ConfirmScreen, HelpScreen
+from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, HelpScreen
 
 REFRESH_SECONDS = 0.5
 
@@ -124,6 +124,13 @@ class Dashboard(App[int]):
             tooltip="Shift 5 points of the split back to the stable group",
         ),
         Binding(
+            "a",
+            "add",
+            "Add",
+            id="add",
+            tooltip="Add a backend (a form: service, name, address, group, weight)",
+        ),
+        Binding(
             "x",
             "remove",
             "Remove",
@@ -149,7 +156,7 @@ class Dashboard(App[int]):
     ]
     # Keys that change the balancer: all off with --read-only.
     STEERING = frozenset(
-        {"drain", "enable", "maint", "weight", "shift", "flip", "undo", "remove", "algorithm"}
+        {"drain", "enable", "maint", "weight", "shift", "flip", "undo", "remove", "algorithm", "add"}
     )
 
     def __init__(
@@ -323,6 +330,31 @@ class Dashboard(App[int]):
             ConfirmScreen(f"Remove {name}? It drains first: requests in flight finish, then it is gone."),
             answer,
         )
+
+    def action_add(self) -> None:
+        controller = self.controller
+        if controller is None:
+            return
+        snapshot = controller.snapshot()
+        name = self.selected_backend()
+        if name is not None:
+            backend = snapshot.backend(name)
+            service, group = backend.service, backend.group
+        else:
+            service, group = (snapshot.services[0].name if snapshot.services else ""), "default"
+
+        def add(service: str, name: str, address: str, group: str, weight: int) -> str | None:
+            try:
+                event = controller.add_backend(
+                    service, name, address, group or "default", weight, actor="key"
+                )
+            except ControlError as error:
+                return str(error)
+            self.say(f"{event.target}: added to {service}")
+            self.refresh_view()
+            return None
+
+        self.push_screen(AddBackendScreen(service, group, add))
 
     def action_algorithm(self) -> None:
         name, controller = self.selected_backend(), self.controller

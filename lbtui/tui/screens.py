@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, OptionList, Static
+from textual.widgets import Button, Input, OptionList, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -87,6 +87,65 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self.choices[event.option_index])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class AddBackendScreen(ModalScreen[None]):
+    """The add-a-backend form: service, name, address, group, weight. Errors stay in the form."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="add.cancel", tooltip="Close the form, add nothing")]
+
+    def __init__(
+        self, service: str, group: str, add: Callable[[str, str, str, str, int], str | None]
+    ) -> None:
+        super().__init__()
+        self.service = service
+        self.group = group
+        self.add = add  # returns an error message, or None once added
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static("Add a backend", id="question")
+            yield Input(value=self.service, placeholder="service", id="service", compact=True)
+            yield Input(placeholder="name, e.g. blue-4", id="name", compact=True)
+            yield Input(placeholder="address, e.g. 127.0.0.1:9004", id="address", compact=True)
+            yield Input(value=self.group, placeholder="group", id="group", compact=True)
+            yield Input(value="1", placeholder="weight", id="weight", compact=True)
+            yield Static("", id="error")
+            with Horizontal(id="buttons"):
+                yield Button("Cancel", id="cancel")
+                yield Button("Add", id="add", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#name", Input).focus()
+
+    def value(self, field: str) -> str:
+        return self.query_one(f"#{field}", Input).value.strip()
+
+    def submit(self) -> None:
+        try:
+            weight = int(self.value("weight") or "1")
+        except ValueError:
+            self.query_one("#error", Static).update("weight: a whole number from 0 to 1000")
+            return
+        error = self.add(
+            self.value("service"), self.value("name"), self.value("address"), self.value("group"), weight
+        )
+        if error is None:
+            self.dismiss(None)
+        else:
+            self.query_one("#error", Static).update(error)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "add":
+            self.submit()
+        else:
+            self.dismiss(None)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

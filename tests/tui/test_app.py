@@ -9,7 +9,7 @@ from lbtui.core.model import BackendView, Snapshot
 from lbtui.core.stats import window_view
 from lbtui.serve import ServeOptions
 from lbtui.tui.app import Dashboard, backend_cells, status_line
-from lbtui.tui.screens import ChoiceScreen, ConfirmScreen, HelpScreen
+from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, HelpScreen
 from tests.conftest import make_config, wait_for
 
 SIZE = (160, 40)
@@ -145,7 +145,7 @@ async def test_help_lists_every_key(backends):
         await quit_app(app, pilot)
 
 
-@pytest.mark.parametrize("key", ["d", "e", "m", "plus", "minus", "f", "u", "x", "l"])
+@pytest.mark.parametrize("key", ["d", "e", "m", "plus", "minus", "f", "u", "x", "l", "a"])
 async def test_read_only_turns_every_steering_key_off(backends, key):
     b = await backends("b0")
     app = Dashboard(ServeOptions(config=make_config([b])), read_only=True)
@@ -222,4 +222,27 @@ async def test_l_chooses_the_algorithm_from_a_list(backends):
         assert app.controller.snapshot().service("app").algorithm == "least_connections"
         await pilot.press("l", "escape")
         assert app.controller.snapshot().service("app").algorithm == "least_connections"
+        await quit_app(app, pilot)
+
+
+async def test_a_adds_a_backend_and_shows_errors_in_the_form(backends):
+    b0, b1 = await backends("b0"), await backends("b1")
+    app = Dashboard(ServeOptions(config=make_config([b0])))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("a")
+        form = app.screen
+        assert isinstance(form, AddBackendScreen)
+        assert form.query_one("#service").value == "app"  # the selected backend's service
+        await pilot.press(*"new-1", "tab", *"not-an-address", "enter")
+        assert form.query_one("#name").value == "new-1"
+        assert form.query_one("#address").value == "not-an-address"
+        assert isinstance(app.screen, AddBackendScreen)  # still open, with the reason
+        assert "address" in str(form.query_one("#error").render())
+        form.query_one("#address").value = b1.address
+        await pilot.press("enter")
+        assert not isinstance(app.screen, AddBackendScreen)
+        assert app.controller.snapshot().backend("new-1").address == b1.address
+        app.refresh_view()
+        assert [r.value for r in app.query_one("#backends").rows] == ["b0", "new-1"]
         await quit_app(app, pilot)
