@@ -71,6 +71,23 @@ def backend_cells(b: BackendView) -> dict[str, str | Text]:
     } | ({"errors": f"{100.0 * errors / total:.1f}"} if total and not b.window.requests else {})
 
 
+def split_bar(split: tuple[tuple[str, int], ...] | None, width: int = 20) -> str:
+    """`blue 90% ██████████████████░░ green 10%` (first group filled): the split in words and a bar."""
+    if not split:
+        return "no split"
+    total = sum(w for _, w in split) or 1
+    shares = [(g, 100.0 * w / total) for g, w in split]
+    if len(shares) != 2:
+        return "  ".join(f"{g} {p:.0f}%" for g, p in shares)
+    (a, pa), (b, pb) = shares
+    filled = round(width * pa / 100.0)
+    return f"{a} {pa:.0f}% {'█' * filled}{'░' * (width - filled)} {b} {pb:.0f}%"
+
+
+def services_line(snapshot: Snapshot) -> str:
+    return "   ".join(f"{s.name}: {s.algorithm}, {split_bar(s.split)}" for s in snapshot.services)
+
+
 def status_line(snapshot: Snapshot) -> str:
     listeners = "  ".join(f"{v.name} http://{v.address}" for v in snapshot.listeners) or "no listener"
     requests = sum(s.window.requests for s in snapshot.services)
@@ -172,6 +189,7 @@ class Dashboard(App[int]):
 
     def compose(self) -> ComposeResult:
         yield Static("starting…", id="status")
+        yield Static("", id="services")
         yield DataTable(id="backends", cursor_type="row", zebra_stripes=True)
         yield RichLog(id="events", max_lines=500, wrap=False)
         yield Static("", id="message")
@@ -211,6 +229,7 @@ class Dashboard(App[int]):
             return
         snapshot = self.controller.snapshot()
         self.query_one("#status", Static).update(status_line(snapshot))
+        self.query_one("#services", Static).update(services_line(snapshot))
         table = self.query_one("#backends", DataTable)
         seen = set()
         with self.batch_update():

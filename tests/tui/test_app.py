@@ -8,7 +8,7 @@ import pytest
 from lbtui.core.model import BackendView, Snapshot
 from lbtui.core.stats import window_view
 from lbtui.serve import ServeOptions
-from lbtui.tui.app import Dashboard, backend_cells, status_line
+from lbtui.tui.app import Dashboard, backend_cells, split_bar, status_line
 from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, HelpScreen
 from tests.conftest import make_config, wait_for
 
@@ -104,6 +104,7 @@ async def test_split_shift_and_flip(backends):
         await pilot.pause()
         await pilot.press("right_square_bracket")
         assert dict(app.controller.snapshot().service("app").split) == {"blue": 85, "green": 15}
+        assert "blue 85%" in str(app.query_one("#services").render())
         await pilot.press("left_square_bracket", "left_square_bracket")
         assert dict(app.controller.snapshot().service("app").split) == {"blue": 95, "green": 5}
         await pilot.press("f")
@@ -246,3 +247,9 @@ async def test_a_adds_a_backend_and_shows_errors_in_the_form(backends):
         app.refresh_view()
         assert [r.value for r in app.query_one("#backends").rows] == ["b0", "new-1"]
         await quit_app(app, pilot)
+
+
+def test_split_bar_in_words_and_blocks():
+    assert split_bar((("blue", 90), ("green", 10)), width=10) == "blue 90% █████████░ green 10%"
+    assert split_bar(None) == "no split"
+    assert split_bar((("a", 1), ("b", 1), ("c", 2))) == "a 25%  b 25%  c 50%"
