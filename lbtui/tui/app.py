@@ -17,8 +17,16 @@ from textual.widgets import DataTable, Footer, RichLog, Static
 from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import BackendView, Snapshot
+from lbtui.core.stats import bucket_bounds
 from lbtui.serve import Runtime, ServeOptions
-from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, HelpScreen
+from lbtui.tui.screens import (
+    AddBackendScreen,
+    ChoiceScreen,
+    ConfirmScreen,
+    DetailScreen,
+    FilterScreen,
+    HelpScreen,
+)
 
 REFRESH_SECONDS = 0.5
 
@@ -86,6 +94,48 @@ def split_bar(split: tuple[tuple[str, int], ...] | None, width: int = 20) -> str
 
 def services_line(snapshot: Snapshot) -> str:
     return "   ".join(f"{s.name}: {s.algorithm}, {split_bar(s.split)}" for s in snapshot.services)
+
+
+def latency_histogram(counts: tuple[int, ...], rows: int = 8, width: int = 40) -> list[str]:
+    """The latency distribution of a window as text bars, in up to `rows` ranges of similar size."""
+    nonzero = [i for i, c in enumerate(counts) if c]
+    if not nonzero:
+        return ["no requests in the window"]
+    lo, hi = nonzero[0], nonzero[-1] + 1
+    step = max(1, (hi - lo + rows - 1) // rows)
+    groups = [(i, min(i + step, hi)) for i in range(lo, hi, step)]
+    totals = [sum(counts[a:b]) for a, b in groups]
+    peak = max(totals) or 1
+    lines = []
+    for (a, b), total in zip(groups, totals, strict=True):
+        low, high = bucket_bounds(a)[0], bucket_bounds(b - 1)[1]
+        bar = "█" * max(1 if total else 0, round(width * total / peak))
+        lines.append(f"{low / 1000:>9.2f}-{high / 1000:<9.2f} ms {bar} {total}")
+    return lines
+
+
+def detail_text(snapshot: Snapshot, name: str) -> str:
+    try:
+        b = snapshot.backend(name)
+    except KeyError:
+        return f"{name}: removed"
+    sc = b.status_classes
+    w = b.window
+    lines = [
+        f"{b.name}  ({b.service}, group {b.group}, {b.address})",
+        f"state {b.admin_state}, health {b.health}, weight {b.weight}, in flight {b.in_flight}",
+        f"requests {b.requests}   connect failures {b.connect_failures}   EWMA {b.ewma_ms:.2f} ms",
+        f"status: 1xx {sc[1]}  2xx {sc[2]}  3xx {sc[3]}  4xx {sc[4]}  5xx {sc[5]}  failed {sc[0]}",
+        f"bytes in {b.bytes_in}  out {b.bytes_out}",
+        "",
+        f"last {w.seconds:.0f} s: {w.requests} requests, {w.rps:.1f} req/s, "
+        f"p50 {w.p50_ms:.2f}  p90 {w.p90_ms:.2f}  p99 {w.p99_ms:.2f}  p99.9 {w.p999_ms:.2f} ms",
+        "",
+        *latency_histogram(w.counts),
+        "",
+        "escape: back",
+    ]
+    return "\n".join(lines)
 
 
 def status_line(snapshot: Snapshot) -> str:
@@ -165,6 +215,21 @@ class Dashboard(App[int]):
             tooltip="Blue/green flip: swap the split's two groups (asks first)",
         ),
         Binding("u", "undo", "Undo", id="undo", tooltip="Undo the last change"),
+        Binding(
+            "enter",
+            "detail",
+            "Detail",
+            id="detail",
+            tooltip="The selected backend in detail: latency distribution, status codes",
+        ),
+        Binding(
+            "slash",
+            "filter",
+            "Filter",
+            key_display="/",
+            id="filter",
+            tooltip="Show only backends whose name, group or address contains a text",
+        ),
         Binding("p", "pause", "Pause", id="pause", tooltip="Pause or resume refreshing the view"),
         Binding(
             "question_mark", "help", "Help", key_display="?", id="help", tooltip="Every key and what it does"
@@ -182,6 +247,7 @@ class Dashboard(App[int]):
         super().__init__()
         self.read_only = read_only
         self.paused = False
+        self.filter_text = ""
         self.messages: list[str] = []
         self.runtime = Runtime(options, say or self.messages.append)
         self.controller: Controller | None = None
@@ -233,8 +299,12 @@ class Dashboard(App[int]):
         table = self.query_one("#backends", DataTable)
         seen = set()
         with self.batch_update():
+            wanted = self.filter_text.lower()
             for service in snapshot.services:
                 for backend in service.backends:
+                    text = f"{backend.name} {backend.group} {backend.address}".lower()
+                    if wanted and wanted not in text:
+                        continue
                     seen.add(backend.name)
                     cells = backend_cells(backend)
                     if backend.name not in table.rows:
@@ -392,6 +462,26 @@ class Dashboard(App[int]):
         controller = self.controller
         if controller is not None:
             self._do(lambda: controller.undo(actor="key"))
+
+    def action_detail(self) -> None:
+        name, controller = self.selected_backend(), self.controller
+        if name is not None and controller is not None:
+            self.push_screen(DetailScreen(name, lambda n: detail_text(controller.snapshot(), n)))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_detail()  # enter on the table
+
+    def action_filter(self) -> None:
+        def apply(text: str | None) -> None:
+            if text is not None and text != self.filter_text:
+                self.filter_text = text
+                self.say(f"filter: {text}" if text else "")
+                # Rebuilt once (in config order), then updated in place again.
+                self.query_one("#backends", DataTable).clear()
+                self._cells.clear()
+                self.refresh_view()
+
+        self.push_screen(FilterScreen(self.filter_text), apply)
 
     def action_pause(self) -> None:
         self.paused = not self.paused

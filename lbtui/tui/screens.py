@@ -149,3 +149,51 @@ class AddBackendScreen(ModalScreen[None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class DetailScreen(ModalScreen[None]):
+    """One backend in detail: its numbers, status classes and latency distribution; refreshed while open."""
+
+    BINDINGS = [Binding("escape", "close", "Back", id="detail.close", tooltip="Back to the dashboard")]
+
+    def __init__(self, name: str, render: Callable[[str], str]) -> None:
+        super().__init__()
+        self.backend = name
+        self.render_text = render  # backend name -> the text to show (from a fresh snapshot)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.render_text(self.backend), id="detail")
+
+    def on_mount(self) -> None:
+        self.set_interval(0.5, self.refresh_text)
+
+    def refresh_text(self) -> None:
+        self.query_one("#detail", Static).update(self.render_text(self.backend))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class FilterScreen(ModalScreen[str | None]):
+    """Type part of a backend's name, group or address; enter applies, escape clears."""
+
+    BINDINGS = [Binding("escape", "clear", "Clear", id="filter.clear", tooltip="Show every backend again")]
+
+    def __init__(self, current: str) -> None:
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static("Filter backends (name, group or address contains):", id="question")
+            yield Input(value=self.current, id="filter", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip())
+
+    def action_clear(self) -> None:
+        self.dismiss("")

@@ -8,8 +8,8 @@ import pytest
 from lbtui.core.model import BackendView, Snapshot
 from lbtui.core.stats import window_view
 from lbtui.serve import ServeOptions
-from lbtui.tui.app import Dashboard, backend_cells, split_bar, status_line
-from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, HelpScreen
+from lbtui.tui.app import Dashboard, backend_cells, latency_histogram, split_bar, status_line
+from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, DetailScreen, HelpScreen
 from tests.conftest import make_config, wait_for
 
 SIZE = (160, 40)
@@ -253,3 +253,48 @@ def test_split_bar_in_words_and_blocks():
     assert split_bar((("blue", 90), ("green", 10)), width=10) == "blue 90% █████████░ green 10%"
     assert split_bar(None) == "no split"
     assert split_bar((("a", 1), ("b", 1), ("c", 2))) == "a 25%  b 25%  c 50%"
+
+
+async def test_enter_opens_the_detail_of_the_selected_backend(backends):
+    bs = [await backends(f"b{i}") for i in range(2)]
+    app = Dashboard(ServeOptions(config=make_config(bs)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
+            for _ in range(4):
+                await http.get("/")
+        await pilot.press("down", "enter")
+        assert isinstance(app.screen, DetailScreen)
+        assert app.screen.backend == "b1"
+        text = str(app.screen.query_one("#detail").render())
+        assert "b1" in text
+        assert "2xx 2" in text
+        assert " ms " in text  # the latency distribution
+        await pilot.press("escape")
+        assert not isinstance(app.screen, DetailScreen)
+        await quit_app(app, pilot)
+
+
+async def test_slash_filters_the_table_and_escape_clears(backends):
+    bs = [await backends(n) for n in ("blue-1", "blue-2", "green-1")]
+    app = Dashboard(ServeOptions(config=make_config(bs)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.query_one("#backends")
+        await pilot.press("slash", *"green", "enter")
+        assert [r.value for r in table.rows] == ["green-1"]
+        await pilot.press("slash", "escape")
+        assert [r.value for r in table.rows] == ["blue-1", "blue-2", "green-1"]  # config order again
+        await quit_app(app, pilot)
+
+
+def test_latency_histogram_of_nothing_and_something():
+    from lbtui.core.stats import BUCKETS, bucket_index
+
+    assert latency_histogram((0,) * BUCKETS) == ["no requests in the window"]
+    counts = [0] * BUCKETS
+    counts[bucket_index(1000)] = 5
+    counts[bucket_index(2000)] = 10
+    lines = latency_histogram(tuple(counts))
+    assert any(line.rstrip().endswith(" 10") for line in lines)
+    assert all(" ms " in line for line in lines)
