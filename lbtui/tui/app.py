@@ -138,6 +138,20 @@ def detail_text(snapshot: Snapshot, name: str) -> str:
     return "\n".join(lines)
 
 
+def status_level(snapshot: Snapshot) -> str:
+    """ "error" when a service has no backend that can serve, "warning" when one is degraded, else "ok"."""
+    level = "ok"
+    for service in snapshot.services:
+        serving = [
+            b for b in service.backends if b.admin_state == "ready" and b.health in ("up", "going_down")
+        ]
+        if not serving:
+            return "error"
+        if len(serving) < len(service.backends) or service.window.error_ratio > 0.05:
+            level = "warning"
+    return level
+
+
 def status_line(snapshot: Snapshot) -> str:
     listeners = "  ".join(f"{v.name} http://{v.address}" for v in snapshot.listeners) or "no listener"
     requests = sum(s.window.requests for s in snapshot.services)
@@ -294,7 +308,11 @@ class Dashboard(App[int]):
         if self.controller is None or self.paused:
             return
         snapshot = self.controller.snapshot()
-        self.query_one("#status", Static).update(status_line(snapshot))
+        status = self.query_one("#status", Static)
+        status.update(status_line(snapshot))
+        level = status_level(snapshot)
+        status.set_class(level == "warning", "warning")
+        status.set_class(level == "error", "error")
         self.query_one("#services", Static).update(services_line(snapshot))
         table = self.query_one("#backends", DataTable)
         seen = set()

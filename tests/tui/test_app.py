@@ -298,3 +298,19 @@ def test_latency_histogram_of_nothing_and_something():
     lines = latency_histogram(tuple(counts))
     assert any(line.rstrip().endswith(" 10") for line in lines)
     assert all(" ms " in line for line in lines)
+
+
+async def test_status_bar_turns_warning_then_error_colour(backends):
+    bs = [await backends(f"b{i}") for i in range(2)]
+    app = Dashboard(ServeOptions(config=make_config(bs)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        status = app.query_one("#status")
+        assert not status.has_class("warning")
+        assert not status.has_class("error")
+        await pilot.press("d")
+        assert status.has_class("warning")  # one backend out of service: degraded
+        await pilot.press("down", "m", "y")
+        app.refresh_view()
+        assert status.has_class("error")  # none left to serve
+        await quit_app(app, pilot)
