@@ -32,19 +32,34 @@ REFRESH_SECONDS = 0.5
 
 # (key, label, width): fixed widths, so that a growing number never makes the table jump.
 COLUMNS = (
-    ("name", "backend", 16),
+    ("name", "backend", 14),
     ("group", "group", 8),
-    ("address", "address", 22),
+    ("address", "address", 20),
     ("state", "state", 11),
-    ("health", "health", 14),
+    ("health", "health", 12),
     ("weight", "weight", 6),
     ("in_flight", "in flight", 9),
     ("rps", "req/s", 8),
-    ("requests", "requests", 10),
+    ("requests", "requests", 9),
     ("errors", "5xx %", 6),
     ("p50", "p50 ms", 7),
     ("p99", "p99 ms", 7),
+    ("trend", "req/s, last 6 s", 16),
 )
+
+SPARKS = "▁▂▃▄▅▆▇█"
+TREND_POINTS = 20  # refreshes: 10 s at two a second
+
+
+def sparkline(values: list[float]) -> str:
+    """Block characters scaled to the largest value; never alone: the caller puts the number beside it."""
+    if not values:
+        return ""
+    top = max(values)
+    if top <= 0:
+        return SPARKS[0] * len(values)
+    return "".join(SPARKS[min(len(SPARKS) - 1, int(v / top * (len(SPARKS) - 1) + 0.5))] for v in values)
+
 
 # HAProxy's colours, always with a word: the colour is never the only sign.
 STATE_STYLE = {"ready": "green", "drain": "blue", "maint": "grey50"}
@@ -262,6 +277,7 @@ class Dashboard(App[int]):
         self.read_only = read_only
         self.paused = False
         self.filter_text = ""
+        self.trends: dict[str, list[float]] = {}
         self.messages: list[str] = []
         self.runtime = Runtime(options, say or self.messages.append)
         self.controller: Controller | None = None
@@ -325,6 +341,10 @@ class Dashboard(App[int]):
                         continue
                     seen.add(backend.name)
                     cells = backend_cells(backend)
+                    trend = self.trends.setdefault(backend.name, [])
+                    trend.append(backend.window.rps)
+                    del trend[:-TREND_POINTS]
+                    cells["trend"] = sparkline(trend[-12:]) + f" {backend.window.rps:.0f}"  # 12 points: 6 s
                     if backend.name not in table.rows:
                         table.add_row(*(cells[key] for key, _, _ in COLUMNS), key=backend.name)
                         for key, _, _ in COLUMNS:

@@ -314,3 +314,11 @@ async def test_status_bar_turns_warning_then_error_colour(backends):
         app.refresh_view()
         assert status.has_class("error")  # none left to serve
         await quit_app(app, pilot)
+
+
+def test_sparkline_scales_to_the_largest_value():
+    from lbtui.tui.app import sparkline
+
+    assert sparkline([0, 0]) == "▁▁"
+    assert sparkline([1, 2, 4, 8]) == "▂▃▅█"
+    assert sparkline([]) == ""
