@@ -19,6 +19,7 @@ from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import BackendView, Snapshot
 from lbtui.core.stats import bucket_bounds
 from lbtui.serve import Runtime, ServeOptions
+from lbtui.tui.commands import DashboardCommands
 from lbtui.tui.screens import (
     AddBackendScreen,
     ChoiceScreen,
@@ -183,6 +184,7 @@ class Dashboard(App[int]):
 
     CSS_PATH = "lbtui.tcss"
     TITLE = "lbtui"
+    COMMANDS = App.COMMANDS | {DashboardCommands}
     BINDINGS = [
         Binding("d", "drain", "Drain", id="drain", tooltip="Drain the selected backend: no new requests"),
         Binding("e", "enable", "Enable", id="enable", tooltip="Put the selected backend back in service"),

@@ -322,3 +322,26 @@ def test_sparkline_scales_to_the_largest_value():
     assert sparkline([0, 0]) == "▁▁"
     assert sparkline([1, 2, 4, 8]) == "▂▃▅█"
     assert sparkline([]) == ""
+
+
+async def test_the_command_palette_offers_every_action(backends):
+    from lbtui.tui.commands import DashboardCommands
+
+    bs = [await backends(f"b{i}") for i in range(2)]
+    app = Dashboard(ServeOptions(config=make_config(bs)))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        provider = DashboardCommands(app.screen)
+        titles = [title for title, _, _ in provider._commands()]
+        for binding in Dashboard.BINDINGS:
+            if binding.action != "quit":
+                assert any(title.startswith(binding.description) for title in titles), binding.action
+        hits = [hit async for hit in provider.search("drain")]
+        assert hits
+        await hits[0].command()  # run it, as choosing it in the palette does
+        await pilot.pause()
+        assert app.controller.snapshot().backend("b0").admin_state == "drain"
+        app.read_only = True
+        assert all("Drain" not in title for title, _, _ in provider._commands())
+        app.read_only = False
+        await quit_app(app, pilot)
