@@ -387,6 +387,15 @@ class Dashboard(App[int]):
         self.say(f"{event.target}: {event.action} {event.before} -> {event.after}")
         self.refresh_view()
 
+    def _confirm_then_do(self, question: str, change: Callable[[], Event]) -> None:
+        """Destructive actions ask first (Cancel focused); the change happens only on yes."""
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._do(change)
+
+        self.push_screen(ConfirmScreen(question), answer)
+
     def action_drain(self) -> None:
         name, controller = self.selected_backend(), self.controller
         if name is not None and controller is not None:
@@ -399,14 +408,11 @@ class Dashboard(App[int]):
 
     def action_maint(self) -> None:
         name, controller = self.selected_backend(), self.controller
-        if name is None or controller is None:
-            return
-
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self._do(lambda: controller.maint(name, actor="key"))
-
-        self.push_screen(ConfirmScreen(f"Put {name} in maintenance? It gets no traffic at all."), answer)
+        if name is not None and controller is not None:
+            self._confirm_then_do(
+                f"Put {name} in maintenance? It gets no traffic at all.",
+                lambda: controller.maint(name, actor="key"),
+            )
 
     def action_weight(self, delta: int) -> None:
         name, controller = self.selected_backend(), self.controller
@@ -435,30 +441,19 @@ class Dashboard(App[int]):
     def action_flip(self) -> None:
         name, controller = self.selected_backend(), self.controller
         service = self._service_of(name) if name is not None else None
-        if service is None or controller is None:
-            return
-
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self._do(lambda: controller.flip(service, actor="key"))
-
-        self.push_screen(
-            ConfirmScreen(f"Flip service {service}: swap the weights of its two groups?"), answer
-        )
+        if service is not None and controller is not None:
+            self._confirm_then_do(
+                f"Flip service {service}: swap the weights of its two groups?",
+                lambda: controller.flip(service, actor="key"),
+            )
 
     def action_remove(self) -> None:
         name, controller = self.selected_backend(), self.controller
-        if name is None or controller is None:
-            return
-
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self._do(lambda: controller.remove_backend(name, actor="key"))
-
-        self.push_screen(
-            ConfirmScreen(f"Remove {name}? It drains first: requests in flight finish, then it is gone."),
-            answer,
-        )
+        if name is not None and controller is not None:
+            self._confirm_then_do(
+                f"Remove {name}? It drains first: requests in flight finish, then it is gone.",
+                lambda: controller.remove_backend(name, actor="key"),
+            )
 
     def action_add(self) -> None:
         controller = self.controller
