@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 import pytest
 
@@ -15,6 +17,17 @@ from tests.conftest import make_config, wait_for
 SIZE = (160, 40)
 
 
+@contextlib.asynccontextmanager
+async def running(config, read_only: bool = False):
+    """The dashboard on a real engine, started; quit (confirmed) at the end unless the test did."""
+    app = Dashboard(ServeOptions(config=config), read_only=read_only)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        yield app, pilot
+        if not app.runtime.engine.closing:
+            await quit_app(app, pilot)
+
+
 async def quit_app(app, pilot) -> None:
     await pilot.press("q")
     assert isinstance(app.screen, ConfirmScreen)
@@ -24,9 +37,7 @@ async def quit_app(app, pilot) -> None:
 
 async def test_table_shows_backends_in_config_order_and_live_counts(backends):
     bs = [await backends(f"b{i}") for i in range(3)]
-    app = Dashboard(ServeOptions(config=make_config(bs)))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config(bs)) as (app, pilot):
         table = app.query_one("#backends")
         assert [r.value for r in table.rows] == ["b0", "b1", "b2"]
         assert table.cursor_row == 0
@@ -42,9 +53,7 @@ async def test_table_shows_backends_in_config_order_and_live_counts(backends):
 
 async def test_d_drains_and_e_enables_the_selected_backend(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
-    app = Dashboard(ServeOptions(config=make_config(bs)))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config(bs)) as (app, pilot):
         await pilot.press("down", "d")
         controller = app.controller
         assert controller.snapshot().backend("b1").admin_state == "drain"
@@ -57,14 +66,11 @@ async def test_d_drains_and_e_enables_the_selected_backend(backends):
         await pilot.press("e")
         assert controller.snapshot().backend("b1").admin_state == "ready"
         await wait_for(lambda: str(table.get_cell("b1", "state")) == "ready", what="the table to show ready")
-        await quit_app(app, pilot)
 
 
 async def test_m_asks_first_and_n_leaves_it(backends):
     b = await backends("b0")
-    app = Dashboard(ServeOptions(config=make_config([b])))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config([b])) as (app, pilot):
         await pilot.press("m")
         assert isinstance(app.screen, ConfirmScreen)
         assert "b0" in app.screen.question
@@ -73,21 +79,17 @@ async def test_m_asks_first_and_n_leaves_it(backends):
         assert app.controller.snapshot().backend("b0").admin_state == "ready"
         await pilot.press("m", "y")
         assert app.controller.snapshot().backend("b0").admin_state == "maint"
-        await quit_app(app, pilot)
 
 
 async def test_weight_keys_and_undo(backends):
     b = await backends("b0")
-    app = Dashboard(ServeOptions(config=make_config([b])))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config([b])) as (app, pilot):
         await pilot.press("plus", "plus")
         assert app.controller.snapshot().backend("b0").weight == 3
         await pilot.press("minus")
         assert app.controller.snapshot().backend("b0").weight == 2
         await pilot.press("u")
         assert app.controller.snapshot().backend("b0").weight == 3
-        await quit_app(app, pilot)
 
 
 async def test_split_shift_and_flip(backends):
@@ -99,9 +101,7 @@ async def test_split_shift_and_flip(backends):
         ],
         split={"blue": 90, "green": 10},
     )
-    app = Dashboard(ServeOptions(config=config))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(config) as (app, pilot):
         await pilot.press("right_square_bracket")
         assert dict(app.controller.snapshot().service("app").split) == {"blue": 85, "green": 15}
         assert "blue 85%" in str(app.query_one("#services").render())
@@ -111,14 +111,11 @@ async def test_split_shift_and_flip(backends):
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
         assert dict(app.controller.snapshot().service("app").split) == {"blue": 5, "green": 95}
-        await quit_app(app, pilot)
 
 
 async def test_p_pauses_the_view(backends):
     b = await backends("b0")
-    app = Dashboard(ServeOptions(config=make_config([b])))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config([b])) as (app, pilot):
         table = app.query_one("#backends")
         await pilot.press("p")
         async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
@@ -127,14 +124,11 @@ async def test_p_pauses_the_view(backends):
         assert str(table.get_cell("b0", "requests")) == "0"  # frozen
         await pilot.press("p")
         assert str(table.get_cell("b0", "requests")) == "1"
-        await quit_app(app, pilot)
 
 
 async def test_help_lists_every_key(backends):
     b = await backends("b0")
-    app = Dashboard(ServeOptions(config=make_config([b])))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config([b])) as (app, pilot):
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = "\n".join(f"{k} {t}" for k, t in app.screen.keys)
@@ -143,22 +137,18 @@ async def test_help_lists_every_key(backends):
             assert binding.tooltip in text
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
-        await quit_app(app, pilot)
 
 
 @pytest.mark.parametrize("key", ["d", "e", "m", "plus", "minus", "f", "u", "x", "l", "a"])
 async def test_read_only_turns_every_steering_key_off(backends, key):
     b = await backends("b0")
-    app = Dashboard(ServeOptions(config=make_config([b])), read_only=True)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config([b]), read_only=True) as (app, pilot):
         before = app.controller.snapshot().backend("b0")
         await pilot.press(key)
         assert not isinstance(app.screen, ConfirmScreen)
         after = app.controller.snapshot().backend("b0")
         assert (after.admin_state, after.weight) == (before.admin_state, before.weight)
         assert app.controller.events() == []
-        await quit_app(app, pilot)
 
 
 def test_cells_say_state_in_words_not_only_colour():
@@ -197,9 +187,7 @@ def test_status_line_without_traffic():
 
 async def test_x_removes_after_confirmation(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
-    app = Dashboard(ServeOptions(config=make_config(bs)))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config(bs)) as (app, pilot):
         await pilot.press("down", "x")
         assert isinstance(app.screen, ConfirmScreen)
         assert "b1" in app.screen.question
@@ -209,28 +197,22 @@ async def test_x_removes_after_confirmation(backends):
         )  # drained (idle)
         app.refresh_view()
         assert [r.value for r in app.query_one("#backends").rows] == ["b0"]
-        await quit_app(app, pilot)
 
 
 async def test_l_chooses_the_algorithm_from_a_list(backends):
     b = await backends("b0")
-    app = Dashboard(ServeOptions(config=make_config([b])))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config([b])) as (app, pilot):
         await pilot.press("l")
         assert isinstance(app.screen, ChoiceScreen)
         await pilot.press("down", "down", "enter")  # round_robin -> weighted_round_robin -> least_connections
         assert app.controller.snapshot().service("app").algorithm == "least_connections"
         await pilot.press("l", "escape")
         assert app.controller.snapshot().service("app").algorithm == "least_connections"
-        await quit_app(app, pilot)
 
 
 async def test_a_adds_a_backend_and_shows_errors_in_the_form(backends):
     b0, b1 = await backends("b0"), await backends("b1")
-    app = Dashboard(ServeOptions(config=make_config([b0])))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config([b0])) as (app, pilot):
         await pilot.press("a")
         form = app.screen
         assert isinstance(form, AddBackendScreen)
@@ -246,7 +228,6 @@ async def test_a_adds_a_backend_and_shows_errors_in_the_form(backends):
         assert app.controller.snapshot().backend("new-1").address == b1.address
         app.refresh_view()
         assert [r.value for r in app.query_one("#backends").rows] == ["b0", "new-1"]
-        await quit_app(app, pilot)
 
 
 def test_split_bar_in_words_and_blocks():
@@ -257,9 +238,7 @@ def test_split_bar_in_words_and_blocks():
 
 async def test_enter_opens_the_detail_of_the_selected_backend(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
-    app = Dashboard(ServeOptions(config=make_config(bs)))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config(bs)) as (app, pilot):
         async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
             for _ in range(4):
                 await http.get("/")
@@ -272,20 +251,16 @@ async def test_enter_opens_the_detail_of_the_selected_backend(backends):
         assert " ms " in text  # the latency distribution
         await pilot.press("escape")
         assert not isinstance(app.screen, DetailScreen)
-        await quit_app(app, pilot)
 
 
 async def test_slash_filters_the_table_and_escape_clears(backends):
     bs = [await backends(n) for n in ("blue-1", "blue-2", "green-1")]
-    app = Dashboard(ServeOptions(config=make_config(bs)))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config(bs)) as (app, pilot):
         table = app.query_one("#backends")
         await pilot.press("slash", *"green", "enter")
         assert [r.value for r in table.rows] == ["green-1"]
         await pilot.press("slash", "escape")
         assert [r.value for r in table.rows] == ["blue-1", "blue-2", "green-1"]  # config order again
-        await quit_app(app, pilot)
 
 
 def test_latency_histogram_of_nothing_and_something():
@@ -302,9 +277,7 @@ def test_latency_histogram_of_nothing_and_something():
 
 async def test_status_bar_turns_warning_then_error_colour(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
-    app = Dashboard(ServeOptions(config=make_config(bs)))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config(bs)) as (app, pilot):
         status = app.query_one("#status")
         assert not status.has_class("warning")
         assert not status.has_class("error")
@@ -313,7 +286,6 @@ async def test_status_bar_turns_warning_then_error_colour(backends):
         await pilot.press("down", "m", "y")
         app.refresh_view()
         assert status.has_class("error")  # none left to serve
-        await quit_app(app, pilot)
 
 
 def test_sparkline_scales_to_the_largest_value():
@@ -328,9 +300,7 @@ async def test_the_command_palette_offers_every_action(backends):
     from lbtui.tui.commands import DashboardCommands
 
     bs = [await backends(f"b{i}") for i in range(2)]
-    app = Dashboard(ServeOptions(config=make_config(bs)))
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+    async with running(make_config(bs)) as (app, pilot):
         provider = DashboardCommands(app.screen)
         titles = [title for title, _, _ in provider._commands()]
         for binding in Dashboard.BINDINGS:
@@ -344,4 +314,3 @@ async def test_the_command_palette_offers_every_action(backends):
         app.read_only = True
         assert all("Drain" not in title for title, _, _ in provider._commands())
         app.read_only = False
-        await quit_app(app, pilot)
