@@ -9,7 +9,7 @@ import runpy
 import shutil
 import sys
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
 from setuptools.command.build_ext import build_ext
 
 MODULES = runpy.run_path(os.path.join("lbtui", "_compiled.py"))["COMPILED_MODULES"]
@@ -54,4 +54,11 @@ class OptionalBuildExt(build_ext):
             self.extensions = []
 
 
-setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})
+setup(
+    # themes/ (top level, where users find the files to copy) is installed as lbtui/themes/, inside the package,
+    # so that a plain `pip install .` finds it (lbtui/tui/themes.py reads it with importlib.resources).
+    packages=[*find_namespace_packages(include=["lbtui*"]), "lbtui.themes"],
+    package_dir={"lbtui.themes": "themes"},
+    ext_modules=ext_modules(),
+    cmdclass={"build_ext": OptionalBuildExt},
+)

@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--read-only", action="store_true", help="dashboard: watch only; every steering key is off"
     )
+    parser.add_argument(
+        "--theme",
+        metavar="NAME",
+        help="dashboard: colour theme: dark (default), light, high-contrast, one of Textual's, or the path of "
+        "a .toml theme file (default: $LBTUI_THEME, else dark; see docs/themes.md)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the engine headless (SIGTERM drains and exits)")
@@ -121,6 +127,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """`lbtui`: the dashboard with the engine inside (the UI is imported only here)."""
     from lbtui.serve import ServeOptions
+    from lbtui.tui import themes
+
+    if os.environ.get("NO_COLOR") == "":
+        # no-color.org: only a non-empty NO_COLOR turns colour off; Textual would take an empty one too.
+        del os.environ["NO_COLOR"]
+    theme_name = args.theme or os.environ.get("LBTUI_THEME") or themes.DEFAULT_THEME
+    try:
+        theme = themes.load_theme(theme_name)
+    except themes.UnknownThemeError as error:
+        source = "" if args.theme else " (from LBTUI_THEME)"
+        print(f"lbtui: {error}{source}", file=sys.stderr)
+        return 2
+    except themes.ThemeError as error:
+        print(str(error), file=sys.stderr)
+        count = len(error.issues)
+        print(f"lbtui: theme {theme_name}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
 
     config: Config | None = None
     path = args.config or (DEFAULT_CONFIG if not args.demo and os.path.exists(DEFAULT_CONFIG) else None)
@@ -131,7 +154,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         config = loaded
     from lbtui.tui.app import Dashboard
 
-    app = Dashboard(ServeOptions(config=config), read_only=args.read_only)
+    try:
+        app = Dashboard(ServeOptions(config=config), read_only=args.read_only, theme=theme)
+    except themes.ThemeError as error:  # one of the themes that come with lbtui was edited in place
+        print(str(error), file=sys.stderr)
+        return 1
     code = app.run()
     for message in app.messages:
         if message.startswith("cannot listen"):

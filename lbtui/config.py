@@ -43,6 +43,7 @@ __all__ = [
     "LimitsConfig",
     "ListenerConfig",
     "OutlierConfig",
+    "RampConfig",
     "RateLimitConfig",
     "RetriesConfig",
     "RouteConfig",
@@ -175,6 +176,23 @@ class StickyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RampConfig:
+    """A canary ramp: the canary group's share of the split, step by step, with a hold at each step.
+
+    It rolls back (the canary's share to 0) when, over the last window, the canary's 5xx rate is more than
+    `max_5xx_excess` percentage points above the stable group's, or its p99 is above both `max_p99_ratio`
+    times and `p99_slack` more than the stable group's. Nothing is judged before `min_requests` canary requests.
+    """
+
+    steps: tuple[int, ...] = (5, 25, 50, 100)
+    hold: float = 30.0
+    max_5xx_excess: float = 2.0
+    max_p99_ratio: float = 2.0
+    p99_slack: float = 0.010
+    min_requests: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
     host: str
@@ -199,6 +217,7 @@ class ServiceConfig:
     sticky: StickyConfig | None = None
     backup_group: str | None = None
     hash_key: str | None = None
+    ramp: RampConfig = RampConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1014,6 +1033,7 @@ SERVICE_KEYS: Final = (
     "sticky",
     "backup_group",
     "hash_key",
+    "ramp",
 )
 BACKEND_KEYS: Final = ("name", "address", "group", "weight", "state")
 HEALTH_KEYS: Final = ("type", "path", "interval", "timeout", "rise", "fall", "expect_status")
@@ -1028,6 +1048,7 @@ OUTLIER_KEYS: Final = (
     "max_ejected_percent",
 )
 STICKY_KEYS: Final = ("cookie",)
+RAMP_KEYS: Final = ("steps", "hold", "max_5xx_excess", "max_p99_ratio", "p99_slack", "min_requests")
 ROUTE_KEYS: Final = (
     "name",
     "match",
@@ -1282,6 +1303,46 @@ def _parse_service(ctx: _Context, name: str, reader: _Reader, registry: _Registr
         sticky=_parse_sticky(reader.table("sticky", STICKY_KEYS)),
         backup_group=backup_group,
         hash_key=hash_key,
+        ramp=_parse_ramp(ctx, reader.table("ramp", RAMP_KEYS)),
+    )
+
+
+def _nonnegative_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"expected a number, got {_describe(value)}")
+    if not 0 <= value < float("inf"):
+        raise _Invalid(f"must be a number of at least 0, got {value}")
+    return float(value)
+
+
+def _parse_ramp(ctx: _Context, reader: _Reader | None) -> RampConfig:
+    default = RampConfig()
+    if reader is None:
+        return default
+    steps = reader.array("steps", _int_in(1, 100))
+    if steps is not None:
+        if not steps:
+            ctx.add(reader.key_path("steps"), "names no step", "e.g. steps = [5, 25, 50, 100]")
+        elif list(steps) != sorted(steps):
+            ctx.add(
+                reader.key_path("steps"),
+                f"steps must rise: {list(steps)}",
+                "list the canary's shares in percent, smallest first, e.g. [5, 25, 50, 100]",
+            )
+    ratio = reader.get("max_p99_ratio", _nonnegative_number, default.max_p99_ratio)
+    if ratio < 1:
+        ctx.add(
+            reader.key_path("max_p99_ratio"),
+            f"must be at least 1, got {_number(ratio)}",
+            "2 rolls back when the canary's p99 is over twice the stable group's",
+        )
+    return RampConfig(
+        steps=steps or default.steps,
+        hold=reader.get("hold", _positive_duration, default.hold),
+        max_5xx_excess=reader.get("max_5xx_excess", _nonnegative_number, default.max_5xx_excess),
+        max_p99_ratio=ratio,
+        p99_slack=reader.get("p99_slack", parse_duration, default.p99_slack),
+        min_requests=reader.get("min_requests", _int_in(1), default.min_requests),
     )
 
 
@@ -1290,13 +1351,18 @@ def _parse_health(ctx: _Context, reader: _Reader | None) -> HealthConfig | None:
         return None
     default = HealthConfig()
     check_type = reader.get("type", _choice(HEALTH_TYPES, "a health check type"), default.type)
-    interval = reader.value("interval", _positive_duration)
-    timeout = reader.value("timeout", _positive_duration)
-    if interval is not None and timeout is not None and timeout > interval:
+    given_interval = reader.value("interval", _positive_duration)
+    given_timeout = reader.value("timeout", _positive_duration)
+    interval = default.interval if given_interval is None else given_interval
+    # A short interval given alone shortens the default timeout with it: a check never outlives its interval.
+    timeout = min(default.timeout, interval) if given_timeout is None else given_timeout
+    if given_timeout is not None and timeout > interval:
+        shown = _seconds(interval) if given_interval is not None else f"{_seconds(interval)} (the default)"
         ctx.add(
             reader.key_path("timeout"),
-            f"timeout {_seconds(timeout)} is longer than interval {_seconds(interval)}",
-            "make the timeout at most the interval",
+            f"timeout {_seconds(timeout)} is longer than interval {shown}",
+            "make the timeout at most the interval"
+            + ("" if given_interval is not None else ", or set interval"),
         )
     if check_type == "tcp":
         for key in ("path", "expect_status"):
@@ -1307,8 +1373,8 @@ def _parse_health(ctx: _Context, reader: _Reader | None) -> HealthConfig | None:
     return HealthConfig(
         type=check_type,
         path=reader.get("path", _url_path, default.path),
-        interval=default.interval if interval is None else interval,
-        timeout=default.timeout if timeout is None else timeout,
+        interval=interval,
+        timeout=timeout,
         rise=reader.get("rise", _int_in(1), default.rise),
         fall=reader.get("fall", _int_in(1), default.fall),
         expect_status=reader.get("expect_status", _status_range, default.expect_status),

@@ -569,6 +569,21 @@ def test_health_timeout_longer_than_interval(problems: Callable[[str], list[str]
         "lbtui.toml: services.shop.health.timeout: timeout 1.5s is longer than interval 1s; "
         "make the timeout at most the interval"
     ]
+    assert problems(MINIMAL + '[services.shop.health]\ntimeout = "3s"\n') == [
+        "lbtui.toml: services.shop.health.timeout: timeout 3s is longer than interval 2s (the default); "
+        "make the timeout at most the interval, or set interval"
+    ]
+
+
+def test_health_interval_alone_shortens_the_default_timeout() -> None:
+    def health(**given: Any) -> tuple[float, float]:
+        config = parse_config(with_service(health=given)).service("shop").health
+        assert config is not None
+        return config.interval, config.timeout
+
+    assert health(interval="500ms") == (0.5, 0.5)
+    assert health(interval="5s") == (5.0, 1.0)
+    assert health(timeout="2s") == (2.0, 2.0)
 
 
 def test_bad_size(problems: Callable[[str], list[str]]) -> None:

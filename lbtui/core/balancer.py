@@ -6,13 +6,16 @@ The data plane reads it (pick a backend, count requests); only the Controller ch
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
-from lbtui.config import Config
+from lbtui.config import Config, RouteConfig
 from lbtui.core.model import (
     AdminState,
     Backend,
     ListenerView,
+    RouteView,
     Service,
     Snapshot,
     service_view,
@@ -20,6 +23,38 @@ from lbtui.core.model import (
 
 # How long a removed backend may drain before it is dropped with requests still in flight.
 REMOVE_DEADLINE = 60.0
+# How many finished requests the balancer keeps for the dashboard's access log view.
+ACCESS_TAIL = 1000
+
+
+def route_view(route: RouteConfig) -> RouteView:
+    m = route.match
+    parts = [f"host {m.host}"] if m.host else []
+    if m.path is not None:
+        parts.append(f"path {m.path}")
+    if m.path_prefix is not None:
+        parts.append(f"prefix {m.path_prefix}")
+    if m.path_regex is not None:
+        parts.append(f"regex {m.path_regex}")
+    if m.methods:
+        parts.append(" ".join(m.methods))
+    parts.extend(f"{name}: {value}" for name, value in m.headers)
+    if route.aggregate:
+        target = "aggregate: " + ", ".join(part.service for part in route.aggregate)
+    else:
+        target = route.service or ""
+    policies = []
+    if route.strip_prefix:
+        policies.append(f"strip {route.strip_prefix}")
+    if route.auth is not None:
+        policies.append(f"auth {route.auth.type}")
+    if route.rate_limit is not None:
+        policies.append(f"rate {route.rate_limit.rate:g}/{route.rate_limit.per:g}s")
+    if route.cors is not None:
+        policies.append("cors")
+    if route.cache is not None:
+        policies.append("cache")
+    return RouteView(route.name, ", ".join(parts) or "everything", target, tuple(policies))
 
 
 class Balancer:
@@ -31,13 +66,21 @@ class Balancer:
         self.services: dict[str, Service] = {s.name: Service(s, now) for s in config.services}
         self.backends: dict[str, Backend] = {b.name: b for s in self.services.values() for b in s.backends}
         self.listeners: list[ListenerView] = []
+        self.routes = tuple(route_view(r) for r in config.routes)
         self.connections = 0  # open client connections, kept by the data plane
         # Called with a backend that has just been dropped, so the data plane can close its pool.
         self.on_backend_removed: list[Callable[[Backend], None]] = []
+        # Called with a backend the Controller has just added (the data plane starts its health checks).
+        self.on_backend_added: list[Callable[[Backend], None]] = []
         # Called with a backend whose admin state has just changed (the data plane closes idle connections).
         self.on_state_change: list[Callable[[Backend], None]] = []
         # Called with (backend, before, after) by the tick when drain-then-remove completes.
         self.on_tick_change: list[Callable[[Backend, str, str], None]] = []
+        # The newest finished requests, appended by the data plane: (clock, client address, method, target,
+        # status, Backend or None, seconds, bytes sent to the client). Read through the Controller.
+        self.access_log: deque[tuple[Any, ...]] = deque(maxlen=ACCESS_TAIL)
+        # Called with the clock at the end of every tick (the Controller runs canary ramps from it).
+        self.on_tick: list[Callable[[float], None]] = []
 
     def service_of(self, backend: Backend) -> Service:
         return self.services[backend.service]
@@ -68,6 +111,8 @@ class Balancer:
                 self.drop_backend(backend)
                 for callback in self.on_tick_change:
                     callback(backend, "removing", "removed")
+        for tick_callback in self.on_tick:
+            tick_callback(now)
 
     def snapshot(self) -> Snapshot:
         now = self.clock()
@@ -77,6 +122,7 @@ class Balancer:
             listeners=tuple(self.listeners),
             services=tuple(service_view(s, now) for s in self.services.values()),
             connections=self.connections,
+            routes=self.routes,
         )
 
     def set_admin_state(self, backend: Backend, state: AdminState) -> None:

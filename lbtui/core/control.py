@@ -16,7 +16,17 @@ from typing import Any
 
 from lbtui.config import ALGORITHMS, ConfigError, parse_backend
 from lbtui.core.balancer import REMOVE_DEADLINE, Balancer
-from lbtui.core.model import AdminState, Backend, Service, Snapshot
+from lbtui.core.health import HealthState, next_state, remember
+from lbtui.core.model import (
+    AdminState,
+    Backend,
+    CheckView,
+    RequestView,
+    Service,
+    Snapshot,
+    service_view,
+)
+from lbtui.core.ramp import ABORTED, RUNNING, Ramp
 
 
 class ControlError(Exception):
@@ -34,9 +44,11 @@ class Event:
     target: str  # backend or service name
     before: Any
     after: Any
+    note: str = ""  # what a number alone does not say: a ramp's step, why it rolled back
 
     def describe(self) -> str:
-        return f"{self.actor}: {self.action} {self.target}: {self.before} -> {self.after}"
+        text = f"{self.actor}: {self.action} {self.target}: {self.before} -> {self.after}"
+        return f"{text} ({self.note})" if self.note else text
 
 
 class Controller(abc.ABC):
@@ -44,6 +56,9 @@ class Controller(abc.ABC):
 
     @abc.abstractmethod
     def snapshot(self) -> Snapshot: ...
+
+    def subscribe(self, callback: Callable[[Event], None]) -> None:
+        """Call `callback` with every new event as it happens, where the controller can (UIs poll anyway)."""
 
     @abc.abstractmethod
     def set_state(self, backend: str, state: str, actor: str = "api") -> Event: ...
@@ -88,8 +103,20 @@ class Controller(abc.ABC):
     def flip(self, service: str, actor: str = "api") -> Event: ...
 
     @abc.abstractmethod
+    def start_ramp(self, service: str, actor: str = "api") -> Event:
+        """Start the service's canary ramp (its `ramp` config) from the first step above the canary's share."""
+
+    @abc.abstractmethod
+    def abort_ramp(self, service: str, actor: str = "api") -> Event:
+        """Stop the ramp under way and put the split back as it was before the ramp began."""
+
+    @abc.abstractmethod
     def events(self, limit: int = 100) -> list[Event]:
         """The newest `limit` events, newest first."""
+
+    @abc.abstractmethod
+    def recent_requests(self, limit: int = 100) -> list[RequestView]:
+        """The newest `limit` finished requests, newest first."""
 
     @abc.abstractmethod
     def undo(self, actor: str = "api") -> Event:
@@ -107,6 +134,7 @@ class InProcessController(Controller):
         self._wall_clock = wall_clock
         self.listeners: list[Callable[[Event], None]] = []
         balancer.on_tick_change.append(self._on_tick_change)
+        balancer.on_tick.append(self._tick_ramps)
 
     # -- helpers -------------------------------------------------------------------------------------
     def _backend(self, name: str) -> Backend:
@@ -123,9 +151,16 @@ class InProcessController(Controller):
         return service
 
     def record(
-        self, actor: str, action: str, target: str, before: Any, after: Any, undoable: bool = True
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        before: Any,
+        after: Any,
+        undoable: bool = True,
+        note: str = "",
     ) -> Event:
-        event = Event(self._next_id, self._wall_clock(), actor, action, target, before, after)
+        event = Event(self._next_id, self._wall_clock(), actor, action, target, before, after, note)
         self._next_id += 1
         self._events.append(event)
         if undoable and actor != "undo":
@@ -139,9 +174,33 @@ class InProcessController(Controller):
         action = "remove" if after == "removed" else "state"
         self.record("engine", action, backend.name, before, after, undoable=False)
 
+    def health_check(self, backend: str, check: CheckView) -> Event | None:
+        """Apply one active check's result (the data plane's checker calls this); audit a change of health.
+
+        A change bumps the service's version, since eligibility depends on health. Returns the event, if any.
+        """
+        b = self._backend(backend)
+        service = self.balancer.service_of(b)
+        config = service.config.health
+        if config is None:
+            raise ControlError(f"service {service.name!r} has no health check")
+        b.checks = remember(b.checks, check)
+        before = HealthState(b.health, b.health_count, b.health_of)
+        after = next_state(before, check.ok, config.rise, config.fall)
+        if after == before:
+            return None
+        b.health, b.health_count, b.health_of = after.health, after.count, after.of
+        service.changed()
+        return self.record(
+            "health", "health", b.name, before.label, f"{after.label} ({check.detail})", undoable=False
+        )
+
     # -- the interface -------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         return self.balancer.snapshot()
+
+    def subscribe(self, callback: Callable[[Event], None]) -> None:
+        self.listeners.append(callback)
 
     def set_state(self, backend: str, state: str, actor: str = "api") -> Event:
         b = self._backend(backend)
@@ -194,6 +253,8 @@ class InProcessController(Controller):
         s.backends.append(backend)
         self.balancer.backends[backend.name] = backend
         s.changed()
+        for callback in self.balancer.on_backend_added:
+            callback(backend)
         after = {
             "service": s.name,
             "address": backend.address,
@@ -232,6 +293,7 @@ class InProcessController(Controller):
 
     def set_split(self, service: str, split: Mapping[str, int], actor: str = "api") -> Event:
         s = self._service(service)
+        self._stop_ramp_for(s, actor)
         groups = set(s.groups)
         clean: dict[str, int] = {}
         for group, weight in split.items():
@@ -254,13 +316,94 @@ class InProcessController(Controller):
         if not s.split or len(s.split) != 2:
             raise ControlError(f"service {service!r} needs a split of exactly two groups to flip")
         (a, wa), (b, wb) = s.split.items()
+        self._stop_ramp_for(s, actor)
         before = dict(s.split)
         s.split = {a: wb, b: wa}
         s.changed()
         return self.record(actor, "flip", service, before, dict(s.split))
 
+    # -- canary ramps ---------------------------------------------------------------------------------
+    def start_ramp(self, service: str, actor: str = "api") -> Event:
+        s = self._service(service)
+        if s.ramp is not None and s.ramp.state == RUNNING:
+            raise ControlError(f"a canary ramp is under way on {service!r} (R aborts it)")
+        if not s.split or len(s.split) != 2:
+            raise ControlError(f"service {service!r} needs a split of exactly two groups to ramp")
+        (stable, stable_weight), (canary, canary_weight) = s.split.items()
+        total = stable_weight + canary_weight
+        share = 100.0 * canary_weight / total if total else 0.0
+        config = s.config.ramp
+        first = next((i for i, percent in enumerate(config.steps) if percent > share), None)
+        if first is None:
+            raise ControlError(f"{canary} has {share:.0f}% of {service!r} already: no step above it")
+        now = self.balancer.clock()
+        requests = sum(b.requests for b in s.backends if b.group == canary)
+        ramp = Ramp(config, stable, canary, dict(s.split), first, now, requests)
+        s.ramp = ramp
+        steps = " -> ".join(f"{p}%" for p in config.steps[first:])
+        return self._ramp_split(
+            s, ramp.first_split(), actor, f"start: {canary} {steps}, {config.hold:g}s each"
+        )
+
+    def abort_ramp(self, service: str, actor: str = "api") -> Event:
+        s = self._service(service)
+        ramp = s.ramp
+        if ramp is None or ramp.state != RUNNING:
+            raise ControlError(f"no canary ramp is under way on {service!r}")
+        ramp.finish(ABORTED, f"by {actor}")
+        return self._ramp_split(s, ramp.before or {}, actor, "aborted: split as before the ramp")
+
+    def _ramp_split(self, s: Service, split: dict[str, int], actor: str, note: str) -> Event:
+        before = dict(s.split) if s.split else None
+        s.split = dict(split) or None
+        s.changed()
+        return self.record(actor, "ramp", s.name, before, split, undoable=False, note=note)
+
+    def _stop_ramp_for(self, s: Service, actor: str) -> None:
+        """A split changed by hand ends the ramp there: the operator has taken over."""
+        ramp = s.ramp
+        if ramp is not None and ramp.state == RUNNING and actor != "ramp":
+            ramp.finish(ABORTED, f"split changed by {actor}")
+            split = dict(s.split) if s.split else None
+            self.record(actor, "ramp", s.name, split, split, undoable=False, note="aborted: split changed")
+
+    def _tick_ramps(self, now: float) -> None:
+        for s in list(self.balancer.services.values()):
+            ramp = s.ramp
+            if ramp is None or ramp.state != RUNNING:
+                continue
+            decision = ramp.advance(service_view(s, now), now)
+            if decision is None:
+                continue
+            if decision.split is not None:
+                self._ramp_split(s, decision.split, "ramp", decision.note)
+            else:
+                split = dict(s.split) if s.split else None
+                self.record("ramp", "ramp", s.name, split, split, undoable=False, note=decision.note)
+
     def events(self, limit: int = 100) -> list[Event]:
         return list(reversed(self._events))[:limit]
+
+    def recent_requests(self, limit: int = 100) -> list[RequestView]:
+        log = self.balancer.access_log
+        offset = self._wall_clock() - self.balancer.clock()  # the entries carry the monotonic clock
+        out = []
+        for index in range(len(log) - 1, max(-1, len(log) - 1 - limit), -1):
+            at, client, method, target, status, backend, seconds, size = log[index]
+            out.append(
+                RequestView(
+                    time=at + offset,
+                    client=client.decode("latin-1"),
+                    method=method.decode("latin-1"),
+                    target=target.decode("latin-1"),
+                    status=status,
+                    backend=backend.name if backend is not None else "",
+                    service=backend.service if backend is not None else "",
+                    duration_ms=seconds * 1000.0,
+                    bytes_out=size,
+                )
+            )
+        return out
 
     def undo(self, actor: str = "api") -> Event:
         while self._undo:

@@ -56,11 +56,13 @@ class Backend:
         "admin_state",
         "bytes_in",
         "bytes_out",
+        "checks",
         "connect_failures",
         "drain_since",
         "group",
         "health",
         "health_count",
+        "health_of",
         "host",
         "in_flight",
         "maint_when_drained",
@@ -85,6 +87,8 @@ class Backend:
         self.admin_state = AdminState(config.state)
         self.health = Health.UP
         self.health_count = 0  # k of `going_up k/rise` or `going_down k/fall`
+        self.health_of = 0  # rise or fall while going up or down, else 0
+        self.checks: tuple[CheckView, ...] = ()  # recent active checks, newest last (lbtui.core.health)
         self.in_flight = 0
         self.requests = 0
         self.status_classes = [0, 0, 0, 0, 0, 0]  # index = status // 100; [0] counts failures with no status
@@ -156,6 +160,9 @@ class Service:
         self._all_eligible: tuple[Backend, ...] = ()  # every eligible backend outside the backup group
         self._eligible_version = -1
         self._group_current: dict[str, int] = {}
+        self.ramp: Any = (
+            None  # the canary ramp under way or last run (lbtui.core.ramp.Ramp), owned by the Controller
+        )
 
     # -- changes (called by the Controller only) -------------------------------------------------------
     def changed(self) -> None:
@@ -267,6 +274,16 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckView:
+    """One active health check: when it ran (wall clock), whether it passed, and what it saw."""
+
+    time: float  # time.time() when the check finished
+    ok: bool
+    detail: str  # "200 in 3.1 ms", "status 503", "connect refused", "timeout after 1s"
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class BackendView:
     name: str
     service: str
@@ -286,6 +303,14 @@ class BackendView:
     drain_seconds: float | None  # time since drain began
     removing: bool
     window: WindowView
+    health_of: int = 0  # the rise or fall that health_count counts toward; 0 when not going up or down
+    checks: tuple[CheckView, ...] = ()  # recent active checks, newest last
+    checked: bool = False  # whether the service has active health checks
+
+    @property
+    def health_label(self) -> str:
+        """`up`, `down`, or `going_down 1/3` while on the way."""
+        return f"{self.health} {self.health_count}/{self.health_of}" if self.health_of else self.health
 
     @property
     def rps(self) -> float:
@@ -301,6 +326,36 @@ class BackendView:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestView:
+    """One finished request, for the access log view."""
+
+    time: float  # wall clock
+    client: str
+    method: str
+    target: str
+    status: int  # 0: failed with no status
+    backend: str  # "" when no backend took it (no route, none available)
+    service: str
+    duration_ms: float
+    bytes_out: int
+
+
+@dataclass(frozen=True, slots=True)
+class RampView:
+    """A canary ramp: where it is, how long the current step still holds, and how it ended."""
+
+    stable: str
+    canary: str
+    steps: tuple[int, ...]
+    step: int  # index into steps of the share in force
+    percent: int  # the canary's share now
+    state: str  # "running", "done", "rolled back", "aborted"
+    hold_left: float  # seconds until the next step may start (running only)
+    waiting_for: int  # canary requests still needed before this step can be judged
+    reason: str  # why it rolled back or was aborted; "" otherwise
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceView:
     name: str
     algorithm: str
@@ -310,6 +365,7 @@ class ServiceView:
     backends: tuple[BackendView, ...]
     unrouted: int
     window: WindowView
+    ramp: RampView | None = None
 
     @property
     def requests(self) -> int:
@@ -318,6 +374,14 @@ class ServiceView:
     @property
     def in_flight(self) -> int:
         return sum(b.in_flight for b in self.backends)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteView:
+    name: str
+    match: str  # the match in words: "host api.local, prefix /api, GET POST"
+    target: str  # the service, or "aggregate: users, orders"
+    policies: tuple[str, ...]  # "auth api_key", "rate 10/1s", ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +399,7 @@ class Snapshot:
     services: tuple[ServiceView, ...]
     connections: int
     extra: Mapping[str, Any] = field(default_factory=dict)
+    routes: tuple[RouteView, ...] = ()
 
     def backend(self, name: str) -> BackendView:
         for s in self.services:
@@ -350,7 +415,7 @@ class Snapshot:
         raise KeyError(name)
 
 
-def backend_view(b: Backend, now: float) -> BackendView:
+def backend_view(b: Backend, now: float, checked: bool = False) -> BackendView:
     sc = b.status_classes
     return BackendView(
         name=b.name,
@@ -371,11 +436,15 @@ def backend_view(b: Backend, now: float) -> BackendView:
         drain_seconds=(now - b.drain_since) if b.drain_since is not None else None,
         removing=b.remove_deadline is not None,
         window=b.window.view(now),
+        health_of=b.health_of,
+        checks=b.checks,
+        checked=checked,
     )
 
 
 def service_view(s: Service, now: float) -> ServiceView:
-    backends = tuple(backend_view(b, now) for b in s.backends)
+    checked = s.config.health is not None
+    backends = tuple(backend_view(b, now, checked) for b in s.backends)
     return ServiceView(
         name=s.name,
         algorithm=s.algorithm_name,
@@ -385,4 +454,5 @@ def service_view(s: Service, now: float) -> ServiceView:
         backends=backends,
         unrouted=s.unrouted,
         window=merge_views([b.window for b in backends]),
+        ramp=s.ramp.view(now) if s.ramp is not None else None,
     )

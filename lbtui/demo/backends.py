@@ -1,7 +1,7 @@
 """Small HTTP/1.1 servers on loopback: the demo's backends, and the tests' too.
 
 Each answers with its own latency profile and error rate, and knows a few paths:
-  /healthz          200 "ok"
+  /healthz          200 "ok", or 503 "unhealthy" while the backend's `healthy` flag is False
   /echo             JSON: the backend's name, method, path, headers and the body's size and sha256
   /bytes/N          N bytes of body (Content-Length), written in 64 KiB pieces with backpressure
   /chunked/N        N bytes of body, chunked
@@ -146,7 +146,10 @@ class _BackendProtocol(asyncio.Protocol):
         conn = b"" if keep_alive else b"Connection: close\r\n"
         head = method == b"HEAD"
         if path == "/healthz":
-            await self.reply(200, b"ok\n", conn, head)
+            if server.healthy:
+                await self.reply(200, b"ok\n", conn, head)
+            else:
+                await self.reply(503, b"unhealthy\n", conn, head)
             return
         delay = server.profile.delay()
         if path.startswith("/delay/"):
@@ -246,6 +249,7 @@ class DemoBackend:
         self.accepted = 0
         self.in_flight = 0
         self.received: list[tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = []
+        self.healthy = True  # False: /healthz answers 503 (everything else as before)
 
     @property
     def address(self) -> str:

@@ -29,6 +29,16 @@ def demo_config(backends: list[DemoBackend], bind: str = DEMO_LISTEN) -> Config:
                 "shop": {
                     "algorithm": "least_connections",
                     "split": {"blue": 90, "green": 10},
+                    # green fails ~3% of requests and is a little slower than blue, and the demo's traffic is
+                    # light (p99 is noisy): within these limits a ramp (R) climbs to 100%.
+                    "ramp": {
+                        "steps": [25, 50, 100],
+                        "hold": "10s",
+                        "max_5xx_excess": 6,
+                        "max_p99_ratio": 3,
+                        "p99_slack": "100ms",
+                    },
+                    "health": {"path": "/healthz", "interval": "2s", "timeout": "1s", "rise": 2, "fall": 3},
                     "backends": [
                         {"name": b.name, "address": b.address, "group": b.name.split("-")[0]}
                         for b in backends

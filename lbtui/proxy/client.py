@@ -519,6 +519,18 @@ class Exchange:
             backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
             backend.observe(self.status, now - self.started, now, self.bytes_out)
+        engine.access_log.append(
+            (
+                now,
+                client.peer_host,
+                self.method,
+                self.url,
+                self.status,
+                backend,
+                now - self.started,
+                self.bytes_out,
+            )
+        )
         if (
             client.current is self
             and self.keep_alive
@@ -573,13 +585,27 @@ class Exchange:
         self._finish()
 
     def _record(self) -> float:
-        now = self.client.engine.now()
+        """Count the exchange's outcome for its backend, and keep it in the tail of recent requests."""
+        engine = self.client.engine
+        now = engine.now()
         backend = self.backend
         if backend is not None:
             self.backend = None
             backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
             backend.observe(self.status, now - self.started, now, self.bytes_out)
+        engine.access_log.append(
+            (
+                now,
+                self.client.peer_host,
+                self.method,
+                self.url,
+                self.status,
+                backend,
+                now - self.started,
+                self.bytes_out,
+            )
+        )
         return now
 
     def _finish(self) -> None:

@@ -17,6 +17,7 @@ from lbtui.core.control import InProcessController
 from lbtui.core.model import AdminState, Backend, ListenerView
 from lbtui.gateway.routing import Router
 from lbtui.proxy.client import ClientConnection
+from lbtui.proxy.health import HealthChecker
 from lbtui.proxy.http import RequestIds
 from lbtui.proxy.upstream import Pool
 
@@ -50,8 +51,10 @@ class Engine:
         # Response timeouts are checked by the tick (no timer per request): tick often enough for the shortest.
         shortest = min((s.timeouts.response for s in config.services), default=TICK_SECONDS * 4)
         self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
+        self.access_log = self.balancer.access_log  # the data plane appends one tuple per finished request
         self.balancer.on_backend_removed.append(self._backend_removed)
         self.balancer.on_state_change.append(self._state_changed)
+        self.health = HealthChecker(self.balancer, self.controller)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -85,6 +88,7 @@ class Engine:
             self.close_servers()
             raise
         self._ticker = self.loop.create_task(self.run_ticks())
+        self.health.start()
 
     async def _listen(self, listener: ListenerConfig) -> None:
         if listener.mode != "http" or listener.tls is not None:
@@ -179,6 +183,7 @@ class Engine:
         """Stop accepting, finish in-flight exchanges, close idle connections. True if all finished in time."""
         self.closing = True
         self.close_servers()
+        await self.health.stop()
         for conn in list(self.connections):
             if conn.idle:
                 conn.close()

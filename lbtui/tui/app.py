@@ -7,18 +7,24 @@ updates in place (only the cells that changed) twice a second, and keeps the cur
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from pathlib import Path
+from collections.abc import Callable, Mapping
 
+from rich.style import Style
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, RichLog, Static
+from textual.containers import Vertical
+from textual.css.query import NoMatches
+from textual.theme import Theme
+from textual.widgets import ContentSwitcher, DataTable, Footer, Static
 
 from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.control import ControlError, Controller, Event
-from lbtui.core.model import BackendView, Snapshot
+from lbtui.core.model import BackendView, RampView, RequestView, ServiceView, Snapshot
 from lbtui.core.stats import bucket_bounds
 from lbtui.serve import Runtime, ServeOptions
+from lbtui.tui import themes
 from lbtui.tui.commands import DashboardCommands
 from lbtui.tui.screens import (
     AddBackendScreen,
@@ -35,9 +41,9 @@ REFRESH_SECONDS = 0.5
 COLUMNS = (
     ("name", "backend", 14),
     ("group", "group", 8),
-    ("address", "address", 20),
+    ("address", "address", 18),
     ("state", "state", 11),
-    ("health", "health", 12),
+    ("health", "health", 15),  # "going_down 1/3"
     ("weight", "weight", 6),
     ("in_flight", "in flight", 9),
     ("rps", "req/s", 8),
@@ -45,8 +51,41 @@ COLUMNS = (
     ("errors", "5xx %", 6),
     ("p50", "p50 ms", 7),
     ("p99", "p99 ms", 7),
-    ("trend", "req/s, last 6 s", 16),
+    ("trend", "req/s, last 6 s", 15),
 )
+
+# The views, by digit and in `tab` order: (id, title).
+VIEWS = (("backends", "Backends"), ("routes", "Routes"), ("events", "Events"), ("log", "Access log"))
+EVENT_COLUMNS = (
+    ("id", "#", 5),
+    ("time", "time", 8),
+    ("actor", "who", 6),
+    ("action", "what", 9),
+    ("target", "target", 16),
+    ("change", "before -> after", 44),
+    ("note", "note", 60),
+)
+ROUTE_COLUMNS = (
+    ("name", "route", 16),
+    ("match", "match", 40),
+    ("target", "service", 16),
+    ("policies", "policies", 30),
+    ("rps", "svc req/s", 9),
+    ("errors", "svc 5xx %", 9),
+    ("p99", "svc p99 ms", 10),
+)
+LOG_COLUMNS = (
+    ("time", "time", 12),
+    ("client", "client", 15),
+    ("method", "method", 7),
+    ("target", "target", 40),
+    ("status", "status", 6),
+    ("backend", "backend", 14),
+    ("ms", "ms", 8),
+    ("bytes", "bytes", 9),
+)
+LOG_ROWS = 200
+RECENT_EVENTS = 6  # lines of the events pane under the backends table
 
 SPARKS = "▁▂▃▄▅▆▇█"
 TREND_POINTS = 20  # refreshes: 10 s at two a second
@@ -62,37 +101,70 @@ def sparkline(values: list[float]) -> str:
     return "".join(SPARKS[min(len(SPARKS) - 1, int(v / top * (len(SPARKS) - 1) + 0.5))] for v in values)
 
 
-# HAProxy's colours, always with a word: the colour is never the only sign.
-STATE_STYLE = {"ready": "green", "drain": "blue", "maint": "grey50"}
-HEALTH_STYLE = {"up": "green", "down": "red", "going_up": "yellow", "going_down": "yellow", "ejected": "red"}
+# HAProxy's colours, as the theme's semantic variables (themes/*.toml), always with a word: the colour is
+# never the only sign.
+STATE_STYLE = {"ready": "health-up", "drain": "health-drain", "maint": "health-maint"}
+HEALTH_STYLE = {
+    "up": "health-up",
+    "down": "health-down",
+    "going_up": "health-going",
+    "going_down": "health-going",
+    "ejected": "health-ejected",
+}
+# Latency and 5xx cells take latency-warn / errors-warn at these, then latency-bad / errors-bad; below, no
+# colour (green is for health only).
+LATENCY_WARN_MS = 100.0
+LATENCY_BAD_MS = 500.0
+ERRORS_WARN_PERCENT = 1.0
+ERRORS_BAD_PERCENT = 5.0
 
 
 def _ms(value: float) -> str:
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def backend_cells(b: BackendView) -> dict[str, str | Text]:
-    """The table cells of one backend, by column key."""
+def _past(
+    value: float, text: str, kind: str, limits: tuple[float, float], palette: Mapping[str, Style]
+) -> str | Text:
+    """`text` in the `{kind}-bad` style at or past the bad limit, `{kind}-warn` at or past the warning one."""
+    warn, bad = limits
+    level = "bad" if value >= bad else "warn" if value >= warn else ""
+    style = palette.get(f"{kind}-{level}") if level else None
+    return Text.styled(text, style) if style else text
+
+
+def backend_cells(b: BackendView, palette: Mapping[str, Style] | None = None) -> dict[str, str | Text]:
+    """The table cells of one backend, by column key, coloured by `palette` (semantic variable -> style).
+
+    Styles are spans (Text.styled), so a cell whose colour changed compares unequal and is redrawn.
+    """
+    colours = palette or {}
     state = b.admin_state
     if state == "drain" and b.drain_seconds is not None:
         state = f"drain {b.drain_seconds:.0f}s"
-    health = b.health if not b.health_count else f"{b.health} {b.health_count}"
+    health = b.health_label
     errors = b.status_classes[5] + b.status_classes[0]
     total = b.requests
+    w = b.window
+    # 5xx % of the window; with nothing in it, of every request so far.
+    percent = 100.0 * w.error_ratio if w.requests else 100.0 * errors / total if total else None
+    latency = (LATENCY_WARN_MS, LATENCY_BAD_MS)
     return {
         "name": b.name,
         "group": b.group,
         "address": b.address,
-        "state": Text(state, style=STATE_STYLE.get(b.admin_state, "")),
-        "health": Text(health, style=HEALTH_STYLE.get(b.health, "")),
+        "state": Text.styled(state, colours.get(STATE_STYLE.get(b.admin_state, ""), "")),
+        "health": Text.styled(health, colours.get(HEALTH_STYLE.get(b.health, ""), "")),
         "weight": str(b.weight),
         "in_flight": str(b.in_flight),
         "rps": f"{b.window.rps:.1f}",
         "requests": str(total),
-        "errors": f"{100.0 * b.window.error_ratio:.1f}" if b.window.requests else "-",
-        "p50": _ms(b.window.p50_ms) if b.window.requests else "-",
-        "p99": _ms(b.window.p99_ms) if b.window.requests else "-",
-    } | ({"errors": f"{100.0 * errors / total:.1f}"} if total and not b.window.requests else {})
+        "errors": "-"
+        if percent is None
+        else _past(percent, f"{percent:.1f}", "errors", (ERRORS_WARN_PERCENT, ERRORS_BAD_PERCENT), colours),
+        "p50": _past(w.p50_ms, _ms(w.p50_ms), "latency", latency, colours) if w.requests else "-",
+        "p99": _past(w.p99_ms, _ms(w.p99_ms), "latency", latency, colours) if w.requests else "-",
+    }
 
 
 def split_bar(split: tuple[tuple[str, int], ...] | None, width: int = 20) -> str:
@@ -108,8 +180,70 @@ def split_bar(split: tuple[tuple[str, int], ...] | None, width: int = 20) -> str
     return f"{a} {pa:.0f}% {'█' * filled}{'░' * (width - filled)} {b} {pb:.0f}%"
 
 
+def ramp_text(ramp: RampView | None) -> str:
+    """A canary ramp in words: its progress and countdown, or how it ended."""
+    if ramp is None:
+        return ""
+    if ramp.state == "running":
+        steps = "/".join(str(p) for p in ramp.steps)
+        wait = f", waiting for {ramp.waiting_for} requests" if ramp.waiting_for else ""
+        return (
+            f"ramp {ramp.step + 1}/{len(ramp.steps)} ({steps}%): {ramp.canary} {ramp.percent}%, "
+            f"next in {ramp.hold_left:.0f}s{wait} (R aborts)"
+        )
+    if ramp.state == "done":
+        return f"ramp done: {ramp.canary} {ramp.percent}%"
+    return f"ramp {ramp.state}: {ramp.reason}"
+
+
+def service_text(s: ServiceView) -> str:
+    ramp = ramp_text(s.ramp)
+    return f"{s.name}: {s.algorithm}, {split_bar(s.split)}" + (f"  │ {ramp}" if ramp else "")
+
+
 def services_line(snapshot: Snapshot) -> str:
-    return "   ".join(f"{s.name}: {s.algorithm}, {split_bar(s.split)}" for s in snapshot.services)
+    return "\n".join(service_text(s) for s in snapshot.services)
+
+
+def _value(value: object) -> str:
+    """An event's before or after value, short: dicts as `blue 90 green 10`."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
+def event_cells(event: Event) -> dict[str, str]:
+    return {
+        "id": str(event.id),
+        "time": time.strftime("%H:%M:%S", time.localtime(event.time)),
+        "actor": event.actor,
+        "action": event.action,
+        "target": event.target,
+        "change": f"{_value(event.before)} -> {_value(event.after)}",
+        "note": event.note,
+    }
+
+
+def event_line(event: Event) -> str:
+    cells = event_cells(event)
+    line = f"{cells['time']}  {event.actor:<6} {event.action:<9} {event.target:<16} {cells['change']}"
+    return f"{line}  ({event.note})" if event.note else line
+
+
+def request_cells(r: RequestView) -> dict[str, str]:
+    stamp = time.strftime("%H:%M:%S", time.localtime(r.time)) + f".{int(r.time % 1 * 1000):03d}"
+    return {
+        "time": stamp,
+        "client": r.client,
+        "method": r.method,
+        "target": r.target,
+        "status": str(r.status) if r.status else "fail",
+        "backend": r.backend or "-",
+        "ms": _ms(r.duration_ms),
+        "bytes": str(r.bytes_out),
+    }
 
 
 def latency_histogram(counts: tuple[int, ...], rows: int = 8, width: int = 40) -> list[str]:
@@ -126,7 +260,7 @@ def latency_histogram(counts: tuple[int, ...], rows: int = 8, width: int = 40) -
     for (a, b), total in zip(groups, totals, strict=True):
         low, high = bucket_bounds(a)[0], bucket_bounds(b - 1)[1]
         bar = "█" * max(1 if total else 0, round(width * total / peak))
-        lines.append(f"{low / 1000:>9.2f}-{high / 1000:<9.2f} ms {bar} {total}")
+        lines.append(f"{low / 1000:>8.2f} - {high / 1000:>8.2f} ms {bar} {total}")
     return lines
 
 
@@ -139,7 +273,7 @@ def detail_text(snapshot: Snapshot, name: str) -> str:
     w = b.window
     lines = [
         f"{b.name}  ({b.service}, group {b.group}, {b.address})",
-        f"state {b.admin_state}, health {b.health}, weight {b.weight}, in flight {b.in_flight}",
+        f"state {b.admin_state}, health {b.health_label}, weight {b.weight}, in flight {b.in_flight}",
         f"requests {b.requests}   connect failures {b.connect_failures}   EWMA {b.ewma_ms:.2f} ms",
         f"status: 1xx {sc[1]}  2xx {sc[2]}  3xx {sc[3]}  4xx {sc[4]}  5xx {sc[5]}  failed {sc[0]}",
         f"bytes in {b.bytes_in}  out {b.bytes_out}",
@@ -149,9 +283,24 @@ def detail_text(snapshot: Snapshot, name: str) -> str:
         "",
         *latency_histogram(w.counts),
         "",
+        *check_history(b),
+        "",
         "escape: back",
     ]
     return "\n".join(lines)
+
+
+def check_history(b: BackendView, rows: int = 10) -> list[str]:
+    """The newest active health checks of a backend, newest first."""
+    if not b.checked:
+        return ["health checks: none (the service has no `health` config; the backend counts as up)"]
+    if not b.checks:
+        return ["health checks: none yet"]
+    lines = [f"health checks, newest first (last {min(rows, len(b.checks))} of {len(b.checks)} kept):"]
+    for check in reversed(b.checks[-rows:]):
+        stamp = time.strftime("%H:%M:%S", time.localtime(check.time))
+        lines.append(f"  {stamp}  {'pass' if check.ok else 'FAIL':<4}  {check.detail}")
+    return lines
 
 
 def status_level(snapshot: Snapshot) -> str:
@@ -182,7 +331,8 @@ def status_line(snapshot: Snapshot) -> str:
 class Dashboard(App[int]):
     """lbtui's dashboard, with the engine running in the same event loop."""
 
-    CSS_PATH = "lbtui.tcss"
+    CSS_PATH = Path(__file__).with_name("lbtui.tcss")  # absolute: subclasses elsewhere find it too
+    refresh_seconds = REFRESH_SECONDS
     TITLE = "lbtui"
     COMMANDS = App.COMMANDS | {DashboardCommands}
     BINDINGS = [
@@ -202,6 +352,7 @@ class Dashboard(App[int]):
             "weight(-1)",
             "Weight-",
             key_display="-",
+            show=False,  # the footer has + and the help both; room for ? and q
             id="weight_down",
             tooltip="Lower the selected backend's weight",
         ),
@@ -218,6 +369,7 @@ class Dashboard(App[int]):
             "shift(-5)",
             "Canary-5",
             key_display="[",
+            show=False,
             id="split_down",
             tooltip="Shift 5 points of the split back to the stable group",
         ),
@@ -245,6 +397,13 @@ class Dashboard(App[int]):
             id="flip",
             tooltip="Blue/green flip: swap the split's two groups (asks first)",
         ),
+        Binding(
+            "R",
+            "ramp",
+            "Ramp",
+            id="ramp",
+            tooltip="Start a canary ramp on the selected backend's service (asks first); R again aborts it",
+        ),
         Binding("u", "undo", "Undo", id="undo", tooltip="Undo the last change"),
         Binding(
             "enter",
@@ -263,64 +422,177 @@ class Dashboard(App[int]):
         ),
         Binding("p", "pause", "Pause", id="pause", tooltip="Pause or resume refreshing the view"),
         Binding(
+            "tab",
+            "next_view",
+            "Views",
+            id="next_view",
+            priority=True,
+            tooltip="Next view: backends, routes, events, access log (or 1-4)",
+        ),
+        *(
+            Binding(
+                str(number),
+                f"view('{view}')",
+                title,
+                show=False,
+                id=f"view_{view}",
+                tooltip=f"The {title.lower()} view",
+            )
+            for number, (view, title) in enumerate(VIEWS, 1)
+        ),
+        Binding(
             "question_mark", "help", "Help", key_display="?", id="help", tooltip="Every key and what it does"
         ),
         Binding("q", "quit", "Quit", id="quit", tooltip="Drain the engine and quit (asks first)"),
     ]
     # Keys that change the balancer: all off with --read-only.
     STEERING = frozenset(
-        {"drain", "enable", "maint", "weight", "shift", "flip", "undo", "remove", "algorithm", "add"}
+        {"drain", "enable", "maint", "weight", "shift", "flip", "undo", "remove", "algorithm", "add", "ramp"}
+    )
+    # Keys that only make sense where the backends table is.
+    ON_BACKENDS = frozenset(
+        {
+            "drain",
+            "enable",
+            "maint",
+            "weight",
+            "shift",
+            "flip",
+            "remove",
+            "algorithm",
+            "add",
+            "ramp",
+            "detail",
+        }
     )
 
     def __init__(
-        self, options: ServeOptions, say: Callable[[str], None] | None = None, read_only: bool = False
+        self,
+        options: ServeOptions | None,
+        say: Callable[[str], None] | None = None,
+        read_only: bool = False,
+        theme: Theme | str = themes.DEFAULT_THEME,
+        controller: Controller | None = None,
     ) -> None:
+        """The engine of `options` runs inside; or, with `controller`, the dashboard steers that one."""
         super().__init__()
+        # Themes are read here, before anything is drawn: a bad file is a ThemeError, never a broken screen.
+        self.start_theme = themes.load_theme(theme) if isinstance(theme, str) else theme
+        self.shipped_themes = themes.shipped_themes()
+        self.palette: dict[str, Style] = {}  # semantic variable -> style, from the current theme
         self.read_only = read_only
         self.paused = False
         self.filter_text = ""
         self.trends: dict[str, list[float]] = {}
         self.messages: list[str] = []
-        self.runtime = Runtime(options, say or self.messages.append)
-        self.controller: Controller | None = None
+        self.runtime = (
+            Runtime(options or ServeOptions(), say or self.messages.append) if controller is None else None
+        )
+        self.controller: Controller | None = controller
+        self.view = "backends"
         self._cells: dict[tuple[str, str], object] = {}
+        self._events_seen = 0  # the newest event id shown
+        self._log_newest: RequestView | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("starting…", id="status")
-        yield Static("", id="services")
-        yield DataTable(id="backends", cursor_type="row", zebra_stripes=True)
-        yield RichLog(id="events", max_lines=500, wrap=False)
+        yield Static("", id="tabs")
+        with ContentSwitcher(initial="view-backends", id="views"):
+            with Vertical(id="view-backends"):
+                yield Static("", id="services")
+                yield DataTable(id="backends", cursor_type="row", zebra_stripes=True)
+                yield Static("", id="events")
+            with Vertical(id="view-routes"):
+                yield Static("", id="routes-note")
+                yield DataTable(id="routes", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="view-events"):
+                yield DataTable(id="events-table", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="view-log"):
+                yield DataTable(id="access", cursor_type="row", zebra_stripes=True)
         yield Static("", id="message")
-        yield Footer()
+        yield Footer(compact=True)
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        """Our semantic variables for themes that do not set them (Textual's own), from their base colours."""
+        return themes.semantic_defaults(self.current_theme)
+
+    def recolour(self, theme: Theme | None = None) -> None:
+        """The table's colours from the current theme; run again whenever the theme changes (ctrl+p, Theme)."""
+        self.palette = themes.palette(self.get_css_variables(), no_color=self.no_color)
+        self.refresh_view()
 
     async def on_mount(self) -> None:
+        for theme in (*self.shipped_themes, self.start_theme):
+            self.register_theme(theme)  # so the palette's theme list offers them, next to Textual's
+        self.theme = self.start_theme.name
         table = self.query_one("#backends", DataTable)
         for key, label, width in COLUMNS:
             table.add_column(label, key=key, width=width)
-        if not await self.runtime.start():
-            self.exit(1, message="\n".join(self.messages))
-            return
-        engine = self.runtime.engine
-        assert engine is not None
-        self.controller = engine.controller
-        engine.controller.listeners.append(self.show_event)
-        if self.runtime.traffic is not None:
-            self.run_worker(self.runtime.traffic.run(), exclusive=False, group="traffic")
+        for table_id, columns in (
+            ("#routes", ROUTE_COLUMNS),
+            ("#events-table", EVENT_COLUMNS),
+            ("#access", LOG_COLUMNS),
+        ):
+            other = self.query_one(table_id, DataTable)
+            for key, label, width in columns:
+                other.add_column(label, key=key, width=width)
+        self.show_tabs()
+        self.theme_changed_signal.subscribe(self, self.recolour)
+        self.recolour()  # after the columns: it refreshes the view
+        runtime = self.runtime
+        if runtime is not None:
+            if not await runtime.start():
+                self.exit(1, message="\n".join(self.messages))
+                return
+            assert runtime.engine is not None
+            self.controller = runtime.engine.controller
+            if runtime.traffic is not None:
+                self.run_worker(runtime.traffic.run(), exclusive=False, group="traffic")
+        assert self.controller is not None
+        self.controller.subscribe(self.show_event)
         self.refresh_view()
-        self.set_interval(REFRESH_SECONDS, self.refresh_view)
+        self.set_interval(self.refresh_seconds, self.refresh_view)
         table.focus()
 
     def show_event(self, event: Event) -> None:
-        """Every change, whoever made it (a key, the engine): who, what, before and after."""
-        stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
-        self.query_one("#events", RichLog).write(
-            f"{stamp}  {event.actor:<6} {event.action:<9} {event.target:<16} {event.before} -> {event.after}"
-        )
+        """Every change, whoever made it (a key, the engine, a ramp, a check) shows at once, newest first."""
+        if self.paused or not self.is_running:
+            return
+        try:
+            self.refresh_events()
+        except NoMatches:
+            pass  # the dashboard is closing: its widgets are gone
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("next_view", "view") and self.screen.is_modal:
+            return False  # a form's tab moves between its fields
         if self.read_only and action in self.STEERING:
             return None  # shown disabled in the footer, does nothing
+        if action in self.ON_BACKENDS and self.view != "backends":
+            return None
         return True
+
+    def show_tabs(self) -> None:
+        parts = []
+        for number, (view, title) in enumerate(VIEWS, 1):
+            label = f" {number} {title} "
+            parts.append(f"[reverse]{label}[/]" if view == self.view else label)
+        self.query_one("#tabs", Static).update("".join(parts) + "   [dim]tab: next view[/]")
+
+    def action_view(self, view: str) -> None:
+        if view == self.view:
+            return
+        self.view = view
+        self.query_one("#views", ContentSwitcher).current = f"view-{view}"
+        self.show_tabs()
+        self.refresh_bindings()
+        self.refresh_view()
+        focus = {"backends": "#backends", "routes": "#routes", "events": "#events-table", "log": "#access"}
+        self.query_one(focus[view], DataTable).focus()
+
+    def action_next_view(self) -> None:
+        names = [view for view, _ in VIEWS]
+        self.action_view(names[(names.index(self.view) + 1) % len(names)])
 
     def refresh_view(self) -> None:
         if self.controller is None or self.paused:
@@ -331,6 +603,93 @@ class Dashboard(App[int]):
         level = status_level(snapshot)
         status.set_class(level == "warning", "warning")
         status.set_class(level == "error", "error")
+        if self.view == "backends":
+            self.refresh_backends(snapshot)
+        elif self.view == "routes":
+            self.refresh_routes(snapshot)
+        elif self.view == "log":
+            self.refresh_log()
+        self.refresh_events()
+
+    def _wanted(self, *texts: str) -> bool:
+        wanted = self.filter_text.lower()
+        return not wanted or any(wanted in text.lower() for text in texts)
+
+    def refresh_events(self) -> None:
+        """The pane under the table (newest few) and the events view (all kept), both newest first."""
+        controller = self.controller
+        if controller is None:
+            return
+        events = [e for e in controller.events(500) if self._wanted(*event_cells(e).values())]
+        self.query_one("#events", Static).update(
+            "\n".join(event_line(e) for e in events[:RECENT_EVENTS]) or "no events yet"
+        )
+        table = self.query_one("#events-table", DataTable)
+        fresh = [e for e in events if e.id > self._events_seen]
+        if not fresh:
+            return
+        self._events_seen = max(e.id for e in fresh)
+        with self.batch_update():
+            for event in reversed(fresh):
+                cells = event_cells(event)
+                table.add_row(*(cells[key] for key, _, _ in EVENT_COLUMNS), key=str(event.id))
+            table.sort(key=lambda row: -int(row[0]))
+
+    def refresh_routes(self, snapshot: Snapshot) -> None:
+        table = self.query_one("#routes", DataTable)
+        note = self.query_one("#routes-note", Static)
+        if not snapshot.routes:
+            names = ", ".join(s.name for s in snapshot.services)
+            note.update(f"no routes: every request goes to the one service ({names})")
+            return
+        note.update("routes are tried most specific first: host, exact path, longest prefix, regex")
+        services = {s.name: s for s in snapshot.services}
+        with self.batch_update():
+            for route in snapshot.routes:
+                service = services.get(route.target)
+                w = service.window if service is not None else None
+                cells = {
+                    "name": route.name,
+                    "match": route.match,
+                    "target": route.target,
+                    "policies": ", ".join(route.policies) or "-",
+                    "rps": f"{w.rps:.1f}" if w else "-",
+                    "errors": f"{100.0 * w.error_ratio:.1f}" if w and w.requests else "-",
+                    "p99": _ms(w.p99_ms) if w and w.requests else "-",
+                }
+                if not self._wanted(route.name, route.match, route.target):
+                    if route.name in table.rows:
+                        table.remove_row(route.name)
+                    continue
+                if route.name not in table.rows:
+                    table.add_row(*(cells[key] for key, _, _ in ROUTE_COLUMNS), key=route.name)
+                    continue
+                for key, _, _ in ROUTE_COLUMNS:
+                    if str(table.get_cell(route.name, key)) != cells[key]:
+                        table.update_cell(route.name, key, cells[key])
+
+    def refresh_log(self) -> None:
+        """The newest requests, newest first; rebuilt only when a request finished since the last refresh."""
+        controller = self.controller
+        if controller is None:
+            return
+        requests = controller.recent_requests(LOG_ROWS)
+        newest = requests[0] if requests else None
+        if newest == self._log_newest:
+            return
+        self._log_newest = newest
+        table = self.query_one("#access", DataTable)
+        row = table.cursor_row
+        with self.batch_update():
+            table.clear()
+            for request in requests:
+                cells = request_cells(request)
+                if self._wanted(cells["client"], cells["target"], cells["backend"], cells["status"]):
+                    table.add_row(*(cells[key] for key, _, _ in LOG_COLUMNS))
+            if table.row_count:
+                table.move_cursor(row=min(row, table.row_count - 1), animate=False)
+
+    def refresh_backends(self, snapshot: Snapshot) -> None:
         self.query_one("#services", Static).update(services_line(snapshot))
         table = self.query_one("#backends", DataTable)
         seen = set()
@@ -342,7 +701,7 @@ class Dashboard(App[int]):
                     if wanted and wanted not in text:
                         continue
                     seen.add(backend.name)
-                    cells = backend_cells(backend)
+                    cells = backend_cells(backend, self.palette)
                     trend = self.trends.setdefault(backend.name, [])
                     trend.append(backend.window.rps)
                     del trend[:-TREND_POINTS]
@@ -384,7 +743,8 @@ class Dashboard(App[int]):
         except ControlError as error:
             self.say(str(error))
             return
-        self.say(f"{event.target}: {event.action} {event.before} -> {event.after}")
+        note = f" ({event.note})" if event.note else ""
+        self.say(f"{event.target}: {event.action} {_value(event.before)} -> {_value(event.after)}{note}")
         self.refresh_view()
 
     def _confirm_then_do(self, question: str, change: Callable[[], Event]) -> None:
@@ -493,6 +853,26 @@ class Dashboard(App[int]):
 
         self.push_screen(ChoiceScreen(f"Algorithm of service {service}:", ALGORITHMS, current), chosen)
 
+    def action_ramp(self) -> None:
+        """R: start the service's canary ramp (asks first); R while one runs aborts it at once."""
+        name, controller = self.selected_backend(), self.controller
+        service = self._service_of(name) if name is not None else None
+        if service is None or controller is None:
+            return
+        view = controller.snapshot().service(service)
+        if view.ramp is not None and view.ramp.state == "running":
+            self._do(lambda: controller.abort_ramp(service, actor="key"))
+            return
+        if not view.split or len(view.split) != 2:
+            self.say(f"service {service} needs a split of two groups to ramp (stable, canary)")
+            return
+        (stable, _), (canary, _) = view.split
+        self._confirm_then_do(
+            f"Start a canary ramp on {service}? {canary} goes through the steps of its ramp config, "
+            f"and rolls back to {stable} on its own if its 5xx rate or p99 crosses the limits.",
+            lambda: controller.start_ramp(service, actor="key"),
+        )
+
     def action_undo(self) -> None:
         controller = self.controller
         if controller is not None:
@@ -542,5 +922,6 @@ class Dashboard(App[int]):
 
     async def _stop(self) -> None:
         self.say("draining…")
-        await self.runtime.stop()
+        if self.runtime is not None:
+            await self.runtime.stop()
         self.exit(0)

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, OptionList, Static
+from textual.widgets import Button, Input, Label, OptionList, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -108,11 +108,16 @@ class AddBackendScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Static("Add a backend", id="question")
-            yield Input(value=self.service, placeholder="service", id="service", compact=True)
-            yield Input(placeholder="name, e.g. blue-4", id="name", compact=True)
-            yield Input(placeholder="address, e.g. 127.0.0.1:9004", id="address", compact=True)
-            yield Input(value=self.group, placeholder="group", id="group", compact=True)
-            yield Input(value="1", placeholder="weight", id="weight", compact=True)
+            for field, value, placeholder in (
+                ("service", self.service, "service"),
+                ("name", "", "e.g. blue-4"),
+                ("address", "", "host:port, e.g. 127.0.0.1:9004"),
+                ("group", self.group, "default"),
+                ("weight", "1", "0 to 1000"),
+            ):
+                with Horizontal(classes="field"):
+                    yield Label(field)
+                    yield Input(value=value, placeholder=placeholder, id=field, compact=True)
             yield Static("", id="error")
             with Horizontal(id="buttons"):
                 yield Button("Cancel", id="cancel")

@@ -62,9 +62,12 @@ async def test_d_drains_and_e_enables_the_selected_backend(backends):
         assert str(table.get_cell("b1", "state")).startswith("drain")
         event = controller.events()[0]
         assert (event.actor, event.action, event.target, event.after) == ("key", "state", "b1", "drain")
-        assert any("b1" in str(line) for line in app.query_one("#events").lines)  # the events pane
+        assert "b1" in str(app.query_one("#events").render())  # the events pane
         await pilot.press("e")
         assert controller.snapshot().backend("b1").admin_state == "ready"
+        pane = str(app.query_one("#events").render()).splitlines()
+        assert "ready" in pane[0].split("->")[1]  # newest first: the enable, then the drain
+        assert "drain" in pane[1].split("->")[1]
         await wait_for(lambda: str(table.get_cell("b1", "state")) == "ready", what="the table to show ready")
 
 

@@ -1,0 +1,229 @@
+"""The dashboard's views (tab and digits) and the canary ramp key, on a real engine and real backends."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from lbtui.config import parse_config
+from lbtui.tui.screens import AddBackendScreen, ConfirmScreen
+from tests.conftest import make_config, wait_for
+from tests.tui.test_app import running
+
+
+def canary_config(blue, green, **ramp):
+    return make_config(
+        [
+            {"name": "blue-1", "address": blue.address, "group": "blue"},
+            {"name": "green-1", "address": green.address, "group": "green"},
+        ],
+        split={"blue": 90, "green": 10},
+        ramp={"steps": [20, 60, 100], "hold": "200ms", "min_requests": 5, "p99_slack": "1s", **ramp},
+    )
+
+
+async def drive(app, until, what, limit=3000):
+    """Requests, a bounded number, until `until()` holds."""
+    async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
+        for _ in range(limit):
+            await http.get("/")
+            if until():
+                return
+    raise AssertionError(
+        f"not after {limit} requests: {what}: {app.controller.snapshot().service('app').ramp}"
+    )
+
+
+async def test_R_ramps_a_healthy_canary_to_100_percent(backends):
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with running(canary_config(blue, green)) as (app, pilot):
+        await pilot.press("R")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "green" in app.screen.question
+        await pilot.press("y")
+        service = lambda: app.controller.snapshot().service("app")  # noqa: E731
+        assert dict(service().split) == {"blue": 80, "green": 20}
+        app.refresh_view()
+        assert "ramp 1/3" in str(app.query_one("#services").render())
+        await drive(app, lambda: service().ramp.state == "done", "the ramp to finish")
+        assert dict(service().split) == {"blue": 0, "green": 100}
+        app.refresh_view()
+        assert "ramp done: green 100%" in str(app.query_one("#services").render())
+        notes = [e.note for e in app.controller.events() if e.action == "ramp"]
+        assert notes[0].startswith("done")
+        assert notes[-1].startswith("start")
+        served, stable = green.requests, blue.requests
+        await drive(app, lambda: green.requests >= served + 10, "green to take the traffic", limit=10)
+        assert blue.requests == stable  # green takes it all
+
+
+async def test_a_failing_canary_rolls_back_and_gets_nothing_after(backends):
+    blue, green = await backends("blue-1"), await backends("green-1", error_rate=1.0)
+    async with running(canary_config(blue, green)) as (app, pilot):
+        await pilot.press("R", "y")
+        service = lambda: app.controller.snapshot().service("app")  # noqa: E731
+        await drive(app, lambda: service().ramp.state == "rolled back", "the ramp to roll back")
+        assert dict(service().split) == {"blue": 100, "green": 0}
+        assert "5xx" in service().ramp.reason
+        app.refresh_view()
+        assert "ramp rolled back" in str(app.query_one("#services").render())
+        assert "rolled back" in str(app.query_one("#events").render())
+        seen = green.requests
+        async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
+            for _ in range(30):
+                assert (await http.get("/")).status_code == 200
+        assert green.requests == seen
+
+
+async def test_R_again_aborts_and_puts_the_split_back(backends):
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with running(canary_config(blue, green, hold="1h")) as (app, pilot):
+        await pilot.press("R", "y")
+        assert dict(app.controller.snapshot().service("app").split) == {"blue": 80, "green": 20}
+        await pilot.press("R")  # no question: aborting is the safe way out
+        assert not isinstance(app.screen, ConfirmScreen)
+        view = app.controller.snapshot().service("app")
+        assert dict(view.split) == {"blue": 90, "green": 10}
+        assert view.ramp.state == "aborted"
+        await pilot.press("R", "n")  # asked, and no: nothing starts
+        assert app.controller.snapshot().service("app").ramp.state == "aborted"
+
+
+async def test_R_without_a_split_says_why(backends):
+    b = await backends("b0")
+    async with running(make_config([b])) as (app, pilot):
+        await pilot.press("R")
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert "needs a split" in str(app.query_one("#message").render())
+
+
+async def test_tab_and_digits_switch_views_and_steering_keys_stay_on_the_backends_view(backends):
+    b = await backends("b0")
+    async with running(make_config([b])) as (app, pilot):
+        switcher = app.query_one("#views")
+        assert switcher.current == "view-backends"
+        await pilot.press("tab")
+        assert switcher.current == "view-routes"
+        await pilot.press("tab", "tab")
+        assert switcher.current == "view-log"
+        await pilot.press("tab")
+        assert switcher.current == "view-backends"
+        await pilot.press("3")
+        assert switcher.current == "view-events"
+        assert "3 Events" in str(app.query_one("#tabs").render())
+        await pilot.press("d")  # not on this view
+        assert app.controller.snapshot().backend("b0").admin_state == "ready"
+        await pilot.press("1", "d")
+        assert app.controller.snapshot().backend("b0").admin_state == "drain"
+
+
+async def test_tab_in_the_add_form_moves_between_fields(backends):
+    b = await backends("b0")
+    async with running(make_config([b])) as (app, pilot):
+        await pilot.press("a")
+        form = app.screen
+        assert isinstance(form, AddBackendScreen)
+        first = form.focused
+        await pilot.press("tab")
+        assert form.focused is not first
+        assert app.view == "backends"
+        await pilot.press("escape")
+
+
+async def test_the_access_log_view_shows_requests_newest_first(backends):
+    bs = [await backends(f"b{i}") for i in range(2)]
+    async with running(make_config(bs)) as (app, pilot):
+        async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
+            for path in ("/first", "/second", "/third"):
+                assert (await http.get(path)).status_code == 200
+        await pilot.press("4")
+        table = app.query_one("#access")
+        rows = [table.get_row_at(i) for i in range(table.row_count)]
+        assert [row[3] for row in rows] == ["/third", "/second", "/first"]
+        assert {row[5] for row in rows} == {"b0", "b1"}
+        assert all(row[4] == "200" and row[2] == "GET" for row in rows)
+        app.filter_text = "second"
+        app._log_newest = None
+        app.refresh_view()
+        assert [table.get_row_at(i)[3] for i in range(table.row_count)] == ["/second"]
+
+
+async def test_the_routes_view_lists_routes_in_words(backends):
+    b = await backends("b0")
+    data = {
+        "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
+        "services": {
+            "shop": {"backends": [{"name": "b0", "address": b.address}]},
+        },
+        "routes": [
+            {"name": "api", "match": {"path_prefix": "/api", "methods": ["GET"]}, "service": "shop"},
+            {"name": "rest", "match": {"path_prefix": "/"}, "service": "shop"},
+        ],
+    }
+    async with running(parse_config(data, source="<test>")) as (app, pilot):
+        await pilot.press("2")
+        table = app.query_one("#routes")
+        assert [r.value for r in table.rows] == ["api", "rest"]
+        assert table.get_row("api")[1] == "prefix /api, GET"
+        assert table.get_row("api")[2] == "shop"
+
+
+async def test_the_routes_view_without_routes_says_where_requests_go(backends):
+    b = await backends("b0")
+    async with running(make_config([b])) as (app, pilot):
+        await pilot.press("2")
+        assert "no routes" in str(app.query_one("#routes-note").render())
+
+
+async def test_the_events_view_is_newest_first(backends):
+    bs = [await backends(f"b{i}") for i in range(2)]
+    async with running(make_config(bs)) as (app, pilot):
+        await pilot.press("d", "down", "d", "plus")
+        await pilot.press("3")
+        table = app.query_one("#events-table")
+        actions = [(table.get_row_at(i)[3], table.get_row_at(i)[4]) for i in range(table.row_count)]
+        assert actions == [("weight", "b1"), ("state", "b1"), ("state", "b0")]
+
+
+@pytest.mark.parametrize("key", ["R"])
+async def test_read_only_turns_the_ramp_key_off(backends, key):
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with running(canary_config(blue, green), read_only=True) as (app, pilot):
+        await pilot.press(key)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert app.controller.events() == []
+
+
+async def test_waits_for_the_engine_tick_not_for_time(backends):
+    """The ramp advances on the engine's own tick: no key press needed between steps."""
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with running(canary_config(blue, green, min_requests=1)) as (app, pilot):
+        await pilot.press("R", "y")
+        async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
+            for _ in range(20):
+                await http.get("/")
+        await wait_for(lambda: app.controller.snapshot().service("app").ramp.step >= 1, what="the next step")
+
+
+async def test_health_shows_going_down_k_of_fall_and_the_detail_shows_the_checks(backends):
+    bs = [await backends(f"b{i}") for i in range(2)]
+    config = make_config(
+        bs, health={"path": "/healthz", "interval": "50ms", "timeout": "50ms", "rise": 2, "fall": 30}
+    )
+    async with running(config) as (app, pilot):
+        table = app.query_one("#backends")
+        bs[1].healthy = False
+
+        def shown() -> str:
+            app.refresh_view()
+            return str(table.get_cell("b1", "health"))
+
+        await wait_for(
+            lambda: shown().startswith("going_down") and shown().endswith("/30"), what="going_down k/30"
+        )
+        await pilot.press("down", "enter")
+        text = str(app.screen.query_one("#detail").render())
+        assert "health checks, newest first" in text
+        assert "FAIL  status 503" in text
+        await pilot.press("escape")
+        assert "health" in str(app.query_one("#events").render())  # the transition is an event
