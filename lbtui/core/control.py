@@ -59,6 +59,7 @@ class Controller(abc.ABC):
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         """Call `callback` with every new event as it happens, where the controller can (UIs poll anyway)."""
+        del callback  # by default, nothing pushes: a UI sees new events when it polls events()
 
     @abc.abstractmethod
     def set_state(self, backend: str, state: str, actor: str = "api") -> Event: ...

@@ -7,8 +7,8 @@ updates in place (only the cells that changed) twice a second, and keeps the cur
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from rich.style import Style
 from rich.text import Text
