@@ -46,6 +46,13 @@ DASHBOARDS = ("dashboard", "dashboard-unpinned")
 TARGETS = ("direct", "haproxy", "lbtui", *DASHBOARDS)
 DEFAULT_TARGETS = ("direct", "haproxy", "lbtui")
 DASHBOARD_MODE_TARGETS = ("lbtui", *DASHBOARDS)  # --dashboard
+VARIANT = "variant:"  # --variant NAME=CMD adds the target "variant:NAME": CMD pinned like `dashboard`
+
+
+def is_dashboard(target: str) -> bool:
+    return target in DASHBOARDS or target.startswith(VARIANT)
+
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_DEADLINE_S = 10.0
 WARMUP_S = 1
@@ -604,7 +611,7 @@ class Run:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.targets: list[str] = args.only
+        self.targets: list[str] = list(args.only)
         self.levels: list[int] = args.connections
         self.tmp = Path(tempfile.mkdtemp(prefix="lbtui-bench-"))
         self.procs: list[Proc | PtyProc] = []
@@ -617,10 +624,17 @@ class Bench:
         self.pinned = len(cpus) >= 2 and shutil.which("taskset") is not None
         self.load_cpu = cpus[0]
         self.proxy_cpu = cpus[1] if len(cpus) >= 2 else cpus[0]
-        self.dashboard_mode = any(t in DASHBOARDS for t in self.targets)
         self.dashboard_cmd: list[str] = (
             shlex.split(args.dashboard_cmd) if args.dashboard_cmd else [sys.executable, "-m", "lbtui"]
         )
+        # The command of every dashboard target (`--config FILE` is appended).
+        self.dash_cmds: dict[str, list[str]] = {
+            t: self.dashboard_cmd for t in self.targets if t in DASHBOARDS
+        }
+        for name, cmd in args.variant:
+            self.targets.append(VARIANT + name)
+            self.dash_cmds[VARIANT + name] = cmd
+        self.dashboard_mode = bool(self.dash_cmds)
 
     # -- helpers
 
@@ -693,8 +707,9 @@ class Bench:
                 problem = "timed out after 60 s"
             if problem:
                 raise StartError(f"the dashboard is not available: `python -c '{code}'` failed: {problem}")
-            if self.args.dashboard_cmd and shutil.which(self.dashboard_cmd[0]) is None:
-                raise StartError(f"--dashboard-cmd: {self.dashboard_cmd[0]!r} not found")
+            for target, cmd in self.dash_cmds.items():
+                if shutil.which(cmd[0]) is None:
+                    raise StartError(f"{target}: {cmd[0]!r} not found")
 
     def lbtui_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -714,11 +729,11 @@ class Bench:
         cols, rows = self.args.pty_size
         cpus = self.home_cpus(target)
         pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if self.pinned else []
-        argv = [*pin, *self.dashboard_cmd, "--config", str(self.configs[target])]
+        argv = [*pin, *self.dash_cmds[target], "--config", str(self.configs[target])]
         proc = PtyProc(
             target,
             argv,
-            self.tmp / f"{target}-r{rnd}-c{connections}.pty.log",
+            self.tmp / f"{target.replace(':', '-')}-r{rnd}-c{connections}.pty.log",
             cols,
             rows,
             env=self.dashboard_env(),
@@ -736,7 +751,7 @@ class Bench:
     # -- start everything
 
     def start_all(self) -> None:
-        b1, b2, hp, lp, admin, dp, dadmin, up, uadmin = free_ports(9)
+        b1, b2, hp, lp, admin, *dash_ports = free_ports(5 + 2 * len(self.dash_cmds))
         backends = [b1, b2]
 
         conf = self.tmp / "nginx.conf"
@@ -782,18 +797,21 @@ class Bench:
 
         # The dashboards get the same config (only their ports differ) and are started afresh for each run
         # (so an idle one never sits on the proxy CPU while another target is measured).
-        for target, port, admin_port in (("dashboard", dp, dadmin), ("dashboard-unpinned", up, uadmin)):
-            if target in self.targets:
-                toml = self.tmp / f"{target}.toml"
-                toml.write_text(lbtui_toml(self.tmp / target, port, admin_port, backends))
-                (self.tmp / target).mkdir(exist_ok=True)
-                self.configs[target], self.ports[target] = toml, port
+        for i, target in enumerate(self.dash_cmds):
+            port, admin_port = dash_ports[2 * i], dash_ports[2 * i + 1]
+            slug = target.replace(":", "-")
+            (self.tmp / slug).mkdir(exist_ok=True)
+            toml = self.tmp / f"{slug}.toml"
+            toml.write_text(lbtui_toml(self.tmp / slug, port, admin_port, backends))
+            self.configs[target], self.ports[target] = toml, port
         if self.dashboard_mode:
             cols, rows = self.args.pty_size
             print(
-                f"  dashboards: {' '.join(self.dashboard_cmd)} --config FILE on a {cols}x{rows} pty "
-                f"(TERM=xterm-256color), started for each run, quit with q, y after it"
+                f"  dashboards: on a {cols}x{rows} pty (TERM=xterm-256color), started for each run, "
+                "quit with q, y after it"
             )
+            for target, cmd in self.dash_cmds.items():
+                print(f"    {target}: {shlex.join(cmd)} --config FILE")
 
     # -- load
 
@@ -831,7 +849,7 @@ class Bench:
             if not p.alive():
                 raise StartError(p.died_message("during the benchmark"))
         dash: PtyProc | None = None
-        if target in DASHBOARDS:
+        if is_dashboard(target):
             dash = self.start_dashboard(target, rnd, connections)
             proc: Proc | PtyProc = dash
         else:
@@ -1151,7 +1169,7 @@ def report(bench: Bench) -> tuple[dict[str, Any], bool]:
             print(f"  rounds passing: {verdicts.count('PASS')}/{len(verdicts)}")
         if not lb:
             print(f"{head}(lbtui not measured: no ratio lines)")
-        if lb and any(pick(runs, d, c) for d in DASHBOARDS):
+        if lb and any(pick(runs, d, c) for d in bench.dash_cmds):
             all_pass &= report_dashboards(bench, c, level)
         print()
     summary["all_bars_pass"] = all_pass
@@ -1168,17 +1186,20 @@ def report_dashboards(bench: Bench, c: int, level: dict[str, Any]) -> bool:
 
     Only the pinned dashboard is held to the bars (it has the CPU budget `lbtui serve` has); the unpinned one
     is information: what a user gets whose dashboard may use another CPU (here: the load generator's).
+    Variants (prototypes) are pinned like the dashboard and shown with a verdict, which --check ignores.
     """
     runs, args = bench.runs, bench.args
     head = f"c={c}".ljust(6)
     lb = pick(runs, "lbtui", c)
     passed = True
+    width = max(25, *(len(d) + 7 for d in bench.dash_cmds))
     print()
-    for d in DASHBOARDS:
+    for d in bench.dash_cmds:
         ds = pick(runs, d, c)
         if not ds:
             continue
         name = f"{d}/lbtui"
+        held = d == "dashboard" or d.startswith(VARIANT)
         errs = sum(1 for r in ds if r.errors)
         rr = ratio(med(ds, "rps"), med(lb, "rps"))
         dp = (med(ds, "p99_us") - med(lb, "p99_us")) / 1000
@@ -1186,14 +1207,16 @@ def report_dashboards(bench: Bench, c: int, level: dict[str, Any]) -> bool:
         dc = med(ds, "cpu_us_per_req") - med(lb, "cpu_us_per_req")
         entry: dict[str, Any] = {"rps": rr, "p99_delta_ms": dp, "cpu_per_req": cr, "cpu_delta_us": dc}
         line = (
-            f"{head}{name:<25} req/s {fmt_x(rr)} (bar >= {BAR_DASH_RPS_MIN:.2f}x)  p99 {dp:+.2f} ms "
+            f"{head}{name:<{width}} req/s {fmt_x(rr)} (bar >= {BAR_DASH_RPS_MIN:.2f}x)  p99 {dp:+.2f} ms "
             f"(bar <= +{BAR_DASH_P99_DELTA_MS:g} ms)  cpu/req {fmt_x(cr)} ({dc:+.1f} us)"
         )
-        if d == "dashboard":
+        if held:
             verdict = dashboard_verdict(rr, dp, errs)
             entry["verdict"] = verdict
-            passed &= verdict == "PASS"
-            line += f"  {verdict}" + (f" (the dashboard had errors in {errs} run(s))" if errs else "")
+            if d == "dashboard":
+                passed &= verdict == "PASS"
+            line += f"  {verdict}" + (f" (errors in {errs} run(s))" if errs else "")
+            line += "  (prototype: not in --check)" if d != "dashboard" else ""
         else:
             line += "  (info, no bar)" + (f" (errors in {errs} run(s))" if errs else "")
         level["ratios"][name] = entry
@@ -1207,8 +1230,8 @@ def report_dashboards(bench: Bench, c: int, level: dict[str, Any]) -> bool:
             dp = (a[0].p99_us - b[0].p99_us) / 1000
             cr = ratio(a[0].cpu_us_per_req, b[0].cpu_us_per_req)
             e: dict[str, Any] = {"round": rnd, "rps": rr, "p99_delta_ms": dp, "cpu_per_req": cr}
-            text = f"  round {rnd}:  {name:<25} req/s {fmt_x(rr)}  p99 {dp:+.2f} ms  cpu/req {fmt_x(cr)}"
-            if d == "dashboard":
+            text = f"  round {rnd}:  {name:<{width}} req/s {fmt_x(rr)}  p99 {dp:+.2f} ms  cpu/req {fmt_x(cr)}"
+            if held:
                 e["verdict"] = dashboard_verdict(rr, dp, a[0].errors)
                 text += f"  {e['verdict']}"
             per_round.append(e)
@@ -1277,6 +1300,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"the dashboards' terminal (default {PTY_SIZE})",
     )
     p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=CMD",
+        help="also measure CMD (`--config FILE` appended) as the dashboard target `variant:NAME`, pinned "
+        "like `dashboard`, interleaved with the others (repeatable; for prototypes)",
+    )
+    p.add_argument(
         "--dashboard-cmd",
         metavar="CMD",
         help="run this instead of `python -m lbtui` for the dashboards (`--config FILE` is appended), "
@@ -1322,6 +1353,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not (20 <= cols <= 1000 and 5 <= rows <= 500):
         p.error("--pty-size: 20..1000 columns, 5..500 rows")
     args.pty_size = (cols, rows)
+    variants: list[tuple[str, list[str]]] = []
+    for item in args.variant:
+        name, sep, cmd = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not shlex.split(cmd):
+            p.error(f"--variant: NAME=CMD with NAME of letters, digits, _ . - (got {item!r})")
+        if name in (v for v, _ in variants):
+            p.error(f"--variant: {name!r} twice")
+        variants.append((name, shlex.split(cmd)))
+    args.variant = variants
     if not 1 <= args.rounds <= 50:
         p.error("--rounds: 1..50")
     if not 1 <= args.duration <= 600:
@@ -1344,7 +1384,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("lbtui benchmark")
         print(
-            f"  targets: {', '.join(args.only)}; connections: {', '.join(map(str, args.connections))}; "
+            f"  targets: {', '.join(bench.targets)}; connections: {', '.join(map(str, args.connections))}; "
             f"rounds: {args.rounds} (order rotated each round); {args.duration} s per run after a "
             f"{WARMUP_S} s warm-up"
         )
@@ -1396,7 +1436,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             doc = {
                 "meta": {
-                    "targets": args.only,
+                    "targets": bench.targets,
                     "connections": args.connections,
                     "rounds": args.rounds,
                     "duration_s": args.duration,
@@ -1404,7 +1444,7 @@ def main(argv: list[str] | None = None) -> int:
                     "pinned": bench.pinned,
                     "c1_shared_cpu": args.c1_shared_cpu,
                     "pty_size": list(args.pty_size),
-                    "dashboard_cmd": bench.dashboard_cmd if bench.dashboard_mode else None,
+                    "dashboard_cmds": bench.dash_cmds,
                     "env_LBTUI_PURE": os.environ.get("LBTUI_PURE"),
                     "proxy_cpu": bench.proxy_cpu,
                     "load_cpu": bench.load_cpu,

@@ -163,7 +163,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     for message in app.messages:
         if message.startswith("cannot listen"):
             print(f"lbtui: {message}", file=sys.stderr)
-    return code if isinstance(code, int) else 0
+    # A crash inside Textual returns None from run() and leaves return_code 1: never report it as success.
+    return code if isinstance(code, int) else (app.return_code or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

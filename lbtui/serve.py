@@ -15,7 +15,7 @@ from lbtui.config import Config
 from lbtui.demo.backends import DemoBackend
 from lbtui.demo.scenario import DEMO_LISTEN, demo_backends, demo_config
 from lbtui.demo.traffic import TrafficGenerator
-from lbtui.proxy.engine import Engine
+from lbtui.proxy.engine import Engine, format_address
 
 
 @dataclass
@@ -54,7 +54,11 @@ class Runtime:
             await engine.start()
         except OSError as error:
             if not (self.demo and options.demo_bind == DEMO_LISTEN):
-                say(f"cannot listen: {error.strerror or error} ({error.__class__.__name__})")
+                where = ", ".join(
+                    f"{listener.name} on {format_address(listener.host, listener.port)}"
+                    for listener in engine.config.listeners
+                )
+                say(f"cannot listen ({where}, from {engine.config.source}): {error.strerror or error}")
                 await self.stop_demo()
                 return False
             # The demo's usual port is taken: any free port will do for a demo.

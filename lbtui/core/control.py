@@ -247,7 +247,9 @@ class InProcessController(Controller):
                 {"name": name, "address": address, "group": group, "weight": weight}, s.config, "<runtime>"
             )
         except ConfigError as e:
-            raise ControlError("; ".join(f"{i.key_path}: {i.message}" for i in e.issues)) from None
+            raise ControlError(
+                "; ".join(f"{i.key_path.removeprefix('backend.')}: {i.message}" for i in e.issues)
+            ) from None
         if config.name in self.balancer.backends:
             raise ControlError(f"a backend named {config.name!r} exists already")
         backend = Backend(config, s.name, self.balancer.clock())

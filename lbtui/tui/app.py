@@ -317,7 +317,7 @@ def status_level(snapshot: Snapshot) -> str:
     return level
 
 
-def status_line(snapshot: Snapshot) -> str:
+def status_line(snapshot: Snapshot, flags: tuple[str, ...] = ()) -> str:
     listeners = "  ".join(f"{v.name} http://{v.address}" for v in snapshot.listeners) or "no listener"
     requests = sum(s.window.requests for s in snapshot.services)
     errors = sum(s.window.errors for s in snapshot.services)
@@ -325,7 +325,9 @@ def status_line(snapshot: Snapshot) -> str:
     p99 = max((s.window.p99_ms for s in snapshot.services), default=0.0)
     uptime = time.strftime("%H:%M:%S", time.gmtime(snapshot.uptime))
     ratio = f"{100.0 * errors / requests:.1f}%" if requests else "-"
-    return f"{listeners} │ {rps:.1f} req/s │ 5xx {ratio} │ p99 {_ms(p99)} ms │ up {uptime}"
+    latency = f"{_ms(p99)} ms" if requests else "-"
+    line = f"{listeners} │ {rps:.1f} req/s │ 5xx {ratio} │ p99 {latency} │ up {uptime}"
+    return " │ ".join((line, *flags))
 
 
 class Dashboard(App[int]):
@@ -422,6 +424,10 @@ class Dashboard(App[int]):
         ),
         Binding("p", "pause", "Pause", id="pause", tooltip="Pause or resume refreshing the view"),
         Binding(
+            "j", "cursor(1)", "Down", show=False, id="cursor_down", tooltip="Cursor down (or the down arrow)"
+        ),
+        Binding("k", "cursor(-1)", "Up", show=False, id="cursor_up", tooltip="Cursor up (or the up arrow)"),
+        Binding(
             "tab",
             "next_view",
             "Views",
@@ -484,6 +490,8 @@ class Dashboard(App[int]):
         self.paused = False
         self.filter_text = ""
         self.trends: dict[str, list[float]] = {}
+        self._counted: dict[str, tuple[float, int]] = {}  # backend -> (snapshot time, requests) last refresh
+        self._last_snapshot: Snapshot | None = None
         self.messages: list[str] = []
         self.runtime = (
             Runtime(options or ServeOptions(), say or self.messages.append) if controller is None else None
@@ -542,7 +550,7 @@ class Dashboard(App[int]):
         runtime = self.runtime
         if runtime is not None:
             if not await runtime.start():
-                self.exit(1, message="\n".join(self.messages))
+                self.exit(1)  # the command line prints why (self.messages)
                 return
             assert runtime.engine is not None
             self.controller = runtime.engine.controller
@@ -598,8 +606,9 @@ class Dashboard(App[int]):
         if self.controller is None or self.paused:
             return
         snapshot = self.controller.snapshot()
+        self._last_snapshot = snapshot
         status = self.query_one("#status", Static)
-        status.update(status_line(snapshot))
+        status.update(status_line(snapshot, self.flags()))
         level = status_level(snapshot)
         status.set_class(level == "warning", "warning")
         status.set_class(level == "error", "error")
@@ -621,8 +630,9 @@ class Dashboard(App[int]):
         if controller is None:
             return
         events = [e for e in controller.events(500) if self._wanted(*event_cells(e).values())]
+        empty = f"no event matches the filter {self.filter_text!r}" if self.filter_text else "no events yet"
         self.query_one("#events", Static).update(
-            "\n".join(event_line(e) for e in events[:RECENT_EVENTS]) or "no events yet"
+            "\n".join(event_line(e) for e in events[:RECENT_EVENTS]) or empty
         )
         table = self.query_one("#events-table", DataTable)
         fresh = [e for e in events if e.id > self._events_seen]
@@ -702,10 +712,19 @@ class Dashboard(App[int]):
                         continue
                     seen.add(backend.name)
                     cells = backend_cells(backend, self.palette)
+                    # The trend is the rate since the last refresh (it drops at once on a drain); req/s is
+                    # the window's average.
+                    then, count = self._counted.get(backend.name, (0.0, -1))
+                    elapsed = snapshot.time - then
                     trend = self.trends.setdefault(backend.name, [])
-                    trend.append(backend.window.rps)
-                    del trend[:-TREND_POINTS]
-                    cells["trend"] = sparkline(trend[-12:]) + f" {backend.window.rps:.0f}"  # 12 points: 6 s
+                    if count < 0 or elapsed >= REFRESH_SECONDS / 2 or not trend:
+                        # A refresh right after a key adds no point: a rate over milliseconds is noise.
+                        rate = backend.window.rps if count < 0 else max(0, backend.requests - count) / elapsed
+                        self._counted[backend.name] = (snapshot.time, backend.requests)
+                        trend.append(rate)
+                        del trend[:-TREND_POINTS]
+                    rate = trend[-1]
+                    cells["trend"] = sparkline(trend[-12:]) + f" {rate:.0f}"  # 12 points: 6 s
                     if backend.name not in table.rows:
                         table.add_row(*(cells[key] for key, _, _ in COLUMNS), key=backend.name)
                         for key, _, _ in COLUMNS:
@@ -898,9 +917,19 @@ class Dashboard(App[int]):
 
         self.push_screen(FilterScreen(self.filter_text), apply)
 
+    def action_cursor(self, rows: int) -> None:
+        table = self.focused
+        if isinstance(table, DataTable):
+            table.move_cursor(row=table.cursor_row + rows)
+
+    def flags(self) -> tuple[str, ...]:
+        return (("PAUSED",) if self.paused else ()) + (("READ-ONLY",) if self.read_only else ())
+
     def action_pause(self) -> None:
         self.paused = not self.paused
         self.say("paused: the view is frozen (p resumes)" if self.paused else "")
+        if self.paused and self._last_snapshot is not None:
+            self.query_one("#status", Static).update(status_line(self._last_snapshot, self.flags()))
         self.refresh_view()
 
     def action_help(self) -> None:
@@ -908,6 +937,10 @@ class Dashboard(App[int]):
             (b.key_display or b.key, b.tooltip or b.description)
             for b in self.BINDINGS
             if isinstance(b, Binding)
+        ]
+        keys += [
+            ("ctrl+p", "Command palette: every action above by name, and the themes"),
+            ("escape", "Close a dialog or screen"),
         ]
         self.push_screen(HelpScreen(keys))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -27,6 +29,7 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Static(self.question, id="question")
+            yield Static("y: yes    n or escape: no", id="hint")
             with Horizontal(id="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button("Yes", id="yes", variant="warning")
@@ -55,9 +58,15 @@ class HelpScreen(ModalScreen[None]):
         self.keys = list(keys)
 
     def compose(self) -> ComposeResult:
-        lines = ["lbtui keys", ""] + [f"  {key:<10} {text}" for key, text in self.keys] + ["", "escape: back"]
+        keys = Table.grid(padding=(0, 2))
+        keys.add_column(width=10, no_wrap=True)
+        keys.add_column()  # long texts wrap under their own column, not under the keys
+        for key, text in self.keys:
+            keys.add_row(Text(key), Text(text))
         with Vertical(id="dialog"):
-            yield Static("\n".join(lines), id="help")
+            yield Static("lbtui keys\n", id="help-title")
+            yield Static(keys, id="help")
+            yield Static("\nescape: back", id="help-back")
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -130,6 +139,11 @@ class AddBackendScreen(ModalScreen[None]):
         return self.query_one(f"#{field}", Input).value.strip()
 
     def submit(self) -> None:
+        for field, hint in (("name", "a name, e.g. blue-4"), ("address", "host:port, e.g. 127.0.0.1:9004")):
+            if not self.value(field):
+                self.query_one("#error", Static).update(f"{field}: required ({hint})")
+                self.query_one(f"#{field}", Input).focus()
+                return
         try:
             weight = int(self.value("weight") or "1")
         except ValueError:

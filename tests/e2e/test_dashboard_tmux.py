@@ -62,6 +62,7 @@ class Tmux:
         }
         # The server, and so the program in the pane, gets this environment (LBTUI_PURE passes through).
         self.env = env | {"SHELL": "/bin/sh", "LANG": env.get("LANG") or "C.UTF-8"}
+        self.socket = ""
 
     async def run(self, *args: str, check: bool = True) -> str:
         # In a thread: the backends live on this event loop and must keep answering meanwhile.
@@ -77,6 +78,7 @@ class Tmux:
             "new-session", "-d", "-s", "t", "-x", str(WIDTH), "-y", str(HEIGHT), "-c", str(ROOT),
             "exec " + shlex.join(command),
         )  # fmt: skip
+        self.socket = (await self.run("display-message", "-p", "#{socket_path}")).strip()
 
     async def screen(self, history: bool = False) -> str:
         """The pane's text as a user sees it; with `history`, what scrolled off the top too."""
@@ -111,6 +113,8 @@ class Tmux:
 
     def kill_server(self) -> None:
         subprocess.run([*self.argv, "kill-server"], capture_output=True, env=self.env, timeout=10)
+        if self.socket:  # tmux leaves its socket file behind
+            Path(self.socket).unlink(missing_ok=True)
 
 
 async def wait_screen(

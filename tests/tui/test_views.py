@@ -227,3 +227,154 @@ async def test_health_shows_going_down_k_of_fall_and_the_detail_shows_the_checks
         assert "FAIL  status 503" in text
         await pilot.press("escape")
         assert "health" in str(app.query_one("#events").render())  # the transition is an event
+
+
+CHARACTERS = {
+    "plus": "+",
+    "minus": "-",
+    "right_square_bracket": "]",
+    "left_square_bracket": "[",
+    "tab": "\t",
+    "enter": "\r",
+}
+
+
+async def type_keys(app, *keys: str, until, what: str) -> None:
+    """Keys as a terminal sends them, then wait for their effect. (Pilot.press waits for the process to
+    go idle after each key, which it never does while the test's own backends serve a load.)"""
+    from textual import events
+
+    for key in keys:
+        char = CHARACTERS.get(key, key if len(key) == 1 else None)
+        name = {".": "full_stop", ":": "colon"}.get(key, key)
+        event = events.Key(name, char)
+        event.set_sender(app)
+        app._driver.send_message(event)
+    await wait_for(until, what=what)
+
+
+async def test_every_key_under_load_fails_no_request(backends):
+    """The keys, pressed in the dashboard while traffic flows: drain, enable, weights, algorithm, split,
+    flip, ramp and its abort, add and remove. Not one request may fail."""
+    import asyncio
+
+    from textual.screen import ModalScreen
+
+    blue = [await backends(f"blue-{i}") for i in (1, 2)]
+    green = await backends("green-1")
+    extra = await backends("extra")
+    config = make_config(
+        [
+            {"name": "blue-1", "address": blue[0].address, "group": "blue"},
+            {"name": "blue-2", "address": blue[1].address, "group": "blue"},
+            {"name": "green-1", "address": green.address, "group": "green"},
+        ],
+        split={"blue": 90, "green": 10},
+        ramp={"steps": [50, 100], "hold": "1h"},
+    )
+    async with running(config) as (app, _pilot):
+        failures: list[int] = []
+        done = 0
+        stop = False
+        deadline = asyncio.get_running_loop().time() + 60
+
+        async def worker(http: httpx.AsyncClient) -> None:
+            nonlocal done
+            for _ in range(50_000):  # bounded in count and time; stopped once every key was pressed
+                if stop or asyncio.get_running_loop().time() > deadline:
+                    return
+                r = await http.get("/")
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+                done += 1
+
+        def changes() -> int:
+            return len(app.controller.events(1000))
+
+        def modal() -> bool:
+            return isinstance(app.screen, ModalScreen)
+
+        async with httpx.AsyncClient(
+            base_url=app.runtime.engine.url(), limits=httpx.Limits(max_connections=4), timeout=10
+        ) as http:
+            tasks = [asyncio.create_task(worker(http)) for _ in range(4)]
+            steps = [
+                (("d",), 1),  # drain blue-1
+                (("e",), 1),
+                (("a",), "modal"),
+                (("enter",), 1),  # the form filled in below (typing it is tested in test_app)
+                (("plus", "plus"), 2),
+                (("minus",), 1),
+                (("l",), "modal"),
+                (("down", "enter"), 1),  # another algorithm from the list
+                (("right_square_bracket",), 1),
+                (("left_square_bracket",), 1),
+                (("f",), "modal"),
+                (("y",), 1),  # flip
+                (("R",), "modal"),
+                (("y",), 1),  # ramp
+                (("R",), 1),  # abort
+                (("down", "down", "x"), "modal"),
+                (("y",), 1),  # remove green-1 (drains first)
+                (("u",), 1),
+            ]
+            for keys, effect in steps:
+                before = done
+                await wait_for(lambda before=before: done >= before + 20, what=f"traffic before {keys}")
+                if keys == ("enter",) and isinstance(app.screen, AddBackendScreen):
+                    app.screen.query_one("#name").value = "extra"
+                    app.screen.query_one("#address").value = extra.address
+                    app.screen.query_one("#address").focus()
+                if effect == "modal":
+                    await type_keys(app, *keys, until=modal, what=f"a dialog after {keys}")
+                else:
+                    count = changes()
+                    await type_keys(
+                        app,
+                        *keys,
+                        until=lambda count=count, n=effect: changes() >= count + n and not modal(),
+                        what=f"the change of {keys}",
+                    )
+            before = done
+            await wait_for(lambda: done >= before + 20, what="traffic after the last key")
+            stop = True
+            await asyncio.gather(*tasks)
+        assert failures == []
+        actions = {e.action for e in app.controller.events(200)}
+        assert {"state", "weight", "algorithm", "split", "flip", "ramp", "add", "remove"} <= actions
+        assert extra.requests > 0
+
+
+async def test_j_and_k_move_the_cursor(backends):
+    bs = [await backends(f"b{i}") for i in range(3)]
+    async with running(make_config(bs)) as (app, pilot):
+        table = app.query_one("#backends")
+        await pilot.press("j", "j")
+        assert table.cursor_row == 2
+        await pilot.press("k")
+        assert table.cursor_row == 1
+
+
+async def test_the_status_bar_says_paused_and_read_only(backends):
+    b = await backends("b0")
+    async with running(make_config([b]), read_only=True) as (app, pilot):
+        assert "READ-ONLY" in str(app.query_one("#status").render())
+        await pilot.press("p")
+        assert "PAUSED" in str(app.query_one("#status").render())
+        await pilot.press("p")
+        assert "PAUSED" not in str(app.query_one("#status").render())
+
+
+async def test_the_add_form_names_a_missing_field(backends):
+    b = await backends("b0")
+    async with running(make_config([b])) as (app, pilot):
+        await pilot.press("a", *"new", "enter")
+        form = app.screen
+        assert isinstance(form, AddBackendScreen)
+        assert "address: required" in str(form.query_one("#error").render())
+        form.query_one("#address").value = "nowhere"
+        await pilot.press("enter")
+        error = str(form.query_one("#error").render())
+        assert error.startswith("address:")
+        assert "backend." not in error
+        await pilot.press("escape")
