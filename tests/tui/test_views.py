@@ -378,3 +378,21 @@ async def test_the_add_form_names_a_missing_field(backends):
         assert error.startswith("address:")
         assert "backend." not in error
         await pilot.press("escape")
+
+
+async def test_ctrl_p_opens_the_palette_and_runs_a_drain(backends):
+    from textual.command import CommandPalette
+
+    bs = [await backends(f"b{i}") for i in range(2)]
+    async with running(make_config(bs)) as (app, pilot):
+        await pilot.press("ctrl+p")
+        assert isinstance(app.screen, CommandPalette)
+        await pilot.press(*"Drain")
+        await wait_for(
+            lambda: any("Drain" in str(o.prompt) for o in app.screen.query("CommandList").first().options),
+            what="the Drain command to be offered",
+        )
+        await pilot.press("enter")
+        await wait_for(
+            lambda: app.controller.snapshot().backend("b0").admin_state == "drain", what="the drain"
+        )
