@@ -126,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """`lbtui`: the dashboard with the engine inside (the UI is imported only here)."""
-    from lbtui.serve import ServeOptions
+    from lbtui.serve import ServeOptions, event_loop
     from lbtui.tui import themes
 
     if os.environ.get("NO_COLOR") == "":
@@ -159,7 +159,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except themes.ThemeError as error:  # one of the themes that come with lbtui was edited in place
         print(str(error), file=sys.stderr)
         return 1
-    code = app.run()
+    app.tune_gc = True
+    # The engine shares the dashboard's event loop, on uvloop as `serve` is (benchmarks/README.md, Dashboard mode).
+    code = app.run(loop=event_loop())
     for message in app.messages:
         if message.startswith("cannot listen"):
             print(f"lbtui: {message}", file=sys.stderr)

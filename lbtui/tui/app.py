@@ -23,7 +23,7 @@ from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import BackendView, RampView, RequestView, ServiceView, Snapshot
 from lbtui.core.stats import bucket_bounds
-from lbtui.serve import Runtime, ServeOptions
+from lbtui.serve import Runtime, ServeOptions, tune_gc
 from lbtui.tui import themes
 from lbtui.tui.commands import DashboardCommands
 from lbtui.tui.screens import (
@@ -335,6 +335,7 @@ class Dashboard(App[int]):
 
     CSS_PATH = Path(__file__).with_name("lbtui.tcss")  # absolute: subclasses elsewhere find it too
     refresh_seconds = REFRESH_SECONDS
+    tune_gc = False  # `lbtui` sets it: the process is the engine's, tune its GC as `serve` does
     TITLE = "lbtui"
     COMMANDS = App.COMMANDS | {DashboardCommands}
     BINDINGS = [
@@ -556,6 +557,8 @@ class Dashboard(App[int]):
             self.controller = runtime.engine.controller
             if runtime.traffic is not None:
                 self.run_worker(runtime.traffic.run(), exclusive=False, group="traffic")
+            if self.tune_gc:
+                tune_gc()
         assert self.controller is not None
         self.controller.subscribe(self.show_event)
         self.refresh_view()
