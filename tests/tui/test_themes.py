@@ -186,7 +186,9 @@ def test_the_theme_reaches_the_dashboard(monkeypatch, args, env, expected):
     monkeypatch.delenv("LBTUI_THEME", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(Dashboard, "run", lambda self: started.append(self.start_theme.name) or 0)
+    monkeypatch.setattr(
+        Dashboard, "run", lambda self, **run_options: started.append(self.start_theme.name) or 0
+    )
     assert main([*args, "--demo"]) == 0
     assert started == [expected]
 
@@ -195,7 +197,7 @@ def test_an_empty_no_color_leaves_colour_on(monkeypatch):
     """no-color.org: only a non-empty NO_COLOR counts (Textual alone would take any)."""
     seen = []
     monkeypatch.setenv("NO_COLOR", "")
-    monkeypatch.setattr(Dashboard, "run", lambda self: seen.append(self.no_color) or 0)
+    monkeypatch.setattr(Dashboard, "run", lambda self, **run_options: seen.append(self.no_color) or 0)
     assert main(["--demo"]) == 0
     assert seen == [False]
 
