@@ -52,7 +52,10 @@ async def test_failing_backend_goes_down_after_fall_gets_no_traffic_and_comes_ba
     a = await backends("a")
     b = await backends("b")
     engine = await engine_factory(make_config([a, b], health=FAST))
-    await wait_for(lambda: health_checks(a) >= 1 and health_checks(b) >= 1, what="first checks")
+    # The backend counts a check as it answers; the checker records it a moment later: wait for the record.
+    await wait_for(
+        lambda: all(engine.controller.snapshot().backend(n).checks for n in ("a", "b")), what="first checks"
+    )
     view = engine.controller.snapshot().backend("a")
     assert view.checked
     assert view.checks[-1].ok
