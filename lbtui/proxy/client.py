@@ -514,23 +514,7 @@ class Exchange:
             client.write(LAST_CHUNK)
         self.done = True
         self.deadline = 0.0
-        if backend is not None:
-            self.backend = None
-            backend.in_flight -= 1
-            backend.bytes_in += self.bytes_in
-            backend.observe(self.status, now - self.started, now, self.bytes_out)
-        engine.access_log.append(
-            (
-                now,
-                client.peer_host,
-                self.method,
-                self.url,
-                self.status,
-                backend,
-                now - self.started,
-                self.bytes_out,
-            )
-        )
+        self._record(now)
         if (
             client.current is self
             and self.keep_alive
@@ -561,7 +545,7 @@ class Exchange:
         if self.tunnel_pending and conn.transport is not None:
             conn.transport.writelines(list(self.tunnel_pending))  # what the client sent after its request
             self.tunnel_pending = ()
-        self._record()
+        self._record(self.client.engine.now())
 
     def _response_end(self) -> None:
         if self.chunk_out:
@@ -584,17 +568,15 @@ class Exchange:
         )
         self._finish()
 
-    def _record(self) -> float:
+    def _record(self, now: float) -> None:
         """Count the exchange's outcome for its backend, and keep it in the tail of recent requests."""
-        engine = self.client.engine
-        now = engine.now()
         backend = self.backend
         if backend is not None:
             self.backend = None
             backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
             backend.observe(self.status, now - self.started, now, self.bytes_out)
-        engine.access_log.append(
+        self.client.engine.access_log.append(
             (
                 now,
                 self.client.peer_host,
@@ -606,7 +588,6 @@ class Exchange:
                 self.bytes_out,
             )
         )
-        return now
 
     def _finish(self) -> None:
         if self.done:
@@ -617,7 +598,8 @@ class Exchange:
             self.body_pending_size = 0
             self.client.resume_reading_for(PAUSE_WAITING)
         self._cancel_timer()
-        now = self._record()
+        now = self.client.engine.now()
+        self._record(now)
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
