@@ -65,7 +65,6 @@ class Ramp:
         self.step_requests = canary_requests  # the canary's request count when the step began
         self.waiting_for = config.min_requests
         self.baseline: tuple[float, float] | None = None  # stable (error ratio, p99 ms)
-        self.hold_left = config.hold
 
     @property
     def percent(self) -> int:
@@ -82,7 +81,6 @@ class Ramp:
     def finish(self, state: str, reason: str = "") -> None:
         self.state = state
         self.reason = reason
-        self.hold_left = 0.0
         self.waiting_for = 0
 
     def verdict(self, view: ServiceView) -> str:
@@ -118,14 +116,13 @@ class Ramp:
         cfg = self.config
         served = _group_requests(view, self.canary) - self.step_requests
         self.waiting_for = max(0, cfg.min_requests - served)
-        self.hold_left = max(0.0, self.step_started + cfg.hold - now)
         if self.waiting_for:
             return None
         reason = self.verdict(view)
         if reason:
             self.finish(ROLLED_BACK, reason)
             return Decision(self.split(0), f"rolled back: {reason}")
-        if self.hold_left > 0:
+        if now < self.step_started + cfg.hold:
             return None
         if self.step + 1 >= len(cfg.steps):
             self.finish(DONE)
@@ -134,7 +131,6 @@ class Ramp:
         self.step_started = now
         self.step_requests = _group_requests(view, self.canary)
         self.waiting_for = cfg.min_requests
-        self.hold_left = cfg.hold
         return Decision(self.split(self.percent), f"step {self.step + 1}/{len(cfg.steps)}")
 
     def view(self, now: float) -> RampView:
