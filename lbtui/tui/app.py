@@ -457,21 +457,7 @@ class Dashboard(App[int]):
         {"drain", "enable", "maint", "weight", "shift", "flip", "undo", "remove", "algorithm", "add", "ramp"}
     )
     # Keys that only make sense where the backends table is.
-    ON_BACKENDS = frozenset(
-        {
-            "drain",
-            "enable",
-            "maint",
-            "weight",
-            "shift",
-            "flip",
-            "remove",
-            "algorithm",
-            "add",
-            "ramp",
-            "detail",
-        }
-    )
+    ON_BACKENDS = (STEERING - {"undo"}) | {"detail"}
 
     def __init__(
         self,
@@ -500,7 +486,11 @@ class Dashboard(App[int]):
         self.controller: Controller | None = controller
         self.view = "backends"
         self._cells: dict[tuple[str, str], object] = {}
-        self._events_seen = 0  # the newest event id shown
+        self._events_seen = 0  # the newest event id in the events view
+        self._events_newest = -1  # the newest event id when the events were last shown
+        self._texts: dict[
+            str, str
+        ] = {}  # what each one-line widget shows, so an unchanged one is not redrawn
         self._log_newest: RequestView | None = None
 
     def compose(self) -> ComposeResult:
@@ -611,7 +601,7 @@ class Dashboard(App[int]):
         snapshot = self.controller.snapshot()
         self._last_snapshot = snapshot
         status = self.query_one("#status", Static)
-        status.update(status_line(snapshot, self.flags()))
+        self.show_text("#status", status_line(snapshot, self.flags()))
         level = status_level(snapshot)
         status.set_class(level == "warning", "warning")
         status.set_class(level == "error", "error")
@@ -632,21 +622,34 @@ class Dashboard(App[int]):
         controller = self.controller
         if controller is None:
             return
-        events = [e for e in controller.events(500) if self._wanted(*event_cells(e).values())]
+        newest = controller.events(1)
+        newest_id = newest[0].id if newest else 0
+        if newest_id == self._events_newest:
+            return  # nothing new since the last time (a new filter resets this)
+        self._events_newest = newest_id
+        kept = controller.events(500)
+        events = [e for e in kept if self._wanted(*event_cells(e).values())]
         empty = f"no event matches the filter {self.filter_text!r}" if self.filter_text else "no events yet"
-        self.query_one("#events", Static).update(
-            "\n".join(event_line(e) for e in events[:RECENT_EVENTS]) or empty
-        )
+        self.show_text("#events", "\n".join(event_line(e) for e in events[:RECENT_EVENTS]) or empty)
         table = self.query_one("#events-table", DataTable)
         fresh = [e for e in events if e.id > self._events_seen]
         if not fresh:
             return
         self._events_seen = max(e.id for e in fresh)
+        oldest = kept[-1].id
         with self.batch_update():
             for event in reversed(fresh):
                 cells = event_cells(event)
                 table.add_row(*(cells[key] for key, _, _ in EVENT_COLUMNS), key=str(event.id))
+            for row in [r for r in table.rows if int(r.value or 0) < oldest]:
+                table.remove_row(row)  # the view keeps what the controller keeps, no more
             table.sort(key=lambda row: -int(row[0]))
+
+    def show_text(self, selector: str, text: str) -> None:
+        """Update a one-line (or few-line) widget only when its text changed: a redraw costs the engine time."""
+        if self._texts.get(selector) != text:
+            self._texts[selector] = text
+            self.query_one(selector, Static).update(text)
 
     def refresh_routes(self, snapshot: Snapshot) -> None:
         table = self.query_one("#routes", DataTable)
@@ -703,7 +706,7 @@ class Dashboard(App[int]):
                 table.move_cursor(row=min(row, table.row_count - 1), animate=False)
 
     def refresh_backends(self, snapshot: Snapshot) -> None:
-        self.query_one("#services", Static).update(services_line(snapshot))
+        self.show_text("#services", services_line(snapshot))
         table = self.query_one("#backends", DataTable)
         seen = set()
         with self.batch_update():
@@ -916,6 +919,10 @@ class Dashboard(App[int]):
                 # Rebuilt once (in config order), then updated in place again.
                 self.query_one("#backends", DataTable).clear()
                 self._cells.clear()
+                self.query_one("#events-table", DataTable).clear()
+                self._events_seen = 0
+                self._events_newest = -1
+                self._log_newest = None
                 self.refresh_view()
 
         self.push_screen(FilterScreen(self.filter_text), apply)
@@ -932,7 +939,7 @@ class Dashboard(App[int]):
         self.paused = not self.paused
         self.say("paused: the view is frozen (p resumes)" if self.paused else "")
         if self.paused and self._last_snapshot is not None:
-            self.query_one("#status", Static).update(status_line(self._last_snapshot, self.flags()))
+            self.show_text("#status", status_line(self._last_snapshot, self.flags()))
         self.refresh_view()
 
     def action_help(self) -> None:

@@ -142,9 +142,7 @@ async def test_the_access_log_view_shows_requests_newest_first(backends):
         assert [row[3] for row in rows] == ["/third", "/second", "/first"]
         assert {row[5] for row in rows} == {"b0", "b1"}
         assert all(row[4] == "200" and row[2] == "GET" for row in rows)
-        app.filter_text = "second"
-        app._log_newest = None
-        app.refresh_view()
+        await pilot.press("slash", *"second", "enter")  # the filter applies to this view too
         assert [table.get_row_at(i)[3] for i in range(table.row_count)] == ["/second"]
 
 
@@ -173,6 +171,18 @@ async def test_the_routes_view_without_routes_says_where_requests_go(backends):
     async with running(make_config([b])) as (app, pilot):
         await pilot.press("2")
         assert "no routes" in str(app.query_one("#routes-note").render())
+
+
+async def test_a_new_filter_rebuilds_the_events_view(backends):
+    bs = [await backends(f"b{i}") for i in range(2)]
+    async with running(make_config(bs)) as (app, pilot):
+        await pilot.press("d", "down", "d")
+        await pilot.press("3", "slash", *"b1", "enter")
+        table = app.query_one("#events-table")
+        assert [table.get_row_at(i)[4] for i in range(table.row_count)] == ["b1"]
+        assert "b0" not in str(app.query_one("#events").render())
+        await pilot.press("slash", "escape")  # clears the filter: every event again
+        assert [table.get_row_at(i)[4] for i in range(table.row_count)] == ["b1", "b0"]
 
 
 async def test_the_events_view_is_newest_first(backends):
