@@ -421,7 +421,7 @@ class Dashboard(App[int]):
             "Filter",
             key_display="/",
             id="filter",
-            tooltip="Show only backends whose name, group or address contains a text",
+            tooltip="Show only the rows that contain a text: backends, routes, events, access log",
         ),
         Binding("p", "pause", "Pause", id="pause", tooltip="Pause or resume refreshing the view"),
         Binding(

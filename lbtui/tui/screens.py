@@ -195,7 +195,7 @@ class DetailScreen(ModalScreen[None]):
 
 
 class FilterScreen(ModalScreen[str | None]):
-    """Type part of a backend's name, group or address; enter applies, escape clears."""
+    """Type part of what a row shows (name, group, address, path, status); enter applies, escape clears."""
 
     BINDINGS = [Binding("escape", "clear", "Clear", id="filter.clear", tooltip="Show every backend again")]
 
@@ -205,7 +205,9 @@ class FilterScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static("Filter backends (name, group or address contains):", id="question")
+            yield Static(
+                "Show only rows that contain (a name, group, address, path, status...):", id="question"
+            )
             yield Input(value=self.current, id="filter", compact=True)
 
     def on_mount(self) -> None:
