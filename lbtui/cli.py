@@ -126,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """`lbtui`: the dashboard with the engine inside (the UI is imported only here)."""
-    from lbtui.serve import ServeOptions, event_loop
+    from lbtui.serve import ServeOptions
     from lbtui.tui import themes
 
     if os.environ.get("NO_COLOR") == "":
@@ -160,8 +160,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         print(str(error), file=sys.stderr)
         return 1
     app.tune_gc = True
-    # The engine shares the dashboard's event loop, on uvloop as `serve` is (benchmarks/README.md, Dashboard mode).
-    code = app.run(loop=event_loop())
+    # The engine runs on its own thread (lbtui/threaded.py). Python passes the GIL between threads every 5 ms
+    # by default: a redraw would hold a request up that long. 1 ms keeps the engine's p99 within issue 3's
+    # bar (benchmarks/README.md, Dashboard mode).
+    sys.setswitchinterval(0.001)
+    try:
+        code = app.run()
+    finally:
+        if app.engine is not None and app.engine.running:
+            app.engine.stop_blocking()  # the UI ended without `q` (a crash, a signal): drain anyway
     for message in app.messages:
         if message.startswith("cannot listen"):
             print(f"lbtui: {message}", file=sys.stderr)

@@ -17,13 +17,14 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.theme import Theme
-from textual.widgets import ContentSwitcher, DataTable, Footer, Static
+from textual.widgets import ContentSwitcher, Footer, Static
 
 from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import BackendView, RampView, RequestView, ServiceView, Snapshot
 from lbtui.core.stats import bucket_bounds
 from lbtui.serve import Runtime, ServeOptions, tune_gc
+from lbtui.threaded import EngineThread, ThreadedController
 from lbtui.tui import themes
 from lbtui.tui.commands import DashboardCommands
 from lbtui.tui.screens import (
@@ -34,6 +35,7 @@ from lbtui.tui.screens import (
     FilterScreen,
     HelpScreen,
 )
+from lbtui.tui.table import Table
 
 REFRESH_SECONDS = 0.5
 
@@ -480,18 +482,24 @@ class Dashboard(App[int]):
         self._counted: dict[str, tuple[float, int]] = {}  # backend -> (snapshot time, requests) last refresh
         self._last_snapshot: Snapshot | None = None
         self.messages: list[str] = []
-        self.runtime = (
-            Runtime(options or ServeOptions(), say or self.messages.append) if controller is None else None
+        # The engine runs on a thread of its own, so a redraw never holds up a request (lbtui/threaded.py).
+        self.engine = (
+            EngineThread(options or ServeOptions(), say or self.messages.append)
+            if controller is None
+            else None
         )
         self.controller: Controller | None = controller
         self.view = "backends"
-        self._cells: dict[tuple[str, str], object] = {}
-        self._events_seen = 0  # the newest event id in the events view
         self._events_newest = -1  # the newest event id when the events were last shown
         self._texts: dict[
             str, str
         ] = {}  # what each one-line widget shows, so an unchanged one is not redrawn
         self._log_newest: RequestView | None = None
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The engine and what runs with it (the demo's backends), when the dashboard hosts them."""
+        return self.engine.runtime if self.engine is not None else None
 
     def compose(self) -> ComposeResult:
         yield Static("starting…", id="status")
@@ -499,15 +507,15 @@ class Dashboard(App[int]):
         with ContentSwitcher(initial="view-backends", id="views"):
             with Vertical(id="view-backends"):
                 yield Static("", id="services")
-                yield DataTable(id="backends", cursor_type="row", zebra_stripes=True)
+                yield Table(COLUMNS, id="backends")
                 yield Static("", id="events")
             with Vertical(id="view-routes"):
                 yield Static("", id="routes-note")
-                yield DataTable(id="routes", cursor_type="row", zebra_stripes=True)
+                yield Table(ROUTE_COLUMNS, id="routes")
             with Vertical(id="view-events"):
-                yield DataTable(id="events-table", cursor_type="row", zebra_stripes=True)
+                yield Table(EVENT_COLUMNS, id="events-table")
             with Vertical(id="view-log"):
-                yield DataTable(id="access", cursor_type="row", zebra_stripes=True)
+                yield Table(LOG_COLUMNS, id="access")
         yield Static("", id="message")
         yield Footer(compact=True)
 
@@ -524,36 +532,23 @@ class Dashboard(App[int]):
         for theme in (*self.shipped_themes, self.start_theme):
             self.register_theme(theme)  # so the palette's theme list offers them, next to Textual's
         self.theme = self.start_theme.name
-        table = self.query_one("#backends", DataTable)
-        for key, label, width in COLUMNS:
-            table.add_column(label, key=key, width=width)
-        for table_id, columns in (
-            ("#routes", ROUTE_COLUMNS),
-            ("#events-table", EVENT_COLUMNS),
-            ("#access", LOG_COLUMNS),
-        ):
-            other = self.query_one(table_id, DataTable)
-            for key, label, width in columns:
-                other.add_column(label, key=key, width=width)
         self.show_tabs()
         self.theme_changed_signal.subscribe(self, self.recolour)
         self.recolour()  # after the columns: it refreshes the view
-        runtime = self.runtime
-        if runtime is not None:
-            if not await runtime.start():
+        engine = self.engine
+        if engine is not None:
+            if not await engine.start():
                 self.exit(1)  # the command line prints why (self.messages)
                 return
-            assert runtime.engine is not None
-            self.controller = runtime.engine.controller
-            if runtime.traffic is not None:
-                self.run_worker(runtime.traffic.run(), exclusive=False, group="traffic")
+            assert engine.runtime.engine is not None
+            self.controller = ThreadedController(engine, engine.runtime.engine.controller)
             if self.tune_gc:
                 tune_gc()
         assert self.controller is not None
         self.controller.subscribe(self.show_event)
         self.refresh_view()
         self.set_interval(self.refresh_seconds, self.refresh_view)
-        table.focus()
+        self.query_one("#backends", Table).focus()
 
     def show_event(self, event: Event) -> None:
         """Every change, whoever made it (a key, the engine, a ramp, a check) shows at once, newest first."""
@@ -589,7 +584,7 @@ class Dashboard(App[int]):
         self.refresh_bindings()
         self.refresh_view()
         focus = {"backends": "#backends", "routes": "#routes", "events": "#events-table", "log": "#access"}
-        self.query_one(focus[view], DataTable).focus()
+        self.query_one(focus[view], Table).focus()
 
     def action_next_view(self) -> None:
         names = [view for view, _ in VIEWS]
@@ -631,28 +626,23 @@ class Dashboard(App[int]):
         events = [e for e in kept if self._wanted(*event_cells(e).values())]
         empty = f"no event matches the filter {self.filter_text!r}" if self.filter_text else "no events yet"
         self.show_text("#events", "\n".join(event_line(e) for e in events[:RECENT_EVENTS]) or empty)
-        table = self.query_one("#events-table", DataTable)
-        fresh = [e for e in events if e.id > self._events_seen]
-        if not fresh:
-            return
-        self._events_seen = max(e.id for e in fresh)
-        oldest = kept[-1].id
-        with self.batch_update():
-            for event in reversed(fresh):
-                cells = event_cells(event)
-                table.add_row(*(cells[key] for key, _, _ in EVENT_COLUMNS), key=str(event.id))
-            for row in [r for r in table.rows if int(r.value or 0) < oldest]:
-                table.remove_row(row)  # the view keeps what the controller keeps, no more
-            table.sort(key=lambda row: -int(row[0]))
+        # The view keeps what the controller keeps, no more.
+        self.query_one("#events-table", Table).sync((str(e.id), event_cells(e)) for e in events)
 
     def show_text(self, selector: str, text: str) -> None:
-        """Update a one-line (or few-line) widget only when its text changed: a redraw costs the engine time."""
-        if self._texts.get(selector) != text:
+        """Update a one-line (or few-line) widget only when its text changed: a redraw costs the engine time.
+
+        The screen's layout is worked out again only when the number of lines changed (the widgets are as wide
+        as the screen; only the services line's height follows its text).
+        """
+        before = self._texts.get(selector)
+        if before != text:
             self._texts[selector] = text
-            self.query_one(selector, Static).update(text)
+            lines_changed = before is None or before.count("\n") != text.count("\n")
+            self.query_one(selector, Static).update(text, layout=lines_changed)
 
     def refresh_routes(self, snapshot: Snapshot) -> None:
-        table = self.query_one("#routes", DataTable)
+        table = self.query_one("#routes", Table)
         note = self.query_one("#routes-note", Static)
         if not snapshot.routes:
             names = ", ".join(s.name for s in snapshot.services)
@@ -660,29 +650,23 @@ class Dashboard(App[int]):
             return
         note.update("routes are tried most specific first: host, exact path, longest prefix, regex")
         services = {s.name: s for s in snapshot.services}
-        with self.batch_update():
-            for route in snapshot.routes:
-                service = services.get(route.target)
-                w = service.window if service is not None else None
-                cells = {
-                    "name": route.name,
-                    "match": route.match,
-                    "target": route.target,
-                    "policies": ", ".join(route.policies) or "-",
-                    "rps": f"{w.rps:.1f}" if w else "-",
-                    "errors": f"{100.0 * w.error_ratio:.1f}" if w and w.requests else "-",
-                    "p99": _ms(w.p99_ms) if w and w.requests else "-",
-                }
-                if not self._wanted(route.name, route.match, route.target):
-                    if route.name in table.rows:
-                        table.remove_row(route.name)
-                    continue
-                if route.name not in table.rows:
-                    table.add_row(*(cells[key] for key, _, _ in ROUTE_COLUMNS), key=route.name)
-                    continue
-                for key, _, _ in ROUTE_COLUMNS:
-                    if str(table.get_cell(route.name, key)) != cells[key]:
-                        table.update_cell(route.name, key, cells[key])
+        rows = []
+        for route in snapshot.routes:
+            if not self._wanted(route.name, route.match, route.target):
+                continue
+            service = services.get(route.target)
+            w = service.window if service is not None else None
+            cells = {
+                "name": route.name,
+                "match": route.match,
+                "target": route.target,
+                "policies": ", ".join(route.policies) or "-",
+                "rps": f"{w.rps:.1f}" if w else "-",
+                "errors": f"{100.0 * w.error_ratio:.1f}" if w and w.requests else "-",
+                "p99": _ms(w.p99_ms) if w and w.requests else "-",
+            }
+            rows.append((route.name, cells))
+        table.sync(rows)
 
     def refresh_log(self) -> None:
         """The newest requests, newest first; rebuilt only when a request finished since the last refresh."""
@@ -694,62 +678,36 @@ class Dashboard(App[int]):
         if newest == self._log_newest:
             return
         self._log_newest = newest
-        table = self.query_one("#access", DataTable)
-        row = table.cursor_row
-        with self.batch_update():
-            table.clear()
-            for request in requests:
-                cells = request_cells(request)
-                if self._wanted(cells["client"], cells["target"], cells["backend"], cells["status"]):
-                    table.add_row(*(cells[key] for key, _, _ in LOG_COLUMNS))
-            if table.row_count:
-                table.move_cursor(row=min(row, table.row_count - 1), animate=False)
+        shown = (request_cells(request) for request in requests)
+        wanted = (c for c in shown if self._wanted(c["client"], c["target"], c["backend"], c["status"]))
+        # Rows are keyed by place, newest first: the cursor stays at its place as requests arrive.
+        self.query_one("#access", Table).sync((str(i), cells) for i, cells in enumerate(wanted))
 
     def refresh_backends(self, snapshot: Snapshot) -> None:
         self.show_text("#services", services_line(snapshot))
-        table = self.query_one("#backends", DataTable)
-        seen = set()
-        with self.batch_update():
-            wanted = self.filter_text.lower()
-            for service in snapshot.services:
-                for backend in service.backends:
-                    text = f"{backend.name} {backend.group} {backend.address}".lower()
-                    if wanted and wanted not in text:
-                        continue
-                    seen.add(backend.name)
-                    cells = backend_cells(backend, self.palette)
-                    # The trend is the rate since the last refresh (it drops at once on a drain); req/s is
-                    # the window's average.
-                    then, count = self._counted.get(backend.name, (0.0, -1))
-                    elapsed = snapshot.time - then
-                    trend = self.trends.setdefault(backend.name, [])
-                    if count < 0 or elapsed >= REFRESH_SECONDS / 2 or not trend:
-                        # A refresh right after a key adds no point: a rate over milliseconds is noise.
-                        rate = backend.window.rps if count < 0 else max(0, backend.requests - count) / elapsed
-                        self._counted[backend.name] = (snapshot.time, backend.requests)
-                        trend.append(rate)
-                        del trend[:-TREND_POINTS]
-                    rate = trend[-1]
-                    cells["trend"] = sparkline(trend[-12:]) + f" {rate:.0f}"  # 12 points: 6 s
-                    if backend.name not in table.rows:
-                        table.add_row(*(cells[key] for key, _, _ in COLUMNS), key=backend.name)
-                        for key, _, _ in COLUMNS:
-                            self._cells[(backend.name, key)] = cells[key]
-                        continue
-                    for key, _, _ in COLUMNS:
-                        value = cells[key]
-                        if self._cells.get((backend.name, key)) != value:
-                            self._cells[(backend.name, key)] = value
-                            table.update_cell(backend.name, key, value)
-            for row in [r for r in table.rows if r.value not in seen]:
-                table.remove_row(row)
+        rows = []
+        for service in snapshot.services:
+            for backend in service.backends:
+                if not self._wanted(f"{backend.name} {backend.group} {backend.address}"):
+                    continue
+                cells = backend_cells(backend, self.palette)
+                # The trend is the rate since the last refresh (it drops at once on a drain); req/s is
+                # the window's average.
+                then, count = self._counted.get(backend.name, (0.0, -1))
+                elapsed = snapshot.time - then
+                trend = self.trends.setdefault(backend.name, [])
+                if count < 0 or elapsed >= REFRESH_SECONDS / 2 or not trend:
+                    # A refresh right after a key adds no point: a rate over milliseconds is noise.
+                    rate = backend.window.rps if count < 0 else max(0, backend.requests - count) / elapsed
+                    self._counted[backend.name] = (snapshot.time, backend.requests)
+                    trend.append(rate)
+                    del trend[:-TREND_POINTS]
+                cells["trend"] = sparkline(trend[-12:]) + f" {trend[-1]:.0f}"  # 12 points: 6 s
+                rows.append((backend.name, cells))
+        self.query_one("#backends", Table).sync(rows)
 
     def selected_backend(self) -> str | None:
-        table = self.query_one("#backends", DataTable)
-        if not table.row_count:
-            return None
-        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        return row_key.value
+        return self.query_one("#backends", Table).cursor_key
 
     def say(self, text: str) -> None:
         self.query_one("#message", Static).update(text)
@@ -908,19 +866,15 @@ class Dashboard(App[int]):
         if name is not None and controller is not None:
             self.push_screen(DetailScreen(name, lambda n: detail_text(controller.snapshot(), n)))
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.action_detail()  # enter on the table
+    def on_table_selected(self, event: Table.Selected) -> None:
+        if event.table.id == "backends":
+            self.action_detail()  # enter on a backend
 
     def action_filter(self) -> None:
         def apply(text: str | None) -> None:
             if text is not None and text != self.filter_text:
                 self.filter_text = text
                 self.say(f"filter: {text}" if text else "")
-                # Rebuilt once (in config order), then updated in place again.
-                self.query_one("#backends", DataTable).clear()
-                self._cells.clear()
-                self.query_one("#events-table", DataTable).clear()
-                self._events_seen = 0
                 self._events_newest = -1
                 self._log_newest = None
                 self.refresh_view()
@@ -929,8 +883,8 @@ class Dashboard(App[int]):
 
     def action_cursor(self, rows: int) -> None:
         table = self.focused
-        if isinstance(table, DataTable):
-            table.move_cursor(row=table.cursor_row + rows)
+        if isinstance(table, Table):
+            table.move_cursor(table.cursor_row + rows)
 
     def flags(self) -> tuple[str, ...]:
         return (("PAUSED",) if self.paused else ()) + (("READ-ONLY",) if self.read_only else ())
@@ -965,6 +919,6 @@ class Dashboard(App[int]):
 
     async def _stop(self) -> None:
         self.say("draining…")
-        if self.runtime is not None:
-            await self.runtime.stop()
+        if self.engine is not None:
+            await self.engine.stop()
         self.exit(0)

@@ -17,6 +17,7 @@ from lbtui.core.stats import BUCKETS, bucket_index, window_view
 from lbtui.serve import ServeOptions
 from lbtui.tui import themes
 from lbtui.tui.app import Dashboard, backend_cells
+from lbtui.tui.table import Table
 from tests.conftest import make_config, wait_for
 from tests.tui.test_app import SIZE, quit_app
 
@@ -219,7 +220,7 @@ def test_latency_and_5xx_cells_turn_warn_then_bad_past_the_thresholds():
 async def test_the_dashboard_uses_its_theme_and_recolours_live(backends):
     bs = [await backends("b0"), await backends("b1")]
     async with themed(make_config(bs), theme="light") as (app, pilot):
-        table = app.query_one("#backends")
+        table = app.query_one("#backends", Table)
         assert app.theme == "light"
         assert colour_of(table.get_cell("b0", "health")) == "#1C7C33"  # light.toml's health-up
         assert "#1C7C33" in hues(table)  # on screen too (b1's row: the cursor row takes the cursor's colours)
@@ -259,7 +260,7 @@ async def test_no_color_renders_without_colour_and_keeps_the_words(backends, mon
     async with themed(make_config([b0, b1])) as (app, pilot):
         assert app.no_color
         await pilot.press("down", "d")
-        table = app.query_one("#backends")
+        table = app.query_one("#backends", Table)
         await wait_for(lambda: str(table.get_cell("b1", "state")).startswith("drain"), what="drain")
         assert colour_of(table.get_cell("b1", "state")) is None
         strips = table.render_lines(Region(0, 0, table.size.width, table.size.height))

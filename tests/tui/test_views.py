@@ -7,6 +7,7 @@ import pytest
 
 from lbtui.config import parse_config
 from lbtui.tui.screens import AddBackendScreen, ConfirmScreen
+from lbtui.tui.table import Table
 from tests.conftest import make_config, wait_for
 from tests.tui.test_app import running
 
@@ -137,7 +138,7 @@ async def test_the_access_log_view_shows_requests_newest_first(backends):
             for path in ("/first", "/second", "/third"):
                 assert (await http.get(path)).status_code == 200
         await pilot.press("4")
-        table = app.query_one("#access")
+        table = app.query_one("#access", Table)
         rows = [table.get_row_at(i) for i in range(table.row_count)]
         assert [row[3] for row in rows] == ["/third", "/second", "/first"]
         assert {row[5] for row in rows} == {"b0", "b1"}
@@ -160,8 +161,8 @@ async def test_the_routes_view_lists_routes_in_words(backends):
     }
     async with running(parse_config(data, source="<test>")) as (app, pilot):
         await pilot.press("2")
-        table = app.query_one("#routes")
-        assert [r.value for r in table.rows] == ["api", "rest"]
+        table = app.query_one("#routes", Table)
+        assert table.keys == ["api", "rest"]
         assert table.get_row("api")[1] == "prefix /api, GET"
         assert table.get_row("api")[2] == "shop"
 
@@ -178,7 +179,7 @@ async def test_a_new_filter_rebuilds_the_events_view(backends):
     async with running(make_config(bs)) as (app, pilot):
         await pilot.press("d", "down", "d")
         await pilot.press("3", "slash", *"b1", "enter")
-        table = app.query_one("#events-table")
+        table = app.query_one("#events-table", Table)
         assert [table.get_row_at(i)[4] for i in range(table.row_count)] == ["b1"]
         assert "b0" not in str(app.query_one("#events").render())
         await pilot.press("slash", "escape")  # clears the filter: every event again
@@ -190,7 +191,7 @@ async def test_the_events_view_is_newest_first(backends):
     async with running(make_config(bs)) as (app, pilot):
         await pilot.press("d", "down", "d", "plus")
         await pilot.press("3")
-        table = app.query_one("#events-table")
+        table = app.query_one("#events-table", Table)
         actions = [(table.get_row_at(i)[3], table.get_row_at(i)[4]) for i in range(table.row_count)]
         assert actions == [("weight", "b1"), ("state", "b1"), ("state", "b0")]
 
@@ -221,7 +222,7 @@ async def test_health_shows_going_down_k_of_fall_and_the_detail_shows_the_checks
         bs, health={"path": "/healthz", "interval": "50ms", "timeout": "50ms", "rise": 2, "fall": 30}
     )
     async with running(config) as (app, pilot):
-        table = app.query_one("#backends")
+        table = app.query_one("#backends", Table)
         bs[1].healthy = False
 
         def shown() -> str:
@@ -358,7 +359,7 @@ async def test_every_key_under_load_fails_no_request(backends):
 async def test_j_and_k_move_the_cursor(backends):
     bs = [await backends(f"b{i}") for i in range(3)]
     async with running(make_config(bs)) as (app, pilot):
-        table = app.query_one("#backends")
+        table = app.query_one("#backends", Table)
         await pilot.press("j", "j")
         assert table.cursor_row == 2
         await pilot.press("k")
