@@ -23,6 +23,7 @@ HEADLESS = [
     "lbtui.demo.backends",
     "lbtui.demo.traffic",
     "lbtui.serve",
+    "lbtui.threaded",
     "lbtui.cli",
 ]
 
