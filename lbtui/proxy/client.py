@@ -52,10 +52,15 @@ PIPELINE_LIMIT = 64 * 1024
 PIPELINE_DEPTH = 16
 
 READY = AdminState.READY
+RETRY_AFTER = ((b"Retry-After", b"1"),)
 
 PAUSE_UPSTREAM = 1  # the upstream's write buffer is full
 PAUSE_PIPELINE = 2  # requests are queued behind the current one
 PAUSE_WAITING = 4  # body arrives before an upstream connection is ready
+
+
+class StopParsing(Exception):
+    """Raised in a parser callback to stop reading requests from a connection (see ClientConnection.refuse)."""
 
 
 class Exchange:
@@ -94,6 +99,9 @@ class Exchange:
     tunnel = False
     tunnel_pending: tuple[bytes, ...] = ()
     deadline = 0.0  # when the backend's response head is due (0: not waiting); the engine's tick checks
+    content_length = 0  # the request's Content-Length, when it has one
+    head_size = 0  # bytes of the header fields so far (names, values, ": " and CRLF)
+    refused: tuple[int, str] | None = None  # answered by the proxy at its turn: (status, why); see refuse()
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -110,11 +118,11 @@ class Exchange:
         headers = self.headers
         cached = client.head_cache
         if cached is not None and cached[0] == headers and not self.upgrade:
-            middle, has_request_id, self.req_framing = cached[1], cached[2], cached[3]
+            middle, has_request_id, self.req_framing, self.content_length = cached[1:]
         else:
             middle, has_request_id = self._filter_headers()
             if not self.upgrade:
-                client.head_cache = (headers, middle, has_request_id, self.req_framing)
+                client.head_cache = (headers, middle, has_request_id, self.req_framing, self.content_length)
         if has_request_id:
             self.upstream_request = b"".join(
                 (self.method, b" ", self.url, b" HTTP/1.1\r\n", middle, b"\r\n\r\n")
@@ -159,6 +167,7 @@ class Exchange:
                 continue
             if lname == b"content-length" and framing == NO_BODY and value != b"0":
                 framing = LENGTH
+                self.content_length = int(value)  # digits only: the parser refused anything else
             if lname in SET_BY_PROXY:
                 continue
             if lname == b"x-forwarded-for":
@@ -195,6 +204,9 @@ class Exchange:
 
     def request_body(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        if self.bytes_in > self.client.max_body:
+            self.client.refuse(self, 413, f"the request body is larger than {self.client.max_body} bytes")
+            return
         framed = chunk_frame(data) if self.req_framing == CHUNKED else [data]
         self._send_body(framed, len(data))
 
@@ -235,7 +247,11 @@ class Exchange:
 
     # -- dispatch ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        """This exchange's turn: choose a service and a backend."""
+        """This exchange's turn: choose a service and a backend (or answer the refusal of its request)."""
+        refused = self.refused
+        if refused is not None:
+            self.respond_error(*refused)
+            return
         router = self.client.engine.router
         service = router.single or router.route(self)
         if service is None:
@@ -562,7 +578,7 @@ class Exchange:
             self.close_after = True
         close = self.close_after or not self.keep_alive or self.client.engine.closing
         self.close_after = close
-        extra = ((b"Retry-After", b"1"),) if retry_after else ()
+        extra = RETRY_AFTER if retry_after else ()
         self.client.write(
             error_response(status, detail, close=close, head_only=self.method == b"HEAD", extra=extra)
         )
@@ -644,7 +660,13 @@ class ClientConnection(asyncio.Protocol):
         self.upgrading: Exchange | None = None  # an Upgrade request waiting for its 101
         self.last_request = False  # a request said `Connection: close` (or the parser failed): read no more
         # The last request's headers and what they became for the backend (see build_upstream_head).
-        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int] | None = None
+        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int, int] | None = None
+        limits = engine.config.limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.max_body = limits.max_body
+        self.head_started = 0.0  # when the first byte of a request head not yet complete arrived (0: none)
+        self.head_received = 0  # bytes received while in a request head (bounds what the parser holds)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -660,9 +682,18 @@ class ClientConnection(asyncio.Protocol):
                 pass
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         self.last_active = self.engine.now()
+        if len(self.engine.connections) >= self.engine.config.limits.max_connections:
+            # Over [limits] max_connections: say so and close, rather than take what we cannot serve.
+            self.closed = True
+            transport.write(error_response(503, "too many connections", close=True, extra=RETRY_AFTER))  # type: ignore[attr-defined]
+            transport.close()
+            self.engine.connections_refused += 1
+            return
         self.engine.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed and self not in self.engine.connections:
+            return  # refused at connection_made (over max_connections)
         self.closed = True
         self.engine.connection_closed(self)
         tunnel = self.tunnel_to
@@ -757,8 +788,17 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.last_request:
             return  # after `Connection: close` (or HTTP/1.0): nothing more is read as a request
+        parsing = self.parsing
+        if parsing is None or not parsing.method:  # in a request head (or about to start one)
+            if not self.head_started:
+                self.head_started = self.last_active  # [limits] header_timeout runs from here (the tick)
+            self.head_received += len(data)
         try:
             self.parser.feed_data(data)
+            if self.head_received > self.max_header_bytes:
+                self.head_too_large()
+        except StopParsing:
+            pass  # a request was refused (refuse): nothing more is read
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :]
             exchange = self.upgrading
@@ -768,6 +808,64 @@ class ClientConnection(asyncio.Protocol):
             if self.last_request:
                 return  # bytes after the last request of the connection: ignored, not an error
             self.bad_request(error)
+
+    def header_timeout(self) -> None:
+        """[limits] header_timeout passed before the request head was complete (slowloris): 408, close."""
+        self.engine.header_timeouts += 1
+        self.last_request = True
+        self.write(error_response(408, "the request head did not arrive in time", close=True))
+        self.close()
+
+    def body_timeout(self) -> None:
+        """The request's body stopped arriving for [limits] client_idle_timeout: 408 if nothing of the response
+        was sent yet, and close either way (its backend connection, holding half a body, is closed too)."""
+        self.last_request = True
+        current = self.current
+        if current is not None and not current.response_started and not current.done:
+            current.respond_error(408, "the request body stopped arriving")
+        else:
+            self.abort()
+
+    def head_too_large(self) -> None:
+        """A request head past [limits] max_header_bytes: 414 while in the request line, else 431."""
+        exchange = self.parsing
+        if exchange is None:  # bytes that never became a request line
+            exchange = self.parsing = Exchange(self)
+        if exchange.method:
+            return  # the head was complete after all (the bytes counted were body)
+        if exchange.headers:
+            self.refuse(
+                exchange, 431, f"the request's header fields are larger than {self.max_header_bytes} bytes"
+            )
+        else:
+            self.refuse(exchange, 414, f"the request line is longer than {self.max_header_bytes} bytes")
+
+    def refuse(self, exchange: Exchange, status: int, detail: str) -> None:
+        """Answer `exchange` with `status` at its turn and read nothing more from this connection.
+
+        Called while parsing (it ends by raising StopParsing, which data_received takes as the end of input):
+        nothing of a refused request reaches a backend, and none of its bytes are read as a next request.
+        """
+        self.last_request = True
+        exchange.keep_alive = False
+        if exchange.done:
+            raise StopParsing
+        if exchange is self.current:
+            if exchange.response_started:
+                exchange.close_after = True  # the backend answered already: cut the connection at the end
+            else:
+                exchange.respond_error(status, detail)
+        elif exchange.refused is None:
+            exchange.refused = (status, detail)
+            if exchange not in self.pending:  # refused before its head was complete: queue it now
+                self.parsing = None
+                exchange.started = self.last_active
+                if self.current is None:
+                    self.current = exchange
+                    exchange.start()
+                else:
+                    self.pending.append(exchange)
+        raise StopParsing
 
     def bad_request(self, error: Exception) -> None:
         """The client sent what is not HTTP/1.1: answer 400 (unless busy answering) and close."""
@@ -793,13 +891,27 @@ class ClientConnection(asyncio.Protocol):
         if exchange is None:
             self.parsing = exchange = Exchange(self)
             exchange.url = url
+            if not self.head_started:
+                self.head_started = self.last_active  # a pipelined request: its head began in this read
         else:
             exchange.url += url  # the URL can arrive in pieces
+        if len(exchange.url) > self.max_header_bytes:
+            self.refuse(exchange, 414, f"the request target is longer than {self.max_header_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
         if exchange is not None and not exchange.method:  # after the head (method known): trailers, dropped
-            exchange.headers.append((name, value))
+            headers = exchange.headers
+            headers.append((name, value))
+            size = exchange.head_size = exchange.head_size + len(name) + len(value) + 4
+            if size > self.max_header_bytes:
+                self.refuse(
+                    exchange,
+                    431,
+                    f"the request's header fields are larger than {self.max_header_bytes} bytes",
+                )
+            if len(headers) > self.max_headers:
+                self.refuse(exchange, 431, f"the request has more than {self.max_headers} header fields")
 
     def on_headers_complete(self) -> None:
         exchange = self.parsing
@@ -810,6 +922,10 @@ class ClientConnection(asyncio.Protocol):
         exchange.keep_alive = parser.should_keep_alive() and not self.engine.closing
         exchange.upgrade = parser.should_upgrade()
         exchange.build_upstream_head()  # also learns the body's framing, needed before its turn
+        self.head_started = 0.0
+        self.head_received = 0
+        if exchange.content_length > self.max_body:
+            self.refuse(exchange, 413, f"the request body is larger than {self.max_body} bytes")
         exchange.started = self.last_active  # when its bytes arrived: queueing behind others counts too
         if exchange.upgrade:
             exchange.keep_alive = False

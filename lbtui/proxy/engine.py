@@ -33,6 +33,31 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def files_for(max_connections: int) -> int:
+    """Open files a full house needs: each client connection and its upstream one, and some to spare."""
+    return 2 * max_connections + 256
+
+
+def raise_open_file_limit(max_connections: int) -> int:
+    """Raise the soft open-file limit toward what [limits] max_connections needs (as HAProxy does at start),
+    up to the hard limit; never lower it. Returns the soft limit now."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = files_for(max_connections)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 class Engine:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -44,6 +69,9 @@ class Engine:
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, tuple[str, int]] = {}
         self.closing = False
+        self.open_file_limit = -1  # the soft RLIMIT_NOFILE after start (-1: not known)
+        self.connections_refused = 0  # turned away over [limits] max_connections
+        self.header_timeouts = 0  # closed with a 408: the request head did not arrive in time
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._ticker: asyncio.Task[None] | None = None
@@ -77,6 +105,7 @@ class Engine:
 
     # -- start and stop -----------------------------------------------------------------------------------
     async def start(self) -> None:
+        self.open_file_limit = raise_open_file_limit(self.config.limits.max_connections)
         self._loop = asyncio.get_running_loop()
         self.now = self._loop.time
         for backend in self.balancer.backends.values():
@@ -146,13 +175,18 @@ class Engine:
         idle_deadline = now - limits.client_idle_timeout
         header_deadline = now - limits.header_timeout
         for conn in list(self.connections):
-            if conn.current is not None or conn.tunnel_to is not None:
+            if conn.tunnel_to is not None or conn.closed:
                 continue
-            if conn.parsing is None:
-                if conn.last_active < idle_deadline:
-                    conn.close()
-            elif conn.last_active < header_deadline and not conn.pending:
-                conn.close()
+            if conn.current is not None:
+                current = conn.current
+                stalled = not current.request_done and conn.parsing is current and not conn.paused
+                if stalled and conn.last_active < idle_deadline:
+                    conn.body_timeout()  # its request body stopped arriving: [limits] client_idle_timeout
+                continue
+            if conn.head_started and conn.head_started < header_deadline and not conn.pending:
+                conn.header_timeout()  # slowloris: the head did not arrive whole in time (408)
+            elif conn.parsing is None and not conn.head_started and conn.last_active < idle_deadline:
+                conn.close()  # idle between requests: closed quietly, as HAProxy and nginx do
 
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)

