@@ -33,6 +33,8 @@ from lbtui.proxy.http import (
     PLAIN_CONNECTION,
     SET_BY_PROXY,
     UNTIL_CLOSE,
+    VALID_HOST,
+    WELL_FORMED_VERSION,
     chunk_frame,
     connection_tokens,
     error_response,
@@ -121,7 +123,7 @@ class Exchange:
             middle, has_request_id, self.req_framing, self.content_length = cached[1:]
         else:
             middle, has_request_id = self._filter_headers()
-            if not self.upgrade:
+            if not self.upgrade and self.refused is None and self.version == "1.1":
                 client.head_cache = (headers, middle, has_request_id, self.req_framing, self.content_length)
         if has_request_id:
             self.upstream_request = b"".join(
@@ -155,6 +157,7 @@ class Exchange:
         upgrade_value = None
         connection = None
         framing = NO_BODY
+        hosts = 0
         for name, value in self.headers:
             lname = name.lower()
             if lname in dropped:
@@ -164,6 +167,12 @@ class Exchange:
                     connection = value if connection is None else connection + b"," + value
                 elif lname == b"transfer-encoding":
                     framing = CHUNKED
+                    if value.strip().lower() != b"chunked":  # the parser made sure chunked is last, and once
+                        coding = value.decode("latin-1")
+                        self.refused = (
+                            501,
+                            f"the transfer coding {coding!r} is not supported (only chunked)",
+                        )
                 continue
             if lname == b"content-length" and framing == NO_BODY and value != b"0":
                 framing = LENGTH
@@ -175,6 +184,11 @@ class Exchange:
                 continue
             if lname == b"host":
                 host = value
+                hosts += 1
+                if hosts > 1:
+                    self.refused = (400, "more than one Host header field")
+                elif VALID_HOST.fullmatch(value) is None:
+                    self.refused = (400, "the Host header field is not a valid host[:port]")
             elif lname == b"x-request-id":
                 request_id = value
             parts += (name, b": ", value, b"\r\n")
@@ -188,6 +202,11 @@ class Exchange:
                     for p in parts[i : i + 4]
                 ]
         self.req_framing = framing
+        if host is None:
+            if self.version == "1.1":
+                self.refused = (400, "an HTTP/1.1 request needs a Host header field")
+            else:  # HTTP/1.0 may leave it out; forwarded as HTTP/1.1, which must have one (empty: RFC 9112 3.2)
+                parts.append(b"Host: \r\n")
         peer = client.peer_host
         parts.append(b"X-Forwarded-For: ")
         parts.append(peer if forwarded_for is None else forwarded_for + b", " + peer)
@@ -786,9 +805,9 @@ class ClientConnection(asyncio.Protocol):
             # dropped with the connection if it refuses.
             upgrading.tunnel_pending = (*upgrading.tunnel_pending, data)
             return
-        if self.last_request:
-            return  # after `Connection: close` (or HTTP/1.0): nothing more is read as a request
         parsing = self.parsing
+        if self.last_request and parsing is None:
+            return  # after `Connection: close` (or HTTP/1.0): nothing more is read as a request (its body is)
         if parsing is None or not parsing.method:  # in a request head (or about to start one)
             if not self.head_started:
                 self.head_started = self.last_active  # [limits] header_timeout runs from here (the tick)
@@ -807,7 +826,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             if self.last_request:
                 return  # bytes after the last request of the connection: ignored, not an error
-            self.bad_request(error)
+            self.bad_request(error, data)
 
     def header_timeout(self) -> None:
         """[limits] header_timeout passed before the request head was complete (slowloris): 408, close."""
@@ -848,6 +867,9 @@ class ClientConnection(asyncio.Protocol):
         """
         self.last_request = True
         exchange.keep_alive = False
+        queued = exchange is self.current or exchange in self.pending
+        if exchange is self.parsing:
+            self.parsing = None  # the parser stops here: nothing more of this request is read either
         if exchange.done:
             raise StopParsing
         if exchange is self.current:
@@ -855,10 +877,10 @@ class ClientConnection(asyncio.Protocol):
                 exchange.close_after = True  # the backend answered already: cut the connection at the end
             else:
                 exchange.respond_error(status, detail)
-        elif exchange.refused is None:
-            exchange.refused = (status, detail)
-            if exchange not in self.pending:  # refused before its head was complete: queue it now
-                self.parsing = None
+        else:
+            if exchange.refused is None:
+                exchange.refused = (status, detail)
+            if not queued:  # refused before its head was complete: queue it now
                 exchange.started = self.last_active
                 if self.current is None:
                     self.current = exchange
@@ -867,23 +889,20 @@ class ClientConnection(asyncio.Protocol):
                     self.pending.append(exchange)
         raise StopParsing
 
-    def bad_request(self, error: Exception) -> None:
-        """The client sent what is not HTTP/1.1: answer 400 (unless busy answering) and close."""
-        self.pending.clear()
-        self.parsing = None
-        self.last_request = True  # the parser is in error: nothing after this is read
-        current = self.current
-        if current is None:
-            detail = str(error).split("\n")[0]
-            self.write(error_response(400, f"bad request: {detail}", close=True))
-            self.close()
-        elif not current.response_started:
-            # Broken in the middle of its body: the backend has part of it, so that connection is spoiled
-            # (request_done stays false, so it is closed, never pooled).
-            current.close_after = True
-            current.respond_error(400, f"bad request: {str(error).splitlines()[0]}")
-        else:
-            current.close_after = True
+    def bad_request(self, error: Exception, data: bytes = b"") -> None:
+        """The client sent what is not HTTP/1.1: the request it broke in is answered 400 at its turn (505 for a
+        well-formed version we do not serve), after the requests before it, and nothing more is read."""
+        detail = str(error).splitlines()[0] if str(error) else error.__class__.__name__
+        status = 400
+        if detail == "Invalid HTTP version" and WELL_FORMED_VERSION.search(data):
+            status, detail = 505, "this HTTP version is not supported (HTTP/1.1 is)"
+        exchange = self.parsing
+        if exchange is None:  # broken at the start of a new request
+            exchange = self.parsing = Exchange(self)
+        try:
+            self.refuse(exchange, status, f"bad request: {detail}")
+        except StopParsing:
+            pass
 
     # No on_message_begin callback (one Python call less per request): a request starts with its URL.
     def on_url(self, url: bytes) -> None:
@@ -897,6 +916,8 @@ class ClientConnection(asyncio.Protocol):
             exchange.url += url  # the URL can arrive in pieces
         if len(exchange.url) > self.max_header_bytes:
             self.refuse(exchange, 414, f"the request target is longer than {self.max_header_bytes} bytes")
+        if b"#" in url:
+            self.refuse(exchange, 400, "a request target has no fragment (#)")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
@@ -921,9 +942,15 @@ class ClientConnection(asyncio.Protocol):
         exchange.version = parser.get_http_version()
         exchange.keep_alive = parser.should_keep_alive() and not self.engine.closing
         exchange.upgrade = parser.should_upgrade()
+        if exchange.version != "1.1":
+            self.check_version(exchange)
+        if exchange.url[:1] != b"/":
+            self.origin_form(exchange)
         exchange.build_upstream_head()  # also learns the body's framing, needed before its turn
         self.head_started = 0.0
         self.head_received = 0
+        if exchange.refused is not None:
+            self.refuse(exchange, *exchange.refused)
         if exchange.content_length > self.max_body:
             self.refuse(exchange, 413, f"the request body is larger than {self.max_body} bytes")
         exchange.started = self.last_active  # when its bytes arrived: queueing behind others counts too
@@ -941,6 +968,33 @@ class ClientConnection(asyncio.Protocol):
             # too many wait, then stop reading until they are answered.
             if len(self.pending) >= PIPELINE_DEPTH:
                 self.pause_reading_for(PAUSE_PIPELINE)
+
+    def check_version(self, exchange: Exchange) -> None:
+        """HTTP/1.0 is served (as 1.1 to the backend); 0.9 is refused; 2.0 over this text protocol is 505."""
+        version = exchange.version
+        if version == "0.9":
+            self.refuse(exchange, 400, "HTTP/0.9 requests (no version) are not supported")
+        elif version != "1.0":
+            self.refuse(exchange, 505, f"HTTP/{version} is not supported here (HTTP/1.1 is)")
+
+    def origin_form(self, exchange: Exchange) -> None:
+        """A request target other than a path (RFC 9112 3.2): absolute-form becomes origin-form, its authority
+        the Host (3.2.2: the Host field is then ignored); `*` only for OPTIONS; anything else is refused."""
+        url = exchange.url
+        if url == b"*":
+            if exchange.method != b"OPTIONS":
+                self.refuse(exchange, 400, "the request target * is only for OPTIONS")
+            return
+        scheme, sep, rest = url.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            self.refuse(exchange, 400, "the request target is neither a path nor an absolute http(s) URL")
+        authority, slash, path = rest.partition(b"/")
+        authority, question, query = authority.partition(b"?")
+        if not authority or b"@" in authority or VALID_HOST.fullmatch(authority) is None:
+            self.refuse(exchange, 400, "the request target's authority is not a valid host[:port]")
+        exchange.url = b"/" + path + (b"?" + query if question else b"") if (slash or question) else b"/"
+        exchange.headers = [(n, v) for n, v in exchange.headers if n.lower() != b"host"]
+        exchange.headers.append((b"Host", authority))
 
     def on_body(self, body: bytes) -> None:
         exchange = self.parsing

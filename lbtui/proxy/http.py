@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http
 import os
+import re
 
 # RFC 9110 7.6.1 (and the ones RFC 2616 listed, which proxies still strip): meant for one connection only.
 HOP_BY_HOP = frozenset(
@@ -35,6 +36,11 @@ PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 # Request headers the proxy writes itself rather than passing on.
 SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+
+# RFC 9112 3.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ]; uri-host an IP literal or a reg-name (or IPv4).
+VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# A request line whose version is well formed (HTTP/digit.digit), to tell 505 from 400 when the parser refuses it.
+WELL_FORMED_VERSION = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
