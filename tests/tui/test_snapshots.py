@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 
 import pytest
+from textual.widgets import Input
 
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import (
@@ -192,7 +193,13 @@ def test_help_screen(snap_compare, app):
 
 
 def test_add_backend_form(snap_compare, app):
-    assert snap_compare(app, press=["a"], terminal_size=SIZE)
+    async def open_form(pilot) -> None:
+        await pilot.press("a")
+        await pilot.pause()
+        for field in pilot.app.screen.query(Input):
+            field.cursor_blink = False  # a blinking cursor makes the picture depend on the moment it is taken
+
+    assert snap_compare(app, run_before=open_form, terminal_size=SIZE)
 
 
 def test_confirm_dialog(snap_compare, app):
