@@ -126,6 +126,8 @@ class ListenerConfig:
     mode: str = "http"
     service: str | None = None
     tls: TLSConfig | None = None
+    # Networks (CIDR) whose X-Forwarded-For is believed; from anyone else it is dropped and replaced.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +154,17 @@ class TimeoutsConfig:
     connect: float = 2.0
     response: float = 30.0
     idle: float = 60.0
+    queue: float = 2.0  # how long a request waits for a backend under max_connections (default: connect)
 
 
 @dataclass(frozen=True, slots=True)
 class RetriesConfig:
     attempts: int = 2
     on: tuple[str, ...] = ("connect-failure", "reset", "gateway-error")
+    # Envoy's retry budget: retries under way at most this percent of the service's requests in flight,
+    # but always allow min_retry_concurrency of them.
+    budget_percent: float = 20.0
+    min_retry_concurrency: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +221,10 @@ class ServiceConfig:
     outlier: OutlierConfig | None = None
     slow_start: float = 0.0
     max_connections: int | None = None
+    max_queue: int = 100  # requests waiting for a backend under max_connections; beyond: 503 at once
     sticky: StickyConfig | None = None
     backup_group: str | None = None
+    panic_threshold: int = 0  # percent; under it healthy, balance over all ready backends (Envoy's panic)
     hash_key: str | None = None
     ramp: RampConfig = RampConfig()
 
@@ -1017,7 +1026,7 @@ class _Reader:
 # Sections
 
 TOP_KEYS: Final = ("listeners", "admin", "services", "routes", "consumers", "limits", "state")
-LISTENER_KEYS: Final = ("name", "bind", "mode", "service", "tls")
+LISTENER_KEYS: Final = ("name", "bind", "mode", "service", "tls", "trusted_proxies")
 TLS_KEYS: Final = ("cert", "key")
 ADMIN_KEYS: Final = ("bind", "token_env", "enabled")
 SERVICE_KEYS: Final = (
@@ -1030,15 +1039,17 @@ SERVICE_KEYS: Final = (
     "outlier",
     "slow_start",
     "max_connections",
+    "max_queue",
     "sticky",
     "backup_group",
+    "panic_threshold",
     "hash_key",
     "ramp",
 )
 BACKEND_KEYS: Final = ("name", "address", "group", "weight", "state")
 HEALTH_KEYS: Final = ("type", "path", "interval", "timeout", "rise", "fall", "expect_status")
-TIMEOUTS_KEYS: Final = ("connect", "response", "idle")
-RETRIES_KEYS: Final = ("attempts", "on")
+TIMEOUTS_KEYS: Final = ("connect", "response", "idle", "queue")
+RETRIES_KEYS: Final = ("attempts", "on", "budget_percent", "min_retry_concurrency")
 OUTLIER_KEYS: Final = (
     "consecutive_5xx",
     "consecutive_gateway_errors",
@@ -1126,6 +1137,7 @@ def _parse_listeners(ctx: _Context, root: _Reader) -> list[_Listener]:
             )
             service = None
         tls = _parse_tls(ctx, reader.table("tls", TLS_KEYS))
+        trusted = reader.array("trusted_proxies", _network) or ()
         if name in names:
             ctx.add(reader.key_path("name"), f"listener name {_q(name)} is already used at {names[name]}")
         else:
@@ -1138,7 +1150,9 @@ def _parse_listeners(ctx: _Context, root: _Reader) -> list[_Listener]:
                 )
             else:
                 binds[bind_key] = reader.path
-        config = ListenerConfig(name=name, host=host, port=port, mode=mode, service=service, tls=tls)
+        config = ListenerConfig(
+            name=name, host=host, port=port, mode=mode, service=service, tls=tls, trusted_proxies=trusted
+        )
         listeners.append(_Listener(config, reader.path, reader.key_path("service")))
     return listeners
 
@@ -1289,6 +1303,13 @@ def _parse_service(ctx: _Context, name: str, reader: _Reader, registry: _Registr
         )
 
     max_connections = reader.value("max_connections", _int_in(1))
+    max_queue = reader.get("max_queue", _int_in(0), 100)
+    if "max_queue" in reader and max_connections is None:
+        ctx.add(
+            reader.key_path("max_queue"),
+            "only used with max_connections",
+            "set max_connections (per backend); requests beyond it wait in this queue",
+        )
     return ServiceConfig(
         name=name,
         algorithm=algorithm,
@@ -1300,6 +1321,8 @@ def _parse_service(ctx: _Context, name: str, reader: _Reader, registry: _Registr
         outlier=_parse_outlier(ctx, reader.table("outlier", OUTLIER_KEYS)),
         slow_start=reader.get("slow_start", parse_duration, 0.0),
         max_connections=max_connections,
+        max_queue=max_queue,
+        panic_threshold=reader.get("panic_threshold", _int_in(0, 100), 0),
         sticky=_parse_sticky(reader.table("sticky", STICKY_KEYS)),
         backup_group=backup_group,
         hash_key=hash_key,
@@ -1385,10 +1408,12 @@ def _parse_timeouts(reader: _Reader | None) -> TimeoutsConfig:
     default = TimeoutsConfig()
     if reader is None:
         return default
+    connect = reader.get("connect", _positive_duration, default.connect)
     return TimeoutsConfig(
-        connect=reader.get("connect", _positive_duration, default.connect),
+        connect=connect,
         response=reader.get("response", _positive_duration, default.response),
         idle=reader.get("idle", _positive_duration, default.idle),
+        queue=reader.get("queue", _positive_duration, connect),  # HAProxy: timeout queue defaults to connect
     )
 
 
@@ -1400,6 +1425,8 @@ def _parse_retries(reader: _Reader | None) -> RetriesConfig:
     return RetriesConfig(
         attempts=reader.get("attempts", _int_in(0, 10), default.attempts),
         on=default.on if on is None else on,
+        budget_percent=reader.get("budget_percent", _percent, default.budget_percent),
+        min_retry_concurrency=reader.get("min_retry_concurrency", _int_in(0), default.min_retry_concurrency),
     )
 
 
@@ -1426,6 +1453,23 @@ def _parse_outlier(ctx: _Context, reader: _Reader | None) -> OutlierConfig | Non
         max_ejection=default.max_ejection if longest is None else longest,
         max_ejected_percent=reader.get("max_ejected_percent", _int_in(0, 100), default.max_ejected_percent),
     )
+
+
+def _percent(value: object) -> float:
+    number = _nonnegative_number(value)
+    if number > 100:
+        raise _Invalid(f"must be a percentage from 0 to 100, got {_describe(value)}")
+    return number
+
+
+def _network(value: object) -> str:
+    text = _string(value)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise _Invalid(
+            f"{_q(text)} is not an IP address or network", 'e.g. "127.0.0.1", "10.0.0.0/8" or "::1"'
+        ) from None
 
 
 def _parse_sticky(reader: _Reader | None) -> StickyConfig | None:

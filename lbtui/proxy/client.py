@@ -35,9 +35,11 @@ from lbtui.proxy.http import (
     UNTIL_CLOSE,
     VALID_HOST,
     WELL_FORMED_VERSION,
+    TrustedProxies,
     chunk_frame,
     connection_tokens,
     error_response,
+    normalize_target,
 )
 from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, UpstreamConnection
 
@@ -104,6 +106,7 @@ class Exchange:
     content_length = 0  # the request's Content-Length, when it has one
     head_size = 0  # bytes of the header fields so far (names, values, ": " and CRLF)
     refused: tuple[int, str] | None = None  # answered by the proxy at its turn: (status, why); see refuse()
+    client_addr = b""  # the client's address from a trusted proxy's X-Forwarded-For ("": the peer's)
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -125,6 +128,8 @@ class Exchange:
             middle, has_request_id = self._filter_headers()
             if not self.upgrade and self.refused is None and self.version == "1.1":
                 client.head_cache = (headers, middle, has_request_id, self.req_framing, self.content_length)
+        if client.trusted is not None:
+            self.client_addr = client.forwarded_client
         if has_request_id:
             self.upstream_request = b"".join(
                 (self.method, b" ", self.url, b" HTTP/1.1\r\n", middle, b"\r\n\r\n")
@@ -180,7 +185,9 @@ class Exchange:
             if lname in SET_BY_PROXY:
                 continue
             if lname == b"x-forwarded-for":
-                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+                # Believed only from a trusted proxy (listener trusted_proxies); anyone else's is dropped.
+                if client.trusted is not None:
+                    forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
                 continue
             if lname == b"host":
                 host = value
@@ -208,6 +215,8 @@ class Exchange:
             else:  # HTTP/1.0 may leave it out; forwarded as HTTP/1.1, which must have one (empty: RFC 9112 3.2)
                 parts.append(b"Host: \r\n")
         peer = client.peer_host
+        if client.trusted is not None:
+            client.forwarded_client = client.trusted.client_address(forwarded_for, peer)
         parts.append(b"X-Forwarded-For: ")
         parts.append(peer if forwarded_for is None else forwarded_for + b", " + peer)
         parts.append(client.forwarded_proto)
@@ -284,7 +293,7 @@ class Exchange:
         assert service is not None
         kind = service.algorithm_name
         if kind == "ip_hash":
-            return self.client.peer_host
+            return self.client_addr or self.client.peer_host
         if kind != "consistent_hash":
             return None
         spec = service.config.hash_key or "path"
@@ -614,7 +623,7 @@ class Exchange:
         self.client.engine.access_log.append(
             (
                 now,
-                self.client.peer_host,
+                self.client_addr or self.client.peer_host,
                 self.method,
                 self.url,
                 self.status,
@@ -670,6 +679,9 @@ class ClientConnection(asyncio.Protocol):
         self.current: Exchange | None = None
         self.pending: deque[Exchange] = deque()
         self.peer_host = b""
+        # Set when the peer is one of the listener's trusted_proxies: then its X-Forwarded-For is believed.
+        self.trusted: TrustedProxies | None = None
+        self.forwarded_client = b""  # the client address that X-Forwarded-For gives (trusted peers only)
         self.paused = 0
         self.write_paused = False
         self.closed = False
@@ -693,6 +705,9 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_host = str(peer[0]).encode()
+            trusted = self.engine.trusted_proxies.get(self.listener.name)
+            if trusted is not None and trusted.trusts(self.peer_host):
+                self.trusted = trusted
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -944,8 +959,16 @@ class ClientConnection(asyncio.Protocol):
         exchange.upgrade = parser.should_upgrade()
         if exchange.version != "1.1":
             self.check_version(exchange)
-        if exchange.url[:1] != b"/":
+        url = exchange.url
+        if url[:1] != b"/":
             self.origin_form(exchange)
+            url = exchange.url
+        if b"%" in url or b"/." in url or b"//" in url:  # http.needs_normalizing, inlined
+            normal = normalize_target(url)
+            if normal is None:
+                self.refuse(exchange, 400, "the request target has a broken %-encoding")
+            else:
+                exchange.url = normal
         exchange.build_upstream_head()  # also learns the body's framing, needed before its turn
         self.head_started = 0.0
         self.head_received = 0

@@ -18,7 +18,7 @@ from lbtui.core.model import AdminState, Backend, ListenerView
 from lbtui.gateway.routing import Router
 from lbtui.proxy.client import ClientConnection
 from lbtui.proxy.health import HealthChecker
-from lbtui.proxy.http import RequestIds
+from lbtui.proxy.http import RequestIds, TrustedProxies
 from lbtui.proxy.upstream import Pool
 
 if TYPE_CHECKING:
@@ -65,6 +65,11 @@ class Engine:
         self.controller = InProcessController(self.balancer)
         self.router = Router(config.routes, self.balancer.services)
         self.request_ids = RequestIds()
+        self.trusted_proxies = {
+            listener.name: TrustedProxies(listener.trusted_proxies)
+            for listener in config.listeners
+            if listener.trusted_proxies
+        }
         self.connections: set[ClientConnection] = set()
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, tuple[str, int]] = {}

@@ -6,8 +6,10 @@ Headers are never forwarded as raw bytes: the parser hands us names and values, 
 from __future__ import annotations
 
 import http
+import ipaddress
 import os
 import re
+from collections.abc import Iterable
 
 # RFC 9110 7.6.1 (and the ones RFC 2616 listed, which proxies still strip): meant for one connection only.
 HOP_BY_HOP = frozenset(
@@ -42,6 +44,10 @@ VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(
 # A request line whose version is well formed (HTTP/digit.digit), to tell 505 from 400 when the parser refuses it.
 WELL_FORMED_VERSION = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
 
+# RFC 3986 2.3: characters whose percent-encoding means the same as the character itself.
+UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset(b"0123456789ABCDEFabcdef")
+
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Body framings, for both directions.
@@ -67,6 +73,64 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
         if len(STATUS_LINES) < 4096:
             STATUS_LINES[key] = line
     return line
+
+
+def needs_normalizing(url: bytes) -> bool:
+    """Whether a request target may change under normalize_target (cheap: a few substring searches)."""
+    return b"%" in url or b"/." in url or b"//" in url
+
+
+def normalize_target(url: bytes) -> bytes | None:
+    """The request target with its path normalised (RFC 3986 6.2.2), or None if its %-encoding is broken.
+
+    Percent-encoded unreserved characters are decoded (`%2e` is `.`, `%41` is `A`), other escapes are kept
+    with upper-case hex; `//` becomes `/`; `.` and `..` segments are removed (`..` never climbs above `/`).
+    An encoded slash (`%2F`) or backslash stays encoded: it is part of a segment, never a separator, for
+    routing and for the backend alike. The query is left as it is. Routing, policies, hashing and the
+    request sent upstream all use the result, so they cannot disagree about which path was asked for.
+    """
+    path, question, query = url.partition(b"?")
+    if b"%" in path:
+        out = bytearray()
+        i = 0
+        n = len(path)
+        while i < n:
+            c = path[i]
+            if c != 0x25:  # %
+                out.append(c)
+                i += 1
+                continue
+            if i + 3 > n:
+                return None
+            h1, h2 = path[i + 1], path[i + 2]
+            if h1 not in _HEX or h2 not in _HEX:
+                return None
+            byte = int(path[i + 1 : i + 3], 16)
+            if byte in UNRESERVED:
+                out.append(byte)
+            else:
+                out += b"%" + path[i + 1 : i + 3].upper()
+            i += 3
+        path = bytes(out)
+    while b"//" in path:
+        path = path.replace(b"//", b"/")
+    if b"/." in path:
+        segments = path.split(b"/")[1:]
+        kept: list[bytes] = []
+        last = len(segments) - 1
+        for index, segment in enumerate(segments):
+            if segment == b".":
+                pass
+            elif segment == b"..":
+                if kept:
+                    kept.pop()
+            else:
+                kept.append(segment)
+                continue
+            if index == last:
+                kept.append(b"")  # "/a/." and "/a/b/.." end in a slash: "/a/"
+        path = b"/" + b"/".join(kept)
+    return path + question + query
 
 
 def connection_tokens(value: bytes) -> set[bytes]:
@@ -104,6 +168,42 @@ def error_response(
     if not head_only:
         parts.append(body)
     return b"".join(parts)
+
+
+class TrustedProxies:
+    """A listener's trusted_proxies: whose X-Forwarded-For is believed, and which client address it gives.
+
+    As in nginx's real_ip_recursive and Traefik's forwardedHeaders.trustedIPs: the client is the right-most
+    address of the chain (X-Forwarded-For, then the peer) that is not a trusted proxy itself.
+    """
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(n) for n in networks)
+        self._seen: dict[bytes, bool] = {}
+
+    def trusts(self, address: bytes) -> bool:
+        known = self._seen.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address.decode("ascii").strip())
+            except (ValueError, UnicodeDecodeError):
+                known = False
+            else:
+                if ip.version == 6 and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                known = any(ip in network for network in self.networks)
+            if len(self._seen) < 4096:
+                self._seen[address] = known
+        return known
+
+    def client_address(self, forwarded_for: bytes | None, peer: bytes) -> bytes:
+        if not forwarded_for:
+            return peer
+        chain = [a.strip() for a in forwarded_for.split(b",")]
+        for address in reversed(chain):
+            if address and not self.trusts(address):
+                return address
+        return chain[0] or peer
 
 
 class RequestIds:
