@@ -2,8 +2,8 @@
 
 The config schema (ARCHITECTURE section 5) is ahead of the engine. A key that would leave a user unprotected
 if it were silently ignored (TLS, authentication, rate limits, CORS, aggregation, routes that rewrite) makes
-the engine refuse to start; a key that only tunes behaviour not built yet (outlier detection, slow start,
-stickiness, the admin API, persisted state) is reported as a warning.
+the engine refuse to start; a key that only tunes behaviour not built yet (stickiness, the admin API,
+persisted state) is reported as a warning.
 """
 
 from __future__ import annotations
@@ -61,10 +61,6 @@ def ignored(config: Config) -> list[Unsupported]:
     out: list[Unsupported] = []
     for service in config.services:
         base = f"services.{service.name}"
-        if service.outlier is not None:
-            out.append(Unsupported(f"{base}.outlier", f"outlier detection is {LATER}"))
-        if service.slow_start:
-            out.append(Unsupported(f"{base}.slow_start", f"slow start is {LATER}"))
         if service.sticky is not None:
             out.append(Unsupported(f"{base}.sticky", f"sticky sessions are {LATER}"))
     if config.admin.enabled:

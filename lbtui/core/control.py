@@ -16,11 +16,12 @@ from typing import Any
 
 from lbtui.config import ALGORITHMS, ConfigError, parse_backend
 from lbtui.core.balancer import REMOVE_DEADLINE, Balancer
-from lbtui.core.health import HealthState, next_state, remember
+from lbtui.core.health import HealthState, ejection_time, may_eject, next_state, remember, slow_share
 from lbtui.core.model import (
     AdminState,
     Backend,
     CheckView,
+    Health,
     RequestView,
     Service,
     Snapshot,
@@ -136,6 +137,10 @@ class InProcessController(Controller):
         self.listeners: list[Callable[[Event], None]] = []
         balancer.on_tick_change.append(self._on_tick_change)
         balancer.on_tick.append(self._tick_ramps)
+        balancer.on_tick.append(self._tick_health)
+        for backend in balancer.backends.values():
+            backend.on_outlier = self._outlier
+        self._panic: dict[str, bool] = {}  # the panic mode last audited, per service
 
     # -- helpers -------------------------------------------------------------------------------------
     def _backend(self, name: str) -> Backend:
@@ -191,10 +196,88 @@ class InProcessController(Controller):
         if after == before:
             return None
         b.health, b.health_count, b.health_of = after.health, after.count, after.of
+        if after.health is Health.UP and before.health in (Health.DOWN, Health.GOING_UP):
+            self._slow_start(b, service)
         service.changed()
         return self.record(
             "health", "health", b.name, before.label, f"{after.label} ({check.detail})", undoable=False
         )
+
+    # -- passive health: outlier ejection and slow start ------------------------------------------------
+    def _outlier(self, b: Backend, reason: str) -> None:
+        """A backend's run of failures reached its limit (called by the data plane, mid-request)."""
+        service = self.balancer.services.get(b.service)
+        limits = b.outlier
+        if service is None or limits is None or b.health is Health.EJECTED:
+            return
+        b.fails_5xx = b.fails_gateway = b.fails_connect = 0  # a run that may not eject starts over
+        ejected = sum(1 for x in service.backends if x.health is Health.EJECTED)
+        if not may_eject(len(service.backends), ejected, limits.max_ejected_percent):
+            return
+        now = self.balancer.clock()
+        b.ejections += 1
+        seconds = ejection_time(limits.base_ejection, limits.max_ejection, b.ejections)
+        before = HealthState(b.health, b.health_count, b.health_of).label
+        b.health, b.health_count, b.health_of = Health.EJECTED, 0, 0
+        b.ejected_until = now + seconds
+        b.slow_since, b.slow_share = 0.0, 1.0
+        service.changed()
+        self.record(
+            "outlier", "health", b.name, before, f"ejected for {seconds:g}s ({reason})", undoable=False
+        )
+
+    def _slow_start(self, b: Backend, service: Service) -> None:
+        period = service.config.slow_start
+        if period > 0:
+            b.slow_since = self.balancer.clock()
+            b.slow_share = slow_share(0.0, period)
+            service.changed()
+
+    def _tick_health(self, now: float) -> None:
+        """End ejections that are over, let the ejection count decay, move slow starts on, audit panic."""
+        for s in self.balancer.services.values():
+            period = s.config.slow_start
+            limits = s.config.outlier
+            for b in s.backends:
+                if b.ejected_until and now >= b.ejected_until:
+                    b.ejected_until = 0.0
+                    b.ejection_ended = now
+                    if b.health is Health.EJECTED:
+                        b.health = Health.UP
+                        s.changed()
+                        self.record(
+                            "outlier", "health", b.name, "ejected", "up (ejection over)", undoable=False
+                        )
+                        self._slow_start(b, s)
+                elif (
+                    b.ejections
+                    and limits is not None
+                    and b.health is not Health.EJECTED
+                    and now - b.ejection_ended >= limits.base_ejection
+                ):
+                    b.ejections -= 1  # a quiet base_ejection: the next ejection is one step shorter
+                    b.ejection_ended = now
+                if b.slow_since:
+                    share = slow_share(now - b.slow_since, period)
+                    b.slow_share = share
+                    if share >= 1.0:
+                        b.slow_since = 0.0
+                        s.changed()
+            if s.config.panic_threshold:
+                s.eligible_now()
+                if s.panic != self._panic.get(s.name, False):
+                    self._panic[s.name] = s.panic
+                    self.record(
+                        "engine",
+                        "panic",
+                        s.name,
+                        "off" if s.panic else "on",
+                        "on" if s.panic else "off",
+                        undoable=False,
+                        note=f"under {s.config.panic_threshold}% healthy: every ready backend takes traffic"
+                        if s.panic
+                        else "enough healthy again",
+                    )
 
     # -- the interface -------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -213,6 +296,8 @@ class InProcessController(Controller):
             raise ControlError(f"backend {backend!r} is being removed")
         before = b.admin_state.value
         self.balancer.set_admin_state(b, new)
+        if before == AdminState.MAINT.value and new is AdminState.READY:
+            self._slow_start(b, self.balancer.service_of(b))  # back from maintenance, as in HAProxy
         return self.record(actor, "state", backend, before, new.value)
 
     def drain_then_maint(self, backend: str, actor: str = "api") -> Event:
@@ -253,8 +338,10 @@ class InProcessController(Controller):
         if config.name in self.balancer.backends:
             raise ControlError(f"a backend named {config.name!r} exists already")
         backend = Backend(config, s.name, self.balancer.clock())
-        s.backends.append(backend)
+        s.adopt(backend)
+        backend.on_outlier = self._outlier
         self.balancer.backends[backend.name] = backend
+        self._slow_start(backend, s)
         s.changed()
         for callback in self.balancer.on_backend_added:
             callback(backend)

@@ -14,6 +14,20 @@ Invariants:
 - A backend keeps the last HISTORY check results (CheckView, newest last), whatever their outcome.
 - Nothing here touches a Backend: the Controller applies a new state (InProcessController.health_check),
   bumps the service's version, and records the change in the audit log.
+
+Passive outlier detection (Envoy's), with the service's `outlier` limits:
+- The data plane counts each backend's consecutive failures (model.Backend.observe): 5xx (a request that got
+  no response counts as one), gateway errors (502, 503, 504 or no response) and connect failures; any other
+  response ends every run. A run that reaches its limit ejects the backend: health `ejected`, no traffic.
+- An ejection lasts base_ejection x the times it was ejected lately, capped at max_ejection; the count drops
+  by one for every base_ejection it then stays in. It ends on its own (health `up`, then slow start).
+- Never more than max_ejected_percent of a service's backends are ejected at once (rounded down: with 50%
+  one of two may go, the only one of one never does); a run that would pass it starts over.
+
+Slow start (HAProxy's `slowstart`, Envoy's slow_start_config): a backend that comes back (a health check
+brings it up, an ejection ends, it leaves maint, or it is added at runtime) takes a share of its traffic
+that grows linearly from SLOW_START_FLOOR to all of it over the service's `slow_start`. Service.pick keeps a
+pick of it with the chance of its share; hashing algorithms are left alone (a share would move keys).
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from typing import Final, NamedTuple
 from lbtui.core.model import CheckView, Health
 
 HISTORY: Final = 20
+SLOW_START_FLOOR: Final = 0.02  # the share a backend starts its slow start with
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +93,20 @@ def remember(history: tuple[CheckView, ...], check: CheckView, limit: int = HIST
     """The history with `check` appended, keeping the newest `limit`."""
     kept = history if len(history) < limit else history[len(history) - limit + 1 :]
     return (*kept, check)
+
+
+def ejection_time(base: float, longest: float, times: int) -> float:
+    """How long the `times`-th ejection in a row lasts: base x times, capped."""
+    return min(base * max(1, times), longest)
+
+
+def may_eject(backends: int, ejected: int, max_percent: int) -> bool:
+    """Whether one more of `backends` may be ejected with `ejected` out already."""
+    return (ejected + 1) * 100 <= max_percent * backends
+
+
+def slow_share(elapsed: float, period: float) -> float:
+    """The share of its traffic a backend takes `elapsed` seconds into a slow start of `period`."""
+    if period <= 0 or elapsed >= period:
+        return 1.0
+    return max(SLOW_START_FLOOR, elapsed / period)

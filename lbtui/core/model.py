@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbtui.config import BackendConfig, ServiceConfig
+from lbtui.config import BackendConfig, OutlierConfig, ServiceConfig
 from lbtui.core.algorithms import DEFAULT_EWMA_TAU as EWMA_TAU
 from lbtui.core.algorithms import Algorithm, ewma_decay, make_algorithm
 from lbtui.core.stats import SlidingWindow, WindowView, merge_views
@@ -59,6 +59,12 @@ class Backend:
         "checks",
         "connect_failures",
         "drain_since",
+        "ejected_until",
+        "ejection_ended",
+        "ejections",
+        "fails_5xx",
+        "fails_connect",
+        "fails_gateway",
         "group",
         "health",
         "health_count",
@@ -67,11 +73,15 @@ class Backend:
         "in_flight",
         "maint_when_drained",
         "name",
+        "on_outlier",
+        "outlier",
         "pool",
         "port",
         "remove_deadline",
         "requests",
         "service",
+        "slow_share",
+        "slow_since",
         "status_classes",
         "weight",
         "window",
@@ -102,6 +112,19 @@ class Backend:
         self.remove_deadline: float | None = None  # set while being removed (draining first)
         self.maint_when_drained = False  # "drain then maint": maint on its own once in-flight is 0
         self.pool: Any = None  # the data plane's connection pool for this backend (opaque to the core)
+        # Passive outlier detection (lbtui.core.health.Outliers): the service's limits, consecutive failures
+        # of each kind, and the Controller's callback for a run that reaches a limit.
+        self.outlier: OutlierConfig | None = None
+        self.on_outlier: Any = None  # Callable[[Backend, str], None]
+        self.fails_5xx = 0
+        self.fails_gateway = 0
+        self.fails_connect = 0
+        self.ejections = 0  # times ejected lately (each makes the next ejection longer; decays)
+        self.ejected_until = 0.0  # when the ejection under way ends (0: not ejected)
+        self.ejection_ended = 0.0  # when the last ejection ended, or the count last decayed
+        # Slow start: the share of its normal traffic a recovered backend takes now (1.0: all of it).
+        self.slow_share = 1.0
+        self.slow_since = 0.0  # when its slow start began (0: not in slow start)
 
     @property
     def address(self) -> str:
@@ -119,7 +142,13 @@ class Backend:
         self.requests += 1
         self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
         self.bytes_out += bytes_out
-        self.window.record(latency, status >= 500 or status == 0, now)
+        failed = status >= 500 or status == 0
+        self.window.record(latency, failed, now)
+        if self.outlier is not None:
+            if failed:
+                self._outlier_failure(status)
+            else:
+                self.fails_5xx = self.fails_gateway = self.fails_connect = 0
         # Peak-EWMA (algorithms.ewma_update, inlined: once per request): a slower sample is taken at once.
         ewma = self._ewma
         if latency >= ewma:
@@ -128,6 +157,34 @@ class Backend:
             w = _exp((self._ewma_time - now) / EWMA_TAU)
             self._ewma = ewma * w + latency * (1.0 - w)
         self._ewma_time = now
+
+    def _outlier_failure(self, status: int) -> None:
+        """One more failure in a row (status 0: none came; 502-504 or 0: a gateway error, as Envoy counts)."""
+        limits = self.outlier
+        assert limits is not None
+        self.fails_5xx += 1
+        if status == 0 or 502 <= status <= 504:
+            self.fails_gateway += 1
+        else:
+            self.fails_gateway = 0
+        if self.fails_5xx >= limits.consecutive_5xx:
+            self._outlier(f"{self.fails_5xx} consecutive 5xx")
+        elif self.fails_gateway >= limits.consecutive_gateway_errors:
+            self._outlier(f"{self.fails_gateway} consecutive gateway errors")
+
+    def connect_failed(self) -> None:
+        """A connection to it failed (refused, timed out): counted, and for outlier detection."""
+        self.connect_failures += 1
+        limits = self.outlier
+        if limits is not None:
+            self.fails_connect += 1
+            if self.fails_connect >= limits.consecutive_connect_failures:
+                self._outlier(f"{self.fails_connect} consecutive connect failures")
+
+    def _outlier(self, reason: str) -> None:
+        callback = self.on_outlier
+        if callback is not None and self.health is not Health.EJECTED:
+            callback(self, reason)
 
     def config(self) -> BackendConfig:
         return BackendConfig(
@@ -149,7 +206,9 @@ class Service:
         self.algorithm_name = config.algorithm
         self.hashing = config.algorithm in HASHING  # the data plane computes a hash key only then
         self.response_timeout = config.timeouts.response
-        self.backends: list[Backend] = [Backend(b, config.name, now) for b in config.backends]
+        self.backends: list[Backend] = []
+        for b in config.backends:
+            self.adopt(Backend(b, config.name, now))
         self.split: dict[str, int] | None = dict(config.split) if config.split else None
         self.backup_group = config.backup_group
         self.version = 0
@@ -160,11 +219,26 @@ class Service:
         self._all_eligible: tuple[Backend, ...] = ()  # every eligible backend outside the backup group
         self._eligible_version = -1
         self._group_current: dict[str, int] = {}
+        self._slow = False  # an eligible backend is in slow start: picks of it are thinned (see pick)
+        self.panic = False  # too few healthy (panic_threshold): every ready backend takes traffic
+        self.retries_in_flight = 0  # exchanges of this service retrying now (the retry budget)
+        self.retries = 0  # requests sent again to another backend
+        self.retries_refused = 0  # retries the budget did not allow
+        self.queue: Any = (
+            None  # exchanges waiting for a backend under max_connections (the data plane's deque)
+        )
+        self.queued = 0  # requests that waited in the queue
+        self.queue_full = 0  # requests answered 503 at once because the queue was full
         self.ramp: Any = (
             None  # the canary ramp under way or last run (lbtui.core.ramp.Ramp), owned by the Controller
         )
 
     # -- changes (called by the Controller only) -------------------------------------------------------
+    def adopt(self, backend: Backend) -> None:
+        """Take in a backend (at start, or added at runtime) with the service's outlier limits."""
+        backend.outlier = self.config.outlier
+        self.backends.append(backend)
+
     def changed(self) -> None:
         self.version += 1
 
@@ -184,10 +258,24 @@ class Service:
     # -- selection (hot path) --------------------------------------------------------------------------
     def _refresh(self) -> dict[str, tuple[Backend, ...]]:
         by_group: dict[str, list[Backend]] = {}
+        ready = 0
+        serving = 0
         for b in self.backends:
-            if b.serving:
-                by_group.setdefault(b.group, []).append(b)
+            if b.admin_state is AdminState.READY and b.weight > 0:
+                ready += 1
+                if b.health in SERVING_HEALTH:
+                    serving += 1
+                    by_group.setdefault(b.group, []).append(b)
+        threshold = self.config.panic_threshold
+        self.panic = bool(threshold and ready and serving * 100 < threshold * ready)
+        if self.panic:
+            # Envoy's panic mode: with too few healthy, health is not believed; every ready backend serves.
+            by_group = {}
+            for b in self.backends:
+                if b.admin_state is AdminState.READY and b.weight > 0:
+                    by_group.setdefault(b.group, []).append(b)
         self._eligible = {g: tuple(bs) for g, bs in by_group.items()}
+        self._slow = any(b.slow_since for bs in by_group.values() for b in bs)
         self._all_eligible = tuple(
             b for g, bs in self._eligible.items() if g != self.backup_group for b in bs
         )
@@ -230,7 +318,13 @@ class Service:
         eligible = self._eligible if self._eligible_version == self.version else self._refresh()
         if not eligible:
             return None
-        if not exclude and not self.split and self._all_eligible and self.config.max_connections is None:
+        if (
+            not exclude
+            and not self.split
+            and self._all_eligible
+            and self.config.max_connections is None
+            and not self._slow
+        ):
             # The common case: no split, nothing to exclude, no limit: one pool of every eligible backend.
             algorithm = self._algorithms.get("*")
             if algorithm is None:
@@ -267,7 +361,28 @@ class Service:
         if algorithm is None:
             algorithm = self._algorithms[pool] = make_algorithm(self.algorithm_name)
         picked: Backend | None = algorithm.pick(candidates, version, key, self.rng)
+        if (
+            picked is not None
+            and picked.slow_share < 1.0
+            and not self.hashing
+            and self.rng.random() >= picked.slow_share
+        ):
+            # Slow start: a recovering backend keeps a pick with the chance of its share; otherwise the
+            # request goes to whoever the algorithm picks among the others (it keeps the pick if none).
+            other = self.pick(key, (*exclude, picked))
+            if other is not None:
+                return other
         return picked
+
+    def has_eligible(self, exclude: Sequence[Backend] = ()) -> bool:
+        """Whether a backend not in `exclude` could take traffic, were it not at max_connections."""
+        eligible = self._eligible if self._eligible_version == self.version else self._refresh()
+        return any(b not in exclude for bs in eligible.values() for b in bs)
+
+    def eligible_now(self) -> int:
+        """How many backends take traffic now (refreshing what pick caches; also sets `panic`)."""
+        eligible = self._eligible if self._eligible_version == self.version else self._refresh()
+        return sum(len(bs) for bs in eligible.values())
 
 
 # -- snapshot ----------------------------------------------------------------------------------------------
@@ -306,11 +421,19 @@ class BackendView:
     health_of: int = 0  # the rise or fall that health_count counts toward; 0 when not going up or down
     checks: tuple[CheckView, ...] = ()  # recent active checks, newest last
     checked: bool = False  # whether the service has active health checks
+    ejected_left: float | None = None  # seconds until an outlier ejection ends
+    slow_share: float | None = None  # the share of its traffic it takes while in slow start (0-1)
 
     @property
     def health_label(self) -> str:
-        """`up`, `down`, or `going_down 1/3` while on the way."""
-        return f"{self.health} {self.health_count}/{self.health_of}" if self.health_of else self.health
+        """`up`, `down`, `going_down 1/3` while on the way, `ejected 25s`, `up slow 40%`."""
+        if self.health_of:
+            return f"{self.health} {self.health_count}/{self.health_of}"
+        if self.ejected_left is not None:
+            return f"{self.health} {math.ceil(self.ejected_left)}s"
+        if self.slow_share is not None:
+            return f"{self.health} slow {int(self.slow_share * 100)}%"
+        return self.health
 
     @property
     def rps(self) -> float:
@@ -366,6 +489,12 @@ class ServiceView:
     unrouted: int
     window: WindowView
     ramp: RampView | None = None
+    panic: bool = False  # too few healthy backends: every ready one takes traffic (panic_threshold)
+    retries: int = 0  # requests sent again to another backend
+    retries_refused: int = 0  # retries the retry budget did not allow
+    queued: int = 0  # requests that waited for a backend under max_connections
+    queue_length: int = 0  # waiting now
+    queue_full: int = 0  # answered 503 at once: the queue was full
 
     @property
     def requests(self) -> int:
@@ -439,6 +568,8 @@ def backend_view(b: Backend, now: float, checked: bool = False) -> BackendView:
         health_of=b.health_of,
         checks=b.checks,
         checked=checked,
+        ejected_left=max(0.0, b.ejected_until - now) if b.ejected_until else None,
+        slow_share=b.slow_share if b.slow_since else None,
     )
 
 
@@ -455,4 +586,10 @@ def service_view(s: Service, now: float) -> ServiceView:
         unrouted=s.unrouted,
         window=merge_views([b.window for b in backends]),
         ramp=s.ramp.view(now) if s.ramp is not None else None,
+        panic=s.panic,
+        retries=s.retries,
+        retries_refused=s.retries_refused,
+        queued=s.queued,
+        queue_length=len(s.queue) if s.queue else 0,
+        queue_full=s.queue_full,
     )

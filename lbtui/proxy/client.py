@@ -107,6 +107,8 @@ class Exchange:
     head_size = 0  # bytes of the header fields so far (names, values, ": " and CRLF)
     refused: tuple[int, str] | None = None  # answered by the proxy at its turn: (status, why); see refuse()
     client_addr = b""  # the client's address from a trusted proxy's X-Forwarded-For ("": the peer's)
+    retrying = False  # counted in its service's retries_in_flight (the retry budget)
+    queue_deadline = 0.0  # waiting in its service's queue (max_connections) until then; 0: not waiting
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -328,6 +330,9 @@ class Exchange:
         assert service is not None
         backend = same_backend or service.pick(self.hash_key() if service.hashing else None, self.tried)
         if backend is None:
+            if service.config.max_connections is not None and service.has_eligible(self.tried):
+                self._wait_for_room(service)  # every backend that could take it is at max_connections
+                return
             service.unrouted += 1
             if self.tried:
                 self.respond_error(503, "no backend could take the request", retry_after=True)
@@ -350,6 +355,34 @@ class Exchange:
                     self.attach(conn, reused=True)
                     return
         pool.connect(self)
+
+    def _wait_for_room(self, service: Service) -> None:
+        """Queue for a backend under max_connections (HAProxy's server queue); 503 at once when it is full."""
+        queue = service.queue
+        if queue is None:
+            queue = service.queue = deque()
+        if self.queue_deadline:  # it was waiting already and still finds no room: back to the head
+            queue.appendleft(self)
+            return
+        if len(queue) >= service.config.max_queue:
+            for waiting in [w for w in queue if w.done]:
+                queue.remove(waiting)  # clients that went away while waiting
+        if len(queue) >= service.config.max_queue:
+            service.queue_full += 1
+            service.unrouted += 1
+            self.respond_error(503, "every backend is at max_connections and the queue is full", True)
+            return
+        queue.append(self)
+        service.queued += 1
+        self.queue_deadline = self.client.engine.now() + service.config.timeouts.queue
+
+    def queue_expired(self) -> None:
+        """Waited in the queue for timeouts.queue: 503, as HAProxy answers a `timeout queue`."""
+        self.queue_deadline = 0.0
+        service = self.service
+        if service is not None:
+            service.unrouted += 1
+        self.respond_error(503, "no backend had room in time (max_connections)", retry_after=True)
 
     def service_config_timeouts(self) -> TimeoutsConfig:
         assert self.service is not None
@@ -392,7 +425,7 @@ class Exchange:
     def connect_failed(self, backend: Backend, reason: str) -> None:
         if self.done or self.backend is not backend:
             return
-        backend.connect_failures += 1
+        backend.connect_failed()
         self._attempt_failed(CONNECT_FAILURE, reason)
 
     def expire(self) -> None:
@@ -431,12 +464,14 @@ class Exchange:
             self.client.abort()
             self._finish()
             return
+        service = self.service
+        assert service is not None
         if backend is not None:
             backend.in_flight -= 1
             backend.observe(0, self.client.engine.now() - self.started, self.client.engine.now(), 0)
             self.backend = None
-        service = self.service
-        assert service is not None
+            if service.queue:
+                serve_queue(service)
         retries = service.config.retries
         resendable = self.method in IDEMPOTENT_METHODS and self.replay is not None
         if kind == CONNECT_FAILURE:
@@ -456,12 +491,27 @@ class Exchange:
         if backend is not None:
             self.tried = (*self.tried, backend)
         if resendable and kind in retries.on and len(self.tried) <= retries.attempts:
-            self.attempt()
-            return
+            if self.retrying or self._retry_budget(service):
+                service.retries += 1
+                self.attempt()
+                return
+            service.retries_refused += 1
         if kind == TIMEOUT:
             self.respond_error(504, reason)
         else:
             self.respond_error(502, reason)
+
+    def _retry_budget(self, service: Service) -> bool:
+        """Envoy's retry budget: retries under way stay within budget_percent of the service's requests in
+        flight (but min_retry_concurrency are always allowed), so a failing backend is not hit by a storm."""
+        retries = service.config.retries
+        active = sum(b.in_flight for b in service.backends) + 1  # + this one, between attempts
+        allowed = max(retries.min_retry_concurrency, retries.budget_percent * active / 100.0)
+        if service.retries_in_flight >= allowed:
+            return False
+        service.retries_in_flight += 1
+        self.retrying = True
+        return True
 
     def _cancel_timer(self) -> None:
         self.deadline = 0.0
@@ -620,6 +670,12 @@ class Exchange:
             backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
             backend.observe(self.status, now - self.started, now, self.bytes_out)
+            service = self.service
+            if service is not None and service.queue:
+                serve_queue(service)
+        if self.retrying:
+            self.retrying = False
+            self.service.retries_in_flight -= 1  # type: ignore[union-attr]
         self.client.engine.access_log.append(
             (
                 now,
@@ -662,6 +718,29 @@ class Exchange:
         if not self.response_started:
             self.status = 499  # nginx's "client closed request"
         self._finish()
+
+
+def serve_queue(service: Service) -> None:
+    """A backend of `service` may have room: the longest waiting request tries again (at the queue's head)."""
+    queue = service.queue
+    while queue:
+        exchange = queue.popleft()
+        if exchange.done:
+            continue
+        waiting = len(queue)
+        exchange.attempt()
+        if len(queue) == waiting:
+            exchange.queue_deadline = 0.0  # it has a backend now (or was answered)
+        return  # else still no room: it went back to the head of the queue
+
+
+def expire_queue(service: Service, now: float) -> None:
+    """Answer 503 to requests that waited longer than timeouts.queue (called by the engine's tick)."""
+    queue = service.queue
+    while queue and (queue[0].done or queue[0].queue_deadline <= now):
+        exchange = queue.popleft()
+        if not exchange.done:
+            exchange.queue_expired()
 
 
 class ClientConnection(asyncio.Protocol):

@@ -16,7 +16,7 @@ from lbtui.core.balancer import Balancer
 from lbtui.core.control import InProcessController
 from lbtui.core.model import AdminState, Backend, ListenerView
 from lbtui.gateway.routing import Router
-from lbtui.proxy.client import ClientConnection
+from lbtui.proxy.client import ClientConnection, expire_queue, serve_queue
 from lbtui.proxy.health import HealthChecker
 from lbtui.proxy.http import RequestIds, TrustedProxies
 from lbtui.proxy.upstream import Pool
@@ -82,7 +82,11 @@ class Engine:
         self._ticker: asyncio.Task[None] | None = None
         self.now: Callable[[], float] = time.monotonic  # the loop's clock once started
         # Response timeouts are checked by the tick (no timer per request): tick often enough for the shortest.
-        shortest = min((s.timeouts.response for s in config.services), default=TICK_SECONDS * 4)
+        shortest = min(
+            [s.timeouts.response for s in config.services]
+            + [s.timeouts.queue for s in config.services if s.max_connections is not None],
+            default=TICK_SECONDS * 4,
+        )
         self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
         self.access_log = self.balancer.access_log  # the data plane appends one tuple per finished request
         self.balancer.on_backend_removed.append(self._backend_removed)
@@ -164,6 +168,10 @@ class Engine:
     def tick(self) -> None:
         self.balancer.tick()
         now = self.loop.time()
+        for queued in self.balancer.services.values():
+            if queued.queue:
+                expire_queue(queued, now)
+                serve_queue(queued)  # a backend may have room now that none freed (enabled, up again)
         for backend in self.balancer.backends.values():
             pool = backend.pool
             if pool is None:

@@ -199,8 +199,12 @@ def ramp_text(ramp: RampView | None) -> str:
 
 
 def service_text(s: ServiceView) -> str:
-    ramp = ramp_text(s.ramp)
-    return f"{s.name}: {s.algorithm}, {split_bar(s.split)}" + (f"  │ {ramp}" if ramp else "")
+    notes = [ramp_text(s.ramp)]
+    if s.panic:
+        notes.append("PANIC: too few healthy, every ready backend serves")
+    if s.queue_length:
+        notes.append(f"queue {s.queue_length}")
+    return f"{s.name}: {s.algorithm}, {split_bar(s.split)}" + "".join(f"  │ {n}" for n in notes if n)
 
 
 def services_line(snapshot: Snapshot) -> str:

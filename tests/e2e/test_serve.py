@@ -210,15 +210,15 @@ def test_check_and_serve_refuse_what_this_version_cannot_do(tmp_path):
 
 
 def test_check_warns_about_keys_it_ignores(tmp_path):
-    cfg = tmp_path / "outlier.toml"
+    cfg = tmp_path / "sticky.toml"
     cfg.write_text(
-        '[services.a]\noutlier = { consecutive_5xx = 5 }\n[[services.a.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
+        '[services.a]\nsticky = { cookie = "srv" }\n[[services.a.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
     )
     proc = subprocess.run(
         [sys.executable, "-m", "lbtui", "check", str(cfg)], capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 0
-    assert "warning: services.a.outlier: outlier detection is not in this version" in proc.stderr
+    assert "warning: services.a.sticky: sticky sessions are not in this version" in proc.stderr
 
 
 def test_dashboard_options_parse():

@@ -407,3 +407,36 @@ async def test_ctrl_p_opens_the_palette_and_runs_a_drain(backends):
         await wait_for(
             lambda: app.controller.snapshot().backend("b0").admin_state == "drain", what="the drain"
         )
+
+
+async def test_an_ejected_backend_and_panic_show_in_the_table_and_services_line(backends):
+    good, bad = await backends("good"), await backends("bad", error_rate=1.0)
+    config = make_config(
+        [good, bad],
+        outlier={"consecutive_5xx": 2, "max_ejected_percent": 50},
+        panic_threshold=100,  # any backend out is panic: every ready one keeps serving
+        retries={"attempts": 0},
+    )
+    async with running(config) as (app, pilot):
+        table = app.query_one("#backends", Table)
+        async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
+            for _ in range(20):
+                await http.get("/")
+                if app.controller.snapshot().backend("bad").health == "ejected":
+                    break
+        await wait_for(
+            lambda: str(table.get_cell("bad", "health")).startswith("ejected "),
+            what="the health cell to show the ejection and its countdown",
+        )
+        assert str(table.get_cell("bad", "health")).endswith("s")
+        await wait_for(
+            lambda: "PANIC" in str(app.query_one("#services").render()),
+            what="the services line to show panic mode",
+        )
+        assert any(e.action == "panic" for e in app.controller.events())
+        await pilot.press("2")  # the events view lists the ejection
+        events = app.query_one("#events-table", Table)
+        await wait_for(
+            lambda: any(str(events.get_cell(key, "actor")) == "outlier" for key in events.keys),
+            what="the ejection in the events view",
+        )
