@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import httptools
 import pytest
 
+from lbtui.config import parse_config
 from tests.conftest import make_config, wait_for
 
 T = 3.0  # the bound on waiting for a response
@@ -870,3 +871,90 @@ async def test_body_of_the_last_request_arriving_after_its_head_is_forwarded(pro
     got = proxy.recorder.request(b"/hostile")
     assert got is not None
     assert got[1].startswith(b"hello"), got
+
+
+# -- early answers: a request with a body answered before its body is read ---------------------------------
+
+
+@pytest.fixture
+async def routed(scripted, engine_factory) -> Proxy:
+    """The recording upstream behind a route for /healthy only: anything else is the proxy's own 404."""
+    recorder = Recorder()
+    up = await scripted(recorder.script)
+    config = parse_config(
+        {
+            "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
+            "services": {
+                "app": {"backends": [{"name": "up", "address": up.address}], "retries": {"attempts": 0}}
+            },
+            "routes": [{"match": {"path": "/healthy"}, "service": "app"}],
+            "limits": {"max_body": 64},
+        },
+        source="<test>",
+    )
+    p = Proxy(await engine_factory(config), recorder)
+    await p.healthy()
+    return p
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        # 404: no route. The body is a whole request: it must never be read as the next one.
+        (b"POST /nowhere HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED, 404),
+        (
+            b"POST /nowhere HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % len(SMUGGLED)
+            + SMUGGLED
+            + b"\r\n0\r\n\r\n",
+            404,
+        ),
+        # 413: a Content-Length over [limits] max_body, answered before the body is read.
+        (
+            b"POST /healthy HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n"
+            + SMUGGLED
+            + b"x" * (100 - len(SMUGGLED)),
+            413,
+        ),
+        # 413: a chunked body that grows past max_body.
+        (
+            b"POST /healthy HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"50\r\n"
+            + b"y" * 80
+            + b"\r\n"
+            + b"%x\r\n" % len(SMUGGLED)
+            + SMUGGLED
+            + b"\r\n0\r\n\r\n",
+            413,
+        ),
+    ],
+    ids=["404-content-length", "404-chunked", "413-content-length", "413-chunked"],
+)
+async def test_an_early_answer_never_reads_the_body_as_a_request(routed, data, status):
+    seen = await routed.probe(data)
+    await routed.healthy()
+    assert seen.status == status, seen
+    assert not seen.after, seen  # exactly one response: the body's request was never answered
+    assert not any(b"/smuggled" in c.raw for c in routed.recorder.conns)
+
+
+async def test_a_404_to_a_request_with_a_body_keeps_no_half_read_state(routed):
+    """Even sent in pieces, the body after a 404 is never parsed as a request head."""
+    reader, writer = await asyncio.open_connection(*routed.engine.address())
+    try:
+        writer.write(b"POST /nowhere HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
+        assert head.startswith(b"HTTP/1.1 404 ")
+        with contextlib.suppress(ConnectionError):
+            writer.write(SMUGGLED)  # the body, after the answer
+            await writer.drain()
+        rest = b""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(CLOSE_WAIT):
+                while chunk := await reader.read(65536):
+                    rest += chunk
+        assert b"HTTP/1.1" not in rest.split(b"\r\n\r\n", 1)[-1]  # no second response
+    finally:
+        writer.close()
+    await routed.healthy()
+    assert not any(b"/smuggled" in c.raw for c in routed.recorder.conns)

@@ -228,3 +228,45 @@ def test_the_open_file_limit_is_raised_for_max_connections():
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == limit
     assert limit >= soft  # never lowered
     assert limit >= min(hard, files_for(10_000))
+
+
+async def test_thousands_of_idle_connections_do_not_slow_a_real_request(backends, engine_factory):
+    b1 = await backends("b1")
+    engine = await engine_factory(limits_config(b1))
+    address = engine.address()
+
+    async def timed_gets(n: int) -> float:
+        """The median time of n GETs on one keep-alive connection."""
+        reader, writer = await asyncio.open_connection(*address)
+        loop = asyncio.get_running_loop()
+        times = []
+        try:
+            for _ in range(n):
+                started = loop.time()
+                writer.write(b"GET /echo/x HTTP/1.1\r\nHost: t\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                times.append(loop.time() - started)
+        finally:
+            writer.close()
+        return sorted(times)[n // 2]
+
+    baseline = await timed_gets(40)
+    idle = []
+    try:
+        for _ in range(2000):  # bounded: 2000 idle clients, each with half a request head or nothing
+            _, writer = await asyncio.open_connection(*address)
+            idle.append(writer)
+        for i, writer in enumerate(idle):
+            if i % 2:
+                writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n")  # a head that never ends
+        await wait_for(lambda: len(engine.connections) >= 2000, what="the idle connections to be accepted")
+        crowded = await timed_gets(40)
+        # A generous bound: the engine does no work per idle connection per request (only its tick visits
+        # them, every 250 ms). Shared CI machines vary, so a ratio and an absolute floor.
+        assert crowded < max(5 * baseline, 0.02), (baseline, crowded)
+        assert engine.balancer.backends["b1"].requests == 80
+    finally:
+        for writer in idle:
+            writer.close()
