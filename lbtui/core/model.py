@@ -258,21 +258,28 @@ class Service:
     # -- selection (hot path) --------------------------------------------------------------------------
     def _refresh(self) -> dict[str, tuple[Backend, ...]]:
         by_group: dict[str, list[Backend]] = {}
-        ready = 0
-        serving = 0
+        backup = self.backup_group
+        ready = 0  # outside the backup group
+        serving = 0  # of those, healthy
+        backup_serving = False
         for b in self.backends:
             if b.admin_state is AdminState.READY and b.weight > 0:
-                ready += 1
+                if b.group != backup:
+                    ready += 1
                 if b.health in SERVING_HEALTH:
-                    serving += 1
                     by_group.setdefault(b.group, []).append(b)
+                    if b.group != backup:
+                        serving += 1
+                    else:
+                        backup_serving = True
         threshold = self.config.panic_threshold
-        self.panic = bool(threshold and ready and serving * 100 < threshold * ready)
+        self.panic = bool(threshold and ready and serving * 100 < threshold * ready and not backup_serving)
         if self.panic:
-            # Envoy's panic mode: with too few healthy, health is not believed; every ready backend serves.
+            # Envoy's panic mode: with too few healthy (and no backup group to take over), health is not
+            # believed: every ready backend outside the backup group serves.
             by_group = {}
             for b in self.backends:
-                if b.admin_state is AdminState.READY and b.weight > 0:
+                if b.admin_state is AdminState.READY and b.weight > 0 and b.group != backup:
                     by_group.setdefault(b.group, []).append(b)
         self._eligible = {g: tuple(bs) for g, bs in by_group.items()}
         self._slow = any(b.slow_since for bs in by_group.values() for b in bs)

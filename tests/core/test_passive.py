@@ -275,3 +275,83 @@ def test_without_panic_threshold_down_backends_get_nothing() -> None:
         c.health_check(name, CheckView(1.0, False, "refused", 1.0))
     assert picks(c, 10) == Counter({None: 10})
     assert not c.snapshot().service("shop").panic
+
+
+# -- backup group -------------------------------------------------------------------------------------
+
+
+def backup_controller(**service: Any) -> InProcessController:
+    config = parse_config(
+        {
+            "services": {
+                "shop": {
+                    "backends": [
+                        {"name": "p1", "address": "127.0.0.1:9001", "group": "main"},
+                        {"name": "p2", "address": "127.0.0.1:9002", "group": "main"},
+                        {"name": "dr1", "address": "127.0.0.1:9003", "group": "dr"},
+                    ],
+                    "backup_group": "dr",
+                    "health": {"interval": "1s", "rise": 1, "fall": 1},
+                    **service,
+                }
+            }
+        }
+    )
+    return InProcessController(Balancer(config))
+
+
+def test_the_backup_group_serves_only_when_no_other_group_can() -> None:
+    c = backup_controller()
+    assert set(picks(c, 20)) == {"p1", "p2"}
+    c.health_check("p1", CheckView(1.0, False, "refused", 1.0))
+    assert set(picks(c, 20)) == {"p2"}  # one primary left: still no backup traffic
+    c.maint("p2")
+    assert set(picks(c, 20)) == {"dr1"}
+    c.enable("p2")
+    assert set(picks(c, 20)) == {"p2"}
+    c.drain("p2")
+    assert set(picks(c, 20)) == {"dr1"}
+
+
+def test_the_backup_group_takes_over_from_ejected_backends() -> None:
+    c = backup_controller(outlier=OUTLIER | {"max_ejected_percent": 100})
+    fail(c, "p1", 503, 2)
+    fail(c, "p2", 503, 2)
+    assert set(picks(c, 20)) == {"dr1"}
+
+
+def test_the_backup_group_serves_a_split_when_no_split_group_can() -> None:
+    config = parse_config(
+        {
+            "services": {
+                "shop": {
+                    "backends": [
+                        {"name": "b1", "address": "127.0.0.1:9001", "group": "blue"},
+                        {"name": "g1", "address": "127.0.0.1:9002", "group": "green"},
+                        {"name": "dr1", "address": "127.0.0.1:9003", "group": "dr"},
+                    ],
+                    "split": {"blue": 50, "green": 50},
+                    "backup_group": "dr",
+                }
+            }
+        }
+    )
+    c = InProcessController(Balancer(config))
+    assert set(picks(c, 20)) == {"b1", "g1"}
+    c.maint("b1")
+    assert set(picks(c, 20)) == {"g1"}
+    c.maint("g1")
+    assert set(picks(c, 20)) == {"dr1"}
+
+
+def test_a_healthy_backup_group_comes_before_panic() -> None:
+    c = backup_controller(panic_threshold=100)
+    c.health_check("p1", CheckView(1.0, False, "refused", 1.0))
+    # Under 100% healthy, but a healthy backup group means no panic (as a healthy lower priority in Envoy).
+    assert set(picks(c, 20)) == {"p2"}
+    c.health_check("p2", CheckView(1.0, False, "refused", 1.0))
+    assert set(picks(c, 20)) == {"dr1"}  # no primary healthy, the backup is: it serves, no panic
+    assert not c.balancer.services["shop"].panic
+    c.health_check("dr1", CheckView(1.0, False, "refused", 1.0))
+    assert set(picks(c, 20)) == {"p1", "p2"}  # nothing healthy anywhere: panic over the primaries
+    assert c.balancer.services["shop"].panic
