@@ -39,6 +39,10 @@ def demo_config(backends: list[DemoBackend], bind: str = DEMO_LISTEN) -> Config:
                         "p99_slack": "100ms",
                     },
                     "health": {"path": "/healthz", "interval": "2s", "timeout": "1s", "rise": 2, "fall": 3},
+                    # A backend that fails 5 requests in a row sits out 30 s (never more than half of them); one
+                    # that comes back (up again, out of maint, added) takes its full share over 20 s.
+                    "outlier": {"consecutive_5xx": 5, "base_ejection": "30s", "max_ejected_percent": 50},
+                    "slow_start": "20s",
                     "backends": [
                         {"name": b.name, "address": b.address, "group": b.name.split("-")[0]}
                         for b in backends
