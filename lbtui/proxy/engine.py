@@ -2,6 +2,7 @@
 
 Graceful shutdown (SIGTERM) follows uvicorn and HAProxy: stop accepting, close idle client connections, let
 in-flight exchanges finish (their replies carry `Connection: close`), then close what is left at the deadline.
+TLS handshakes under way are cancelled.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lbtui.gateway.routing import Router
 from lbtui.proxy.client import ClientConnection
 from lbtui.proxy.health import HealthChecker
 from lbtui.proxy.http import RequestIds
+from lbtui.proxy.tls import TLSAccept, TLSFileError, load_server_context
 from lbtui.proxy.upstream import Pool
 
 if TYPE_CHECKING:
@@ -66,12 +68,14 @@ class Engine:
         self.router = Router(config.routes, self.balancer.services)
         self.request_ids = RequestIds()
         self.connections: set[ClientConnection] = set()
+        self.handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way (proxy/tls.py)
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, tuple[str, int]] = {}
         self.closing = False
         self.open_file_limit = -1  # the soft RLIMIT_NOFILE after start (-1: not known)
         self.connections_refused = 0  # turned away over [limits] max_connections
         self.header_timeouts = 0  # closed with a 408: the request head did not arrive in time
+        self.tls_handshake_failures = 0  # closed before any request: the TLS handshake failed or timed out
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._ticker: asyncio.Task[None] | None = None
@@ -120,11 +124,20 @@ class Engine:
         self.health.start()
 
     async def _listen(self, listener: ListenerConfig) -> None:
-        if listener.mode != "http" or listener.tls is not None:
-            # lbtui.features.refused keeps such configs out; never serve plain HTTP where TLS was asked for.
-            raise OSError(f"listener {listener.name!r}: tcp mode and TLS are not available yet")
+        if listener.mode != "http":
+            # lbtui.features.refused keeps such configs out.
+            raise OSError(f"listener {listener.name!r}: tcp mode is not available yet")
+        make_protocol: Callable[[], asyncio.Protocol] = lambda: ClientConnection(self, listener)  # noqa: E731
+        if listener.tls is not None:
+            try:
+                context = load_server_context(listener.tls.cert, listener.tls.key)
+            except TLSFileError as error:  # the files changed since the config was checked
+                raise OSError(f"listener {listener.name!r}: {error}") from None
+            timeout = self.config.limits.header_timeout
+            plain = make_protocol
+            make_protocol = lambda: TLSAccept(self, context, plain, timeout)  # noqa: E731
         server = await self.loop.create_server(
-            lambda: ClientConnection(self, listener),
+            make_protocol,
             listener.host,
             listener.port,
             reuse_address=True,
@@ -143,7 +156,9 @@ class Engine:
 
     def url(self, listener: str | None = None) -> str:
         host, port = self.address(listener)
-        return f"http://{format_address(host, port)}"
+        config = next((c for c in self.config.listeners if c.name == listener), self.config.listeners[0])
+        scheme = "https" if config.tls is not None else "http"
+        return f"{scheme}://{format_address(host, port)}"
 
     def close_servers(self) -> None:
         for server in self.servers:
@@ -217,6 +232,8 @@ class Engine:
         """Stop accepting, finish in-flight exchanges, close idle connections. True if all finished in time."""
         self.closing = True
         self.close_servers()
+        for handshake in list(self.handshakes):
+            handshake.cancel()
         await self.health.stop()
         for conn in list(self.connections):
             if conn.idle:
