@@ -28,9 +28,6 @@ LATER = "not in this version of lbtui yet"
 def refused(config: Config) -> list[Unsupported]:
     """Keys the engine will not run with: ignoring them would change what reaches a backend or a client."""
     out: list[Unsupported] = []
-    for i, listener in enumerate(config.listeners):
-        if listener.mode != "http":
-            out.append(Unsupported(f"listeners[{i}].mode", f"mode {listener.mode!r} is {LATER}"))
     for i, route in enumerate(config.routes):
         base = f"routes[{i}]"
         checks = (

@@ -19,6 +19,7 @@ HEADLESS = [
     "lbtui.proxy.client",
     "lbtui.proxy.upstream",
     "lbtui.proxy.engine",
+    "lbtui.proxy.tcp",
     "lbtui.proxy.tls",
     "lbtui.gateway.routing",
     "lbtui.demo.backends",
