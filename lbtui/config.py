@@ -1156,12 +1156,20 @@ def _parse_tls(ctx: _Context, reader: _Reader | None, mode: str) -> TLSConfig | 
     if cert and key:
         # Load the pair as the engine will, so that `lbtui check` (and a reload) finds a bad file before a
         # start does. Imported here: only configs with TLS pay for the ssl and asyncio imports.
-        from lbtui.proxy.tls import TLSFileError, load_server_context
+        from lbtui.proxy.tls import TLSFileError, check_readable, load_server_context
 
-        try:
-            load_server_context(config.cert, config.key, alpn=("http/1.1",) if mode == "http" else ())
-        except TLSFileError as error:
-            ctx.add(reader.key_path(error.which), error.message, error.hint)
+        readable = True
+        for which, path in (("cert", config.cert), ("key", config.key)):
+            try:
+                check_readable(which, path)
+            except TLSFileError as error:  # both files are checked: one round of fixes, not two
+                ctx.add(reader.key_path(which), error.message, error.hint)
+                readable = False
+        if readable:
+            try:
+                load_server_context(config.cert, config.key, alpn=("http/1.1",) if mode == "http" else ())
+            except TLSFileError as error:
+                ctx.add(reader.key_path(error.which), error.message, error.hint)
     return config
 
 

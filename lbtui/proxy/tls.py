@@ -73,7 +73,8 @@ def _read_problem(which: str, path: str, error: OSError) -> TLSFileError:
     return TLSFileError(which, f"cannot read {path}: {error.strerror or error}")
 
 
-def _check_readable(which: str, path: str) -> None:
+def check_readable(which: str, path: str) -> None:
+    """Raise TLSFileError unless `path` is a file lbtui can read (`which`: "cert" or "key")."""
     if not path:
         raise TLSFileError(which, "no file given")
     try:
@@ -90,8 +91,8 @@ def load_server_context(cert: str, key: str, alpn: Sequence[str] = HTTP_ALPN) ->
 
     Raises TLSFileError saying which file is wrong and how.
     """
-    _check_readable("cert", cert)
-    _check_readable("key", key)
+    check_readable("cert", cert)
+    check_readable("key", key)
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         # Parses every certificate in the file and nothing else: tells a bad cert file from a bad key file.

@@ -226,6 +226,14 @@ def test_missing_cert_is_a_config_error_with_the_key_path(pem, tmp_path):
     assert tls_problems(missing, pem["key"]) == [("listeners[0].tls.cert", f"file not found: {missing}")]
 
 
+def test_both_missing_files_are_reported_at_once(tmp_path):
+    cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    assert tls_problems(cert, key) == [
+        ("listeners[0].tls.cert", f"file not found: {cert}"),
+        ("listeners[0].tls.key", f"file not found: {key}"),
+    ]
+
+
 def test_relative_paths_start_at_the_config_folder(pem, tmp_path):
     parse_config(
         {
