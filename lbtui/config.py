@@ -1136,8 +1136,14 @@ def _parse_listeners(ctx: _Context, root: _Reader) -> list[_Listener]:
                 "remove it; http listeners pick a service through [[routes]]",
             )
             service = None
-        tls = _parse_tls(ctx, reader.table("tls", TLS_KEYS))
+        tls = _parse_tls(ctx, reader.table("tls", TLS_KEYS), mode)
         trusted = reader.array("trusted_proxies", _network) or ()
+        if mode == "tcp" and "trusted_proxies" in reader:
+            ctx.add(
+                reader.key_path("trusted_proxies"),
+                "only used by http listeners",
+                "a tcp listener passes bytes through and reads no X-Forwarded-For",
+            )
         if name in names:
             ctx.add(reader.key_path("name"), f"listener name {_q(name)} is already used at {names[name]}")
         else:
@@ -1161,12 +1167,30 @@ def _bind_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _parse_tls(ctx: _Context, reader: _Reader | None) -> TLSConfig | None:
+def _parse_tls(ctx: _Context, reader: _Reader | None, mode: str) -> TLSConfig | None:
     if reader is None:
         return None
     cert = reader.required("cert", _nonempty, "")
     key = reader.required("key", _nonempty, "")
-    return TLSConfig(cert=ctx.resolve(cert) if cert else "", key=ctx.resolve(key) if key else "")
+    config = TLSConfig(cert=ctx.resolve(cert) if cert else "", key=ctx.resolve(key) if key else "")
+    if cert and key:
+        # Load the pair as the engine will, so that `lbtui check` (and a reload) finds a bad file before a
+        # start does. Imported here: only configs with TLS pay for the ssl and asyncio imports.
+        from lbtui.proxy.tls import TLSFileError, check_readable, load_server_context
+
+        readable = True
+        for which, path in (("cert", config.cert), ("key", config.key)):
+            try:
+                check_readable(which, path)
+            except TLSFileError as error:  # both files are checked: one round of fixes, not two
+                ctx.add(reader.key_path(which), error.message, error.hint)
+                readable = False
+        if readable:
+            try:
+                load_server_context(config.cert, config.key, alpn=("http/1.1",) if mode == "http" else ())
+            except TLSFileError as error:
+                ctx.add(reader.key_path(error.which), error.message, error.hint)
+    return config
 
 
 def _parse_admin(ctx: _Context, root: _Reader, listeners: Sequence[_Listener]) -> AdminConfig:
@@ -1796,7 +1820,8 @@ def parse_config(
 ) -> Config:
     """A validated Config from already-parsed TOML (or JSON). Raises ConfigError listing every issue.
 
-    Relative file paths (tls, public_key_file, state.file) are joined to ``base_dir`` when given.
+    Relative file paths (tls, public_key_file, state.file) are joined to ``base_dir`` when given. TLS
+    certificates and keys are read and checked as a pair (lbtui.proxy.tls.load_server_context).
     """
     ctx = _Context(source, None if base_dir is None else os.fspath(base_dir))
     try:

@@ -1,7 +1,7 @@
 """What this version of the engine does with a config: keys it refuses, and keys it accepts but ignores.
 
 The config schema (ARCHITECTURE section 5) is ahead of the engine. A key that would leave a user unprotected
-if it were silently ignored (TLS, authentication, rate limits, CORS, aggregation, routes that rewrite) makes
+if it were silently ignored (authentication, rate limits, CORS, aggregation, routes that rewrite) makes
 the engine refuse to start; a key that only tunes behaviour not built yet (stickiness, the admin API,
 persisted state) is reported as a warning.
 """
@@ -28,13 +28,6 @@ LATER = "not in this version of lbtui yet"
 def refused(config: Config) -> list[Unsupported]:
     """Keys the engine will not run with: ignoring them would change what reaches a backend or a client."""
     out: list[Unsupported] = []
-    for i, listener in enumerate(config.listeners):
-        if listener.tls is not None:
-            out.append(
-                Unsupported(f"listeners[{i}].tls", f"TLS termination is {LATER}; it would serve plain HTTP")
-            )
-        if listener.mode != "http":
-            out.append(Unsupported(f"listeners[{i}].mode", f"mode {listener.mode!r} is {LATER}"))
     for i, route in enumerate(config.routes):
         base = f"routes[{i}]"
         checks = (

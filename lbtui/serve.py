@@ -96,8 +96,8 @@ class Runtime:
     def announce(self) -> None:
         engine = self.engine
         assert engine is not None
-        for name, (host, port) in engine.addresses.items():
-            self.say(f"listener {name} on http://{host}:{port}")
+        for name in engine.addresses:
+            self.say(f"listener {name} on {engine.url(name)}")
         self.say(f"data plane: {data_plane_build()}")
         if self.demo:
             self.say(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -212,6 +213,9 @@ def with_service(**service: Any) -> dict[str, Any]:
 def test_full_example_parses_into_the_expected_objects(tmp_path: Path) -> None:
     path = tmp_path / "lbtui.toml"
     path.write_text(FULL_EXAMPLE, encoding="utf-8")
+    issued = trustme.CA().issue_cert("localhost")  # the listener's tls files are read while validating
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
 
     loaded = load_config(path)
 

@@ -19,6 +19,8 @@ HEADLESS = [
     "lbtui.proxy.client",
     "lbtui.proxy.upstream",
     "lbtui.proxy.engine",
+    "lbtui.proxy.tcp",
+    "lbtui.proxy.tls",
     "lbtui.gateway.routing",
     "lbtui.demo.backends",
     "lbtui.demo.traffic",

@@ -2,6 +2,7 @@
 
 Graceful shutdown (SIGTERM) follows uvicorn and HAProxy: stop accepting, close idle client connections, let
 in-flight exchanges finish (their replies carry `Connection: close`), then close what is left at the deadline.
+A tcp connection (proxy/tcp.py) counts as in flight until it ends; TLS handshakes under way are cancelled.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from lbtui.gateway.routing import Router
 from lbtui.proxy.client import ClientConnection, expire_queue, serve_queue
 from lbtui.proxy.health import HealthChecker
 from lbtui.proxy.http import RequestIds, TrustedProxies
+from lbtui.proxy.tcp import TcpConnection
+from lbtui.proxy.tls import TLSAccept, TLSFileError, load_server_context
 from lbtui.proxy.upstream import Pool
 
 if TYPE_CHECKING:
@@ -71,20 +74,26 @@ class Engine:
             if listener.trusted_proxies
         }
         self.connections: set[ClientConnection] = set()
+        self.tcp_connections: set[TcpConnection] = set()  # open on tcp listeners (both sides not yet gone)
+        self.handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way (proxy/tls.py)
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, tuple[str, int]] = {}
         self.closing = False
         self.open_file_limit = -1  # the soft RLIMIT_NOFILE after start (-1: not known)
         self.connections_refused = 0  # turned away over [limits] max_connections
         self.header_timeouts = 0  # closed with a 408: the request head did not arrive in time
+        self.tls_handshake_failures = 0  # closed before any request: the TLS handshake failed or timed out
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._ticker: asyncio.Task[None] | None = None
         self.now: Callable[[], float] = time.monotonic  # the loop's clock once started
-        # Response timeouts are checked by the tick (no timer per request): tick often enough for the shortest.
+        # Response timeouts (the queue's, and the idle timeouts of tcp listeners' services) are checked by the
+        # tick, with no timer per request or connection: tick often enough for the shortest.
+        tcp_services = {listener.service for listener in config.listeners if listener.mode == "tcp"}
         shortest = min(
             [s.timeouts.response for s in config.services]
-            + [s.timeouts.queue for s in config.services if s.max_connections is not None],
+            + [s.timeouts.queue for s in config.services if s.max_connections is not None]
+            + [s.timeouts.idle for s in config.services if s.name in tcp_services],
             default=TICK_SECONDS * 4,
         )
         self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
@@ -111,6 +120,8 @@ class Engine:
     def _backend_removed(self, backend: Backend) -> None:
         if backend.pool is not None:
             backend.pool.close_all()
+        for conn in [c for c in self.tcp_connections if c.backend is backend]:
+            conn.abort()  # a removed backend is gone: its tcp connections too (it drained first)
 
     # -- start and stop -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,11 +140,23 @@ class Engine:
         self.health.start()
 
     async def _listen(self, listener: ListenerConfig) -> None:
-        if listener.mode != "http" or listener.tls is not None:
-            # lbtui.features.refused keeps such configs out; never serve plain HTTP where TLS was asked for.
-            raise OSError(f"listener {listener.name!r}: tcp mode and TLS are not available yet")
+        make_protocol: Callable[[], asyncio.Protocol]
+        if listener.mode == "tcp":
+            make_protocol = lambda: TcpConnection(self, listener)  # noqa: E731
+        else:
+            make_protocol = lambda: ClientConnection(self, listener)  # noqa: E731
+        if listener.tls is not None:
+            try:
+                context = load_server_context(
+                    listener.tls.cert, listener.tls.key, alpn=("http/1.1",) if listener.mode == "http" else ()
+                )
+            except TLSFileError as error:  # the files changed since the config was checked
+                raise OSError(f"listener {listener.name!r}: {error}") from None
+            timeout = self.config.limits.header_timeout
+            plain = make_protocol
+            make_protocol = lambda: TLSAccept(self, context, plain, timeout)  # noqa: E731
         server = await self.loop.create_server(
-            lambda: ClientConnection(self, listener),
+            make_protocol,
             listener.host,
             listener.port,
             reuse_address=True,
@@ -152,7 +175,9 @@ class Engine:
 
     def url(self, listener: str | None = None) -> str:
         host, port = self.address(listener)
-        return f"http://{format_address(host, port)}"
+        config = next((c for c in self.config.listeners if c.name == listener), self.config.listeners[0])
+        scheme = "tcp" if config.mode == "tcp" else "https" if config.tls is not None else "http"
+        return f"{scheme}://{format_address(host, port)}"
 
     def close_servers(self) -> None:
         for server in self.servers:
@@ -200,16 +225,30 @@ class Engine:
                 conn.header_timeout()  # slowloris: the head did not arrive whole in time (408)
             elif conn.parsing is None and not conn.head_started and conn.last_active < idle_deadline:
                 conn.close()  # idle between requests: closed quietly, as HAProxy and nginx do
+        for tcp in list(self.tcp_connections):
+            service = tcp.service
+            tcp.check_idle(
+                now, service.config.timeouts.idle if service is not None else limits.client_idle_timeout
+            )
 
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
-        self.balancer.connections = len(self.connections)
+        self.balancer.connections = len(self.connections) + len(self.tcp_connections)
         if self.closing:
             conn.close()
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
-        self.balancer.connections = len(self.connections)
+        self.balancer.connections = len(self.connections) + len(self.tcp_connections)
+        self._wake_idle_waiters()
+
+    def tcp_opened(self, conn: TcpConnection) -> None:
+        self.tcp_connections.add(conn)
+        self.balancer.connections = len(self.connections) + len(self.tcp_connections)
+
+    def tcp_closed(self, conn: TcpConnection) -> None:
+        self.tcp_connections.discard(conn)
+        self.balancer.connections = len(self.connections) + len(self.tcp_connections)
         self._wake_idle_waiters()
 
     def connection_idle(self, conn: ClientConnection) -> None:
@@ -218,7 +257,7 @@ class Engine:
             self._wake_idle_waiters()
 
     def _wake_idle_waiters(self) -> None:
-        if self.closing and not any(not c.idle for c in self.connections):
+        if self.closing and not self.tcp_connections and not any(not c.idle for c in self.connections):
             for waiter in self._idle_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -230,17 +269,24 @@ class Engine:
         """Stop accepting, finish in-flight exchanges, close idle connections. True if all finished in time."""
         self.closing = True
         self.close_servers()
+        for handshake in list(self.handshakes):
+            handshake.cancel()
         await self.health.stop()
         for conn in list(self.connections):
             if conn.idle:
                 conn.close()
         busy = [c for c in self.connections if not c.idle]
         finished = True
-        if busy:
+        if busy or self.tcp_connections:
             if on_progress is not None:
-                on_progress(
-                    f"waiting for {len(busy)} connection(s) with requests in flight (up to {grace:g}s)"
-                )
+                if busy:
+                    on_progress(
+                        f"waiting for {len(busy)} connection(s) with requests in flight (up to {grace:g}s)"
+                    )
+                if self.tcp_connections:
+                    on_progress(
+                        f"waiting for {len(self.tcp_connections)} tcp connection(s) to end (up to {grace:g}s)"
+                    )
             waiter: asyncio.Future[None] = self.loop.create_future()
             self._idle_waiters.append(waiter)
             self._wake_idle_waiters()
@@ -252,6 +298,8 @@ class Engine:
             if finished and not conn.idle:
                 continue
             conn.abort() if not conn.idle else conn.close()
+        for tcp in list(self.tcp_connections):
+            tcp.abort()  # still open at the deadline
         for backend in self.balancer.backends.values():
             if backend.pool is not None:
                 backend.pool.close_all()

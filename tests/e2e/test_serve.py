@@ -192,9 +192,9 @@ def test_serve_on_a_busy_port_says_so(tmp_path):
 
 
 def test_check_and_serve_refuse_what_this_version_cannot_do(tmp_path):
-    cfg = tmp_path / "tls.toml"
+    cfg = tmp_path / "auth.toml"
     cfg.write_text(
-        '[[listeners]]\nbind = "127.0.0.1:0"\ntls = { cert = "c.pem", key = "k.pem" }\n'
+        '[[listeners]]\nbind = "127.0.0.1:0"\n'
         '[services.a]\n[[services.a.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
         '[[routes]]\nmatch = { path_prefix = "/" }\nservice = "a"\nauth = { type = "api_key" }\n'
         '[[consumers]]\nname = "x"\napi_key_env = "X_KEY"\n'
@@ -204,7 +204,6 @@ def test_check_and_serve_refuse_what_this_version_cannot_do(tmp_path):
             [sys.executable, "-m", "lbtui", *command], capture_output=True, text=True, timeout=30
         )
         assert proc.returncode == 1, command
-        assert "listeners[0].tls: TLS termination is not in this version" in proc.stderr
         assert "routes[0].auth: gateway policies are not in this version" in proc.stderr
         assert "Traceback" not in proc.stderr
 
