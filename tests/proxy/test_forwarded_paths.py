@@ -207,3 +207,16 @@ async def test_broken_percent_encoding_gets_400_and_reaches_no_backend(backends,
     assert b"%-encoding" in r.body
     assert await client.is_closed()
     assert engine.balancer.backends["b1"].requests == 0
+
+
+def test_trusted_proxies_on_a_tcp_listener_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.trusted_proxies: only used by http listeners"):
+        parse_config(
+            {
+                "listeners": [
+                    {"bind": "127.0.0.1:0", "mode": "tcp", "service": "a", "trusted_proxies": ["10.0.0.0/8"]}
+                ],
+                "services": {"a": {"backends": [{"name": "x", "address": "127.0.0.1:1"}]}},
+            },
+            source="t.toml",
+        )
