@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,7 @@ PIPELINE_LIMIT = 64 * 1024
 PIPELINE_DEPTH = 16
 
 READY = AdminState.READY
+LINGER_ZERO = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: a close sends an RST
 RETRY_AFTER = ((b"Retry-After", b"1"),)
 
 PAUSE_UPSTREAM = 1  # the upstream's write buffer is full
@@ -826,8 +828,18 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
+        """Cut the connection with a reset (RST), not a close: a response cut short must not look whole, even
+        to a client that reads its body until the connection closes (HTTP/1.0, or no framing). What was written
+        while corked goes first, so the client sees the same cut however the backend's bytes were split."""
         if self.transport is not None:
+            self.uncork()
             self.closed = True
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+                except OSError:
+                    pass
             self.transport.abort()
 
     @property

@@ -4,6 +4,8 @@ Invariants:
 - A connection serves one exchange at a time (no pipelining upstream) and goes back to the pool only when its
   response was read whole, the request was sent whole, both sides allow keep-alive and the backend is `ready`.
 - A connection that receives bytes while idle, fails to parse, or is closed by the peer is never reused.
+- A response is passed on whole or visibly cut, never cut and passed off as whole: a body that ends with the
+  connection ends there only when the backend closed it (FIN); a reset (RST) cuts it.
 - httptools traps handled here: a response to HEAD has a body by its headers, so we stop the parser after the
   headers and start a new one; a body delimited by the connection closing ends in `connection_lost`; a 1xx
   response ends a message for the parser but not the exchange.
@@ -108,7 +110,11 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
-            exchange.upstream_lost(self)
+            if exc is not None and exchange.response_started and exchange.upstream is self:
+                # Reset, not closed: even a body that ends with the connection is cut here, not whole.
+                exchange.upstream_failed(RESET, f"the backend reset the connection mid-response: {exc}")
+            else:
+                exchange.upstream_lost(self)
 
     def close(self) -> None:
         if not self.closed:
