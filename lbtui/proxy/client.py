@@ -108,6 +108,7 @@ class Exchange:
     content_length = 0  # the request's Content-Length, when it has one
     head_size = 0  # bytes of the header fields so far (names, values, ": " and CRLF)
     refused: tuple[int, str] | None = None  # answered by the proxy at its turn: (status, why); see refuse()
+    failure: tuple[int, str] | None = None  # the last failed attempt's answer (status, why); see attempt()
     client_addr = b""  # the client's address from a trusted proxy's X-Forwarded-For ("": the peer's)
     retrying = False  # counted in its service's retries_in_flight (the retry budget)
     queue_deadline = 0.0  # waiting in its service's queue (max_connections) until then; 0: not waiting
@@ -335,6 +336,10 @@ class Exchange:
             if service.config.max_connections is not None and service.has_eligible(self.tried):
                 self._wait_for_room(service)  # every backend that could take it is at max_connections
                 return
+            failure = self.failure
+            if failure is not None:  # a retry found no backend left: answer as the last attempt failed
+                self.respond_error(failure[0], failure[1], retry_after=failure[0] == 503)
+                return
             service.unrouted += 1
             if self.tried:
                 self.respond_error(503, "no backend could take the request", retry_after=True)
@@ -466,6 +471,7 @@ class Exchange:
             self.client.abort()
             self._finish()
             return
+        self.failure = (503 if kind == CONNECT_FAILURE else 504 if kind == TIMEOUT else 502, reason)
         service = self.service
         assert service is not None
         if backend is not None:
