@@ -409,3 +409,15 @@ async def test_changing_a_toxic_applies_to_running_connections(fault_proxy, echo
     assert await conn.roundtrip(b"3") < 0.15
     with pytest.raises(ValueError, match="direction"):
         proxy.latency(1, direction="sideways")  # type: ignore[arg-type]
+
+
+async def test_toxics_of_one_direction_leave_the_other_alone(fault_proxy, echo, connect):
+    proxy = await fault_proxy(("127.0.0.1", echo.port))
+    proxy.blackhole()  # downstream
+    proxy.latency(1, direction=UPSTREAM)
+    assert not proxy.toxics[UPSTREAM].blackhole
+    assert proxy.toxics[DOWNSTREAM].latency == 0
+    conn = await connect(proxy)
+    await conn.send(b"up")
+    await wait_for(lambda: echo.received == b"up", T, "the bytes at the target")
+    assert await conn.ending(QUIET) == "open"  # and the echo swallowed on the way down
