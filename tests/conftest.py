@@ -14,6 +14,7 @@ import pytest
 from lbtui.config import Config, parse_config
 from lbtui.demo.backends import DemoBackend, Profile
 from lbtui.proxy.engine import Engine
+from tests.faultproxy import FaultProxy
 
 DEADLINE = 10.0
 
@@ -291,3 +292,22 @@ async def scripted() -> AsyncIterator[Callable[..., Awaitable[ScriptedUpstream]]
     yield start
     for s in servers:
         await s.stop()
+
+
+# -- fault-injecting TCP proxy (tests/faultproxy.py) -------------------------------------------------------
+
+
+@pytest.fixture
+async def fault_proxy() -> AsyncIterator[Callable[..., Awaitable[FaultProxy]]]:
+    """`await fault_proxy(target)`: a FaultProxy on 127.0.0.1 in front of `target` (an address, or anything
+    with `.address`, such as a demo backend or a scripted upstream); stopped at teardown."""
+    proxies: list[FaultProxy] = []
+
+    async def start(target: Any, seed: int = 1) -> FaultProxy:
+        proxy = await FaultProxy(target, seed=seed).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for p in proxies:
+        await p.stop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,7 @@ PIPELINE_LIMIT = 64 * 1024
 PIPELINE_DEPTH = 16
 
 READY = AdminState.READY
+LINGER_ZERO = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: a close sends an RST
 RETRY_AFTER = ((b"Retry-After", b"1"),)
 
 PAUSE_UPSTREAM = 1  # the upstream's write buffer is full
@@ -106,6 +108,7 @@ class Exchange:
     content_length = 0  # the request's Content-Length, when it has one
     head_size = 0  # bytes of the header fields so far (names, values, ": " and CRLF)
     refused: tuple[int, str] | None = None  # answered by the proxy at its turn: (status, why); see refuse()
+    failure: tuple[int, str] | None = None  # the last failed attempt's answer (status, why); see attempt()
     client_addr = b""  # the client's address from a trusted proxy's X-Forwarded-For ("": the peer's)
     retrying = False  # counted in its service's retries_in_flight (the retry budget)
     queue_deadline = 0.0  # waiting in its service's queue (max_connections) until then; 0: not waiting
@@ -333,6 +336,10 @@ class Exchange:
             if service.config.max_connections is not None and service.has_eligible(self.tried):
                 self._wait_for_room(service)  # every backend that could take it is at max_connections
                 return
+            failure = self.failure
+            if failure is not None:  # a retry found no backend left: answer as the last attempt failed
+                self.respond_error(failure[0], failure[1], retry_after=failure[0] == 503)
+                return
             service.unrouted += 1
             if self.tried:
                 self.respond_error(503, "no backend could take the request", retry_after=True)
@@ -464,6 +471,7 @@ class Exchange:
             self.client.abort()
             self._finish()
             return
+        self.failure = (503 if kind == CONNECT_FAILURE else 504 if kind == TIMEOUT else 502, reason)
         service = self.service
         assert service is not None
         if backend is not None:
@@ -826,8 +834,18 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
+        """Cut the connection with a reset (RST), not a close: a response cut short must not look whole, even
+        to a client that reads its body until the connection closes (HTTP/1.0, or no framing). What was written
+        while corked goes first, so the client sees the same cut however the backend's bytes were split."""
         if self.transport is not None:
+            self.uncork()
             self.closed = True
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+                except OSError:
+                    pass
             self.transport.abort()
 
     @property

@@ -27,6 +27,8 @@ from lbtui.proxy.upstream import Pool
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from lbtui.proxy.client import Exchange
+
 log = logging.getLogger("lbtui")
 
 TICK_SECONDS = 0.25
@@ -86,6 +88,8 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._ticker: asyncio.Task[None] | None = None
+        # Responses under way at the last tick: bytes moved and since when (see _watch_stall).
+        self._progress: dict[Exchange, tuple[int, float]] = {}
         self.now: Callable[[], float] = time.monotonic  # the loop's clock once started
         # Response timeouts (the queue's, and the idle timeouts of tcp listeners' services) are checked by the
         # tick, with no timer per request or connection: tick often enough for the shortest.
@@ -197,18 +201,25 @@ class Engine:
             if queued.queue:
                 expire_queue(queued, now)
                 serve_queue(queued)  # a backend may have room now that none freed (enabled, up again)
+        progress: dict[Exchange, tuple[int, float]] = {}
         for backend in self.balancer.backends.values():
             pool = backend.pool
             if pool is None:
                 continue
             for conn in list(pool.active):
                 exchange = conn.exchange
-                if exchange is not None and exchange.deadline and now >= exchange.deadline:
-                    exchange.expire()
+                if exchange is None:
+                    continue
+                if exchange.deadline:
+                    if now >= exchange.deadline:
+                        exchange.expire()
+                elif exchange.response_started and not exchange.done:
+                    self._watch_stall(exchange, now, progress)
             if pool.idle:
                 service = self.balancer.services.get(backend.service)
                 idle = service.config.timeouts.idle if service is not None else 60.0
                 pool.close_idle(now - idle)
+        self._progress = progress
         limits = self.config.limits
         idle_deadline = now - limits.client_idle_timeout
         header_deadline = now - limits.header_timeout
@@ -230,6 +241,21 @@ class Engine:
             tcp.check_idle(
                 now, service.config.timeouts.idle if service is not None else limits.client_idle_timeout
             )
+
+    def _watch_stall(
+        self, exchange: Exchange, now: float, progress: dict[Exchange, tuple[int, float]]
+    ) -> None:
+        """A response whose head came but whose body stops moving (no byte either way) for the service's response
+        timeout is cut, as nginx's proxy_read_timeout and HAProxy's timeout server do: a stalled backend does
+        not hold a client forever. Waiting on a slow client does not count."""
+        moved = exchange.bytes_in + exchange.bytes_out
+        seen = self._progress.get(exchange)
+        if seen is None or seen[0] != moved or exchange.client.write_paused:
+            progress[exchange] = (moved, now)
+        elif exchange.service is not None and now - seen[1] >= exchange.service.response_timeout:
+            exchange.expire()  # the client sees the response cut (reset), never passed off as whole
+        else:
+            progress[exchange] = seen
 
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)

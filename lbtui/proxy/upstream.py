@@ -4,6 +4,9 @@ Invariants:
 - A connection serves one exchange at a time (no pipelining upstream) and goes back to the pool only when its
   response was read whole, the request was sent whole, both sides allow keep-alive and the backend is `ready`.
 - A connection that receives bytes while idle, fails to parse, or is closed by the peer is never reused.
+- A response is passed on whole or visibly cut, never cut and passed off as whole: a body that ends with the
+  connection ends there only when the backend closed it (FIN); a reset (RST) cuts it. A response framed in a
+  way we cannot pass on (a transfer coding other than chunked, chunked twice) is refused as a bad gateway.
 - httptools traps handled here: a response to HEAD has a body by its headers, so we stop the parser after the
   headers and start a new one; a body delimited by the connection closing ends in `connection_lost`; a 1xx
   response ends a message for the parser but not the exchange.
@@ -42,6 +45,10 @@ class _ExtraData(Exception):
 
 class _HeadersDone(Exception):
     """Raised from the parser callback to stop parsing after the headers of a response that has no body."""
+
+
+class _BadFraming(Exception):
+    """Raised from the parser callback when a response's framing cannot be passed on (see on_header)."""
 
 
 # Upstream failure kinds, as the retry policy names them.
@@ -108,7 +115,11 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
-            exchange.upstream_lost(self)
+            if exc is not None and exchange.response_started and exchange.upstream is self:
+                # Reset, not closed: even a body that ends with the connection is cut here, not whole.
+                exchange.upstream_failed(RESET, f"the backend reset the connection mid-response: {exc}")
+            else:
+                exchange.upstream_lost(self)
 
     def close(self) -> None:
         if not self.closed:
@@ -154,6 +165,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._keep_alive = self.parser.should_keep_alive()
                 self.parser = httptools.HttpResponseParser(self)
                 self._complete = True
+            elif isinstance(error.__context__, _BadFraming):
+                self.close()
+                self.exchange = None
+                exchange.upstream_failed(BAD_RESPONSE, f"invalid response from backend: {error.__context__}")
             else:
                 raise
         except httptools.HttpParserError as error:
@@ -195,6 +210,10 @@ class UpstreamConnection(asyncio.Protocol):
             lname = name.lower()
             if lname in HOP_BY_HOP:
                 if lname == b"transfer-encoding":
+                    # Only chunked, once (as nginx): the parser would read any other coding until close,
+                    # and the client, who never sees this header, would get the coded bytes as the body.
+                    if self.framing == CHUNKED or value.strip().lower() != b"chunked":
+                        raise _BadFraming(f"Transfer-Encoding {value.decode('latin-1')!r} (only chunked)")
                     self.framing = CHUNKED
                 elif lname == b"connection":
                     c = self.connection

@@ -149,7 +149,10 @@ async def test_truncated_body_is_never_passed_off_as_whole(scripted, engine_fact
     data = b""
     async with asyncio.timeout(5):
         while True:
-            chunk = await client.reader.read(1000)
+            try:
+                chunk = await client.reader.read(1000)
+            except ConnectionResetError:  # cut with a reset (RST): a client reading until close knows too
+                break
             if not chunk:
                 break
             data += chunk
