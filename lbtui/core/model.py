@@ -364,9 +364,12 @@ class Service:
                 version = -1 - self.version - 1_000_000 * len(candidates)
             if not candidates:
                 return None
-        algorithm = self._algorithms.get(pool)
+        # A pick that leaves some out (a retry, slow start's second pick) has an algorithm of its own: shared,
+        # its turns would shift the first picks' (round robin would then skip the backend after a dead one).
+        slot = pool if not exclude else pool + "\0again"
+        algorithm = self._algorithms.get(slot)
         if algorithm is None:
-            algorithm = self._algorithms[pool] = make_algorithm(self.algorithm_name)
+            algorithm = self._algorithms[slot] = make_algorithm(self.algorithm_name)
         picked: Backend | None = algorithm.pick(candidates, version, key, self.rng)
         if (
             picked is not None

@@ -571,8 +571,8 @@ async def test_killing_backends_under_load_costs_get_clients_nothing(
     """Keep-alive GET traffic from a few clients to three backends; one is reset (its open connections and every
     new one), then another is blackholed (its answers vanish, its connects hang). Retries answer every GET, given
     "timeout" among their conditions (short timeouts), and a retry budget that covers the clients (the default,
-    20% of requests in flight but at least 3, refuses a few retries here, by design). Random picks: round robin
-    starves the backend after a dead one (see the xfail test below). Bounded: 1500 requests or 8 s."""
+    20% of requests in flight but at least 3, refuses a few retries here, by design). Bounded: 1500 requests or
+    8 s."""
     clients = 6
     bs = [await backends(f"b{i}") for i in range(3)]
     proxies = [await fault_proxy(b) for b in bs]
@@ -582,7 +582,7 @@ async def test_killing_backends_under_load_costs_get_clients_nothing(
         "min_retry_concurrency": clients,
     }
     entries = [(f"b{i}", p.address) for i, p in enumerate(proxies)]
-    engine = await engine_factory(config(entries, algorithm="random", retries=retries))
+    engine = await engine_factory(config(entries, retries=retries))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 8.0
     limit = 1500
@@ -628,11 +628,6 @@ async def test_killing_backends_under_load_costs_get_clients_nothing(
     assert proxies[0].open_links == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="round robin shares one counter between first picks and retry picks (Service.pick with exclude): "
-    "with b0 dead, every b0 turn is retried on b2 and the counter then skips b1",
-)
 async def test_round_robin_with_a_dead_backend_shares_its_turns_fairly(
     backends, fault_proxy, engine_factory, stream
 ):
