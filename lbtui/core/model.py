@@ -523,11 +523,22 @@ class RouteView:
     policies: tuple[str, ...]  # "auth api_key", "rate 10/1s", ...
 
 
+def listener_url(mode: str, tls: bool, address: str) -> str:
+    """`http://`, `https://` or `tcp://` and the address: how a listener is reached."""
+    scheme = "tcp" if mode == "tcp" else "https" if tls else "http"
+    return f"{scheme}://{address}"
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerView:
     name: str
     mode: str
     address: str
+    tls: bool = False
+
+    @property
+    def url(self) -> str:
+        return listener_url(self.mode, self.tls, self.address)
 
 
 @dataclass(frozen=True, slots=True)

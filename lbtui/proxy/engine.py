@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from lbtui.config import Config, ListenerConfig
 from lbtui.core.balancer import Balancer
 from lbtui.core.control import InProcessController
-from lbtui.core.model import AdminState, Backend, ListenerView
+from lbtui.core.model import AdminState, Backend, ListenerView, listener_url
 from lbtui.gateway.routing import Router
 from lbtui.proxy.client import ClientConnection, expire_queue, serve_queue
 from lbtui.proxy.health import HealthChecker
@@ -170,7 +170,9 @@ class Engine:
         sock = server.sockets[0]
         host, port = sock.getsockname()[:2]
         self.addresses[listener.name] = (host, port)
-        self.balancer.listeners.append(ListenerView(listener.name, listener.mode, format_address(host, port)))
+        self.balancer.listeners.append(
+            ListenerView(listener.name, listener.mode, format_address(host, port), listener.tls is not None)
+        )
 
     def address(self, listener: str | None = None) -> tuple[str, int]:
         if listener is None:
@@ -180,8 +182,7 @@ class Engine:
     def url(self, listener: str | None = None) -> str:
         host, port = self.address(listener)
         config = next((c for c in self.config.listeners if c.name == listener), self.config.listeners[0])
-        scheme = "tcp" if config.mode == "tcp" else "https" if config.tls is not None else "http"
-        return f"{scheme}://{format_address(host, port)}"
+        return listener_url(config.mode, config.tls is not None, format_address(host, port))
 
     def close_servers(self) -> None:
         for server in self.servers:

@@ -324,7 +324,7 @@ def status_level(snapshot: Snapshot) -> str:
 
 
 def status_line(snapshot: Snapshot, flags: tuple[str, ...] = ()) -> str:
-    listeners = "  ".join(f"{v.name} http://{v.address}" for v in snapshot.listeners) or "no listener"
+    listeners = "  ".join(f"{v.name} {v.url}" for v in snapshot.listeners) or "no listener"
     requests = sum(s.window.requests for s in snapshot.services)
     errors = sum(s.window.errors for s in snapshot.services)
     rps = sum(s.window.rps for s in snapshot.services)

@@ -319,3 +319,15 @@ async def test_the_command_palette_offers_every_action(backends):
         app.read_only = True
         assert all("Drain" not in title for title, _, _ in provider._commands())
         app.read_only = False
+
+
+def test_status_line_names_each_listener_by_its_scheme():
+    from lbtui.core.model import ListenerView
+
+    listeners = (
+        ListenerView("web", "http", "127.0.0.1:8080"),
+        ListenerView("secure", "http", "127.0.0.1:8443", tls=True),
+        ListenerView("db", "tcp", "127.0.0.1:5433"),
+    )
+    line = status_line(Snapshot(time=0.0, uptime=1.0, listeners=listeners, services=(), connections=0))
+    assert "web http://127.0.0.1:8080  secure https://127.0.0.1:8443  db tcp://127.0.0.1:5433" in line
