@@ -10,6 +10,7 @@ from typing import Any
 
 import httptools
 import pytest
+from hypothesis import settings
 
 from lbtui.config import Config, parse_config
 from lbtui.demo.backends import DemoBackend, Profile
@@ -17,6 +18,11 @@ from lbtui.proxy.engine import Engine
 from tests.faultproxy import FaultProxy
 
 DEADLINE = 10.0
+
+# Hypothesis profiles, for tests that choose one (tests/proxy/test_fuzz.py): "ci" replays the same examples on
+# every run (reproducible), "fuzz" draws new ones each run (exploring).
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("fuzz", deadline=None, print_blob=True)
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE, what: str = "condition") -> None:

@@ -33,6 +33,7 @@ from lbtui.proxy.http import (
     NO_BODY,
     PLAIN_CONNECTION,
     SET_BY_PROXY,
+    TARGET_BYTES,
     UNTIL_CLOSE,
     VALID_HOST,
     WELL_FORMED_VERSION,
@@ -1030,6 +1031,8 @@ class ClientConnection(asyncio.Protocol):
             self.refuse(exchange, 414, f"the request target is longer than {self.max_header_bytes} bytes")
         if b"#" in url:
             self.refuse(exchange, 400, "a request target has no fragment (#)")
+        if url.translate(None, TARGET_BYTES):  # what is left is not allowed (RFC 9112 3.2: 400)
+            self.refuse(exchange, 400, "the request target has a character that RFC 3986 does not allow")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.parsing
@@ -1075,6 +1078,13 @@ class ClientConnection(asyncio.Protocol):
             self.refuse(exchange, 413, f"the request body is larger than {self.max_body} bytes")
         exchange.started = self.last_active  # when its bytes arrived: queueing behind others counts too
         if exchange.upgrade:
+            if exchange.method == b"CONNECT":  # the parser takes every CONNECT for an upgrade
+                # RFC 9110 9.3.6: its target is an authority (refused in origin_form); with a path it is invalid.
+                self.refuse(exchange, 400, "CONNECT needs an authority as its target, and is not served")
+            if exchange.req_framing != NO_BODY:
+                # The parser ends an upgrade request at its head: its body would pass as tunnel bytes while the
+                # backend waits for it (and reads the next client's request as the rest of it).
+                self.refuse(exchange, 400, "an upgrade request with a body is not served")
             exchange.keep_alive = False
             self.upgrading = exchange
         if not exchange.keep_alive:
