@@ -309,7 +309,7 @@ class TcpConnection(asyncio.Protocol):
 
     def connect_failed(self, backend: Backend) -> None:
         now = self.engine.now()
-        backend.connect_failures += 1
+        backend.connect_failed()  # counted, and for outlier detection
         backend.in_flight -= 1
         backend.observe(CONNECT_FAILED, now - self.attempt_started, now, 0)
         self.backend = None

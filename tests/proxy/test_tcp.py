@@ -210,6 +210,22 @@ async def test_refused_backend_is_skipped(echo, engine_factory, connect):
     assert engine.balancer.services["db"].unrouted == 0
 
 
+async def test_a_refusing_backend_is_ejected_by_outlier_detection(echo, engine_factory, connect):
+    good = await echo("good")
+    engine = await engine_factory(
+        tcp_config(
+            [("dead", f"127.0.0.1:{closed_port()}"), ("good", good.address)],
+            outlier={"consecutive_connect_failures": 2},
+        )
+    )
+    for _ in range(6):
+        client = await connect(engine)
+        assert await client.greeting() == "good"
+    dead = engine.balancer.backends["dead"]
+    assert engine.balancer.snapshot().backend("dead").health == "ejected"
+    assert dead.connect_failures == 2  # not offered again once ejected
+
+
 async def test_connect_timeout_moves_on_to_the_next_backend(echo, engine_factory, connect):
     good = await echo("good")
     # A listener that never accepts, its queue already full: the kernel drops further SYNs, so a connect to it
