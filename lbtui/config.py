@@ -1590,8 +1590,12 @@ def _parse_route(
         service=service,
         aggregate=aggregate,
         strip_prefix=strip_prefix,
-        request_headers=_parse_header_ops(reader.table("request_headers", HEADER_OPS_KEYS)),
-        response_headers=_parse_header_ops(reader.table("response_headers", HEADER_OPS_KEYS)),
+        request_headers=_parse_header_ops(
+            ctx, reader.table("request_headers", HEADER_OPS_KEYS), request=True
+        ),
+        response_headers=_parse_header_ops(
+            ctx, reader.table("response_headers", HEADER_OPS_KEYS), request=False
+        ),
         auth=auth,
         rate_limit=rate_limit,
         cors=_parse_cors(reader.table("cors", CORS_KEYS)),
@@ -1648,13 +1652,42 @@ def _parse_aggregate(ctx: _Context, route: _Reader, services: Sequence[str]) -> 
     return tuple(parts)
 
 
-def _parse_header_ops(reader: _Reader | None) -> HeaderOps:
+# Headers a route may not set or remove: the message's framing and the hop-by-hop ones are the proxy's to
+# write; on requests, so are the X-Forwarded-* it adds (a route may not forge the client it vouches for).
+_OWNED_HEADERS: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+_OWNED_REQUEST_HEADERS: Final = _OWNED_HEADERS | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+
+
+def _parse_header_ops(ctx: _Context, reader: _Reader | None, request: bool) -> HeaderOps:
     if reader is None:
         return HeaderOps()
-    return HeaderOps(
+    ops = HeaderOps(
         set=reader.pairs("set", _header_name, _header_value) or (),
         remove=reader.array("remove", _header_name) or (),
     )
+    owned = _OWNED_REQUEST_HEADERS if request else _OWNED_HEADERS
+    for key, names in (("set", [name for name, _ in ops.set]), ("remove", list(ops.remove))):
+        for name in names:
+            if name.lower() in owned or (request and key == "remove" and name.lower() == "host"):
+                ctx.add(
+                    _join(reader.key_path(key), name),
+                    f"{_q(name)} is written by lbtui itself and cannot be {'set' if key == 'set' else 'removed'}",
+                    "framing, hop-by-hop and X-Forwarded-* headers (and a request's Host) are the proxy's",
+                )
+    return ops
 
 
 def _parse_auth(ctx: _Context, reader: _Reader | None) -> AuthConfig | None:

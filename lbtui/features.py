@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lbtui.config import Config, HeaderOps
+from lbtui.config import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +36,6 @@ def refused(config: Config) -> list[Unsupported]:
             ("rate_limit", route.rate_limit is not None),
             ("cors", route.cors is not None),
             ("cache", route.cache is not None),
-            ("strip_prefix", route.strip_prefix is not None),
-            ("request_headers", route.request_headers != HeaderOps()),
-            ("response_headers", route.response_headers != HeaderOps()),
             ("timeout", route.timeout is not None),
         )
         out.extend(

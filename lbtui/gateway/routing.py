@@ -1,8 +1,13 @@
-"""Route matching: which service a request goes to.
+"""Route matching: which service a request goes to, and what the route changes on the way.
 
 Order (ARCHITECTURE section 5): routes whose `host` matches come before routes without a host; within each,
 exact path, then longest prefix, then regex, then no path; ties keep config order. A config with one service
 and no routes sends everything to that service.
+
+A request no route matches gets 404; one that a route would match but for its method gets 405 with `Allow`
+(every method the routes that match it otherwise take). A route's transforms (`strip_prefix`,
+`request_headers`, `response_headers`) apply after matching, on the normalised path; headers the proxy owns
+(framing, hop-by-hop, X-Forwarded-*) are not theirs to change (config.py refuses them).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lbtui.config import RouteConfig
 
@@ -35,13 +40,24 @@ class CompiledRoute:
     methods: frozenset[bytes]
     headers: tuple[tuple[bytes, bytes], ...]
     rank: tuple[int, int, int, int]
+    strip: bytes | None = None  # strip_prefix
+    request_remove: frozenset[bytes] = frozenset()  # lower-case names dropped (and replaced by request_set)
+    request_set: tuple[tuple[bytes, bytes], ...] = ()
+    response_remove: frozenset[bytes] = frozenset()
+    response_set: tuple[tuple[bytes, bytes], ...] = ()
+    transforms_request: bool = False  # strip or request headers: the request is written again after routing
 
     def matches(
         self, method: bytes, host: bytes | None, path: bytes, headers: Sequence[tuple[bytes, bytes]]
     ) -> bool:
-        if self.host is not None and host != self.host:
-            return False
         if self.methods and method not in self.methods:
+            return False
+        return self.matches_but_method(host, path, headers)
+
+    def matches_but_method(
+        self, host: bytes | None, path: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> bool:
+        if self.host is not None and host != self.host:
             return False
         if self.path is not None and path != self.path:
             return False
@@ -53,6 +69,40 @@ class CompiledRoute:
             if not any(n.lower() == name and v == wanted for n, v in headers):
                 return False
         return True
+
+
+def strip_prefix(url: bytes, prefix: bytes) -> bytes:
+    """The target without `prefix` at the start of its path (`/api/x?q` less `/api` is `/x?q`; `/api` is `/`)."""
+    path, question, query = url.partition(b"?")
+    if not _has_prefix(path, prefix):
+        return url
+    rest = path[len(prefix) :]
+    if not rest.startswith(b"/"):
+        rest = b"/" + rest
+    return rest + question + query
+
+
+def set_headers(
+    headers: list[tuple[bytes, bytes]], remove: frozenset[bytes], add: tuple[tuple[bytes, bytes], ...]
+) -> list[tuple[bytes, bytes]]:
+    """`headers` without the names in `remove` (lower case), then `add`."""
+    kept = [(n, v) for n, v in headers if n.lower() not in remove]
+    kept.extend(add)
+    return kept
+
+
+def response_parts(
+    parts: list[bytes], remove: frozenset[bytes], add: tuple[tuple[bytes, bytes], ...]
+) -> list[bytes]:
+    """A response head as the upstream side keeps it (status line, then name, ": ", value, CRLF for each
+    header) with `remove` (lower case) dropped and `add` appended."""
+    out = [parts[0]]
+    for i in range(1, len(parts), 4):
+        if parts[i].lower() not in remove:
+            out += parts[i : i + 4]
+    for name, value in add:
+        out += (name, b": ", value, b"\r\n")
+    return out
 
 
 def _has_prefix(path: bytes, prefix: bytes) -> bool:
@@ -103,16 +153,44 @@ class Router:
                     methods=frozenset(x.encode() for x in m.methods),
                     headers=tuple((k.lower().encode(), v.encode()) for k, v in m.headers),
                     rank=(0 if m.host else 1, kind, -length, index),
+                    **_transforms(route),
                 )
             )
         self.routes = tuple(sorted(compiled, key=lambda r: r.rank))
 
-    def route(self, request: RoutedRequest) -> Service | None:
-        if self.single is not None:
-            return self.single
+    def route(self, request: RoutedRequest) -> CompiledRoute | None:
+        """The route that takes `request` (None: none; see `allowed` for a 405)."""
         path = request.url.split(b"?", 1)[0]
         host = _host_of(request.headers)
         for route in self.routes:
             if route.matches(request.method, host, path, request.headers):
-                return route.service
+                return route
         return None
+
+    def allowed(self, request: RoutedRequest) -> list[str]:
+        """For a request no route takes: the methods routes would take it with (sorted; [] for a 404)."""
+        path = request.url.split(b"?", 1)[0]
+        host = _host_of(request.headers)
+        methods: set[bytes] = set()
+        for route in self.routes:
+            if route.methods and route.matches_but_method(host, path, request.headers):
+                methods |= route.methods
+        return sorted(m.decode() for m in methods)
+
+
+def _transforms(route: RouteConfig) -> dict[str, Any]:
+    request = route.request_headers
+    response = route.response_headers
+    out: dict[str, Any] = {
+        "strip": route.strip_prefix.encode() if route.strip_prefix else None,
+        "request_remove": frozenset(
+            n.lower().encode() for n in (*request.remove, *(k for k, _ in request.set))
+        ),
+        "request_set": tuple((k.encode(), v.encode()) for k, v in request.set),
+        "response_remove": frozenset(
+            n.lower().encode() for n in (*response.remove, *(k for k, _ in response.set))
+        ),
+        "response_set": tuple((k.encode(), v.encode()) for k, v in response.set),
+    }
+    out["transforms_request"] = bool(out["strip"] or out["request_remove"])
+    return out

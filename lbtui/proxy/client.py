@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from lbtui.core.model import AdminState
+from lbtui.gateway.routing import response_parts, set_headers, strip_prefix
 from lbtui.proxy.http import (
     CHUNKED,
     HOP_BY_HOP,
@@ -48,6 +49,7 @@ from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, 
 if TYPE_CHECKING:
     from lbtui.config import ListenerConfig, TimeoutsConfig
     from lbtui.core.model import Backend, Service
+    from lbtui.gateway.routing import CompiledRoute
     from lbtui.proxy.engine import Engine
 
 # Request body bytes kept so that a failed attempt can be sent again to another backend.
@@ -113,13 +115,14 @@ class Exchange:
     client_addr = b""  # the client's address from a trusted proxy's X-Forwarded-For ("": the peer's)
     retrying = False  # counted in its service's retries_in_flight (the retry budget)
     queue_deadline = 0.0  # waiting in its service's queue (max_connections) until then; 0: not waiting
+    route: CompiledRoute | None = None  # set when its route changes the response's headers
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
         self.headers: list[tuple[bytes, bytes]] = []
 
     # -- request side ----------------------------------------------------------------------------------
-    def build_upstream_head(self) -> None:
+    def build_upstream_head(self, cache: bool = True) -> None:
         """Re-serialise the request for the backend: hop-by-hop headers out, forwarding headers in.
 
         A client on a keep-alive connection mostly sends the same headers again and again: the filtered
@@ -128,11 +131,11 @@ class Exchange:
         client = self.client
         headers = self.headers
         cached = client.head_cache
-        if cached is not None and cached[0] == headers and not self.upgrade:
+        if cache and cached is not None and cached[0] == headers and not self.upgrade:
             middle, has_request_id, self.req_framing, self.content_length = cached[1:]
         else:
             middle, has_request_id = self._filter_headers()
-            if not self.upgrade and self.refused is None and self.version == "1.1":
+            if cache and not self.upgrade and self.refused is None and self.version == "1.1":
                 client.head_cache = (headers, middle, has_request_id, self.req_framing, self.content_length)
         if client.trusted is not None:
             self.client_addr = client.forwarded_client
@@ -287,12 +290,38 @@ class Exchange:
             self.respond_error(*refused)
             return
         router = self.client.engine.router
-        service = router.single or router.route(self)
+        service = router.single
         if service is None:
-            self.respond_error(404, "no route matches this request")
-            return
+            route = router.route(self)
+            if route is None:
+                allow = router.allowed(self)
+                if allow:
+                    self.respond_error(
+                        405,
+                        "this route does not take this method",
+                        extra=((b"Allow", ", ".join(allow).encode()),),
+                    )
+                else:
+                    self.respond_error(404, "no route matches this request")
+                return
+            service = route.service
+            if service is None:
+                self.respond_error(404, "no route matches this request")
+                return
+            if route.transforms_request:
+                self._rewrite_for(route)
+            if route.response_remove:
+                self.route = route
         self.service = service
         self.attempt()
+
+    def _rewrite_for(self, route: CompiledRoute) -> None:
+        """The route's strip_prefix and request header changes: the request for the backend is written again."""
+        if route.strip is not None:
+            self.url = strip_prefix(self.url, route.strip)
+        if route.request_remove:
+            self.headers = set_headers(self.headers, route.request_remove, route.request_set)
+        self.build_upstream_head(cache=False)
 
     def hash_key(self) -> bytes | None:
         service = self.service
@@ -557,6 +586,9 @@ class Exchange:
             return
         if not self.request_done and self.req_framing != NO_BODY:
             self.close_after = True  # answered before the request was read whole: close after the reply
+        route = self.route
+        if route is not None:
+            parts = response_parts(parts, route.response_remove, route.response_set)
         self.resp_framing = framing
         if framing in (CHUNKED, UNTIL_CLOSE):
             if self.version == "1.1":
@@ -655,7 +687,13 @@ class Exchange:
             self.client.write(LAST_CHUNK)
         self._finish()
 
-    def respond_error(self, status: int, detail: str, retry_after: bool = False) -> None:
+    def respond_error(
+        self,
+        status: int,
+        detail: str,
+        retry_after: bool = False,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         """Answer with an error of our own, when nothing of a backend's response was sent."""
         if self.done:
             return
@@ -665,7 +703,8 @@ class Exchange:
             self.close_after = True
         close = self.close_after or not self.keep_alive or self.client.engine.closing
         self.close_after = close
-        extra = RETRY_AFTER if retry_after else ()
+        if retry_after:
+            extra = RETRY_AFTER + extra
         self.client.write(
             error_response(status, detail, close=close, head_only=self.method == b"HEAD", extra=extra)
         )

@@ -1,0 +1,203 @@
+"""Routes through real sockets: the matching order, 404 and 405, strip_prefix and header transforms."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from lbtui.config import ConfigError, parse_config
+
+
+def gateway(services: dict[str, Any], routes: list[dict[str, Any]]) -> Any:
+    return parse_config(
+        {
+            "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
+            "services": {
+                name: {"backends": [{"name": backend.name, "address": backend.address}]}
+                for name, backend in services.items()
+            },
+            "routes": routes,
+        },
+        source="<test>",
+    )
+
+
+async def ask(client, method: str, path: str, host: str = "test.local", headers: dict | None = None):
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    await client.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return await client.read_response(head=method == "HEAD")
+
+
+async def test_the_most_specific_route_wins(backends, engine_factory, raw_client):
+    names = ["host", "exact", "long", "short", "regex", "any", "first", "second"]
+    bs = {n: await backends(n) for n in names}
+    routes = [
+        {"name": "any", "match": {}, "service": "any"},
+        {"name": "regex", "match": {"path_regex": "/echo/[0-9]+"}, "service": "regex"},
+        {"name": "short", "match": {"path_prefix": "/echo"}, "service": "short"},
+        {"name": "long", "match": {"path_prefix": "/echo/deep"}, "service": "long"},
+        {"name": "exact", "match": {"path": "/echo/deep/x"}, "service": "exact"},
+        {"name": "host", "match": {"host": "api.local"}, "service": "host"},
+        {"name": "first", "match": {"path_prefix": "/echo/tie", "methods": ["GET"]}, "service": "first"},
+        {"name": "second", "match": {"path_prefix": "/echo/tie"}, "service": "second"},
+    ]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    cases = [
+        ("/echo/deep/x", "test.local", "exact"),  # exact before any prefix
+        ("/echo/deep/y", "test.local", "long"),  # the longest prefix
+        ("/echo/other", "test.local", "short"),
+        ("/echo/123", "test.local", "short"),  # a prefix comes before a regex
+        ("/elsewhere", "test.local", "any"),  # a route with no path matches the rest
+        ("/echo/deep/x", "api.local", "host"),  # a route with a matching host comes before all without
+        ("/echo/tie/1", "test.local", "first"),  # same rank: config order
+    ]
+    for path, host, expected in cases:
+        r = await ask(client, "GET", path, host)
+        assert r.status == 200, (path, host)
+        assert json.loads(r.body)["backend"] == expected, (path, host)
+    r = await ask(client, "POST", "/echo/tie/1")
+    assert json.loads(r.body)["backend"] == "second"  # first takes GET only
+
+
+async def test_regex_comes_before_a_route_without_path(backends, engine_factory, raw_client):
+    bs = {n: await backends(n) for n in ("regex", "any")}
+    routes = [
+        {"name": "any", "match": {}, "service": "any"},
+        {"name": "regex", "match": {"path_regex": "/echo/[0-9]+"}, "service": "regex"},
+    ]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    assert json.loads((await ask(client, "GET", "/echo/42")).body)["backend"] == "regex"
+    assert json.loads((await ask(client, "GET", "/echo/x42")).body)["backend"] == "any"
+
+
+async def test_no_route_is_404_and_a_wrong_method_is_405_with_allow(backends, engine_factory, raw_client):
+    bs = {"api": await backends("api")}
+    routes = [
+        {
+            "name": "read",
+            "match": {"path_prefix": "/echo/items", "methods": ["GET", "HEAD"]},
+            "service": "api",
+        },
+        {"name": "write", "match": {"path": "/echo/items", "methods": ["POST"]}, "service": "api"},
+    ]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    r = await ask(client, "GET", "/nothing")
+    assert r.status == 404
+    r = await ask(client, "DELETE", "/echo/items")
+    assert r.status == 405
+    assert r.header("allow") == "GET, HEAD, POST"
+    r = await ask(client, "DELETE", "/echo/items/7")
+    assert r.status == 405
+    assert r.header("allow") == "GET, HEAD"
+    assert engine.balancer.backends["api"].requests == 0
+    r = await ask(client, "GET", "/echo/items/7")  # the connection is still good
+    assert r.status == 200
+
+
+async def test_strip_prefix(backends, engine_factory, raw_client):
+    bs = {"api": await backends("api")}
+    routes = [{"name": "api", "match": {"path_prefix": "/api"}, "service": "api", "strip_prefix": "/api"}]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    for sent, seen in [
+        ("/api/echo/x?q=1", "/echo/x?q=1"),
+        ("/api/echo", "/echo"),
+        ("/api//echo/../echo/y", "/echo/y"),
+    ]:
+        r = await ask(client, "GET", sent)
+        assert json.loads(r.body)["url"] == seen, sent
+    r = await ask(client, "GET", "/api")
+    assert r.status == 200
+    assert json.loads(r.body)["path"] == "/"
+
+
+async def test_request_and_response_headers_are_transformed(scripted, engine_factory, raw_client):
+    seen: list[bytes] = []
+
+    async def upstream(reader, writer, up):
+        while True:
+            head = await up.read_request(reader)
+            seen.append(head)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nServer: secret/1.0\r\nX-Internal: yes\r\nX-Kept: k\r\nContent-Length: 2\r\n\r\nok"
+            )
+
+    up = await scripted(upstream)
+    config = parse_config(
+        {
+            "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
+            "services": {"app": {"backends": [{"name": "up", "address": up.address}]}},
+            "routes": [
+                {
+                    "name": "api",
+                    "match": {"path_prefix": "/api"},
+                    "service": "app",
+                    "request_headers": {"set": {"X-Gateway": "lbtui"}, "remove": ["X-Debug"]},
+                    "response_headers": {"set": {"X-Served-By": "lbtui"}, "remove": ["Server", "x-internal"]},
+                },
+                {"name": "plain", "match": {"path_prefix": "/"}, "service": "app"},
+            ],
+        },
+        source="<test>",
+    )
+    engine = await engine_factory(config)
+    client = await raw_client(engine.address())
+    forged = {"X-Gateway": "forged", "X-Debug": "1", "X-Other": "o"}
+    r = await ask(client, "GET", "/api/a", headers=forged)
+    assert r.status == 200
+    head = seen[-1].decode()
+    assert "X-Gateway: lbtui" in head
+    assert "forged" not in head
+    assert "X-Debug" not in head
+    assert "X-Other: o" in head
+    assert r.header("x-served-by") == "lbtui"
+    assert r.header("server") is None
+    assert r.header("x-internal") is None
+    assert r.header("x-kept") == "k"
+    # The same headers on the same connection to a route without transforms: nothing changed (the per-connection
+    # cache of filtered headers never carries one route's changes to another).
+    r = await ask(client, "GET", "/b", headers=forged)
+    head = seen[-1].decode()
+    assert "X-Gateway: forged" in head
+    assert "X-Debug: 1" in head
+    assert r.header("server") == "secret/1.0"
+    assert r.header("x-served-by") is None
+    r = await ask(client, "GET", "/api/c", headers=forged)
+    assert "X-Gateway: lbtui" in seen[-1].decode()
+
+
+@pytest.mark.parametrize(
+    ("ops", "where"),
+    [
+        (
+            {"request_headers": {"set": {"Content-Length": "1"}}},
+            "routes[0].request_headers.set.Content-Length",
+        ),
+        ({"request_headers": {"remove": ["Host"]}}, "routes[0].request_headers.remove.Host"),
+        (
+            {"request_headers": {"set": {"X-Forwarded-For": "1.2.3.4"}}},
+            "routes[0].request_headers.set.X-Forwarded-For",
+        ),
+        (
+            {"response_headers": {"remove": ["Transfer-Encoding"]}},
+            "routes[0].response_headers.remove.Transfer-Encoding",
+        ),
+        ({"response_headers": {"set": {"Connection": "close"}}}, "routes[0].response_headers.set.Connection"),
+    ],
+)
+def test_headers_the_proxy_writes_cannot_be_transformed(ops: dict, where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "services": {"a": {"backends": [{"name": "x", "address": "127.0.0.1:1"}]}},
+                "routes": [{"match": {"path_prefix": "/"}, "service": "a", **ops}],
+            },
+            source="t.toml",
+        )
+    assert f"t.toml: {where}: " in str(info.value)
+    assert "written by lbtui itself" in str(info.value)
