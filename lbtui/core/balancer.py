@@ -46,6 +46,10 @@ def route_view(route: RouteConfig) -> RouteView:
     policies = []
     if route.strip_prefix:
         policies.append(f"strip {route.strip_prefix}")
+    if route.request_headers.set or route.request_headers.remove:
+        policies.append("request headers")
+    if route.response_headers.set or route.response_headers.remove:
+        policies.append("response headers")
     if route.auth is not None:
         policies.append(f"auth {route.auth.type}")
     if route.rate_limit is not None:

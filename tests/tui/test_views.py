@@ -155,7 +155,13 @@ async def test_the_routes_view_lists_routes_in_words(backends):
             "shop": {"backends": [{"name": "b0", "address": b.address}]},
         },
         "routes": [
-            {"name": "api", "match": {"path_prefix": "/api", "methods": ["GET"]}, "service": "shop"},
+            {
+                "name": "api",
+                "match": {"path_prefix": "/api", "methods": ["GET"]},
+                "service": "shop",
+                "strip_prefix": "/api",
+                "response_headers": {"remove": ["Server"]},
+            },
             {"name": "rest", "match": {"path_prefix": "/"}, "service": "shop"},
         ],
     }
@@ -165,6 +171,8 @@ async def test_the_routes_view_lists_routes_in_words(backends):
         assert table.keys == ["api", "rest"]
         assert table.get_row("api")[1] == "prefix /api, GET"
         assert table.get_row("api")[2] == "shop"
+        assert "strip /api" in str(table.get_row("api"))
+        assert "response headers" in str(table.get_row("api"))
 
 
 async def test_the_routes_view_without_routes_says_where_requests_go(backends):
