@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lbtui.config import Config
+from lbtui.gateway.auth import missing_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +29,19 @@ LATER = "not in this version of lbtui yet"
 def refused(config: Config) -> list[Unsupported]:
     """Keys the engine will not run with: ignoring them would change what reaches a backend or a client."""
     out: list[Unsupported] = []
+    for i in missing_keys(config.consumers):
+        env = config.consumers[i].api_key_env
+        out.append(
+            Unsupported(
+                f"consumers[{i}].api_key_env",
+                f"the environment variable {env!r} is not set (it holds this consumer's API key)",
+            )
+        )
     for i, route in enumerate(config.routes):
         base = f"routes[{i}]"
         checks = (
             ("aggregate", bool(route.aggregate)),
-            ("auth", route.auth is not None),
+            ("auth", route.auth is not None and route.auth.type != "api_key"),
             ("rate_limit", route.rate_limit is not None),
             ("cors", route.cors is not None),
             ("cache", route.cache is not None),
@@ -57,6 +66,4 @@ def ignored(config: Config) -> list[Unsupported]:
         out.append(Unsupported("admin", f"the admin API is {LATER}"))
     if config.state.file is not None:
         out.append(Unsupported("state.file", f"persisted runtime state is {LATER}"))
-    if config.consumers:
-        out.append(Unsupported("consumers", f"consumers (API keys) are {LATER}"))
     return out

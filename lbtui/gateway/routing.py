@@ -45,7 +45,8 @@ class CompiledRoute:
     request_set: tuple[tuple[bytes, bytes], ...] = ()
     response_remove: frozenset[bytes] = frozenset()
     response_set: tuple[tuple[bytes, bytes], ...] = ()
-    transforms_request: bool = False  # strip or request headers: the request is written again after routing
+    api_key: bytes | None = None  # auth api_key: the header (lower case) that carries the key
+    transforms_request: bool = False  # strip, request headers or auth: the request is written again
 
     def matches(
         self, method: bytes, host: bytes | None, path: bytes, headers: Sequence[tuple[bytes, bytes]]
@@ -192,5 +193,7 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
         ),
         "response_set": tuple((k.encode(), v.encode()) for k, v in response.set),
     }
-    out["transforms_request"] = bool(out["strip"] or out["request_remove"])
+    auth = route.auth
+    out["api_key"] = auth.header.lower().encode() if auth is not None and auth.type == "api_key" else None
+    out["transforms_request"] = bool(out["strip"] or out["request_remove"] or out["api_key"])
     return out

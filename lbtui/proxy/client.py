@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from lbtui.core.model import AdminState
+from lbtui.gateway.auth import CONSUMER_HEADER
 from lbtui.gateway.routing import response_parts, set_headers, strip_prefix
 from lbtui.proxy.http import (
     CHUNKED,
@@ -309,19 +310,46 @@ class Exchange:
                 self.respond_error(404, "no route matches this request")
                 return
             if route.transforms_request:
-                self._rewrite_for(route)
+                consumer = b""
+                if route.api_key is not None:
+                    consumer = self._consumer(route.api_key)
+                    if not consumer:
+                        return
+                self._rewrite_for(route, consumer)
             if route.response_remove:
                 self.route = route
         self.service = service
         self.attempt()
 
-    def _rewrite_for(self, route: CompiledRoute) -> None:
-        """The route's strip_prefix and request header changes: the request for the backend is written again."""
+    def _consumer(self, header: bytes) -> bytes:
+        """The consumer an API key in `header` names; "" after answering 401 (no key, two keys, unknown)."""
+        keys = [value for name, value in self.headers if name.lower() == header]
+        consumer = self.client.engine.api_keys.consumer(keys[0]) if len(keys) == 1 else None
+        if consumer is None:
+            shown = header.decode("latin-1")
+            self.respond_error(
+                401,
+                f"a valid API key is required in the {shown} header" if keys else f"no API key in {shown}",
+                extra=((b"WWW-Authenticate", b'ApiKey header="' + header + b'"'),),
+            )
+            return b""
+        return consumer
+
+    def _rewrite_for(self, route: CompiledRoute, consumer: bytes = b"") -> None:
+        """The route's strip_prefix, request header changes and authenticated consumer: the request for the
+        backend is written again (the API key itself is not passed on)."""
         if route.strip is not None:
             self.url = strip_prefix(self.url, route.strip)
-        if route.request_remove:
-            self.headers = set_headers(self.headers, route.request_remove, route.request_set)
+        remove = route.request_remove
+        if route.api_key is not None:
+            remove = remove | {route.api_key}
+        if remove:
+            self.headers = set_headers(self.headers, remove, route.request_set)
         self.build_upstream_head(cache=False)
+        if consumer:  # after the filter, which drops any X-Consumer a client sent
+            self.upstream_request = b"".join(
+                (self.upstream_request[:-2], CONSUMER_HEADER, b": ", consumer, b"\r\n\r\n")
+            )
 
     def hash_key(self) -> bytes | None:
         service = self.service

@@ -16,6 +16,7 @@ from lbtui.config import Config, ListenerConfig
 from lbtui.core.balancer import Balancer
 from lbtui.core.control import InProcessController
 from lbtui.core.model import AdminState, Backend, ListenerView, listener_url
+from lbtui.gateway.auth import ApiKeys
 from lbtui.gateway.routing import Router
 from lbtui.proxy.client import ClientConnection, expire_queue, serve_queue
 from lbtui.proxy.health import HealthChecker
@@ -70,6 +71,7 @@ class Engine:
         self.controller = InProcessController(self.balancer)
         self.router = Router(config.routes, self.balancer.services)
         self.request_ids = RequestIds()
+        self.api_keys = ApiKeys(config.consumers)
         self.trusted_proxies = {
             listener.name: TrustedProxies(listener.trusted_proxies)
             for listener in config.listeners

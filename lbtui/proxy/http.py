@@ -37,7 +37,7 @@ NEVER_CONNECTION_NAMED = frozenset({b"close", b"upgrade", b"content-length", b"t
 PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 # Request headers the proxy writes itself rather than passing on.
-SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-consumer"})
 
 # RFC 9112 3.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ]; uri-host an IP literal or a reg-name (or IPv4),
 # whose `%` starts two hex digits. (Written as `char* (escape char*)*`: linear, and as quick as one class.)
