@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lbtui.config import RouteConfig
+from lbtui.gateway.ratelimit import TokenBuckets
 
 if TYPE_CHECKING:
     from lbtui.core.model import Service
@@ -46,6 +47,8 @@ class CompiledRoute:
     response_remove: frozenset[bytes] = frozenset()
     response_set: tuple[tuple[bytes, bytes], ...] = ()
     api_key: bytes | None = None  # auth api_key: the header (lower case) that carries the key
+    limiter: TokenBuckets | None = None  # rate_limit (its buckets are the route's mutable state)
+    limit_key: str = ""  # client_ip, consumer, or the lower-case header name of header:NAME
     transforms_request: bool = False  # strip, request headers or auth: the request is written again
 
     def matches(
@@ -168,6 +171,12 @@ class Router:
                 return route
         return None
 
+    def sweep(self, now: float) -> None:
+        """Forget rate-limit buckets that have refilled (the engine's tick calls this now and then)."""
+        for route in self.routes:
+            if route.limiter is not None:
+                route.limiter.sweep(now)
+
     def allowed(self, request: RoutedRequest) -> list[str]:
         """For a request no route takes: the methods routes would take it with (sorted; [] for a 404)."""
         path = request.url.split(b"?", 1)[0]
@@ -193,6 +202,17 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
         ),
         "response_set": tuple((k.encode(), v.encode()) for k, v in response.set),
     }
+    limit = route.rate_limit
+    if limit is not None:
+        out["limiter"] = TokenBuckets(limit)
+        # The RateLimit-* headers are the gateway's: a backend's own are dropped.
+        out["response_remove"] = out["response_remove"] | {
+            b"ratelimit-limit",
+            b"ratelimit-remaining",
+            b"ratelimit-reset",
+        }
+        source, _, header = limit.key.partition(":")
+        out["limit_key"] = header.lower() if source == "header" else source
     auth = route.auth
     out["api_key"] = auth.header.lower().encode() if auth is not None and auth.type == "api_key" else None
     out["transforms_request"] = bool(out["strip"] or out["request_remove"] or out["api_key"])

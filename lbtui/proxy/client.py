@@ -50,6 +50,7 @@ from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, 
 if TYPE_CHECKING:
     from lbtui.config import ListenerConfig, TimeoutsConfig
     from lbtui.core.model import Backend, Service
+    from lbtui.gateway.ratelimit import TokenBuckets
     from lbtui.gateway.routing import CompiledRoute
     from lbtui.proxy.engine import Engine
 
@@ -117,6 +118,7 @@ class Exchange:
     retrying = False  # counted in its service's retries_in_flight (the retry budget)
     queue_deadline = 0.0  # waiting in its service's queue (max_connections) until then; 0: not waiting
     route: CompiledRoute | None = None  # set when its route changes the response's headers
+    rate_headers: tuple[tuple[bytes, bytes], ...] = ()  # RateLimit-* for the response (rate_limit routes)
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -309,17 +311,39 @@ class Exchange:
             if service is None:
                 self.respond_error(404, "no route matches this request")
                 return
+            consumer = b""
+            if route.api_key is not None:
+                consumer = self._consumer(route.api_key)
+                if not consumer:
+                    return
+            if route.limiter is not None and not self._within_rate(route, route.limiter, consumer):
+                return
             if route.transforms_request:
-                consumer = b""
-                if route.api_key is not None:
-                    consumer = self._consumer(route.api_key)
-                    if not consumer:
-                        return
                 self._rewrite_for(route, consumer)
-            if route.response_remove:
+            if route.response_remove or self.rate_headers:
                 self.route = route
         self.service = service
         self.attempt()
+
+    def _within_rate(self, route: CompiledRoute, limiter: TokenBuckets, consumer: bytes) -> bool:
+        """Take a token from the bucket of this request's key; False after answering 429."""
+        kind = route.limit_key
+        if kind == "client_ip":
+            key = self.client_addr or self.client.peer_host
+        elif kind == "consumer":
+            key = consumer
+        else:
+            wanted = kind.encode()
+            key = next((v for n, v in self.headers if n.lower() == wanted), b"")
+        allowed, remaining, reset = limiter.take(key, self.client.engine.now())
+        headers = limiter.headers(remaining, reset)
+        if allowed:
+            self.rate_headers = headers
+            return True
+        self.respond_error(
+            429, "too many requests: wait for Retry-After", extra=((b"Retry-After", b"%d" % reset), *headers)
+        )
+        return False
 
     def _consumer(self, header: bytes) -> bytes:
         """The consumer an API key in `header` names; "" after answering 401 (no key, two keys, unknown)."""
@@ -616,7 +640,7 @@ class Exchange:
             self.close_after = True  # answered before the request was read whole: close after the reply
         route = self.route
         if route is not None:
-            parts = response_parts(parts, route.response_remove, route.response_set)
+            parts = response_parts(parts, route.response_remove, route.response_set + self.rate_headers)
         self.resp_framing = framing
         if framing in (CHUNKED, UNTIL_CLOSE):
             if self.version == "1.1":

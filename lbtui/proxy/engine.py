@@ -90,6 +90,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._next_sweep = 0.0  # when the rate-limit buckets are next swept
         # Responses under way at the last tick: bytes moved and since when (see _watch_stall).
         self._progress: dict[Exchange, tuple[int, float]] = {}
         self.now: Callable[[], float] = time.monotonic  # the loop's clock once started
@@ -200,6 +201,9 @@ class Engine:
     def tick(self) -> None:
         self.balancer.tick()
         now = self.loop.time()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 10.0
+            self.router.sweep(now)
         for queued in self.balancer.services.values():
             if queued.queue:
                 expire_queue(queued, now)
