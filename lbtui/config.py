@@ -300,6 +300,8 @@ class RouteConfig:
     cors: CorsConfig | None = None
     cache: CacheConfig | None = None
     timeout: float | None = None
+    ip_allow: tuple[str, ...] = ()  # networks (CIDR); when given, only clients in one may use the route
+    ip_deny: tuple[str, ...] = ()  # networks whose clients get 403 (deny wins over allow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1073,6 +1075,8 @@ ROUTE_KEYS: Final = (
     "cors",
     "cache",
     "timeout",
+    "ip_allow",
+    "ip_deny",
 )
 MATCH_KEYS: Final = ("path", "path_prefix", "path_regex", "host", "methods", "headers")
 AGGREGATE_KEYS: Final = ("service", "path", "group", "allow")
@@ -1598,6 +1602,8 @@ def _parse_route(
         ),
         auth=auth,
         rate_limit=rate_limit,
+        ip_allow=reader.array("ip_allow", _network) or (),
+        ip_deny=reader.array("ip_deny", _network) or (),
         cors=_parse_cors(reader.table("cors", CORS_KEYS)),
         cache=_parse_cache(reader.table("cache", CACHE_KEYS)),
         timeout=reader.value("timeout", _positive_duration),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lbtui.config import RouteConfig
 from lbtui.gateway.ratelimit import TokenBuckets
+from lbtui.proxy.http import Networks
 
 if TYPE_CHECKING:
     from lbtui.core.model import Service
@@ -47,6 +48,8 @@ class CompiledRoute:
     response_remove: frozenset[bytes] = frozenset()
     response_set: tuple[tuple[bytes, bytes], ...] = ()
     api_key: bytes | None = None  # auth api_key: the header (lower case) that carries the key
+    ip_allow: Networks | None = None  # only these clients (403 for the rest)
+    ip_deny: Networks | None = None  # never these clients (403)
     limiter: TokenBuckets | None = None  # rate_limit (its buckets are the route's mutable state)
     limit_key: str = ""  # client_ip, consumer, or the lower-case header name of header:NAME
     transforms_request: bool = False  # strip, request headers or auth: the request is written again
@@ -202,6 +205,8 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
         ),
         "response_set": tuple((k.encode(), v.encode()) for k, v in response.set),
     }
+    out["ip_allow"] = Networks(route.ip_allow) if route.ip_allow else None
+    out["ip_deny"] = Networks(route.ip_deny) if route.ip_deny else None
     limit = route.rate_limit
     if limit is not None:
         out["limiter"] = TokenBuckets(limit)

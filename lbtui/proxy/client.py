@@ -311,6 +311,14 @@ class Exchange:
             if service is None:
                 self.respond_error(404, "no route matches this request")
                 return
+            if route.ip_allow is not None or route.ip_deny is not None:
+                address = self.client_addr or self.client.peer_host
+                denied, allowed = route.ip_deny, route.ip_allow
+                if (denied is not None and denied.contains(address)) or (
+                    allowed is not None and not allowed.contains(address)
+                ):
+                    self.respond_error(403, "this client address may not use this route")
+                    return
             consumer = b""
             if route.api_key is not None:
                 consumer = self._consumer(route.api_key)

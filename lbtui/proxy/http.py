@@ -178,18 +178,15 @@ def error_response(
     return b"".join(parts)
 
 
-class TrustedProxies:
-    """A listener's trusted_proxies: whose X-Forwarded-For is believed, and which client address it gives.
-
-    As in nginx's real_ip_recursive and Traefik's forwardedHeaders.trustedIPs: the client is the right-most
-    address of the chain (X-Forwarded-For, then the peer) that is not a trusted proxy itself.
-    """
+class Networks:
+    """IP networks (CIDR), and whether an address (as bytes, as peers and X-Forwarded-For give it) is in one.
+    IPv4-mapped IPv6 addresses count as their IPv4 address; what is not an address is in none."""
 
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks = tuple(ipaddress.ip_network(n) for n in networks)
         self._seen: dict[bytes, bool] = {}
 
-    def trusts(self, address: bytes) -> bool:
+    def contains(self, address: bytes) -> bool:
         known = self._seen.get(address)
         if known is None:
             try:
@@ -203,6 +200,17 @@ class TrustedProxies:
             if len(self._seen) < 4096:
                 self._seen[address] = known
         return known
+
+
+class TrustedProxies(Networks):
+    """A listener's trusted_proxies: whose X-Forwarded-For is believed, and which client address it gives.
+
+    As in nginx's real_ip_recursive and Traefik's forwardedHeaders.trustedIPs: the client is the right-most
+    address of the chain (X-Forwarded-For, then the peer) that is not a trusted proxy itself.
+    """
+
+    def trusts(self, address: bytes) -> bool:
+        return self.contains(address)
 
     def client_address(self, forwarded_for: bytes | None, peer: bytes) -> bytes:
         if not forwarded_for:

@@ -201,3 +201,35 @@ def test_headers_the_proxy_writes_cannot_be_transformed(ops: dict, where: str) -
         )
     assert f"t.toml: {where}: " in str(info.value)
     assert "written by lbtui itself" in str(info.value)
+
+
+async def test_ip_allow_and_deny_lists(backends, engine_factory, raw_client):
+    bs = {"api": await backends("api")}
+
+    def config(**lists):
+        data = gateway(bs, [{"name": "r", "match": {"path_prefix": "/"}, "service": "api", **lists}])
+        return data
+
+    cases = [
+        ({"ip_allow": ["127.0.0.0/8"]}, 200),
+        ({"ip_allow": ["10.0.0.0/8", "::1"]}, 403),
+        ({"ip_deny": ["127.0.0.1"]}, 403),
+        ({"ip_deny": ["10.0.0.0/8"]}, 200),
+        ({"ip_allow": ["127.0.0.0/8"], "ip_deny": ["127.0.0.1/32"]}, 403),  # deny wins
+    ]
+    for lists, status in cases:
+        engine = await engine_factory(config(**lists))
+        client = await raw_client(engine.address())
+        r = await ask(client, "GET", "/echo/x", headers={"X-Forwarded-For": "10.1.1.1"})  # not believed
+        assert r.status == status, lists
+    assert bs["api"].requests == 2
+
+
+def test_ip_lists_must_be_networks() -> None:
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.ip_deny\[0\]: 'x' is not an IP address or network"):
+        parse_config(
+            {
+                "services": {"a": {"backends": [{"name": "x", "address": "127.0.0.1:1"}]}},
+                "routes": [{"match": {}, "service": "a", "ip_deny": ["x"]}],
+            }
+        )
