@@ -237,6 +237,7 @@ class RouteMatch:
     host: str | None = None
     methods: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()  # query parameters that must be present with exactly these values
 
 
 @dataclass(frozen=True, slots=True)
@@ -1078,7 +1079,7 @@ ROUTE_KEYS: Final = (
     "ip_allow",
     "ip_deny",
 )
-MATCH_KEYS: Final = ("path", "path_prefix", "path_regex", "host", "methods", "headers")
+MATCH_KEYS: Final = ("path", "path_prefix", "path_regex", "host", "methods", "headers", "query")
 AGGREGATE_KEYS: Final = ("service", "path", "group", "allow")
 HEADER_OPS_KEYS: Final = ("set", "remove")
 AUTH_KEYS: Final = ("type", "header", "algorithms", "secret_env", "public_key_file", "issuer", "audience")
@@ -1623,6 +1624,7 @@ def _parse_match(ctx: _Context, reader: _Reader | None) -> RouteMatch:
         host=reader.value("host", _route_host),
         methods=reader.array("methods", _method) or (),
         headers=reader.pairs("headers", _header_name, _header_value) or (),
+        query=reader.pairs("query", _query_name, _header_value) or (),
     )
 
 

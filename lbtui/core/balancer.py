@@ -39,6 +39,7 @@ def route_view(route: RouteConfig) -> RouteView:
     if m.methods:
         parts.append(" ".join(m.methods))
     parts.extend(f"{name}: {value}" for name, value in m.headers)
+    parts.extend(f"?{name}={value}" for name, value in m.query)
     if route.aggregate:
         target = "aggregate: " + ", ".join(part.service for part in route.aggregate)
     else:

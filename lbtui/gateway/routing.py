@@ -42,6 +42,7 @@ class CompiledRoute:
     methods: frozenset[bytes]
     headers: tuple[tuple[bytes, bytes], ...]
     rank: tuple[int, int, int, int]
+    query: tuple[tuple[bytes, bytes], ...] = ()
     strip: bytes | None = None  # strip_prefix
     request_remove: frozenset[bytes] = frozenset()  # lower-case names dropped (and replaced by request_set)
     request_set: tuple[tuple[bytes, bytes], ...] = ()
@@ -76,6 +77,13 @@ class CompiledRoute:
             if not any(n.lower() == name and v == wanted for n, v in headers):
                 return False
         return True
+
+    def matches_query(self, query: bytes) -> bool:
+        """Every `query` parameter is in the request's query string with its value (as sent, not decoded)."""
+        if not self.query:
+            return True
+        given = [part.partition(b"=") for part in query.split(b"&")]
+        return all(any(k == name and v == value for k, _, v in given) for name, value in self.query)
 
 
 def strip_prefix(url: bytes, prefix: bytes) -> bytes:
@@ -159,6 +167,7 @@ class Router:
                     regex=re.compile(m.path_regex.encode()) if m.path_regex is not None else None,
                     methods=frozenset(x.encode() for x in m.methods),
                     headers=tuple((k.lower().encode(), v.encode()) for k, v in m.headers),
+                    query=tuple((k.encode(), v.encode()) for k, v in m.query),
                     rank=(0 if m.host else 1, kind, -length, index),
                     **_transforms(route),
                 )
@@ -167,10 +176,10 @@ class Router:
 
     def route(self, request: RoutedRequest) -> CompiledRoute | None:
         """The route that takes `request` (None: none; see `allowed` for a 405)."""
-        path = request.url.split(b"?", 1)[0]
+        path, _, query = request.url.partition(b"?")
         host = _host_of(request.headers)
         for route in self.routes:
-            if route.matches(request.method, host, path, request.headers):
+            if route.matches(request.method, host, path, request.headers) and route.matches_query(query):
                 return route
         return None
 
@@ -182,11 +191,15 @@ class Router:
 
     def allowed(self, request: RoutedRequest) -> list[str]:
         """For a request no route takes: the methods routes would take it with (sorted; [] for a 404)."""
-        path = request.url.split(b"?", 1)[0]
+        path, _, query = request.url.partition(b"?")
         host = _host_of(request.headers)
         methods: set[bytes] = set()
         for route in self.routes:
-            if route.methods and route.matches_but_method(host, path, request.headers):
+            if (
+                route.methods
+                and route.matches_but_method(host, path, request.headers)
+                and route.matches_query(query)
+            ):
                 methods |= route.methods
         return sorted(m.decode() for m in methods)
 

@@ -233,3 +233,22 @@ def test_ip_lists_must_be_networks() -> None:
                 "routes": [{"match": {}, "service": "a", "ip_deny": ["x"]}],
             }
         )
+
+
+async def test_match_on_query_parameters(backends, engine_factory, raw_client):
+    bs = {"v2": await backends("v2"), "v1": await backends("v1")}
+    routes = [
+        {"name": "v2", "match": {"path_prefix": "/echo", "query": {"version": "2"}}, "service": "v2"},
+        {"name": "v1", "match": {"path_prefix": "/echo"}, "service": "v1"},
+    ]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    for target, expected in [
+        ("/echo/a?version=2", "v2"),
+        ("/echo/a?x=1&version=2", "v2"),
+        ("/echo/a?version=20", "v1"),
+        ("/echo/a?version", "v1"),
+        ("/echo/a", "v1"),
+    ]:
+        r = await ask(client, "GET", target)
+        assert json.loads(r.body)["backend"] == expected, target
