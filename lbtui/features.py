@@ -42,7 +42,6 @@ def refused(config: Config) -> list[Unsupported]:
         checks = (
             ("aggregate", bool(route.aggregate)),
             ("auth", route.auth is not None and route.auth.type != "api_key"),
-            ("cors", route.cors is not None),
             ("cache", route.cache is not None),
             ("timeout", route.timeout is not None),
         )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lbtui.config import RouteConfig
+from lbtui.gateway.cors import BACKEND_CORS_HEADERS, Cors
 from lbtui.gateway.ratelimit import TokenBuckets
 from lbtui.proxy.http import Networks
 
@@ -52,6 +53,7 @@ class CompiledRoute:
     ip_allow: Networks | None = None  # only these clients (403 for the rest)
     ip_deny: Networks | None = None  # never these clients (403)
     limiter: TokenBuckets | None = None  # rate_limit (its buckets are the route's mutable state)
+    cors: Cors | None = None
     limit_key: str = ""  # client_ip, consumer, or the lower-case header name of header:NAME
     transforms_request: bool = False  # strip, request headers or auth: the request is written again
 
@@ -145,6 +147,7 @@ class Router:
             if len(services) == 1:
                 self.single = next(iter(services.values()))
             self.routes: tuple[CompiledRoute, ...] = ()
+            self.cors = False
             return
         compiled = []
         for index, route in enumerate(routes):
@@ -173,13 +176,16 @@ class Router:
                 )
             )
         self.routes = tuple(sorted(compiled, key=lambda r: r.rank))
+        self.cors = any(r.cors is not None for r in self.routes)  # some route answers CORS preflights
 
-    def route(self, request: RoutedRequest) -> CompiledRoute | None:
-        """The route that takes `request` (None: none; see `allowed` for a 405)."""
+    def route(self, request: RoutedRequest, method: bytes | None = None) -> CompiledRoute | None:
+        """The route that takes `request` (as if its method were `method`, when given; None: none; see
+        `allowed` for a 405)."""
         path, _, query = request.url.partition(b"?")
         host = _host_of(request.headers)
+        wanted = request.method if method is None else method
         for route in self.routes:
-            if route.matches(request.method, host, path, request.headers) and route.matches_query(query):
+            if route.matches(wanted, host, path, request.headers) and route.matches_query(query):
                 return route
         return None
 
@@ -188,6 +194,19 @@ class Router:
         for route in self.routes:
             if route.limiter is not None:
                 route.limiter.sweep(now)
+
+    def cors_route(self, request: RoutedRequest) -> CompiledRoute | None:
+        """The first route with `cors` that would take `request` with some method (for a preflight)."""
+        path, _, query = request.url.partition(b"?")
+        host = _host_of(request.headers)
+        for route in self.routes:
+            if (
+                route.cors is not None
+                and route.matches_but_method(host, path, request.headers)
+                and route.matches_query(query)
+            ):
+                return route
+        return None
 
     def allowed(self, request: RoutedRequest) -> list[str]:
         """For a request no route takes: the methods routes would take it with (sorted; [] for a 404)."""
@@ -218,6 +237,9 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
         ),
         "response_set": tuple((k.encode(), v.encode()) for k, v in response.set),
     }
+    if route.cors is not None:
+        out["cors"] = Cors(route.cors, route.match.methods)
+        out["response_remove"] = out["response_remove"] | BACKEND_CORS_HEADERS
     out["ip_allow"] = Networks(route.ip_allow) if route.ip_allow else None
     out["ip_deny"] = Networks(route.ip_deny) if route.ip_deny else None
     limit = route.rate_limit

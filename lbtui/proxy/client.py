@@ -24,6 +24,7 @@ import httptools
 
 from lbtui.core.model import AdminState
 from lbtui.gateway.auth import CONSUMER_HEADER
+from lbtui.gateway.cors import header_of
 from lbtui.gateway.routing import response_parts, set_headers, strip_prefix
 from lbtui.proxy.http import (
     CHUNKED,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from lbtui.config import ListenerConfig, TimeoutsConfig
     from lbtui.core.model import Backend, Service
     from lbtui.gateway.ratelimit import TokenBuckets
-    from lbtui.gateway.routing import CompiledRoute
+    from lbtui.gateway.routing import CompiledRoute, Router
     from lbtui.proxy.engine import Engine
 
 # Request body bytes kept so that a failed attempt can be sent again to another backend.
@@ -118,7 +119,7 @@ class Exchange:
     retrying = False  # counted in its service's retries_in_flight (the retry budget)
     queue_deadline = 0.0  # waiting in its service's queue (max_connections) until then; 0: not waiting
     route: CompiledRoute | None = None  # set when its route changes the response's headers
-    rate_headers: tuple[tuple[bytes, bytes], ...] = ()  # RateLimit-* for the response (rate_limit routes)
+    response_extra: tuple[tuple[bytes, bytes], ...] = ()  # for the response: RateLimit-*, CORS grants
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -295,6 +296,8 @@ class Exchange:
         router = self.client.engine.router
         service = router.single
         if service is None:
+            if router.cors and self.method == b"OPTIONS" and self._preflight(router):
+                return
             route = router.route(self)
             if route is None:
                 allow = router.allowed(self)
@@ -328,10 +331,36 @@ class Exchange:
                 return
             if route.transforms_request:
                 self._rewrite_for(route, consumer)
-            if route.response_remove or self.rate_headers:
+            cors = route.cors
+            if cors is not None:
+                self.response_extra += cors.response_headers(header_of(self.headers, b"origin"))
+            if route.response_remove or self.response_extra:
                 self.route = route
         self.service = service
         self.attempt()
+
+    def _preflight(self, router: Router) -> bool:
+        """A CORS preflight for a route with `cors`: answered here (204 or 403), never forwarded. False when
+        this OPTIONS is not one (it is then routed as any request)."""
+        requested = header_of(self.headers, b"access-control-request-method")
+        origin = header_of(self.headers, b"origin")
+        if requested is None or origin is None:
+            return False
+        method = requested.strip()
+        route = router.route(self, method)
+        if route is None:
+            route = router.cors_route(self)  # a method no route takes here: refused below
+        if route is None or route.cors is None:
+            return False  # not a route with cors: the OPTIONS is routed (and forwarded) as any request
+        cors = route.cors
+        assert cors is not None
+        asked = header_of(self.headers, b"access-control-request-headers") or b""
+        grant = cors.preflight(origin, method, asked)
+        if grant is None:
+            self.respond_error(403, "CORS preflight refused: this origin, method or header is not allowed")
+        else:
+            self.respond_error(204, "", extra=grant)
+        return True
 
     def _within_rate(self, route: CompiledRoute, limiter: TokenBuckets, consumer: bytes) -> bool:
         """Take a token from the bucket of this request's key; False after answering 429."""
@@ -346,7 +375,7 @@ class Exchange:
         allowed, remaining, reset = limiter.take(key, self.client.engine.now())
         headers = limiter.headers(remaining, reset)
         if allowed:
-            self.rate_headers = headers
+            self.response_extra += headers
             return True
         self.respond_error(
             429, "too many requests: wait for Retry-After", extra=((b"Retry-After", b"%d" % reset), *headers)
@@ -648,7 +677,7 @@ class Exchange:
             self.close_after = True  # answered before the request was read whole: close after the reply
         route = self.route
         if route is not None:
-            parts = response_parts(parts, route.response_remove, route.response_set + self.rate_headers)
+            parts = response_parts(parts, route.response_remove, route.response_set + self.response_extra)
         self.resp_framing = framing
         if framing in (CHUNKED, UNTIL_CLOSE):
             if self.version == "1.1":

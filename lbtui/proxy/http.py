@@ -160,15 +160,19 @@ def error_response(
     head_only: bool = False,
     extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
-    """A small plain-text reply made by the proxy itself (503, 502, 504, 400...)."""
+    """A small plain-text reply made by the proxy itself (503, 502, 504, 400...; a 204 has no body)."""
     phrase = http.HTTPStatus(status).phrase
-    body = f"{status} {phrase}\n{detail}\n".encode() if detail else f"{status} {phrase}\n".encode()
-    parts = [
-        status_line(status),
-        b"Content-Type: text/plain; charset=utf-8\r\n",
-        b"Content-Length: %d\r\n" % len(body),
-        b"Cache-Control: no-store\r\n",
-    ]
+    if status == 204:
+        body = b""
+        parts = [status_line(status), b"Cache-Control: no-store\r\n"]
+    else:
+        body = f"{status} {phrase}\n{detail}\n".encode() if detail else f"{status} {phrase}\n".encode()
+        parts = [
+            status_line(status),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            b"Cache-Control: no-store\r\n",
+        ]
     parts.extend(name + b": " + value + b"\r\n" for name, value in extra)
     if close:
         parts.append(b"Connection: close\r\n")
