@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from lbtui.config import Config
 from lbtui.gateway.auth import missing_keys
+from lbtui.gateway.jwt_auth import key_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,12 @@ def refused(config: Config) -> list[Unsupported]:
         )
     for i, route in enumerate(config.routes):
         base = f"routes[{i}]"
+        if route.auth is not None and route.auth.type == "jwt":
+            problem = key_problem(route.auth)
+            if problem is not None:
+                out.append(Unsupported(f"{base}.auth.{problem[0]}", problem[1]))
         checks = (
             ("aggregate", bool(route.aggregate)),
-            ("auth", route.auth is not None and route.auth.type != "api_key"),
             ("cache", route.cache is not None),
             ("timeout", route.timeout is not None),
         )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lbtui.config import RouteConfig
 from lbtui.gateway.cors import BACKEND_CORS_HEADERS, Cors
+from lbtui.gateway.jwt_auth import JwtVerifier
 from lbtui.gateway.ratelimit import TokenBuckets
 from lbtui.proxy.http import Networks
 
@@ -54,6 +55,7 @@ class CompiledRoute:
     ip_deny: Networks | None = None  # never these clients (403)
     limiter: TokenBuckets | None = None  # rate_limit (its buckets are the route's mutable state)
     cors: Cors | None = None
+    jwt: JwtVerifier | None = None  # auth jwt
     limit_key: str = ""  # client_ip, consumer, or the lower-case header name of header:NAME
     transforms_request: bool = False  # strip, request headers or auth: the request is written again
 
@@ -255,5 +257,6 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
         out["limit_key"] = header.lower() if source == "header" else source
     auth = route.auth
     out["api_key"] = auth.header.lower().encode() if auth is not None and auth.type == "api_key" else None
-    out["transforms_request"] = bool(out["strip"] or out["request_remove"] or out["api_key"])
+    out["jwt"] = JwtVerifier(auth) if auth is not None and auth.type == "jwt" else None
+    out["transforms_request"] = bool(out["strip"] or out["request_remove"] or out["api_key"] or out["jwt"])
     return out

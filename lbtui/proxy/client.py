@@ -327,6 +327,16 @@ class Exchange:
                 consumer = self._consumer(route.api_key)
                 if not consumer:
                     return
+            elif route.jwt is not None:
+                subject, challenge = route.jwt.consumer(header_of(self.headers, b"authorization"))
+                if subject is None:
+                    self.respond_error(
+                        401,
+                        "a valid bearer token is required" if challenge != b"Bearer" else "no bearer token",
+                        extra=((b"WWW-Authenticate", challenge),),
+                    )
+                    return
+                consumer = subject
             if route.limiter is not None and not self._within_rate(route, route.limiter, consumer):
                 return
             if route.transforms_request:
