@@ -15,6 +15,7 @@ from lbtui.core.model import (
     AdminState,
     Backend,
     ListenerView,
+    RouteStats,
     RouteView,
     Service,
     Snapshot,
@@ -72,6 +73,10 @@ class Balancer:
         self.backends: dict[str, Backend] = {b.name: b for s in self.services.values() for b in s.backends}
         self.listeners: list[ListenerView] = []
         self.routes = tuple(route_view(r) for r in config.routes)
+        # Each route's live numbers (by name; the gateway's router counts into them), and the requests no route
+        # took: "no route" (404) and "method" (405).
+        self.route_stats = {r.name: RouteStats(now) for r in config.routes}
+        self.unmatched: dict[str, int] = {"no route": 0, "method": 0}
         self.connections = 0  # open client connections, kept by the data plane
         # Called with a backend that has just been dropped, so the data plane can close its pool.
         self.on_backend_removed: list[Callable[[Backend], None]] = []
@@ -127,7 +132,8 @@ class Balancer:
             listeners=tuple(self.listeners),
             services=tuple(service_view(s, now) for s in self.services.values()),
             connections=self.connections,
-            routes=self.routes,
+            routes=tuple(self.route_stats[r.name].view(r, now) for r in self.routes),
+            extra={"unmatched": dict(self.unmatched)},
         )
 
     def set_admin_state(self, backend: Backend, state: AdminState) -> None:

@@ -521,6 +521,39 @@ class RouteView:
     match: str  # the match in words: "host api.local, prefix /api, GET POST"
     target: str  # the service, or "aggregate: users, orders"
     policies: tuple[str, ...]  # "auth api_key", "rate 10/1s", ...
+    window: WindowView | None = None  # the route's own requests over the last seconds (rejections included)
+    status_classes: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)  # as BackendView's, since start
+    rejected: tuple[tuple[str, int], ...] = ()  # answered by the gateway itself, by reason: ("auth", 3), ...
+
+
+class RouteStats:
+    """A route's live numbers, counted by the data plane: every answer, and the gateway's refusals by reason."""
+
+    __slots__ = ("rejected", "status_classes", "window")
+
+    def __init__(self, now: float) -> None:
+        self.window = SlidingWindow(now=now)
+        self.status_classes = [0, 0, 0, 0, 0, 0]
+        self.rejected: dict[str, int] = {}
+
+    def observe(self, status: int, latency: float, now: float) -> None:
+        self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
+        self.window.record(latency, status >= 500 or status == 0, now)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def view(self, route: RouteView, now: float) -> RouteView:
+        sc = self.status_classes
+        return RouteView(
+            route.name,
+            route.match,
+            route.target,
+            route.policies,
+            self.window.view(now),
+            (sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]),
+            tuple(sorted(self.rejected.items())),
+        )
 
 
 def listener_url(mode: str, tls: bool, address: str) -> str:

@@ -24,7 +24,7 @@ from lbtui.gateway.ratelimit import TokenBuckets
 from lbtui.proxy.http import Networks
 
 if TYPE_CHECKING:
-    from lbtui.core.model import Service
+    from lbtui.core.model import RouteStats, Service
 
 
 class RoutedRequest(Protocol):
@@ -56,6 +56,7 @@ class CompiledRoute:
     limiter: TokenBuckets | None = None  # rate_limit (its buckets are the route's mutable state)
     cors: Cors | None = None
     jwt: JwtVerifier | None = None  # auth jwt
+    stats: RouteStats | None = None  # the route's live numbers (the balancer's; None in a bare Router)
     limit_key: str = ""  # client_ip, consumer, or the lower-case header name of header:NAME
     transforms_request: bool = False  # strip, request headers or auth: the request is written again
 
@@ -142,8 +143,15 @@ def _host_of(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
 
 
 class Router:
-    def __init__(self, routes: Sequence[RouteConfig], services: Mapping[str, Service]) -> None:
+    def __init__(
+        self,
+        routes: Sequence[RouteConfig],
+        services: Mapping[str, Service],
+        stats: Mapping[str, RouteStats] | None = None,
+        unmatched: dict[str, int] | None = None,
+    ) -> None:
         self.services = services
+        self.unmatched = {"no route": 0, "method": 0} if unmatched is None else unmatched
         self.single: Service | None = None
         if not routes:
             if len(services) == 1:
@@ -173,6 +181,7 @@ class Router:
                     methods=frozenset(x.encode() for x in m.methods),
                     headers=tuple((k.lower().encode(), v.encode()) for k, v in m.headers),
                     query=tuple((k.encode(), v.encode()) for k, v in m.query),
+                    stats=stats.get(route.name) if stats is not None else None,
                     rank=(0 if m.host else 1, kind, -length, index),
                     **_transforms(route),
                 )

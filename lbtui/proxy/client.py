@@ -50,7 +50,7 @@ from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, 
 
 if TYPE_CHECKING:
     from lbtui.config import ListenerConfig, TimeoutsConfig
-    from lbtui.core.model import Backend, Service
+    from lbtui.core.model import Backend, RouteStats, Service
     from lbtui.gateway.ratelimit import TokenBuckets
     from lbtui.gateway.routing import CompiledRoute, Router
     from lbtui.proxy.engine import Engine
@@ -120,6 +120,7 @@ class Exchange:
     queue_deadline = 0.0  # waiting in its service's queue (max_connections) until then; 0: not waiting
     route: CompiledRoute | None = None  # set when its route changes the response's headers
     response_extra: tuple[tuple[bytes, bytes], ...] = ()  # for the response: RateLimit-*, CORS grants
+    route_stats: RouteStats | None = None  # the numbers of the route that took it
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -302,14 +303,17 @@ class Exchange:
             if route is None:
                 allow = router.allowed(self)
                 if allow:
+                    router.unmatched["method"] += 1
                     self.respond_error(
                         405,
                         "this route does not take this method",
                         extra=((b"Allow", ", ".join(allow).encode()),),
                     )
                 else:
+                    router.unmatched["no route"] += 1
                     self.respond_error(404, "no route matches this request")
                 return
+            self.route_stats = route.stats
             service = route.service
             if service is None:
                 self.respond_error(404, "no route matches this request")
@@ -320,7 +324,7 @@ class Exchange:
                 if (denied is not None and denied.contains(address)) or (
                     allowed is not None and not allowed.contains(address)
                 ):
-                    self.respond_error(403, "this client address may not use this route")
+                    self._reject("ip", 403, "this client address may not use this route")
                     return
             consumer = b""
             if route.api_key is not None:
@@ -330,7 +334,8 @@ class Exchange:
             elif route.jwt is not None:
                 subject, challenge = route.jwt.consumer(header_of(self.headers, b"authorization"))
                 if subject is None:
-                    self.respond_error(
+                    self._reject(
+                        "auth",
                         401,
                         "a valid bearer token is required" if challenge != b"Bearer" else "no bearer token",
                         extra=((b"WWW-Authenticate", challenge),),
@@ -366,8 +371,9 @@ class Exchange:
         assert cors is not None
         asked = header_of(self.headers, b"access-control-request-headers") or b""
         grant = cors.preflight(origin, method, asked)
+        self.route_stats = route.stats
         if grant is None:
-            self.respond_error(403, "CORS preflight refused: this origin, method or header is not allowed")
+            self._reject("cors", 403, "CORS preflight refused: this origin, method or header is not allowed")
         else:
             self.respond_error(204, "", extra=grant)
         return True
@@ -387,10 +393,22 @@ class Exchange:
         if allowed:
             self.response_extra += headers
             return True
-        self.respond_error(
-            429, "too many requests: wait for Retry-After", extra=((b"Retry-After", b"%d" % reset), *headers)
+        self._reject(
+            "rate limit",
+            429,
+            "too many requests: wait for Retry-After",
+            extra=((b"Retry-After", b"%d" % reset), *headers),
         )
         return False
+
+    def _reject(
+        self, reason: str, status: int, detail: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        """A gateway policy refuses the request: counted for its route by `reason`, and answered."""
+        stats = self.route_stats
+        if stats is not None:
+            stats.reject(reason)
+        self.respond_error(status, detail, extra=extra)
 
     def _consumer(self, header: bytes) -> bytes:
         """The consumer an API key in `header` names; "" after answering 401 (no key, two keys, unknown)."""
@@ -398,7 +416,8 @@ class Exchange:
         consumer = self.client.engine.api_keys.consumer(keys[0]) if len(keys) == 1 else None
         if consumer is None:
             shown = header.decode("latin-1")
-            self.respond_error(
+            self._reject(
+                "auth",
                 401,
                 f"a valid API key is required in the {shown} header" if keys else f"no API key in {shown}",
                 extra=((b"WWW-Authenticate", b'ApiKey header="' + header + b'"'),),
@@ -820,6 +839,9 @@ class Exchange:
             service = self.service
             if service is not None and service.queue:
                 serve_queue(service)
+        stats = self.route_stats
+        if stats is not None:
+            stats.observe(self.status, now - self.started, now)
         if self.retrying:
             self.retrying = False
             self.service.retries_in_flight -= 1  # type: ignore[union-attr]

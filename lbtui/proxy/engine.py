@@ -69,7 +69,9 @@ class Engine:
         self.config = config
         self.balancer = Balancer(config)
         self.controller = InProcessController(self.balancer)
-        self.router = Router(config.routes, self.balancer.services)
+        self.router = Router(
+            config.routes, self.balancer.services, self.balancer.route_stats, self.balancer.unmatched
+        )
         self.request_ids = RequestIds()
         self.api_keys = ApiKeys(config.consumers)
         self.trusted_proxies = {

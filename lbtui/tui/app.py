@@ -68,13 +68,16 @@ EVENT_COLUMNS = (
     ("note", "note", 60),
 )
 ROUTE_COLUMNS = (
-    ("name", "route", 16),
-    ("match", "match", 40),
-    ("target", "service", 16),
-    ("policies", "policies", 30),
-    ("rps", "svc req/s", 9),
-    ("errors", "svc 5xx %", 9),
-    ("p99", "svc p99 ms", 10),
+    ("name", "route", 14),
+    ("match", "match", 32),
+    ("target", "service", 12),
+    ("policies", "policies", 28),
+    ("rps", "req/s", 7),
+    ("p50", "p50 ms", 7),
+    ("p99", "p99 ms", 8),
+    ("4xx", "4xx", 6),
+    ("5xx", "5xx", 6),
+    ("rejected", "refused", 24),
 )
 LOG_COLUMNS = (
     ("time", "time", 12),
@@ -652,22 +655,29 @@ class Dashboard(App[int]):
             names = ", ".join(s.name for s in snapshot.services)
             note.update(f"no routes: every request goes to the one service ({names})")
             return
-        note.update("routes are tried most specific first: host, exact path, longest prefix, regex")
-        services = {s.name: s for s in snapshot.services}
+        unmatched = snapshot.extra.get("unmatched", {})
+        counts = ", ".join(f"{why} {n}" for why, n in unmatched.items() if n)
+        note.update(
+            "routes are tried most specific first: host, exact path, longest prefix, regex"
+            + (f"  │ no route took: {counts}" if counts else "")
+        )
         rows = []
         for route in snapshot.routes:
             if not self._wanted(route.name, route.match, route.target):
                 continue
-            service = services.get(route.target)
-            w = service.window if service is not None else None
+            w = route.window
+            sc = route.status_classes
             cells = {
                 "name": route.name,
                 "match": route.match,
                 "target": route.target,
                 "policies": ", ".join(route.policies) or "-",
                 "rps": f"{w.rps:.1f}" if w else "-",
-                "errors": f"{100.0 * w.error_ratio:.1f}" if w and w.requests else "-",
+                "p50": _ms(w.p50_ms) if w and w.requests else "-",
                 "p99": _ms(w.p99_ms) if w and w.requests else "-",
+                "4xx": str(sc[4]),
+                "5xx": str(sc[5]),
+                "rejected": ", ".join(f"{why} {n}" for why, n in route.rejected) or "-",
             }
             rows.append((route.name, cells))
         table.sync(rows)

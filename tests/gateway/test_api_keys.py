@@ -126,3 +126,22 @@ def test_the_comparison_takes_the_same_time_whichever_key():
     # Every digest is compared every time: the first consumer's key costs what the last's and no key's do.
     assert 0.5 < first / last < 2.0
     assert 0.5 < first / none < 2.0
+
+
+async def test_route_numbers_count_answers_and_refusals_by_reason(backends, engine_factory, raw_client):
+    b = await backends("b")
+    engine = await engine_factory(keyed_config(b))
+    client = await raw_client(engine.address())
+    await ask(client, "/echo/api/x", {"X-API-Key": ALICE})
+    await ask(client, "/echo/api/x", {"X-API-Key": ALICE})
+    await ask(client, "/echo/api/x", {"X-API-Key": "wrong"})
+    await ask(client, "/echo/open")
+    view = {r.name: r for r in engine.controller.snapshot().routes}
+    api, rest = view["api"], view["open"]
+    assert api.status_classes[2] == 2
+    assert api.status_classes[4] == 1
+    assert api.rejected == (("auth", 1),)
+    assert api.window is not None
+    assert api.window.requests == 3
+    assert rest.status_classes[2] == 1
+    assert rest.rejected == ()

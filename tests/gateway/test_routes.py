@@ -95,6 +95,7 @@ async def test_no_route_is_404_and_a_wrong_method_is_405_with_allow(backends, en
     assert r.status == 405
     assert r.header("allow") == "GET, HEAD"
     assert engine.balancer.backends["api"].requests == 0
+    assert engine.controller.snapshot().extra["unmatched"] == {"no route": 1, "method": 2}
     r = await ask(client, "GET", "/echo/items/7")  # the connection is still good
     assert r.status == 200
 

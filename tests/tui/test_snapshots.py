@@ -118,9 +118,18 @@ def fixed_snapshot() -> Snapshot:
         listeners=(ListenerView("web", "http", "127.0.0.1:8080"),),
         services=(shop,),
         connections=12,
+        extra={"unmatched": {"no route": 4, "method": 1}},
         routes=(
-            RouteView("api", "prefix /api, GET POST", "shop", ()),
-            RouteView("rest", "prefix /", "shop", ()),
+            RouteView(
+                "api",
+                "prefix /api, GET POST",
+                "shop",
+                ("auth api_key", "rate 10/1s"),
+                window([3.0, 4.0, 5.0, 40.0] * 20),
+                (0, 0, 212, 0, 19, 1),
+                (("auth", 7), ("rate limit", 12)),
+            ),
+            RouteView("rest", "prefix /", "shop", (), window([2.0, 3.0] * 30), (0, 0, 140, 3, 2, 0)),
         ),
     )
 
