@@ -75,7 +75,7 @@ class Balancer:
         self.routes = tuple(route_view(r) for r in config.routes)
         # Each route's live numbers (by name; the gateway's router counts into them), and the requests no route
         # took: "no route" (404) and "method" (405).
-        self.route_stats = {r.name: RouteStats(now) for r in config.routes}
+        self.route_stats = {r.name: RouteStats(now, r.name) for r in config.routes}
         self.unmatched: dict[str, int] = {"no route": 0, "method": 0}
         self.connections = 0  # open client connections, kept by the data plane
         # Called with a backend that has just been dropped, so the data plane can close its pool.
@@ -87,7 +87,8 @@ class Balancer:
         # Called with (backend, before, after) by the tick when drain-then-remove completes.
         self.on_tick_change: list[Callable[[Backend, str, str], None]] = []
         # The newest finished requests, appended by the data plane: (clock, client address, method, target,
-        # status, Backend or None, seconds, bytes sent to the client). Read through the Controller.
+        # status, Backend or None, seconds, bytes sent to the client[, RouteStats or None, consumer bytes]).
+        # Read through the Controller.
         self.access_log: deque[tuple[Any, ...]] = deque(maxlen=ACCESS_TAIL)
         # Called with the clock at the end of every tick (the Controller runs canary ramps from it).
         self.on_tick: list[Callable[[float], None]] = []

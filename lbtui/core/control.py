@@ -479,7 +479,10 @@ class InProcessController(Controller):
         offset = self._wall_clock() - self.balancer.clock()  # the entries carry the monotonic clock
         out = []
         for index in range(len(log) - 1, max(-1, len(log) - 1 - limit), -1):
-            at, client, method, target, status, backend, seconds, size = log[index]
+            entry = log[index]
+            at, client, method, target, status, backend, seconds, size = entry[:8]
+            route = entry[8] if len(entry) > 8 and entry[8] is not None else None
+            consumer = entry[9] if len(entry) > 9 else b""
             out.append(
                 RequestView(
                     time=at + offset,
@@ -491,6 +494,8 @@ class InProcessController(Controller):
                     service=backend.service if backend is not None else "",
                     duration_ms=seconds * 1000.0,
                     bytes_out=size,
+                    route=route.name if route is not None else "",
+                    consumer=consumer.decode("utf-8", "replace"),
                 )
             )
         return out

@@ -471,6 +471,8 @@ class RequestView:
     service: str
     duration_ms: float
     bytes_out: int
+    route: str = ""  # the route that took it ("" without routes, or when none did)
+    consumer: str = ""  # who auth said it was ("" without auth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,9 +531,10 @@ class RouteView:
 class RouteStats:
     """A route's live numbers, counted by the data plane: every answer, and the gateway's refusals by reason."""
 
-    __slots__ = ("rejected", "status_classes", "window")
+    __slots__ = ("name", "rejected", "status_classes", "window")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, name: str = "") -> None:
+        self.name = name
         self.window = SlidingWindow(now=now)
         self.status_classes = [0, 0, 0, 0, 0, 0]
         self.rejected: dict[str, int] = {}

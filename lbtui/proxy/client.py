@@ -121,6 +121,7 @@ class Exchange:
     route: CompiledRoute | None = None  # set when its route changes the response's headers
     response_extra: tuple[tuple[bytes, bytes], ...] = ()  # for the response: RateLimit-*, CORS grants
     route_stats: RouteStats | None = None  # the numbers of the route that took it
+    consumer = b""  # who auth said the client is
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -342,6 +343,7 @@ class Exchange:
                     )
                     return
                 consumer = subject
+            self.consumer = consumer
             if route.limiter is not None and not self._within_rate(route, route.limiter, consumer):
                 return
             if route.transforms_request:
@@ -855,6 +857,8 @@ class Exchange:
                 backend,
                 now - self.started,
                 self.bytes_out,
+                stats,
+                self.consumer,
             )
         )
 

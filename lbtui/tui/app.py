@@ -83,8 +83,10 @@ LOG_COLUMNS = (
     ("time", "time", 12),
     ("client", "client", 15),
     ("method", "method", 7),
-    ("target", "target", 40),
+    ("target", "target", 36),
     ("status", "status", 6),
+    ("route", "route", 12),
+    ("consumer", "consumer", 12),
     ("backend", "backend", 14),
     ("ms", "ms", 8),
     ("bytes", "bytes", 9),
@@ -249,6 +251,8 @@ def request_cells(r: RequestView) -> dict[str, str]:
         "method": r.method,
         "target": r.target,
         "status": str(r.status) if r.status else "fail",
+        "route": r.route or "-",
+        "consumer": r.consumer or "-",
         "backend": r.backend or "-",
         "ms": _ms(r.duration_ms),
         "bytes": str(r.bytes_out),
@@ -693,7 +697,11 @@ class Dashboard(App[int]):
             return
         self._log_newest = newest
         shown = (request_cells(request) for request in requests)
-        wanted = (c for c in shown if self._wanted(c["client"], c["target"], c["backend"], c["status"]))
+        wanted = (
+            c
+            for c in shown
+            if self._wanted(c["client"], c["target"], c["backend"], c["status"], c["route"], c["consumer"])
+        )
         # Rows are keyed by place, newest first: the cursor stays at its place as requests arrive.
         self.query_one("#access", Table).sync((str(i), cells) for i, cells in enumerate(wanted))
 

@@ -145,3 +145,18 @@ async def test_route_numbers_count_answers_and_refusals_by_reason(backends, engi
     assert api.window.requests == 3
     assert rest.status_classes[2] == 1
     assert rest.rejected == ()
+
+
+async def test_the_access_log_names_the_route_and_the_consumer(backends, engine_factory, raw_client):
+    b = await backends("b")
+    engine = await engine_factory(keyed_config(b))
+    client = await raw_client(engine.address())
+    await ask(client, "/echo/api/x", {"X-API-Key": ALICE})
+    await ask(client, "/echo/api/x", {"X-API-Key": "wrong"})
+    await ask(client, "/echo/open")
+    newest = engine.controller.recent_requests(3)
+    assert [(r.route, r.consumer, r.status) for r in newest] == [
+        ("open", "", 200),
+        ("api", "", 401),
+        ("api", "alice", 200),
+    ]

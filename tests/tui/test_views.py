@@ -141,7 +141,7 @@ async def test_the_access_log_view_shows_requests_newest_first(backends):
         table = app.query_one("#access", Table)
         rows = [table.get_row_at(i) for i in range(table.row_count)]
         assert [row[3] for row in rows] == ["/third", "/second", "/first"]
-        assert {row[5] for row in rows} == {"b0", "b1"}
+        assert {row[7] for row in rows} == {"b0", "b1"}
         assert all(row[4] == "200" and row[2] == "GET" for row in rows)
         await pilot.press("slash", *"second", "enter")  # the filter applies to this view too
         assert [table.get_row_at(i)[3] for i in range(table.row_count)] == ["/second"]
