@@ -1218,3 +1218,14 @@ def test_damaged_example_gives_issues_never_a_traceback(
 def test_importing_config_pulls_in_no_ui() -> None:
     code = "import sys, lbtui.config; sys.exit(bool({'textual', 'rich'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_example_configs_in_docs_are_valid() -> None:
+    from lbtui.config import load_config
+    from lbtui.features import refused
+
+    examples = sorted((Path(__file__).parent.parent / "docs" / "examples").glob("*.toml"))
+    assert examples
+    for path in examples:
+        config = load_config(path)
+        assert refused(config) == [], path
