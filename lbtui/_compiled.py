@@ -11,4 +11,8 @@ COMPILED_MODULES = (
     "lbtui.core.stats",
     "lbtui.core.model",
     "lbtui.core.algorithms",
+    "lbtui.gateway.routing",
+    "lbtui.gateway.auth",
+    "lbtui.gateway.ratelimit",
+    "lbtui.gateway.cors",
 )

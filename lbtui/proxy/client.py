@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import socket
 import struct
 from collections import deque
@@ -145,23 +146,23 @@ class Exchange:
                 client.head_cache = (headers, middle, has_request_id, self.req_framing, self.content_length)
         if client.trusted is not None:
             self.client_addr = client.forwarded_client
-        if has_request_id:
+        self._compose(middle, has_request_id)
+
+    def _compose(self, middle: bytes, has_request_id: bool, consumer: bytes = b"") -> None:
+        """The request line and the filtered headers (`middle`), an X-Request-ID if it had none, and the
+        consumer auth named: the request's head for the backend."""
+        if has_request_id and not consumer:
             self.upstream_request = b"".join(
                 (self.method, b" ", self.url, b" HTTP/1.1\r\n", middle, b"\r\n\r\n")
             )
-        else:
-            self.upstream_request = b"".join(
-                (
-                    self.method,
-                    b" ",
-                    self.url,
-                    b" HTTP/1.1\r\n",
-                    middle,
-                    b"\r\nX-Request-ID: ",
-                    client.engine.request_ids.next(),
-                    b"\r\n\r\n",
-                )
-            )
+            return
+        parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n", middle]
+        if not has_request_id:
+            parts += (b"\r\nX-Request-ID: ", self.client.engine.request_ids.next())
+        if consumer:  # after the filter, which drops any X-Consumer a client sent
+            parts += (b"\r\n", CONSUMER_HEADER, b": ", consumer)
+        parts.append(b"\r\n\r\n")
+        self.upstream_request = b"".join(parts)
 
     def _filter_headers(self) -> tuple[bytes, bool]:
         """The request's headers for the backend (no request line, no final CRLF), and whether it had an id.
@@ -415,7 +416,16 @@ class Exchange:
     def _consumer(self, header: bytes) -> bytes:
         """The consumer an API key in `header` names; "" after answering 401 (no key, two keys, unknown)."""
         keys = [value for name, value in self.headers if name.lower() == header]
-        consumer = self.client.engine.api_keys.consumer(keys[0]) if len(keys) == 1 else None
+        consumer = None
+        if len(keys) == 1:
+            client = self.client
+            known = client.known_key
+            if known is not None and hmac.compare_digest(known[0], keys[0]):
+                consumer = known[1]  # the key this connection used last (keep-alive): checked already
+            else:
+                consumer = client.engine.api_keys.consumer(keys[0])
+                if consumer is not None:
+                    client.known_key = (keys[0], consumer)
         if consumer is None:
             shown = header.decode("latin-1")
             self._reject(
@@ -432,16 +442,22 @@ class Exchange:
         backend is written again (the API key itself is not passed on)."""
         if route.strip is not None:
             self.url = strip_prefix(self.url, route.strip)
-        remove = route.request_remove
-        if route.api_key is not None:
-            remove = remove | {route.api_key}
-        if remove:
-            self.headers = set_headers(self.headers, remove, route.request_set)
-        self.build_upstream_head(cache=False)
-        if consumer:  # after the filter, which drops any X-Consumer a client sent
-            self.upstream_request = b"".join(
-                (self.upstream_request[:-2], CONSUMER_HEADER, b": ", consumer, b"\r\n\r\n")
-            )
+        client = self.client
+        original = self.headers
+        cached = client.rewrite_cache
+        if cached is not None and cached[0] is route and cached[1] == original and not self.upgrade:
+            # The same headers on this connection to the same route as last time: filtered as then.
+            self.headers, middle, has_request_id = cached[2], cached[3], cached[4]
+        else:
+            remove = route.request_remove
+            if route.api_key is not None:
+                remove = remove | {route.api_key}
+            if remove:
+                self.headers = set_headers(original, remove, route.request_set)
+            middle, has_request_id = self._filter_headers()
+            if not self.upgrade:
+                client.rewrite_cache = (route, original, self.headers, middle, has_request_id)
+        self._compose(middle, has_request_id, consumer)
 
     def hash_key(self) -> bytes | None:
         service = self.service
@@ -944,6 +960,13 @@ class ClientConnection(asyncio.Protocol):
         self.last_request = False  # a request said `Connection: close` (or the parser failed): read no more
         # The last request's headers and what they became for the backend (see build_upstream_head).
         self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int, int] | None = None
+        # The same for a route's rewrite (Exchange._rewrite_for): route, headers, rewritten, filtered, had an id.
+        self.rewrite_cache: (
+            tuple[CompiledRoute, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes, bool] | None
+        ) = None
+        self.known_key: tuple[bytes, bytes] | None = (
+            None  # the API key this connection used, and its consumer
+        )
         limits = engine.config.limits
         self.max_header_bytes = limits.max_header_bytes
         self.max_headers = limits.max_headers

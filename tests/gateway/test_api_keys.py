@@ -160,3 +160,19 @@ async def test_the_access_log_names_the_route_and_the_consumer(backends, engine_
         ("api", "", 401),
         ("api", "alice", 200),
     ]
+
+
+async def test_a_keep_alive_connection_is_checked_on_every_request(backends, engine_factory, raw_client):
+    b = await backends("b")
+    engine = await engine_factory(keyed_config(b))
+    client = await raw_client(engine.address())
+    statuses = []
+    for key in (ALICE, ALICE, "wrong", ALICE[:-1], ALICE):
+        statuses.append((await ask(client, "/echo/api/x", {"X-API-Key": key})).status)
+        if statuses[-1] == 401:
+            client = await raw_client(engine.address())
+    assert statuses == [200, 200, 401, 401, 200]
+    r = await ask(client, "/echo/api/y", {"X-API-Key": ALICE, "X-Consumer": "forged"})
+    seen = upstream_headers(r.body)
+    assert seen["x-consumer"] == "alice"
+    assert "x-api-key" not in seen
