@@ -57,6 +57,7 @@ class CompiledRoute:
     cors: Cors | None = None
     jwt: JwtVerifier | None = None  # auth jwt
     stats: RouteStats | None = None  # the route's live numbers (the balancer's; None in a bare Router)
+    timeout: float = 0.0  # the route's response timeout (0: the service's)
     limit_key: str = ""  # client_ip, consumer, or the lower-case header name of header:NAME
     transforms_request: bool = False  # strip, request headers or auth: the request is written again
 
@@ -182,6 +183,7 @@ class Router:
                     headers=tuple((k.lower().encode(), v.encode()) for k, v in m.headers),
                     query=tuple((k.encode(), v.encode()) for k, v in m.query),
                     stats=stats.get(route.name) if stats is not None else None,
+                    timeout=route.timeout or 0.0,
                     rank=(0 if m.host else 1, kind, -length, index),
                     **_transforms(route),
                 )

@@ -123,6 +123,7 @@ class Exchange:
     response_extra: tuple[tuple[bytes, bytes], ...] = ()  # for the response: RateLimit-*, CORS grants
     route_stats: RouteStats | None = None  # the numbers of the route that took it
     consumer = b""  # who auth said the client is
+    response_timeout = 0.0  # its route's `timeout`, when it has one (else the service's timeouts.response)
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -259,7 +260,9 @@ class Exchange:
         if self.req_framing == CHUNKED:
             self._send_body([LAST_CHUNK], 5)
         if self.upstream is not None and not self.response_started and self.service is not None:
-            self.deadline = self.client.engine.now() + self.service.response_timeout
+            self.deadline = self.client.engine.now() + (
+                self.response_timeout or self.service.response_timeout
+            )
         if self.done:
             self.client.exchange_finished(self, self.client.engine.now())
 
@@ -316,6 +319,8 @@ class Exchange:
                     self.respond_error(404, "no route matches this request")
                 return
             self.route_stats = route.stats
+            if route.timeout:
+                self.response_timeout = route.timeout
             service = route.service
             if service is None:
                 self.respond_error(404, "no route matches this request")
@@ -592,7 +597,9 @@ class Exchange:
         if self.client.write_paused:
             transport.pause_reading()
         if self.request_done or self.req_framing == NO_BODY:
-            self.deadline = self.client.engine.now() + self.service.response_timeout  # type: ignore[union-attr]
+            self.deadline = self.client.engine.now() + (
+                self.response_timeout or self.service.response_timeout  # type: ignore[union-attr]
+            )
         # else: the response timeout starts when the body has been sent whole (request_complete)
 
     def connect_failed(self, backend: Backend, reason: str) -> None:

@@ -102,7 +102,8 @@ class Engine:
         shortest = min(
             [s.timeouts.response for s in config.services]
             + [s.timeouts.queue for s in config.services if s.max_connections is not None]
-            + [s.timeouts.idle for s in config.services if s.name in tcp_services],
+            + [s.timeouts.idle for s in config.services if s.name in tcp_services]
+            + [r.timeout for r in config.routes if r.timeout],
             default=TICK_SECONDS * 4,
         )
         self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
@@ -261,7 +262,9 @@ class Engine:
         seen = self._progress.get(exchange)
         if seen is None or seen[0] != moved or exchange.client.write_paused:
             progress[exchange] = (moved, now)
-        elif exchange.service is not None and now - seen[1] >= exchange.service.response_timeout:
+        elif exchange.service is not None and now - seen[1] >= (
+            exchange.response_timeout or exchange.service.response_timeout
+        ):
             exchange.expire()  # the client sees the response cut (reset), never passed off as whole
         else:
             progress[exchange] = seen

@@ -253,3 +253,35 @@ async def test_match_on_query_parameters(backends, engine_factory, raw_client):
     ]:
         r = await ask(client, "GET", target)
         assert json.loads(r.body)["backend"] == expected, target
+
+
+async def test_a_route_timeout_overrides_the_services(backends, engine_factory, raw_client):
+    bs = {"api": await backends("api")}
+    routes = [
+        {"name": "quick", "match": {"path": "/delay/600"}, "service": "api", "timeout": "150ms"},
+        {"name": "rest", "match": {"path_prefix": "/"}, "service": "api"},
+    ]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    r = await ask(client, "GET", "/delay/600")
+    assert r.status == 504
+    client = await raw_client(engine.address())
+    r = await ask(client, "GET", "/delay/300")  # the other route: the service's 30 s
+    assert r.status == 200
+
+
+async def test_trace_context_and_request_ids_are_propagated(backends, engine_factory, raw_client):
+    bs = {"api": await backends("api")}
+    engine = await engine_factory(gateway(bs, [{"name": "r", "match": {}, "service": "api"}]))
+    client = await raw_client(engine.address())
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    r = await ask(
+        client,
+        "GET",
+        "/echo",
+        headers={"traceparent": parent, "tracestate": "congo=t61rcWkgMzE", "X-Request-ID": "abc-123"},
+    )
+    seen = {k.lower(): v for k, v in json.loads(r.body)["headers"]}
+    assert seen["traceparent"] == parent
+    assert seen["tracestate"] == "congo=t61rcWkgMzE"
+    assert seen["x-request-id"] == "abc-123"
