@@ -301,6 +301,8 @@ class RouteConfig:
     cors: CorsConfig | None = None
     cache: CacheConfig | None = None
     timeout: float | None = None
+    rewrite: tuple[str, str] | None = None  # (pattern, substitution) on the path, after strip_prefix
+    add_query: tuple[tuple[str, str], ...] = ()  # query parameters set on the request (replacing same names)
     ip_allow: tuple[str, ...] = ()  # networks (CIDR); when given, only clients in one may use the route
     ip_deny: tuple[str, ...] = ()  # networks whose clients get 403 (deny wins over allow)
 
@@ -1078,7 +1080,10 @@ ROUTE_KEYS: Final = (
     "timeout",
     "ip_allow",
     "ip_deny",
+    "rewrite",
+    "add_query",
 )
+REWRITE_KEYS: Final = ("pattern", "substitution")
 MATCH_KEYS: Final = ("path", "path_prefix", "path_regex", "host", "methods", "headers", "query")
 AGGREGATE_KEYS: Final = ("service", "path", "group", "allow")
 HEADER_OPS_KEYS: Final = ("set", "remove")
@@ -1603,6 +1608,8 @@ def _parse_route(
         ),
         auth=auth,
         rate_limit=rate_limit,
+        rewrite=_parse_rewrite(ctx, reader.table("rewrite", REWRITE_KEYS)),
+        add_query=reader.pairs("add_query", _query_name, _header_value) or (),
         ip_allow=reader.array("ip_allow", _network) or (),
         ip_deny=reader.array("ip_deny", _network) or (),
         cors=_parse_cors(reader.table("cors", CORS_KEYS)),
@@ -1677,6 +1684,20 @@ _OWNED_HEADERS: Final = frozenset(
     }
 )
 _OWNED_REQUEST_HEADERS: Final = _OWNED_HEADERS | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+
+
+def _parse_rewrite(ctx: _Context, reader: _Reader | None) -> tuple[str, str] | None:
+    if reader is None:
+        return None
+    pattern = reader.required("pattern", _regex, "", 'e.g. pattern = "^/v1/(.*)"')
+    substitution = reader.required("substitution", _string, "", 'e.g. substitution = "/api/\\1"')
+    if pattern and substitution:
+        try:
+            re.sub(pattern, substitution, "/")  # a group the pattern does not have is an error now, not later
+        except (re.error, IndexError) as error:
+            ctx.add(reader.key_path("substitution"), f"does not fit the pattern: {error}")
+            return None
+    return (pattern, substitution)
 
 
 def _parse_header_ops(ctx: _Context, reader: _Reader | None, request: bool) -> HeaderOps:

@@ -58,6 +58,8 @@ class CompiledRoute:
     jwt: JwtVerifier | None = None  # auth jwt
     stats: RouteStats | None = None  # the route's live numbers (the balancer's; None in a bare Router)
     timeout: float = 0.0  # the route's response timeout (0: the service's)
+    rewrite: tuple[re.Pattern[bytes], bytes] | None = None  # rewrite: (pattern, substitution) on the path
+    add_query: tuple[tuple[bytes, bytes], ...] = ()
     limit_key: str = ""  # client_ip, consumer, or the lower-case header name of header:NAME
     transforms_request: bool = False  # strip, request headers or auth: the request is written again
 
@@ -124,6 +126,25 @@ def response_parts(
     for name, value in add:
         out += (name, b": ", value, b"\r\n")
     return out
+
+
+def rewrite_target(
+    url: bytes, rewrite: tuple[re.Pattern[bytes], bytes] | None, add_query: tuple[tuple[bytes, bytes], ...]
+) -> bytes:
+    """The target with its path rewritten (a regex substitution; a result not starting with `/` gets one) and
+    query parameters set (replacing any of the same name)."""
+    path, question, query = url.partition(b"?")
+    if rewrite is not None:
+        path = rewrite[0].sub(rewrite[1], path)
+        if not path.startswith(b"/"):
+            path = b"/" + path
+    if add_query:
+        names = {name for name, _ in add_query}
+        kept = [p for p in query.split(b"&") if p and p.partition(b"=")[0] not in names] if query else []
+        kept += [name + b"=" + value for name, value in add_query]
+        query = b"&".join(kept)
+        question = b"?"
+    return path + question + query
 
 
 def _has_prefix(path: bytes, prefix: bytes) -> bool:
@@ -253,6 +274,12 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
     if route.cors is not None:
         out["cors"] = Cors(route.cors, route.match.methods)
         out["response_remove"] = out["response_remove"] | BACKEND_CORS_HEADERS
+    out["rewrite"] = (
+        (re.compile(route.rewrite[0].encode()), route.rewrite[1].encode())
+        if route.rewrite is not None
+        else None
+    )
+    out["add_query"] = tuple((k.encode(), v.encode()) for k, v in route.add_query)
     out["ip_allow"] = Networks(route.ip_allow) if route.ip_allow else None
     out["ip_deny"] = Networks(route.ip_deny) if route.ip_deny else None
     limit = route.rate_limit
@@ -269,5 +296,12 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
     auth = route.auth
     out["api_key"] = auth.header.lower().encode() if auth is not None and auth.type == "api_key" else None
     out["jwt"] = JwtVerifier(auth) if auth is not None and auth.type == "jwt" else None
-    out["transforms_request"] = bool(out["strip"] or out["request_remove"] or out["api_key"] or out["jwt"])
+    out["transforms_request"] = bool(
+        out["strip"]
+        or out["request_remove"]
+        or out["api_key"]
+        or out["jwt"]
+        or out["rewrite"]
+        or out["add_query"]
+    )
     return out

@@ -26,7 +26,7 @@ import httptools
 from lbtui.core.model import AdminState
 from lbtui.gateway.auth import CONSUMER_HEADER
 from lbtui.gateway.cors import header_of
-from lbtui.gateway.routing import response_parts, set_headers, strip_prefix
+from lbtui.gateway.routing import response_parts, rewrite_target, set_headers, strip_prefix
 from lbtui.proxy.http import (
     CHUNKED,
     HOP_BY_HOP,
@@ -447,6 +447,8 @@ class Exchange:
         backend is written again (the API key itself is not passed on)."""
         if route.strip is not None:
             self.url = strip_prefix(self.url, route.strip)
+        if route.rewrite is not None or route.add_query:
+            self.url = rewrite_target(self.url, route.rewrite, route.add_query)
         client = self.client
         original = self.headers
         cached = client.rewrite_cache

@@ -285,3 +285,36 @@ async def test_trace_context_and_request_ids_are_propagated(backends, engine_fac
     assert seen["traceparent"] == parent
     assert seen["tracestate"] == "congo=t61rcWkgMzE"
     assert seen["x-request-id"] == "abc-123"
+
+
+async def test_path_rewrite_and_added_query_parameters(backends, engine_factory, raw_client):
+    bs = {"api": await backends("api")}
+    routes = [
+        {
+            "name": "v1",
+            "match": {"path_prefix": "/v1"},
+            "service": "api",
+            "rewrite": {"pattern": "^/v1/(.*)$", "substitution": "/echo/api/\\1"},
+            "add_query": {"source": "gateway", "page": "1"},
+        }
+    ]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    for sent, seen in [
+        ("/v1/users", "/echo/api/users?source=gateway&page=1"),
+        ("/v1/users?x=1&page=9", "/echo/api/users?x=1&source=gateway&page=1"),  # set replaces page
+    ]:
+        r = await ask(client, "GET", sent)
+        assert json.loads(r.body)["url"] == seen, sent
+
+
+def test_a_rewrite_must_fit_its_pattern() -> None:
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.rewrite\.substitution: does not fit the pattern"):
+        parse_config(
+            {
+                "services": {"a": {"backends": [{"name": "x", "address": "127.0.0.1:1"}]}},
+                "routes": [
+                    {"match": {}, "service": "a", "rewrite": {"pattern": "^/(a)", "substitution": "/\\2"}}
+                ],
+            }
+        )
