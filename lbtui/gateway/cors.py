@@ -69,10 +69,3 @@ class Cors:
         if origin is not None and self.allows(origin):
             return ((b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin"))
         return ((b"Vary", b"Origin"),)
-
-
-def header_of(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for n, v in headers:
-        if n.lower() == name:
-            return v
-    return None

@@ -21,7 +21,7 @@ from lbtui.config import RouteConfig
 from lbtui.gateway.cors import BACKEND_CORS_HEADERS, Cors
 from lbtui.gateway.jwt_auth import JwtVerifier
 from lbtui.gateway.ratelimit import TokenBuckets
-from lbtui.proxy.http import Networks
+from lbtui.proxy.http import Networks, without_fields
 
 if TYPE_CHECKING:
     from lbtui.core.model import RouteStats, Service
@@ -119,10 +119,7 @@ def response_parts(
 ) -> list[bytes]:
     """A response head as the upstream side keeps it (status line, then name, ": ", value, CRLF for each
     header) with `remove` (lower case) dropped and `add` appended."""
-    out = [parts[0]]
-    for i in range(1, len(parts), 4):
-        if parts[i].lower() not in remove:
-            out += parts[i : i + 4]
+    out = without_fields(parts, remove)
     for name, value in add:
         out += (name, b": ", value, b"\r\n")
     return out

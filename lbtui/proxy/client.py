@@ -25,7 +25,6 @@ import httptools
 
 from lbtui.core.model import AdminState
 from lbtui.gateway.auth import CONSUMER_HEADER
-from lbtui.gateway.cors import header_of
 from lbtui.gateway.routing import response_parts, rewrite_target, set_headers, strip_prefix
 from lbtui.proxy.http import (
     CHUNKED,
@@ -45,7 +44,10 @@ from lbtui.proxy.http import (
     chunk_frame,
     connection_tokens,
     error_response,
+    field_value,
+    no_delay,
     normalize_target,
+    without_fields,
 )
 from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, UpstreamConnection
 
@@ -219,12 +221,7 @@ class Exchange:
         if connection is not None and connection.lower() not in PLAIN_CONNECTION:
             named = connection_tokens(connection) - dropped - NEVER_CONNECTION_NAMED
             if named:  # headers the client marked as for this connection only: drop them too
-                parts = [
-                    p
-                    for i in range(0, len(parts), 4)
-                    if parts[i].lower() not in named
-                    for p in parts[i : i + 4]
-                ]
+                parts = without_fields(parts, named, 0)
         self.req_framing = framing
         if host is None:
             if self.version == "1.1":
@@ -339,7 +336,7 @@ class Exchange:
                 if not consumer:
                     return
             elif route.jwt is not None:
-                subject, challenge = route.jwt.consumer(header_of(self.headers, b"authorization"))
+                subject, challenge = route.jwt.consumer(field_value(self.headers, b"authorization"))
                 if subject is None:
                     self._reject(
                         "auth",
@@ -356,7 +353,7 @@ class Exchange:
                 self._rewrite_for(route, consumer)
             cors = route.cors
             if cors is not None:
-                self.response_extra += cors.response_headers(header_of(self.headers, b"origin"))
+                self.response_extra += cors.response_headers(field_value(self.headers, b"origin"))
             if route.response_remove or self.response_extra:
                 self.route = route
         self.service = service
@@ -365,8 +362,8 @@ class Exchange:
     def _preflight(self, router: Router) -> bool:
         """A CORS preflight for a route with `cors`: answered here (204 or 403), never forwarded. False when
         this OPTIONS is not one (it is then routed as any request)."""
-        requested = header_of(self.headers, b"access-control-request-method")
-        origin = header_of(self.headers, b"origin")
+        requested = field_value(self.headers, b"access-control-request-method")
+        origin = field_value(self.headers, b"origin")
         if requested is None or origin is None:
             return False
         method = requested.strip()
@@ -377,7 +374,7 @@ class Exchange:
             return False  # not a route with cors: the OPTIONS is routed (and forwarded) as any request
         cors = route.cors
         assert cors is not None
-        asked = header_of(self.headers, b"access-control-request-headers") or b""
+        asked = field_value(self.headers, b"access-control-request-headers") or b""
         grant = cors.preflight(origin, method, asked)
         self.route_stats = route.stats
         if grant is None:
@@ -394,8 +391,7 @@ class Exchange:
         elif kind == "consumer":
             key = consumer
         else:
-            wanted = kind.encode()
-            key = next((v for n, v in self.headers if n.lower() == wanted), b"")
+            key = field_value(self.headers, kind.encode()) or b""
         allowed, remaining, reset = limiter.take(key, self.client.engine.now())
         headers = limiter.headers(remaining, reset)
         if allowed:
@@ -514,12 +510,7 @@ class Exchange:
                 self.respond_error(failure[0], failure[1], retry_after=failure[0] == 503)
                 return
             service.unrouted += 1
-            if self.tried:
-                self.respond_error(503, "no backend could take the request", retry_after=True)
-            else:
-                self.respond_error(
-                    503, f"no backend of service {service.name!r} is available", retry_after=True
-                )
+            self.respond_error(503, f"no backend of service {service.name!r} is available", retry_after=True)
             return
         self.backend = backend
         backend.in_flight += 1
@@ -990,14 +981,9 @@ class ClientConnection(asyncio.Protocol):
         if peer:
             self.peer_host = str(peer[0]).encode()
             trusted = self.engine.trusted_proxies.get(self.listener.name)
-            if trusted is not None and trusted.trusts(self.peer_host):
+            if trusted is not None and trusted.contains(self.peer_host):
                 self.trusted = trusted
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        no_delay(transport)
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         self.last_active = self.engine.now()
         if len(self.engine.connections) >= self.engine.config.limits.max_connections:

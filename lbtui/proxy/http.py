@@ -9,6 +9,7 @@ import http
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Iterable
 
 # RFC 9110 7.6.1 (and the ones RFC 2616 listed, which proxies still strip): meant for one connection only.
@@ -141,6 +142,33 @@ def normalize_target(url: bytes) -> bytes | None:
     return path + question + query
 
 
+def without_fields(parts: list[bytes], names: frozenset[bytes] | set[bytes], first: int = 1) -> list[bytes]:
+    """A head kept as parts (what is before `first`, e.g. a status line, then name, ": ", value, CRLF for each
+    field) without the fields whose lower-case name is in `names`."""
+    return [
+        *parts[:first],
+        *(p for i in range(first, len(parts), 4) if parts[i].lower() not in names for p in parts[i : i + 4]),
+    ]
+
+
+def field_value(fields: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the first field called `name` (lower case), or None."""
+    for n, v in fields:
+        if n.lower() == name:
+            return v
+    return None
+
+
+def no_delay(transport: object) -> None:
+    """TCP_NODELAY on a transport's socket, where it has one: small writes go out at once."""
+    sock = transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
@@ -213,15 +241,12 @@ class TrustedProxies(Networks):
     address of the chain (X-Forwarded-For, then the peer) that is not a trusted proxy itself.
     """
 
-    def trusts(self, address: bytes) -> bool:
-        return self.contains(address)
-
     def client_address(self, forwarded_for: bytes | None, peer: bytes) -> bytes:
         if not forwarded_for:
             return peer
         chain = [a.strip() for a in forwarded_for.split(b",")]
         for address in reversed(chain):
-            if address and not self.trusts(address):
+            if address and not self.contains(address):
                 return address
         return chain[0] or peer
 

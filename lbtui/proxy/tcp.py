@@ -42,8 +42,9 @@ What the per-backend counters mean for tcp (the dashboard shows them as it shows
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import TYPE_CHECKING
+
+from lbtui.proxy.http import no_delay
 
 if TYPE_CHECKING:
     from lbtui.config import ListenerConfig
@@ -62,15 +63,6 @@ CLIENT_LEFT = 499  # access log only
 NO_BACKEND = 503  # access log only: no backend could be connected (the service's unrouted counts it)
 
 
-def _no_delay(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
 class TcpUpstream(asyncio.Protocol):
     """The backend side of one proxied connection; everything it sees goes to its TcpConnection."""
 
@@ -85,7 +77,7 @@ class TcpUpstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
-        _no_delay(transport)
+        no_delay(transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[attr-defined]
         self.conn.upstream_connected(self)
 
@@ -189,7 +181,7 @@ class TcpConnection(asyncio.Protocol):
             engine.connections_refused += 1  # over [limits] max_connections: nothing to say in tcp, so close
             transport.close()
             return
-        _no_delay(transport)
+        no_delay(transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[attr-defined]
         self.half_close = transport.can_write_eof()  # type: ignore[attr-defined]
         self.client_open = True

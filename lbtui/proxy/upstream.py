@@ -15,7 +15,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -30,7 +29,9 @@ from lbtui.proxy.http import (
     STATUS_LINES,
     UNTIL_CLOSE,
     connection_tokens,
+    no_delay,
     status_line,
+    without_fields,
 )
 
 if TYPE_CHECKING:
@@ -101,12 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- lifecycle -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        no_delay(transport)
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -235,15 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
         if connection is not None and connection.lower() not in PLAIN_CONNECTION:
             named = connection_tokens(connection) - HOP_BY_HOP - NEVER_CONNECTION_NAMED
             if named:  # headers the backend marked as for this connection only: drop them too
-                parts = [
-                    parts[0],
-                    *(
-                        p
-                        for i in range(1, len(parts), 4)
-                        if parts[i].lower() not in named
-                        for p in parts[i : i + 4]
-                    ),
-                ]
+                parts = without_fields(parts, named)
         if 100 <= status < 200 and status != 101:
             # A 1xx ends a message for the parser, not the exchange: the real response follows.
             self._informational = True
