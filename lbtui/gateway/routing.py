@@ -13,7 +13,7 @@ A request no route matches gets 404; one that a route would match but for its me
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -226,31 +226,23 @@ class Router:
             if route.limiter is not None:
                 route.limiter.sweep(now)
 
-    def cors_route(self, request: RoutedRequest) -> CompiledRoute | None:
-        """The first route with `cors` that would take `request` with some method (for a preflight)."""
+    def _any_method(self, request: RoutedRequest) -> Iterator[CompiledRoute]:
+        """The routes that would take `request` with some method (in rank order)."""
         path, _, query = request.url.partition(b"?")
         host = _host_of(request.headers)
         for route in self.routes:
-            if (
-                route.cors is not None
-                and route.matches_but_method(host, path, request.headers)
-                and route.matches_query(query)
-            ):
-                return route
-        return None
+            if route.matches_but_method(host, path, request.headers) and route.matches_query(query):
+                yield route
+
+    def cors_route(self, request: RoutedRequest) -> CompiledRoute | None:
+        """The first route with `cors` that would take `request` with some method (for a preflight)."""
+        return next((route for route in self._any_method(request) if route.cors is not None), None)
 
     def allowed(self, request: RoutedRequest) -> list[str]:
         """For a request no route takes: the methods routes would take it with (sorted; [] for a 404)."""
-        path, _, query = request.url.partition(b"?")
-        host = _host_of(request.headers)
         methods: set[bytes] = set()
-        for route in self.routes:
-            if (
-                route.methods
-                and route.matches_but_method(host, path, request.headers)
-                and route.matches_query(query)
-            ):
-                methods |= route.methods
+        for route in self._any_method(request):
+            methods |= route.methods
         return sorted(m.decode() for m in methods)
 
 
