@@ -47,7 +47,6 @@ def refused(config: Config) -> list[Unsupported]:
         checks = (
             ("aggregate", bool(route.aggregate)),
             ("cache", route.cache is not None),
-            ("timeout", route.timeout is not None and bool(route.aggregate)),
         )
         out.extend(
             Unsupported(f"{base}.{key}", f"gateway policies are {LATER}") for key, used in checks if used
