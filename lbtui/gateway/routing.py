@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from lbtui.core.model import RouteStats, Service
 
 
+class Aggregator(Protocol):
+    async def answer(self, exchange: Any) -> None:
+        """Call the parts and answer `exchange` (Exchange.respond_local) with the merged reply."""
+
+
 class RoutedRequest(Protocol):
     method: bytes
     url: bytes
@@ -62,6 +67,7 @@ class CompiledRoute:
     add_query: tuple[tuple[bytes, bytes], ...] = ()
     limit_key: str = ""  # client_ip, consumer, or the lower-case header name of header:NAME
     transforms_request: bool = False  # strip, request headers or auth: the request is written again
+    aggregator: Aggregator | None = None  # aggregate: the route answers from several services' replies
 
     def matches(
         self, method: bytes, host: bytes | None, path: bytes, headers: Sequence[tuple[bytes, bytes]]

@@ -47,11 +47,14 @@ from lbtui.proxy.http import (
     field_value,
     no_delay,
     normalize_target,
+    status_line,
     without_fields,
 )
 from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, UpstreamConnection
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from lbtui.config import ListenerConfig, TimeoutsConfig
     from lbtui.core.model import Backend, RouteStats, Service
     from lbtui.gateway.ratelimit import TokenBuckets
@@ -126,6 +129,7 @@ class Exchange:
     route_stats: RouteStats | None = None  # the numbers of the route that took it
     consumer = b""  # who auth said the client is
     response_timeout = 0.0  # its route's `timeout`, when it has one (else the service's timeouts.response)
+    task: asyncio.Task[None] | None = None  # answering it off the request path (an aggregate); cancelled if lost
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -319,9 +323,6 @@ class Exchange:
             if route.timeout:
                 self.response_timeout = route.timeout
             service = route.service
-            if service is None:
-                self.respond_error(404, "no route matches this request")
-                return
             if route.ip_allow is not None or route.ip_deny is not None:
                 address = self.client_addr or self.client.peer_host
                 denied, allowed = route.ip_deny, route.ip_allow
@@ -356,6 +357,13 @@ class Exchange:
                 self.response_extra += cors.response_headers(field_value(self.headers, b"origin"))
             if route.response_remove or self.response_extra:
                 self.route = route
+            if route.aggregator is not None:
+                self.route = route
+                self.task = client_task(self, route.aggregator.answer(self))
+                return
+            if service is None:
+                self.respond_error(404, "no route matches this request")
+                return
         self.service = service
         self.attempt()
 
@@ -846,6 +854,36 @@ class Exchange:
         )
         self._finish()
 
+    def respond_local(self, status: int, fields: list[bytes], body: bytes, route: CompiledRoute) -> None:
+        """Answer with a whole response made here (a cache hit, an aggregate's merged reply) on `route`.
+
+        `fields` are the head's header fields as the upstream side keeps them (name, ": ", value, CRLF for
+        each), without framing or Connection; the route's response transforms and this exchange's extra
+        headers (RateLimit-*, CORS) are applied, and Content-Length is written here."""
+        if self.done:
+            return
+        self._cancel_timer()
+        self.status = status
+        self.response_started = True
+        parts = response_parts(
+            [status_line(status), *fields], route.response_remove, route.response_set + self.response_extra
+        )
+        if status != 204 and status != 304:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        if not self.request_done and self.req_framing != NO_BODY:
+            self.close_after = True
+        if self.close_after or not self.keep_alive or self.client.engine.closing:
+            parts.append(b"Connection: close\r\n")
+            self.close_after = True
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if self.method != b"HEAD" and status != 204 and status != 304:
+            parts.append(body)
+            self.bytes_out += len(body)
+        self.client.write(b"".join(parts))
+        self._finish()
+
     def _record(self, now: float) -> None:
         """Count the exchange's outcome for its backend, and keep it in the tail of recent requests."""
         backend = self.backend
@@ -882,6 +920,11 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            if task is not asyncio.current_task():
+                task.cancel()  # the client left (or the engine stops) while the answer was being made
         if self.body_pending:  # held for a backend that will not get it now
             self.body_pending = ()
             self.body_pending_size = 0
@@ -907,6 +950,11 @@ class Exchange:
         if not self.response_started:
             self.status = 499  # nginx's "client closed request"
         self._finish()
+
+
+def client_task(exchange: Exchange, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
+    """Run `work` (which answers `exchange` in the end) as a task of the engine's loop."""
+    return exchange.client.engine.loop.create_task(work)
 
 
 def serve_queue(service: Service) -> None:
