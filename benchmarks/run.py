@@ -5,7 +5,10 @@ Stdlib only. Needs wrk, nginx and taskset (and haproxy unless excluded with --on
 See benchmarks/README.md for what the numbers mean and the bars they are held to.
 
     python benchmarks/run.py [--rounds 3] [--duration 10] [--connections 50,1] [--json out.json]
-                             [--only lbtui,haproxy,direct] [--check]
+                             [--only direct,haproxy,lbtui,lbtui-gateway] [--check]
+
+The gateway case (`lbtui-gateway`, in the default set): the same engine with a route that asks for an API key
+and rate-limits per consumer (never hit), against plain lbtui.
 
 Dashboard mode: the engine inside the dashboard (`lbtui --config FILE` on a pseudo-terminal) against the
 same engine headless (`lbtui serve --config FILE`), same load, same pinning:
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import http.client
 import json
 import os
@@ -43,14 +47,30 @@ BODY = b"hello, world\n"
 # The dashboard targets: `lbtui --config FILE` (the engine inside the dashboard) on a pseudo-terminal, pinned
 # exactly like `lbtui serve` (the whole process on the proxy CPU), and, for information, not pinned at all.
 DASHBOARDS = ("dashboard", "dashboard-unpinned")
-TARGETS = ("direct", "haproxy", "lbtui", *DASHBOARDS)
-DEFAULT_TARGETS = ("direct", "haproxy", "lbtui")
+# The gateway target: `lbtui serve` like `lbtui`, same backends, same pinning, with one route (path_prefix)
+# that asks for an API key and rate-limits per consumer; wrk sends the key and a path the route takes. The
+# limit is far above what one CPU can serve, so it is never hit (a 429 would be a non-2xx error).
+GATEWAY = "lbtui-gateway"
+GATEWAY_PREFIX = "/api"
+GATEWAY_PATH = "/api/bench"
+GATEWAY_KEY_HEADER = "X-API-Key"
+GATEWAY_KEY = "lbtui-bench-key"  # not a secret: the config holds its SHA-256, as a real one would
+GATEWAY_RATE = 1_000_000  # requests per second for the one consumer (and the burst)
+TARGETS = ("direct", "haproxy", "lbtui", GATEWAY, *DASHBOARDS)
+DEFAULT_TARGETS = ("direct", "haproxy", "lbtui", GATEWAY)
 DASHBOARD_MODE_TARGETS = ("lbtui", *DASHBOARDS)  # --dashboard
 VARIANT = "variant:"  # --variant NAME=CMD adds the target "variant:NAME": CMD pinned like `dashboard`
 
 
 def is_dashboard(target: str) -> bool:
     return target in DASHBOARDS or target.startswith(VARIANT)
+
+
+def target_request(target: str) -> tuple[str, dict[str, str]]:
+    """The path every request to a target asks for, and the headers it carries (beyond wrk's own)."""
+    if target == GATEWAY:
+        return GATEWAY_PATH, {GATEWAY_KEY_HEADER: GATEWAY_KEY}
+    return "/", {}
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -66,6 +86,8 @@ BAR_P50_DELTA_US = 100.0  # at one connection: lbtui p50 <= direct p50 + 100 us
 # The dashboard bars (ARCHITECTURE section 2): the dashboard (pinned like `lbtui serve`) against headless lbtui.
 BAR_DASH_RPS_MIN = 0.90  # dashboard req/s >= 0.90x headless
 BAR_DASH_P99_DELTA_MS = 2.0  # dashboard p99 <= headless p99 + 2 ms
+# The gateway bar (issue 5): route + API key + rate limit (not hit) keeps req/s within 25% of plain lbtui's.
+BAR_GW_RPS_MIN = 0.75
 
 # Dashboard runs: the pseudo-terminal, how long the dashboard may idle before the load (its first layout
 # and paints are done by then), how long its idle CPU is sampled, and how long `q` then `y` may take.
@@ -302,18 +324,25 @@ class PtyProc:
             self.log_path.write_bytes(bytes(self._tail))
 
 
-def http_get(port: int, timeout: float = 1.0) -> tuple[int, bytes]:
+def http_get(
+    port: int, timeout: float = 1.0, path: str = "/", headers: dict[str, str] | None = None
+) -> tuple[int, bytes, http.client.HTTPMessage]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
-        return resp.status, resp.read()
+        return resp.status, resp.read(), resp.headers
     finally:
         conn.close()
 
 
 def wait_ready(
-    proc: Proc | PtyProc, port: int, deadline_s: float = READY_DEADLINE_S, successes: int = 2
+    proc: Proc | PtyProc,
+    port: int,
+    deadline_s: float = READY_DEADLINE_S,
+    successes: int = 2,
+    path: str = "/",
+    headers: dict[str, str] | None = None,
 ) -> float:
     """Poll with real HTTP GETs until `successes` consecutive 200s with the expected body; return seconds."""
     t0 = time.monotonic()
@@ -323,7 +352,7 @@ def wait_ready(
         if not proc.alive():
             raise StartError(proc.died_message("before it was ready"))
         try:
-            status, body = http_get(port)
+            status, body, _ = http_get(port, path=path, headers=headers)
             if status == 200 and body == BODY:
                 ok += 1
                 if ok >= successes:
@@ -335,10 +364,29 @@ def wait_ready(
         ok = 0
         time.sleep(0.05)
     raise StartError(
-        f"{proc.name} did not answer GET http://127.0.0.1:{port}/ with 200 {BODY!r} "
+        f"{proc.name} did not answer GET http://127.0.0.1:{port}{path} with 200 {BODY!r} "
         f"within {deadline_s:.0f} s "
         f"(last: {last}).\n  command: {' '.join(proc.argv)}\n  last lines of its output:\n{proc.log_tail()}"
     )
+
+
+def check_gateway(port: int) -> None:
+    """The gateway's policies are on the measured path: without the key 401; with it 200, the backend's body
+    and the rate limit's `RateLimit-Limit` header with the configured limit."""
+    url = f"GET http://127.0.0.1:{port}{GATEWAY_PATH}"
+    try:
+        status, _, _ = http_get(port, path=GATEWAY_PATH)
+        if status != 401:
+            raise StartError(f"{GATEWAY}: {url} without {GATEWAY_KEY_HEADER} answered {status}, not 401")
+        status, body, headers = http_get(port, path=GATEWAY_PATH, headers=target_request(GATEWAY)[1])
+    except (OSError, http.client.HTTPException) as e:
+        raise StartError(f"{GATEWAY}: {url} failed: {type(e).__name__}: {e}") from e
+    limit = headers.get("RateLimit-Limit")
+    if status != 200 or body != BODY or limit != str(GATEWAY_RATE):
+        raise StartError(
+            f"{GATEWAY}: {url} with the key answered {status}, body {body[:80]!r}, RateLimit-Limit {limit!r} "
+            f"(expected 200, {BODY!r}, {GATEWAY_RATE})"
+        )
 
 
 def _proc_table() -> dict[int, tuple[int, int]]:
@@ -563,6 +611,25 @@ def lbtui_toml(tmp: Path, port: int, admin_port: int, backends: list[int]) -> st
     return "\n".join(out) + "\n"
 
 
+def gateway_toml(tmp: Path, port: int, admin_port: int, backends: list[int]) -> str:
+    """lbtui_toml's config plus a consumer and one route over the same service: API key, rate limit."""
+    digest = hashlib.sha256(GATEWAY_KEY.encode()).hexdigest()
+    out = [
+        "",
+        "[[consumers]]",
+        'name = "bench"',
+        f'api_key_sha256 = "{digest}"  # the key wrk sends in {GATEWAY_KEY_HEADER}',
+        "",
+        "[[routes]]",
+        'name = "api"',
+        f'match = {{ path_prefix = "{GATEWAY_PREFIX}" }}',
+        'service = "bench"',
+        f'auth = {{ type = "api_key", header = "{GATEWAY_KEY_HEADER}" }}',
+        f'rate_limit = {{ rate = {GATEWAY_RATE}, per = "1s", key = "consumer" }}  # never hit',
+    ]
+    return lbtui_toml(tmp, port, admin_port, backends) + "\n".join(out) + "\n"
+
+
 # ------------------------------------------------------------------------------------------- the bench
 
 
@@ -670,7 +737,7 @@ class Bench:
         missing = [tool for tool in need if shutil.which(tool) is None]
         if missing:
             raise StartError(f"missing on PATH: {', '.join(missing)} (apt-get install -y wrk haproxy nginx)")
-        if "lbtui" in self.targets:
+        if "lbtui" in self.targets or GATEWAY in self.targets:
             try:
                 cp = subprocess.run(
                     [sys.executable, "-m", "lbtui", "serve", "--help"],
@@ -751,7 +818,7 @@ class Bench:
     # -- start everything
 
     def start_all(self) -> None:
-        b1, b2, hp, lp, admin, *dash_ports = free_ports(5 + 2 * len(self.dash_cmds))
+        b1, b2, hp, lp, admin, gp, gadmin, *dash_ports = free_ports(7 + 2 * len(self.dash_cmds))
         backends = [b1, b2]
 
         conf = self.tmp / "nginx.conf"
@@ -795,6 +862,26 @@ class Bench:
                 "stderr -> lbtui.log)"
             )
 
+        # The gateway: the same engine and pinning, lbtui's config plus a route with an API key and a rate
+        # limit; ready when a GET with the key answers, then checked to refuse one without it.
+        if GATEWAY in self.targets:
+            (self.tmp / GATEWAY).mkdir(exist_ok=True)
+            toml = self.tmp / f"{GATEWAY}.toml"
+            toml.write_text(gateway_toml(self.tmp / GATEWAY, gp, gadmin, backends))
+            argv = [*self.pin(self.proxy_cpu), sys.executable, "-m", "lbtui", "serve", "--config", str(toml)]
+            proc = self.start(GATEWAY, argv, cwd=self.tmp, env=self.lbtui_env())
+            path, headers = target_request(GATEWAY)
+            t = wait_ready(proc, gp, path=path, headers=headers)
+            check_gateway(gp)
+            self.ports[GATEWAY], self.proc_of[GATEWAY] = gp, proc
+            self.configs[GATEWAY] = toml
+            print(
+                f"  {GATEWAY} on 127.0.0.1:{gp} (ready in {t:.2f} s; data plane {process_build(proc.pid)}; "
+                f"stderr -> {GATEWAY}.log): route {GATEWAY_PREFIX} with api_key auth and a rate limit of "
+                f"{GATEWAY_RATE}/s per consumer; wrk asks for {path} with {GATEWAY_KEY_HEADER} "
+                "(checked: 401 without it)"
+            )
+
         # The dashboards get the same config (only their ports differ) and are started afresh for each run
         # (so an idle one never sits on the proxy CPU while another target is measured).
         for i, target in enumerate(self.dash_cmds):
@@ -815,7 +902,8 @@ class Bench:
 
     # -- load
 
-    def wrk(self, port: int, connections: int, seconds: int) -> WrkResult:
+    def wrk(self, port: int, connections: int, seconds: int, target: str = "") -> WrkResult:
+        path, headers = target_request(target)
         argv = [
             *self.pin(self.load_cpu),
             "wrk",
@@ -825,7 +913,8 @@ class Bench:
             "--timeout",
             WRK_TIMEOUT,
             "--latency",
-            f"http://127.0.0.1:{port}/",
+            *(arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")),
+            f"http://127.0.0.1:{port}{path}",
         ]
         limit = seconds + 30
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -876,12 +965,12 @@ class Bench:
         if shared:
             set_tree_affinity(proc.pid, {self.load_cpu})
         try:
-            self.wrk(port, connections, WARMUP_S)  # warm-up, discarded
+            self.wrk(port, connections, WARMUP_S, target)  # warm-up, discarded
             out0 = dash.output_bytes() if dash is not None else 0
             before = tree_cpu_seconds(proc.pid)
             busy0, steal0 = cpu_busy_seconds(self.proxy_cpu)
             t0 = time.monotonic()
-            res = self.wrk(port, connections, self.args.duration)
+            res = self.wrk(port, connections, self.args.duration, target)
             wall = time.monotonic() - t0
             busy1, steal1 = cpu_busy_seconds(self.proxy_cpu)
             after = tree_cpu_seconds(proc.pid)
@@ -1169,11 +1258,67 @@ def report(bench: Bench) -> tuple[dict[str, Any], bool]:
             print(f"  rounds passing: {verdicts.count('PASS')}/{len(verdicts)}")
         if not lb:
             print(f"{head}(lbtui not measured: no ratio lines)")
+        if lb and pick(runs, GATEWAY, c):
+            all_pass &= report_gateway(bench, c, level)
         if lb and any(pick(runs, d, c) for d in bench.dash_cmds):
             all_pass &= report_dashboards(bench, c, level)
         print()
     summary["all_bars_pass"] = all_pass
     return summary, all_pass
+
+
+def gateway_verdict(rps: float | None, errors: int) -> str:
+    return "PASS" if rps is not None and rps >= BAR_GW_RPS_MIN and not errors else "FAIL"
+
+
+def report_gateway(bench: Bench, c: int, level: dict[str, Any]) -> bool:
+    """The gateway line of one level: lbtui-gateway against plain lbtui, from the medians; True if the bar
+    holds. Any non-2xx/3xx answer in a gateway run (a 429 would mean the rate limit was hit, a 401 the key
+    refused) or socket error fails it."""
+    runs, args = bench.runs, bench.args
+    head = f"c={c}".ljust(6)
+    gw, lb = pick(runs, GATEWAY, c), pick(runs, "lbtui", c)
+    name = "gateway/lbtui"
+    errs = sum(1 for r in gw if r.errors)
+    non2xx = sum(r.non_2xx_3xx for r in gw)
+    rr = ratio(med(gw, "rps"), med(lb, "rps"))
+    cr = ratio(med(gw, "cpu_us_per_req"), med(lb, "cpu_us_per_req"))
+    dc = med(gw, "cpu_us_per_req") - med(lb, "cpu_us_per_req")
+    pr = ratio(med(gw, "p99_us"), med(lb, "p99_us"))
+    verdict = gateway_verdict(rr, errs)
+    level["ratios"][name] = {
+        "rps": rr,
+        "cpu_per_req": cr,
+        "cpu_delta_us": dc,
+        "p99": pr,
+        "non_2xx_3xx": non2xx,
+        "runs_with_errors": errs,
+        "verdict": verdict,
+    }
+    note = f" (errors in {errs} run(s); non-2xx/3xx {non2xx})" if errs else ""
+    print(
+        f"{head}{name}  req/s {fmt_x(rr)} (bar >= {BAR_GW_RPS_MIN:.2f}x)  cpu/req {fmt_x(cr)} ({dc:+.1f} us)  "
+        f"p99 {fmt_x(pr)}  {verdict}{note}"
+    )
+    per_round = []
+    for rnd in range(1, args.rounds + 1):
+        a, b = pick(runs, GATEWAY, c, rnd), pick(runs, "lbtui", c, rnd)
+        if not a or not b:
+            continue
+        rr = ratio(a[0].rps, b[0].rps)
+        cr = ratio(a[0].cpu_us_per_req, b[0].cpu_us_per_req)
+        pr = ratio(a[0].p99_us, b[0].p99_us)
+        v = gateway_verdict(rr, a[0].errors)
+        per_round.append({"round": rnd, "rps": rr, "cpu_per_req": cr, "p99": pr, "verdict": v})
+        print(f"  round {rnd}:  {name}  req/s {fmt_x(rr)}  cpu/req {fmt_x(cr)}  p99 {fmt_x(pr)}  {v}")
+    level["per_round_gateway"] = per_round
+    if per_round:
+        passing = sum(1 for e in per_round if e["verdict"] == "PASS")
+        print(f"  rounds passing: {passing}/{len(per_round)}")
+    builds = sorted({r.build for r in gw + lb if r.build})
+    if len(builds) > 1:
+        print(f"  WARNING: lbtui and {GATEWAY} did not all load the same data plane: {', '.join(builds)}")
+    return verdict == "PASS"
 
 
 def dashboard_verdict(rps: float | None, p99_delta_ms: float, errors: int) -> str:
@@ -1345,7 +1490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [x for x in only if x not in TARGETS]
     if bad or not only:
         p.error(f"--only: choose from {', '.join(TARGETS)} (got {args.only!r})")
-    args.only = [t for t in TARGETS if t in only]  # canonical order: direct, haproxy, lbtui, dashboards
+    args.only = [t for t in TARGETS if t in only]  # canonical order: as in TARGETS
     try:
         cols, rows = (int(x) for x in args.pty_size.lower().split("x"))
     except ValueError:
@@ -1409,6 +1554,11 @@ def main(argv: list[str] | None = None) -> int:
                 "  CPU pinning: NOT applied (fewer than 2 CPUs available or no taskset); numbers are rougher"
             )
         print(f"  lbtui data plane: {lbtui_build()} (python -m lbtui with PYTHONPATH={REPO})")
+        if GATEWAY in bench.targets:
+            print(
+                f"  gateway bar: {GATEWAY} req/s >= {BAR_GW_RPS_MIN:.2f}x plain lbtui's, no non-2xx answer "
+                f"(route {GATEWAY_PREFIX}, API key, rate limit {GATEWAY_RATE}/s per consumer: never hit)"
+            )
         if bench.dashboard_mode:
             print(
                 f"  dashboard bars: req/s >= {BAR_DASH_RPS_MIN:.2f}x headless lbtui, p99 <= headless "
@@ -1456,7 +1606,17 @@ def main(argv: list[str] | None = None) -> int:
                         "p50_delta_us_max": BAR_P50_DELTA_US,
                         "dashboard_rps_min": BAR_DASH_RPS_MIN,
                         "dashboard_p99_delta_ms_max": BAR_DASH_P99_DELTA_MS,
+                        "gateway_rps_min": BAR_GW_RPS_MIN,
                     },
+                    "gateway": {
+                        "route_path_prefix": GATEWAY_PREFIX,
+                        "request_path": GATEWAY_PATH,
+                        "auth": "api_key",
+                        "key_header": GATEWAY_KEY_HEADER,
+                        "rate_limit_per_s": GATEWAY_RATE,
+                    }
+                    if GATEWAY in bench.targets
+                    else None,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 },
                 "runs": [asdict(r) for r in bench.runs],
