@@ -238,6 +238,9 @@ class RouteMatch:
     methods: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     query: tuple[tuple[str, str], ...] = ()  # query parameters that must be present with exactly these values
+    case_sensitive: bool = (
+        False  # path, path_prefix and path_regex compare letters' case (default: they do not)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +266,8 @@ class RateLimitConfig:
     per: float = 1.0
     burst: int | None = None
     key: str = "client_ip"
+    # Per-consumer overrides: (consumer, its own rate, per and burst); each such consumer has buckets of its own.
+    consumers: tuple[tuple[str, RateLimitConfig], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,10 +278,18 @@ class CorsConfig:
     max_age: float = 0.0
 
 
+CACHE_MAX_BODY: Final = 1024 * 1024
+CACHE_MAX_BYTES: Final = 64 * 1024 * 1024
+CACHE_STATUSES: Final = ((200, 200), (301, 301), (404, 404))  # Kong's proxy-cache default
+
+
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
     ttl: float
     max_entries: int = 1000
+    max_body: int = CACHE_MAX_BODY  # larger responses are passed on, not kept
+    max_bytes: int = CACHE_MAX_BYTES  # all the route's kept bodies together; the least recently used go first
+    statuses: tuple[tuple[int, int], ...] = CACHE_STATUSES  # the responses kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +314,7 @@ class RouteConfig:
     cors: CorsConfig | None = None
     cache: CacheConfig | None = None
     timeout: float | None = None
+    retries: RetriesConfig | None = None  # replaces the service's retries for this route's requests
     rewrite: tuple[str, str] | None = None  # (pattern, substitution) on the path, after strip_prefix
     add_query: tuple[tuple[str, str], ...] = ()  # query parameters set on the request (replacing same names)
     ip_allow: tuple[str, ...] = ()  # networks (CIDR); when given, only clients in one may use the route
@@ -1082,16 +1096,27 @@ ROUTE_KEYS: Final = (
     "ip_deny",
     "rewrite",
     "add_query",
+    "retries",
 )
 REWRITE_KEYS: Final = ("pattern", "substitution")
-MATCH_KEYS: Final = ("path", "path_prefix", "path_regex", "host", "methods", "headers", "query")
+MATCH_KEYS: Final = (
+    "path",
+    "path_prefix",
+    "path_regex",
+    "host",
+    "methods",
+    "headers",
+    "query",
+    "case_sensitive",
+)
 AGGREGATE_KEYS: Final = ("service", "path", "group", "allow")
 HEADER_OPS_KEYS: Final = ("set", "remove")
 AUTH_KEYS: Final = ("type", "header", "algorithms", "secret_env", "public_key_file", "issuer", "audience")
 JWT_ONLY_KEYS: Final = ("algorithms", "secret_env", "public_key_file", "issuer", "audience")
-RATE_LIMIT_KEYS: Final = ("rate", "per", "burst", "key")
+RATE_LIMIT_KEYS: Final = ("rate", "per", "burst", "key", "consumers")
+RATE_OVERRIDE_KEYS: Final = ("rate", "per", "burst")
 CORS_KEYS: Final = ("allow_origins", "allow_methods", "allow_headers", "max_age")
-CACHE_KEYS: Final = ("ttl", "max_entries")
+CACHE_KEYS: Final = ("ttl", "max_entries", "max_body", "max_bytes", "statuses")
 CONSUMER_KEYS: Final = ("name", "api_key_sha256", "api_key_env")
 LIMITS_KEYS: Final = (
     "max_header_bytes",
@@ -1587,7 +1612,17 @@ def _parse_route(
             "api_key auth needs consumers, and none are configured",
             "add [[consumers]] with a name and api_key_sha256 or api_key_env",
         )
-    rate_limit = _parse_rate_limit(reader.table("rate_limit", RATE_LIMIT_KEYS))
+    rate_limit = _parse_rate_limit(ctx, reader.table("rate_limit", RATE_LIMIT_KEYS))
+    if rate_limit is not None and rate_limit.consumers:
+        overrides = _join(reader.key_path("rate_limit"), "consumers")
+        if auth is None:
+            ctx.add(overrides, "per-consumer limits need auth on this route", "add auth (api_key or jwt)")
+        elif auth.type == "api_key":
+            known = [c.name for c in consumers]
+            for name, _ in rate_limit.consumers:
+                ctx.reference(_join(overrides, name), name, known, "consumer")
+    if "retries" in reader and "aggregate" in reader:
+        ctx.add(reader.key_path("retries"), "only used with 'service'", "aggregate parts are not retried")
     if rate_limit is not None and rate_limit.key == "consumer" and "auth" not in reader:
         ctx.add(
             _join(reader.key_path("rate_limit"), "key"),
@@ -1615,6 +1650,7 @@ def _parse_route(
         cors=_parse_cors(reader.table("cors", CORS_KEYS)),
         cache=_parse_cache(reader.table("cache", CACHE_KEYS)),
         timeout=reader.value("timeout", _positive_duration),
+        retries=_parse_retries(retries) if (retries := reader.table("retries", RETRIES_KEYS)) else None,
     )
 
 
@@ -1632,6 +1668,7 @@ def _parse_match(ctx: _Context, reader: _Reader | None) -> RouteMatch:
         methods=reader.array("methods", _method) or (),
         headers=reader.pairs("headers", _header_name, _header_value) or (),
         query=reader.pairs("query", _query_name, _header_value) or (),
+        case_sensitive=reader.get("case_sensitive", _boolean, False),
     )
 
 
@@ -1773,14 +1810,41 @@ def _check_jwt_keys(ctx: _Context, reader: _Reader, algorithms: Sequence[str]) -
         )
 
 
-def _parse_rate_limit(reader: _Reader | None) -> RateLimitConfig | None:
+def _parse_rate_limit(ctx: _Context, reader: _Reader | None) -> RateLimitConfig | None:
     if reader is None:
         return None
+    per = reader.get("per", _positive_duration, 1.0)
+    overrides: list[tuple[str, RateLimitConfig]] = []
+    if "consumers" in reader:  # a table keyed by consumer name
+        path = reader.key_path("consumers")
+        given = reader.data["consumers"]
+        if not isinstance(given, Mapping):
+            ctx.add(
+                path,
+                f"expected a table, got {_describe(given)}",
+                "e.g. consumers = { alice = { rate = 100 } }",
+            )
+            given = {}
+        for name, raw in given.items():
+            override = ctx.table(_join(path, str(name)), raw, RATE_OVERRIDE_KEYS)
+            if override is None:
+                continue
+            overrides.append(
+                (
+                    str(name),
+                    RateLimitConfig(
+                        rate=override.required("rate", _int_in(1), 1, "e.g. rate = 100"),
+                        per=override.get("per", _positive_duration, per),
+                        burst=override.value("burst", _int_in(1)),
+                    ),
+                )
+            )
     return RateLimitConfig(
         rate=reader.required("rate", _int_in(1), 1, "e.g. rate = 10"),
-        per=reader.get("per", _positive_duration, 1.0),
+        per=per,
         burst=reader.value("burst", _int_in(1)),
         key=reader.get("key", _rate_limit_key, "client_ip"),
+        consumers=tuple(overrides),
     )
 
 
@@ -1801,6 +1865,9 @@ def _parse_cache(reader: _Reader | None) -> CacheConfig | None:
     return CacheConfig(
         ttl=reader.required("ttl", _positive_duration, 1.0, 'e.g. ttl = "30s"'),
         max_entries=reader.get("max_entries", _int_in(1), 1000),
+        max_body=reader.get("max_body", _positive_size, CACHE_MAX_BODY),
+        max_bytes=reader.get("max_bytes", _positive_size, CACHE_MAX_BYTES),
+        statuses=reader.array("statuses", _status_range) or CACHE_STATUSES,
     )
 
 

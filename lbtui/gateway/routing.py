@@ -17,7 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lbtui.config import RouteConfig
+from lbtui.config import RetriesConfig, RouteConfig
+from lbtui.gateway.cache import ResponseCache
 from lbtui.gateway.cors import BACKEND_CORS_HEADERS, Cors
 from lbtui.gateway.jwt_auth import JwtVerifier
 from lbtui.gateway.ratelimit import TokenBuckets
@@ -67,20 +68,32 @@ class CompiledRoute:
     add_query: tuple[tuple[bytes, bytes], ...] = ()
     limit_key: str = ""  # client_ip, consumer, or the lower-case header name of header:NAME
     transforms_request: bool = False  # strip, request headers or auth: the request is written again
+    fold: bool = False  # match.case_sensitive is false: path, prefix and regex ignore letters' case
+    consumer_limiters: Mapping[bytes, TokenBuckets] | None = None  # rate_limit.consumers: their own buckets
+    retries: RetriesConfig | None = None  # the route's retries (None: the service's)
+    cache: ResponseCache | None = None
     aggregator: Aggregator | None = None  # aggregate: the route answers from several services' replies
 
     def matches(
-        self, method: bytes, host: bytes | None, path: bytes, headers: Sequence[tuple[bytes, bytes]]
+        self,
+        method: bytes,
+        host: bytes | None,
+        path: bytes,
+        folded: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
     ) -> bool:
         if self.methods and method not in self.methods:
             return False
-        return self.matches_but_method(host, path, headers)
+        return self.matches_but_method(host, path, folded, headers)
 
     def matches_but_method(
-        self, host: bytes | None, path: bytes, headers: Sequence[tuple[bytes, bytes]]
+        self, host: bytes | None, path: bytes, folded: bytes, headers: Sequence[tuple[bytes, bytes]]
     ) -> bool:
+        """`folded` is `path` in lower case (what routes that ignore case compare)."""
         if self.host is not None and host != self.host:
             return False
+        if self.fold:
+            path = folded
         if self.path is not None and path != self.path:
             return False
         if self.prefix is not None and not _has_prefix(path, self.prefix):
@@ -100,10 +113,11 @@ class CompiledRoute:
         return all(any(k == name and v == value for k, _, v in given) for name, value in self.query)
 
 
-def strip_prefix(url: bytes, prefix: bytes) -> bytes:
-    """The target without `prefix` at the start of its path (`/api/x?q` less `/api` is `/x?q`; `/api` is `/`)."""
+def strip_prefix(url: bytes, prefix: bytes, fold: bool = False) -> bytes:
+    """The target without `prefix` at the start of its path (`/api/x?q` less `/api` is `/x?q`; `/api` is `/`);
+    with `fold`, `prefix` (lower case) also comes off `/API/x`."""
     path, question, query = url.partition(b"?")
-    if not _has_prefix(path, prefix):
+    if not _has_prefix(path.lower() if fold else path, prefix):
         return url
     rest = path[len(prefix) :]
     if not rest.startswith(b"/"):
@@ -187,6 +201,7 @@ class Router:
         compiled = []
         for index, route in enumerate(routes):
             m = route.match
+            fold = not m.case_sensitive
             if m.path is not None:
                 kind, length = 0, len(m.path)
             elif m.path_prefix is not None:
@@ -200,9 +215,14 @@ class Router:
                     config=route,
                     service=services.get(route.service) if route.service else None,
                     host=m.host.lower().encode() if m.host else None,
-                    path=m.path.encode() if m.path is not None else None,
-                    prefix=m.path_prefix.encode() if m.path_prefix is not None else None,
-                    regex=re.compile(m.path_regex.encode()) if m.path_regex is not None else None,
+                    path=_folded(m.path, fold),
+                    prefix=_folded(m.path_prefix, fold),
+                    regex=(
+                        re.compile(m.path_regex.encode(), re.IGNORECASE if fold else 0)
+                        if m.path_regex is not None
+                        else None
+                    ),
+                    fold=fold,
                     methods=frozenset(x.encode() for x in m.methods),
                     headers=tuple((k.lower().encode(), v.encode()) for k, v in m.headers),
                     query=tuple((k.encode(), v.encode()) for k, v in m.query),
@@ -213,31 +233,40 @@ class Router:
                 )
             )
         self.routes = tuple(sorted(compiled, key=lambda r: r.rank))
+        self.fold = any(r.fold for r in self.routes)  # some route compares the path in lower case
         self.cors = any(r.cors is not None for r in self.routes)  # some route answers CORS preflights
 
     def route(self, request: RoutedRequest, method: bytes | None = None) -> CompiledRoute | None:
         """The route that takes `request` (as if its method were `method`, when given; None: none; see
         `allowed` for a 405)."""
         path, _, query = request.url.partition(b"?")
+        folded = path.lower() if self.fold else path
         host = _host_of(request.headers)
         wanted = request.method if method is None else method
         for route in self.routes:
-            if route.matches(wanted, host, path, request.headers) and route.matches_query(query):
+            if route.matches(wanted, host, path, folded, request.headers) and route.matches_query(query):
                 return route
         return None
 
     def sweep(self, now: float) -> None:
-        """Forget rate-limit buckets that have refilled (the engine's tick calls this now and then)."""
+        """Forget rate-limit buckets that have refilled and cached responses that expired (the engine's tick
+        calls this now and then)."""
         for route in self.routes:
             if route.limiter is not None:
                 route.limiter.sweep(now)
+            if route.consumer_limiters is not None:
+                for limiter in route.consumer_limiters.values():
+                    limiter.sweep(now)
+            if route.cache is not None:
+                route.cache.sweep(now)
 
     def _any_method(self, request: RoutedRequest) -> Iterator[CompiledRoute]:
         """The routes that would take `request` with some method (in rank order)."""
         path, _, query = request.url.partition(b"?")
+        folded = path.lower() if self.fold else path
         host = _host_of(request.headers)
         for route in self.routes:
-            if route.matches_but_method(host, path, request.headers) and route.matches_query(query):
+            if route.matches_but_method(host, path, folded, request.headers) and route.matches_query(query):
                 yield route
 
     def cors_route(self, request: RoutedRequest) -> CompiledRoute | None:
@@ -252,11 +281,17 @@ class Router:
         return sorted(m.decode() for m in methods)
 
 
+def _folded(path: str | None, fold: bool) -> bytes | None:
+    if path is None:
+        return None
+    return path.lower().encode() if fold else path.encode()
+
+
 def _transforms(route: RouteConfig) -> dict[str, Any]:
     request = route.request_headers
     response = route.response_headers
     out: dict[str, Any] = {
-        "strip": route.strip_prefix.encode() if route.strip_prefix else None,
+        "strip": _folded(route.strip_prefix, not route.match.case_sensitive) if route.strip_prefix else None,
         "request_remove": frozenset(
             n.lower().encode() for n in (*request.remove, *(k for k, _ in request.set))
         ),
@@ -280,6 +315,8 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
     limit = route.rate_limit
     if limit is not None:
         out["limiter"] = TokenBuckets(limit)
+        if limit.consumers:
+            out["consumer_limiters"] = {name.encode(): TokenBuckets(own) for name, own in limit.consumers}
         # The RateLimit-* headers are the gateway's: a backend's own are dropped.
         out["response_remove"] = out["response_remove"] | {
             b"ratelimit-limit",
@@ -291,6 +328,10 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
     auth = route.auth
     out["api_key"] = auth.header.lower().encode() if auth is not None and auth.type == "api_key" else None
     out["jwt"] = JwtVerifier(auth) if auth is not None and auth.type == "jwt" else None
+    out["retries"] = route.retries
+    if route.cache is not None:
+        out["cache"] = ResponseCache(route.cache, per_consumer=auth is not None)
+        out["response_remove"] = out["response_remove"] | {b"x-cache"}
     out["transforms_request"] = bool(
         out["strip"]
         or out["request_remove"]

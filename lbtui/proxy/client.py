@@ -25,6 +25,17 @@ import httptools
 
 from lbtui.core.model import AdminState
 from lbtui.gateway.auth import CONSUMER_HEADER
+from lbtui.gateway.cache import (
+    BYPASS,
+    HIT,
+    MISS,
+    ONLY_CACHED,
+    REFRESH,
+    X_CACHE,
+    ResponseCache,
+    hit_fields,
+    not_modified_fields,
+)
 from lbtui.gateway.routing import response_parts, rewrite_target, set_headers, strip_prefix
 from lbtui.proxy.http import (
     CHUNKED,
@@ -55,7 +66,7 @@ from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
-    from lbtui.config import ListenerConfig, TimeoutsConfig
+    from lbtui.config import ListenerConfig, RetriesConfig, TimeoutsConfig
     from lbtui.core.model import Backend, RouteStats, Service
     from lbtui.gateway.ratelimit import TokenBuckets
     from lbtui.gateway.routing import CompiledRoute, Router
@@ -129,7 +140,18 @@ class Exchange:
     route_stats: RouteStats | None = None  # the numbers of the route that took it
     consumer = b""  # who auth said the client is
     response_timeout = 0.0  # its route's `timeout`, when it has one (else the service's timeouts.response)
-    task: asyncio.Task[None] | None = None  # answering it off the request path (an aggregate); cancelled if lost
+    task: asyncio.Task[None] | None = (
+        None  # answering it off the request path (an aggregate); cancelled if lost
+    )
+    retries_config: RetriesConfig | None = None  # its route's retries (None: its service's)
+    cache_key = (
+        b""  # looked up in its route's cache and missed: the response is kept under this key, if it may
+    )
+    cache_fresh = 0.0  # how long the response stays fresh (set with the head; 0: it is not kept)
+    cache_head: list[bytes] | None = None  # the response's head as the upstream side kept it (to keep)
+    capture: list[bytes] | None = None  # the response body read so far, while it may be kept
+    capture_size = 0
+    cache_headers: list[tuple[bytes, bytes]] | None = None  # the request's headers as sent (for Vary)
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -348,6 +370,7 @@ class Exchange:
                     return
                 consumer = subject
             self.consumer = consumer
+            original_url, original_headers = self.url, self.headers
             if route.limiter is not None and not self._within_rate(route, route.limiter, consumer):
                 return
             if route.transforms_request:
@@ -357,6 +380,10 @@ class Exchange:
                 self.response_extra += cors.response_headers(field_value(self.headers, b"origin"))
             if route.response_remove or self.response_extra:
                 self.route = route
+            if route.retries is not None:
+                self.retries_config = route.retries
+            if route.cache is not None and self._cached(route, route.cache, original_url, original_headers):
+                return
             if route.aggregator is not None:
                 self.route = route
                 self.task = client_task(self, route.aggregator.answer(self))
@@ -391,8 +418,40 @@ class Exchange:
             self.respond_error(204, "", extra=grant)
         return True
 
+    def _cached(
+        self, route: CompiledRoute, cache: ResponseCache, url: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """Answer from the route's cache (True), or mark the exchange so that its response is kept."""
+        policy = cache.request_policy(self.method, headers, self.req_framing != NO_BODY)
+        if policy == BYPASS:
+            return False
+        self.route = route
+        key = cache.key(field_value(headers, b"host") or b"", url, self.consumer)
+        now = self.client.engine.now()
+        if policy != REFRESH:
+            entry = cache.lookup(key, headers, now)
+            if entry is not None:
+                cache.hits += 1
+                self.response_extra += ((X_CACHE, HIT),)
+                if cache.not_modified(entry, headers):
+                    self.respond_local(304, not_modified_fields(entry, now), b"", route)
+                else:
+                    self.respond_local(entry.status, hit_fields(entry, now), entry.body, route)
+                return True
+            if policy == ONLY_CACHED:
+                self.respond_error(504, "only-if-cached, and this response is not in the cache")
+                return True
+        cache.misses += 1
+        self.response_extra += ((X_CACHE, MISS),)
+        if self.method == b"GET":
+            self.cache_key = key
+            self.cache_headers = headers
+        return False
+
     def _within_rate(self, route: CompiledRoute, limiter: TokenBuckets, consumer: bytes) -> bool:
         """Take a token from the bucket of this request's key; False after answering 429."""
+        if consumer and route.consumer_limiters is not None:
+            limiter = route.consumer_limiters.get(consumer, limiter)
         kind = route.limit_key
         if kind == "client_ip":
             key = self.client_addr or self.client.peer_host
@@ -450,7 +509,7 @@ class Exchange:
         """The route's strip_prefix, request header changes and authenticated consumer: the request for the
         backend is written again (the API key itself is not passed on)."""
         if route.strip is not None:
-            self.url = strip_prefix(self.url, route.strip)
+            self.url = strip_prefix(self.url, route.strip, route.fold)
         if route.rewrite is not None or route.add_query:
             self.url = rewrite_target(self.url, route.rewrite, route.add_query)
         client = self.client
@@ -654,7 +713,7 @@ class Exchange:
             self.backend = None
             if service.queue:
                 serve_queue(service)
-        retries = service.config.retries
+        retries = self.retries_config or service.config.retries
         resendable = self.method in IDEMPOTENT_METHODS and self.replay is not None
         if kind == CONNECT_FAILURE:
             # Nothing was sent: any method may go to the next backend.
@@ -732,6 +791,8 @@ class Exchange:
             self.close_after = True  # answered before the request was read whole: close after the reply
         route = self.route
         if route is not None:
+            if self.cache_key:
+                self._keep_response(route, status, parts, framing)
             parts = response_parts(parts, route.response_remove, route.response_set + self.response_extra)
         self.resp_framing = framing
         if framing in (CHUNKED, UNTIL_CLOSE):
@@ -753,9 +814,33 @@ class Exchange:
         else:
             client.write(b"".join(parts))
 
+    def _keep_response(self, route: CompiledRoute, status: int, parts: list[bytes], framing: int) -> None:
+        """The response to a cache miss: read it into memory too while it may be kept (cache.py)."""
+        cache = route.cache
+        assert cache is not None
+        if framing == NO_BODY and status != 204 and status != 304:
+            framing = LENGTH  # (a 200 with no body but a Content-Length: 0)
+        fresh = cache.freshness(status, parts, not cache.per_consumer and self._authorized())
+        if fresh <= 0.0 or framing == UNTIL_CLOSE:
+            self.cache_key = b""
+            return
+        self.cache_fresh = fresh
+        self.cache_head = list(parts)
+        self.capture = []
+
+    def _authorized(self) -> bool:
+        return field_value(self.cache_headers or [], b"authorization") is not None
+
     def upstream_body(self, data: bytes) -> None:
         if self.done or not data:
             return
+        capture = self.capture
+        if capture is not None:
+            self.capture_size += len(data)
+            if self.capture_size <= self.route.cache.max_body:  # type: ignore[union-attr]
+                capture.append(data)
+            else:
+                self.capture = None  # too large to keep: passed on only
         self.bytes_out += len(data)
         client = self.client
         out = client.out
@@ -793,6 +878,8 @@ class Exchange:
             client.write(LAST_CHUNK)
         self.done = True
         self.deadline = 0.0
+        if self.capture is not None:
+            self._store(now)
         self._record(now)
         if (
             client.current is self
@@ -808,6 +895,24 @@ class Exchange:
             client.last_active = now
         elif self.request_done or self.req_framing == NO_BODY or self.close_after:
             client.exchange_finished(self, now)
+
+    def _store(self, now: float) -> None:
+        """Keep the response read whole in its route's cache."""
+        route = self.route
+        head = self.cache_head
+        capture = self.capture
+        self.capture = None
+        if route is None or route.cache is None or head is None or capture is None:
+            return
+        route.cache.store(
+            self.cache_key,
+            self.status,
+            head,
+            b"".join(capture),
+            now,
+            self.cache_fresh,
+            self.cache_headers or [],
+        )
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The backend switched protocols (101): from now on, bytes pass through both ways untouched."""

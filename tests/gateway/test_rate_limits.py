@@ -61,6 +61,20 @@ async def test_spellings_of_the_path_share_one_bucket(backends, engine_factory, 
     assert statuses == [200, 200, 200, 200, 429]
 
 
+async def test_the_case_of_the_path_does_not_escape_the_bucket(backends, engine_factory, raw_client):
+    """Routes ignore the case of letters in the path unless `case_sensitive`: `/ECHO/Login` is the same route
+    (and bucket) as `/echo/login`, where a backend that ignores case would otherwise serve it unlimited."""
+    b = await backends("b")
+    engine = await engine_factory(limited_config(b, {"rate": 3, "per": "1m"}))
+    client = await raw_client(engine.address())
+    statuses = [
+        (await ask(client, path)).status
+        for path in ("/echo/LOGIN", "/ECHO/Login/", "/echo/%4cogin", "/echo/login")
+    ]
+    assert statuses == [200, 200, 200, 429]
+    assert engine.controller.snapshot().routes[0].status_classes[2] == 3
+
+
 async def test_rotating_x_forwarded_for_does_not_escape_the_bucket(backends, engine_factory, raw_client):
     b = await backends("b")
     engine = await engine_factory(limited_config(b, {"rate": 2, "per": "1m"}))
@@ -94,6 +108,19 @@ async def test_per_consumer_and_per_header_keys(backends, engine_factory, raw_cl
     assert (await ask(client, "/echo/login", {"X-Tenant": "a"})).status == 200
     assert (await ask(client, "/echo/login", {"X-Tenant": "b"})).status == 200
     assert (await ask(client, "/echo/login", {"x-tenant": "a"})).status == 429
+
+
+async def test_a_consumer_can_have_a_limit_of_its_own(backends, engine_factory, raw_client):
+    b = await backends("b")
+    limit = {"rate": 1, "per": "1m", "key": "client_ip", "consumers": {"alice": {"rate": 3, "burst": 3}}}
+    engine = await engine_factory(limited_config(b, limit, auth=True))
+    client = await raw_client(engine.address())
+    alice = [await ask(client, "/echo/login", {"X-API-Key": KEY}) for _ in range(4)]
+    assert [r.status for r in alice] == [200, 200, 200, 429]
+    assert alice[0].header("ratelimit-limit") == "3"
+    bob = [await ask(client, "/echo/login", {"X-API-Key": "bob-key"}) for _ in range(2)]
+    assert [r.status for r in bob] == [200, 429]  # the route's own limit, in a bucket alice does not share
+    assert bob[0].header("ratelimit-limit") == "1"
 
 
 def test_token_bucket_refills_at_its_rate_up_to_burst():

@@ -318,3 +318,60 @@ def test_a_rewrite_must_fit_its_pattern() -> None:
                 ],
             }
         )
+
+
+async def test_paths_ignore_case_unless_the_route_is_case_sensitive(backends, engine_factory, raw_client):
+    bs = {n: await backends(n) for n in ("api", "exact", "any")}
+    routes = [
+        {"name": "api", "match": {"path_prefix": "/Api"}, "service": "api", "strip_prefix": "/api"},
+        {"name": "exact", "match": {"path": "/Echo/X", "case_sensitive": True}, "service": "exact"},
+        {"name": "any", "match": {}, "service": "any"},
+    ]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    for sent, backend, seen in [
+        ("/API/echo/a", "api", "/echo/a"),  # strip_prefix comes off whatever the case
+        ("/api/echo/b", "api", "/echo/b"),
+        ("/Echo/X", "exact", "/Echo/X"),  # the case is kept on the way to the backend
+        ("/echo/x", "any", "/echo/x"),  # case_sensitive: another spelling is another path
+    ]:
+        body = json.loads((await ask(client, "GET", sent)).body)
+        assert (body["backend"], body.get("url") or body["path"]) == (backend, seen), sent
+
+
+async def test_a_route_has_retries_of_its_own(backends, scripted, engine_factory, raw_client):
+    async def hang_up(reader, writer, up):
+        await up.read_request(reader)  # then close without an answer: a reset
+
+    dead = await scripted(hang_up)
+    good = await backends("good")
+    config = parse_config(
+        {
+            "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
+            "services": {
+                "app": {
+                    "algorithm": "round_robin",
+                    "backends": [
+                        {"name": "dead", "address": dead.address},
+                        {"name": "good", "address": good.address},
+                    ],
+                }
+            },
+            "routes": [
+                {
+                    "name": "once",
+                    "match": {"path_prefix": "/echo/once"},
+                    "service": "app",
+                    "retries": {"attempts": 0},
+                },
+                {"name": "rest", "match": {"path_prefix": "/"}, "service": "app"},
+            ],
+        },
+        source="<test>",
+    )
+    engine = await engine_factory(config)
+    client = await raw_client(engine.address())
+    statuses = sorted([(await ask(client, "GET", "/echo/once")).status for _ in range(2)])
+    assert statuses == [200, 502]  # one of the two went to the dead backend, and was not tried again
+    assert [(await ask(client, "GET", "/echo/again")).status for _ in range(2)] == [200, 200]
+    assert engine.controller.snapshot().services[0].retries >= 1

@@ -1,0 +1,270 @@
+"""Response caching on routes (nginx's proxy_cache, Kong's proxy-cache): `cache = { ttl, max_entries, ... }`.
+
+What is kept (RFC 9111, as a shared cache):
+- Responses to GET whose status is in `statuses` (default 200, 301, 404, as Kong), read whole, with a body of
+  at most `max_body`. HEAD is answered from what a GET kept, and never stores.
+- Not kept: a response with `Cache-Control` `no-store`, `no-cache` or `private`, with `Set-Cookie`, or with
+  `Vary: *`; a response to a request that had a body, or `Authorization` on a route without auth (unless
+  the response says `public` or `s-maxage`, RFC 9111 3.5); a request's own `Cache-Control: no-store`.
+- Fresh for `ttl`, or less when the response's `s-maxage` (or else `max-age`) says so, less its `Age`.
+- The key is the host, the request target (the normalised path and query, before the route rewrites it) and,
+  on routes with auth, the consumer: one consumer never gets another's response. `Vary` keeps the varying
+  request headers' values with the entry, and a request with other values misses.
+
+What a client can ask: `Cache-Control: no-cache` (or `max-age=0`, or `Pragma: no-cache`) goes to the backend
+and keeps the new response; `no-store` goes to the backend and keeps nothing; `only-if-cached` gets 504 on a
+miss. `If-None-Match` matching a kept ETag gets 304.
+
+Bounded: at most `max_entries` responses and `max_bytes` of kept bodies per route; the least recently used go
+first, and expired entries are dropped by the engine's sweep. Hits carry `X-Cache: HIT` and `Age`; responses
+fetched for a lookup carry `X-Cache: MISS`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from lbtui.config import CacheConfig
+
+X_CACHE = b"X-Cache"
+HIT = b"HIT"
+MISS = b"MISS"
+
+# A lookup's answer (see ResponseCache.request_policy): what to do with a request.
+BYPASS = 0  # neither look up nor keep (not a GET/HEAD, no-store, a body...)
+LOOKUP = 1  # look up; on a miss, keep the response if it may be kept
+REFRESH = 2  # go to the backend (no-cache), keep the response
+ONLY_CACHED = 3  # only-if-cached: a miss is a 504
+
+# Fields not kept with an entry: the framing is written again on a hit, and Age is computed then.
+NOT_KEPT = frozenset({b"content-length", b"transfer-encoding", b"age", b"x-cache"})
+# Fields a 304 carries (RFC 9110 15.4.5).
+NOT_MODIFIED_KEEPS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
+)
+
+
+class CacheEntry:
+    __slots__ = ("age", "body", "etag", "expires", "fields", "size", "status", "stored", "vary")
+
+    def __init__(
+        self,
+        status: int,
+        fields: list[bytes],
+        body: bytes,
+        stored: float,
+        expires: float,
+        age: int,
+        vary: tuple[tuple[bytes, bytes | None], ...],
+        etag: bytes | None,
+    ) -> None:
+        self.status = status
+        self.fields = fields  # name, ": ", value, CRLF for each field (NOT_KEPT ones left out)
+        self.body = body
+        self.stored = stored
+        self.expires = expires
+        self.age = age  # the backend's Age when it was kept
+        self.vary = vary  # (lower-case request header name, its value when kept)
+        self.etag = etag
+        self.size = len(body) + sum(len(p) for p in fields)
+
+    def age_at(self, now: float) -> bytes:
+        return b"%d" % (self.age + int(now - self.stored))
+
+
+class ResponseCache:
+    def __init__(self, config: CacheConfig, per_consumer: bool) -> None:
+        self.ttl = config.ttl
+        self.max_entries = config.max_entries
+        self.max_body = config.max_body
+        self.max_bytes = config.max_bytes
+        self.statuses = config.statuses
+        self.per_consumer = per_consumer  # the route has auth: the consumer is part of the key
+        self.entries: OrderedDict[bytes, CacheEntry] = OrderedDict()  # least recently used first
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    # -- the request ---------------------------------------------------------------------------------------
+    def request_policy(self, method: bytes, headers: Sequence[tuple[bytes, bytes]], has_body: bool) -> int:
+        """What to do with a request: BYPASS, LOOKUP, REFRESH or ONLY_CACHED."""
+        if (method != b"GET" and method != b"HEAD") or has_body:
+            return BYPASS
+        control = b""
+        pragma = b""
+        authorized = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"cache-control":
+                control = value if not control else control + b"," + value
+            elif lname == b"pragma":
+                pragma = value
+            elif lname == b"authorization":
+                authorized = True
+        if authorized and not self.per_consumer:
+            return REFRESH  # a shared cache may keep it only if the response says so (see freshness)
+        if not control:
+            return REFRESH if b"no-cache" in pragma.lower() else LOOKUP
+        directives = _directives(control)
+        if b"no-store" in directives:
+            return BYPASS
+        if b"no-cache" in directives or directives.get(b"max-age") == b"0":
+            return REFRESH
+        if b"only-if-cached" in directives:
+            return ONLY_CACHED
+        return LOOKUP
+
+    def key(self, host: bytes, target: bytes, consumer: bytes) -> bytes:
+        if self.per_consumer:
+            return b"%s\x00%s\x00%s" % (host.lower(), target, consumer)
+        return b"%s\x00%s" % (host.lower(), target)
+
+    def lookup(self, key: bytes, headers: Sequence[tuple[bytes, bytes]], now: float) -> CacheEntry | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= now:
+            self._drop(key)
+            return None
+        for name, kept in entry.vary:
+            if _field(headers, name) != kept:
+                return None
+        self.entries.move_to_end(key)
+        return entry
+
+    @staticmethod
+    def not_modified(entry: CacheEntry, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """The request's If-None-Match names the entry's ETag (weak comparison, RFC 9110 13.1.2)."""
+        if entry.etag is None:
+            return False
+        wanted = _field(headers, b"if-none-match")
+        if wanted is None:
+            return False
+        if wanted.strip() == b"*":
+            return True
+        mine = _weak(entry.etag)
+        return any(_weak(tag) == mine for tag in wanted.split(b","))
+
+    # -- the response --------------------------------------------------------------------------------------
+    def freshness(self, status: int, parts: list[bytes], authorized: bool) -> float:
+        """How long a response (its head as the upstream side keeps it) stays fresh; 0: not to be kept."""
+        if not any(low <= status <= high for low, high in self.statuses):
+            return 0.0
+        control = b""
+        age = 0
+        for i in range(1, len(parts) - 3, 4):
+            lname = parts[i].lower()
+            if lname == b"cache-control":
+                control = parts[i + 2] if not control else control + b"," + parts[i + 2]
+            elif lname == b"set-cookie" or (lname == b"vary" and b"*" in parts[i + 2]):
+                return 0.0
+            elif lname == b"age":
+                age = _seconds(parts[i + 2])
+        ttl = self.ttl
+        if control:
+            directives = _directives(control)
+            if b"no-store" in directives or b"no-cache" in directives or b"private" in directives:
+                return 0.0
+            given = directives.get(b"s-maxage")
+            if given is None:
+                given = directives.get(b"max-age")
+            elif authorized:
+                authorized = False  # s-maxage allows a shared cache to keep it (RFC 9111 3.5)
+            if b"public" in directives:
+                authorized = False
+            if given is not None:
+                ttl = min(ttl, float(_seconds(given)))
+        if authorized:
+            return 0.0
+        return max(0.0, ttl - age)
+
+    def store(
+        self,
+        key: bytes,
+        status: int,
+        parts: list[bytes],
+        body: bytes,
+        now: float,
+        fresh: float,
+        request_headers: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        """Keep a response read whole (`parts`: its head as the upstream side keeps it, status line first)."""
+        fields: list[bytes] = []
+        vary: list[tuple[bytes, bytes | None]] = []
+        etag = None
+        age = 0
+        for i in range(1, len(parts) - 3, 4):
+            lname = parts[i].lower()
+            if lname == b"age":
+                age = _seconds(parts[i + 2])
+            if lname in NOT_KEPT:
+                continue
+            if lname == b"vary":
+                for name in parts[i + 2].split(b","):
+                    name = name.strip().lower()
+                    if name:
+                        vary.append((name, _field(request_headers, name)))
+            elif lname == b"etag":
+                etag = parts[i + 2]
+            fields += parts[i : i + 4]
+        entry = CacheEntry(status, fields, body, now, now + fresh, age, tuple(vary), etag)
+        if entry.size > self.max_bytes:
+            return
+        if key in self.entries:
+            self._drop(key)
+        self.entries[key] = entry
+        self.bytes += entry.size
+        while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self.entries)))
+
+    def sweep(self, now: float) -> None:
+        """Drop expired entries."""
+        for key in [k for k, e in self.entries.items() if e.expires <= now]:
+            self._drop(key)
+
+    def _drop(self, key: bytes) -> None:
+        entry = self.entries.pop(key)
+        self.bytes -= entry.size
+
+
+def hit_fields(entry: CacheEntry, now: float) -> list[bytes]:
+    """The kept fields for a hit, with its Age (`X-Cache: HIT` goes with the exchange's extra headers)."""
+    return [*entry.fields, b"Age", b": ", entry.age_at(now), b"\r\n"]
+
+
+def not_modified_fields(entry: CacheEntry, now: float) -> list[bytes]:
+    """A 304's fields for a hit whose ETag the request named (RFC 9110 15.4.5: those a 200 would have sent
+    that describe the representation's freshness and identity)."""
+    kept = []
+    for i in range(0, len(entry.fields), 4):
+        if entry.fields[i].lower() in NOT_MODIFIED_KEEPS:
+            kept += entry.fields[i : i + 4]
+    return [*kept, b"Age", b": ", entry.age_at(now), b"\r\n"]
+
+
+def _directives(value: bytes) -> dict[bytes, bytes]:
+    """Cache-Control directives, lower case, with their values (b"" for none; quotes removed)."""
+    out: dict[bytes, bytes] = {}
+    for part in value.split(b","):
+        name, _, arg = part.strip().partition(b"=")
+        if name:
+            out[name.strip().lower()] = arg.strip().strip(b'"')
+    return out
+
+
+def _seconds(value: bytes) -> int:
+    """A delta-seconds value (RFC 9111 1.2.2); anything else counts as 0."""
+    value = value.strip()
+    return int(value) if value.isdigit() else 0
+
+
+def _field(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """All the values of the request fields called `name` (lower case), joined; None when it has none."""
+    found = [v for n, v in headers if n.lower() == name]
+    return b", ".join(found) if found else None
+
+
+def _weak(tag: bytes) -> bytes:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith(b"W/") else tag
