@@ -41,6 +41,8 @@ def route_view(route: RouteConfig) -> RouteView:
         parts.append(" ".join(m.methods))
     parts.extend(f"{name}: {value}" for name, value in m.headers)
     parts.extend(f"?{name}={value}" for name, value in m.query)
+    if m.case_sensitive:
+        parts.append("case-sensitive")
     if route.aggregate:
         target = "aggregate: " + ", ".join(part.service for part in route.aggregate)
     else:
@@ -59,7 +61,9 @@ def route_view(route: RouteConfig) -> RouteView:
     if route.cors is not None:
         policies.append("cors")
     if route.cache is not None:
-        policies.append("cache")
+        policies.append(f"cache {route.cache.ttl:g}s")
+    if route.retries is not None:
+        policies.append(f"retries {route.retries.attempts}")
     return RouteView(route.name, ", ".join(parts) or "everything", target, tuple(policies))
 
 

@@ -384,6 +384,41 @@ class Service:
                 return other
         return picked
 
+    def hash_key_of(self, client: bytes, url: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+        """What ip_hash or consistent_hash (its `hash_key`) hashes for a request from `client` (None: nothing
+        to hash, or not a hashing algorithm): the proxy's requests and an aggregate's parts alike."""
+        kind = self.algorithm_name
+        if kind == "ip_hash":
+            return client
+        if kind != "consistent_hash":
+            return None
+        spec = self.config.hash_key or "path"
+        if spec == "path":
+            return url.split(b"?", 1)[0]
+        source, _, name = spec.partition(":")
+        wanted = name.lower().encode()
+        if source == "header":
+            for hname, value in headers:
+                if hname.lower() == wanted:
+                    return value
+            return None
+        if source == "cookie":
+            for hname, value in headers:
+                if hname.lower() == b"cookie":
+                    for part in value.split(b";"):
+                        k, _, v = part.strip().partition(b"=")
+                        if k.lower() == wanted:
+                            return v
+            return None
+        if source == "query":
+            _, _, query = url.partition(b"?")
+            for part in query.split(b"&"):
+                k, _, v = part.partition(b"=")
+                if k.lower() == wanted:
+                    return v
+            return None
+        return None
+
     def has_eligible(self, exclude: Sequence[Backend] = ()) -> bool:
         """Whether a backend not in `exclude` could take traffic, were it not at max_connections."""
         eligible = self._eligible if self._eligible_version == self.version else self._refresh()
@@ -526,18 +561,20 @@ class RouteView:
     window: WindowView | None = None  # the route's own requests over the last seconds (rejections included)
     status_classes: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)  # as BackendView's, since start
     rejected: tuple[tuple[str, int], ...] = ()  # answered by the gateway itself, by reason: ("auth", 3), ...
+    cache: tuple[int, int] = (0, 0)  # the route's cache: (hits, misses) since start
 
 
 class RouteStats:
     """A route's live numbers, counted by the data plane: every answer, and the gateway's refusals by reason."""
 
-    __slots__ = ("name", "rejected", "status_classes", "window")
+    __slots__ = ("cache", "name", "rejected", "status_classes", "window")
 
     def __init__(self, now: float, name: str = "") -> None:
         self.name = name
         self.window = SlidingWindow(now=now)
         self.status_classes = [0, 0, 0, 0, 0, 0]
         self.rejected: dict[str, int] = {}
+        self.cache = [0, 0]  # hits, misses (counted by the data plane when the route has a cache)
 
     def observe(self, status: int, latency: float, now: float) -> None:
         self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
@@ -556,6 +593,7 @@ class RouteStats:
             self.window.view(now),
             (sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]),
             tuple(sorted(self.rejected.items())),
+            (self.cache[0], self.cache[1]),
         )
 
 

@@ -432,6 +432,8 @@ class Exchange:
             entry = cache.lookup(key, headers, now)
             if entry is not None:
                 cache.hits += 1
+                if self.route_stats is not None:
+                    self.route_stats.cache[0] += 1
                 self.response_extra += ((X_CACHE, HIT),)
                 if cache.not_modified(entry, headers):
                     self.respond_local(304, not_modified_fields(entry, now), b"", route)
@@ -442,6 +444,8 @@ class Exchange:
                 self.respond_error(504, "only-if-cached, and this response is not in the cache")
                 return True
         cache.misses += 1
+        if self.route_stats is not None:
+            self.route_stats.cache[1] += 1
         self.response_extra += ((X_CACHE, MISS),)
         if self.method == b"GET":
             self.cache_key = key
@@ -532,37 +536,7 @@ class Exchange:
     def hash_key(self) -> bytes | None:
         service = self.service
         assert service is not None
-        kind = service.algorithm_name
-        if kind == "ip_hash":
-            return self.client_addr or self.client.peer_host
-        if kind != "consistent_hash":
-            return None
-        spec = service.config.hash_key or "path"
-        if spec == "path":
-            return self.url.split(b"?", 1)[0]
-        source, _, name = spec.partition(":")
-        wanted = name.lower().encode()
-        if source == "header":
-            for hname, value in self.headers:
-                if hname.lower() == wanted:
-                    return value
-            return None
-        if source == "cookie":
-            for hname, value in self.headers:
-                if hname.lower() == b"cookie":
-                    for part in value.split(b";"):
-                        k, _, v = part.strip().partition(b"=")
-                        if k.lower() == wanted:
-                            return v
-            return None
-        if source == "query":
-            _, _, query = self.url.partition(b"?")
-            for part in query.split(b"&"):
-                k, _, v = part.partition(b"=")
-                if k.lower() == wanted:
-                    return v
-            return None
-        return None
+        return service.hash_key_of(self.client_addr or self.client.peer_host, self.url, self.headers)
 
     def attempt(self, same_backend: Backend | None = None) -> None:
         service = self.service

@@ -21,7 +21,7 @@ from textual.widgets import ContentSwitcher, Footer, Static
 
 from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.control import ControlError, Controller, Event
-from lbtui.core.model import BackendView, RampView, RequestView, ServiceView, Snapshot
+from lbtui.core.model import BackendView, RampView, RequestView, RouteView, ServiceView, Snapshot
 from lbtui.core.stats import bucket_bounds
 from lbtui.serve import Runtime, ServeOptions, tune_gc
 from lbtui.threaded import EngineThread, ThreadedController
@@ -241,6 +241,17 @@ def event_line(event: Event) -> str:
     cells = event_cells(event)
     line = f"{cells['time']}  {event.actor:<6} {event.action:<9} {event.target:<16} {cells['change']}"
     return f"{line}  ({event.note})" if event.note else line
+
+
+def route_policies(route: RouteView) -> str:
+    """A route's policies in words, its cache's hit rate with "cache" once it has been asked."""
+    hits, misses = route.cache
+    words = []
+    for policy in route.policies:
+        if policy.startswith("cache") and hits + misses:
+            policy += f" {100 * hits // (hits + misses)}% hit"
+        words.append(policy)
+    return ", ".join(words) or "-"
 
 
 def request_cells(r: RequestView) -> dict[str, str]:
@@ -675,7 +686,7 @@ class Dashboard(App[int]):
                 "name": route.name,
                 "match": route.match,
                 "target": route.target,
-                "policies": ", ".join(route.policies) or "-",
+                "policies": route_policies(route),
                 "rps": f"{w.rps:.1f}" if w else "-",
                 "p50": _ms(w.p50_ms) if w and w.requests else "-",
                 "p99": _ms(w.p99_ms) if w and w.requests else "-",

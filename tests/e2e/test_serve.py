@@ -196,7 +196,7 @@ def test_check_and_serve_refuse_what_this_version_cannot_do(tmp_path):
     cfg.write_text(
         '[[listeners]]\nbind = "127.0.0.1:0"\n'
         '[services.a]\n[[services.a.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
-        '[[routes]]\nmatch = { path_prefix = "/" }\nservice = "a"\ncache = { ttl = "30s" }\n'
+        '[[routes]]\nmatch = { host = "*.example.com" }\nservice = "a"\n'
         '[[consumers]]\nname = "x"\napi_key_env = "X_KEY_NOT_SET_ANYWHERE"\n'
     )
     for command in (["check", str(cfg)], ["serve", "--config", str(cfg)]):
@@ -204,7 +204,7 @@ def test_check_and_serve_refuse_what_this_version_cannot_do(tmp_path):
             [sys.executable, "-m", "lbtui", *command], capture_output=True, text=True, timeout=30
         )
         assert proc.returncode == 1, command
-        assert "routes[0].cache: gateway policies are not in this version" in proc.stderr
+        assert "routes[0].match.host: wildcard hosts are not in this version" in proc.stderr
         assert (
             "consumers[0].api_key_env: the environment variable 'X_KEY_NOT_SET_ANYWHERE' is not set"
             in proc.stderr
