@@ -448,3 +448,14 @@ async def test_an_ejected_backend_and_panic_show_in_the_table_and_services_line(
             lambda: any(str(events.get_cell(key, "actor")) == "outlier" for key in events.keys),
             what="the ejection in the events view",
         )
+
+
+def test_route_policies_show_the_cache_hit_rate_once_asked():
+    from lbtui.core.model import RouteView
+    from lbtui.tui.app import route_policies
+
+    route = RouteView("api", "prefix /api", "shop", ("auth api_key", "cache 30s", "retries 0"))
+    assert route_policies(route) == "auth api_key, cache 30s, retries 0"
+    asked = RouteView("api", "prefix /api", "shop", ("cache 30s",), cache=(3, 1))
+    assert route_policies(asked) == "cache 30s 75% hit"
+    assert route_policies(RouteView("rest", "everything", "shop", ())) == "-"
