@@ -69,9 +69,10 @@ EVENT_COLUMNS = (
 )
 ROUTE_COLUMNS = (
     ("name", "route", 14),
-    ("match", "match", 32),
+    ("match", "match", 26),
     ("target", "service", 12),
-    ("policies", "policies", 28),
+    ("policies", "policies", 25),
+    ("hit", "cache", 6),
     ("rps", "req/s", 7),
     ("p50", "p50 ms", 7),
     ("p99", "p99 ms", 8),
@@ -243,15 +244,10 @@ def event_line(event: Event) -> str:
     return f"{line}  ({event.note})" if event.note else line
 
 
-def route_policies(route: RouteView) -> str:
-    """A route's policies in words, its cache's hit rate with "cache" once it has been asked."""
+def cache_hits(route: RouteView) -> str:
+    """The share of a route's cache lookups that were hits ("-" before any, or without a cache)."""
     hits, misses = route.cache
-    words = []
-    for policy in route.policies:
-        if policy.startswith("cache") and hits + misses:
-            policy += f" {100 * hits // (hits + misses)}% hit"
-        words.append(policy)
-    return ", ".join(words) or "-"
+    return f"{100 * hits // (hits + misses)}%" if hits + misses else "-"
 
 
 def request_cells(r: RequestView) -> dict[str, str]:
@@ -686,7 +682,8 @@ class Dashboard(App[int]):
                 "name": route.name,
                 "match": route.match,
                 "target": route.target,
-                "policies": route_policies(route),
+                "policies": ", ".join(route.policies) or "-",
+                "hit": cache_hits(route),
                 "rps": f"{w.rps:.1f}" if w else "-",
                 "p50": _ms(w.p50_ms) if w and w.requests else "-",
                 "p99": _ms(w.p99_ms) if w and w.requests else "-",

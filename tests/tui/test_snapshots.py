@@ -129,6 +129,15 @@ def fixed_snapshot() -> Snapshot:
                 (0, 0, 212, 0, 19, 1),
                 (("auth", 7), ("rate limit", 12)),
             ),
+            RouteView(
+                "catalog",
+                "prefix /catalog, GET HEAD",
+                "shop",
+                ("cache 30s",),
+                window([0.5, 1.0] * 25),
+                (0, 0, 50, 0, 0, 0),
+                cache=(38, 12),
+            ),
             RouteView("rest", "prefix /", "shop", (), window([2.0, 3.0] * 30), (0, 0, 140, 3, 2, 0)),
         ),
     )

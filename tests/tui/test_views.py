@@ -450,12 +450,10 @@ async def test_an_ejected_backend_and_panic_show_in_the_table_and_services_line(
         )
 
 
-def test_route_policies_show_the_cache_hit_rate_once_asked():
+def test_the_cache_column_shows_the_hit_rate_once_asked():
     from lbtui.core.model import RouteView
-    from lbtui.tui.app import route_policies
+    from lbtui.tui.app import cache_hits
 
-    route = RouteView("api", "prefix /api", "shop", ("auth api_key", "cache 30s", "retries 0"))
-    assert route_policies(route) == "auth api_key, cache 30s, retries 0"
-    asked = RouteView("api", "prefix /api", "shop", ("cache 30s",), cache=(3, 1))
-    assert route_policies(asked) == "cache 30s 75% hit"
-    assert route_policies(RouteView("rest", "everything", "shop", ())) == "-"
+    assert cache_hits(RouteView("api", "prefix /api", "shop", ("cache 30s",))) == "-"
+    assert cache_hits(RouteView("api", "prefix /api", "shop", ("cache 30s",), cache=(3, 1))) == "75%"
+    assert cache_hits(RouteView("api", "prefix /api", "shop", ("cache 30s",), cache=(0, 2))) == "0%"
