@@ -295,9 +295,11 @@ class CacheConfig:
 @dataclass(frozen=True, slots=True)
 class AggregatePart:
     service: str
-    path: str
+    path: str  # may hold `{group.field}`: a field of an earlier part's reply (see aggregate_path_pieces)
     group: str
-    allow: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()  # top-level fields kept (all when empty)
+    deny: tuple[str, ...] = ()  # top-level fields dropped
+    rename: tuple[tuple[str, str], ...] = ()  # (field, new name), after allow and deny
 
 
 @dataclass(frozen=True, slots=True)
@@ -1109,7 +1111,7 @@ MATCH_KEYS: Final = (
     "query",
     "case_sensitive",
 )
-AGGREGATE_KEYS: Final = ("service", "path", "group", "allow")
+AGGREGATE_KEYS: Final = ("service", "path", "group", "allow", "deny", "rename")
 HEADER_OPS_KEYS: Final = ("set", "remove")
 AUTH_KEYS: Final = ("type", "header", "algorithms", "secret_env", "public_key_file", "issuer", "audience")
 JWT_ONLY_KEYS: Final = ("algorithms", "secret_env", "public_key_file", "issuer", "audience")
@@ -1684,24 +1686,95 @@ def _parse_aggregate(ctx: _Context, route: _Reader, services: Sequence[str]) -> 
         )
     parts = []
     groups: dict[str, str] = {}
+    every_group = [r.data["group"] for _, r in readers if isinstance(r.data.get("group"), str)]
     for _, reader in readers:
         service = reader.required("service", _nonempty, "")
         if service:
             ctx.reference(reader.key_path("service"), service, services, "service")
         group = reader.required("group", _nonempty, "")
+        path = reader.required("path", _url_path, "/")
+        _check_placeholders(ctx, reader.key_path("path"), path, list(groups), every_group)
         if group in groups:
             ctx.add(reader.key_path("group"), f"group {_q(group)} is already used at {groups[group]}")
         elif group:
             groups[group] = reader.path
+        allow = reader.array("allow", _nonempty) or ()
+        deny = reader.array("deny", _nonempty) or ()
+        if allow and deny:
+            ctx.add(reader.key_path("deny"), "give either 'allow' or 'deny', not both")
         parts.append(
             AggregatePart(
                 service=service,
-                path=reader.required("path", _url_path, "/"),
+                path=path,
                 group=group,
-                allow=reader.array("allow", _nonempty) or (),
+                allow=allow,
+                deny=deny,
+                rename=_parse_rename(ctx, reader, allow, deny),
             )
         )
     return tuple(parts)
+
+
+def aggregate_path_pieces(path: str) -> list[str | tuple[str, tuple[str, ...]]]:
+    """An aggregate part's path as text pieces and, for each `{group.field}` (`{group.a.b}` reaches into
+    objects), (group, field names). Raises ValueError for a brace that is not part of such a placeholder."""
+    pieces: list[str | tuple[str, tuple[str, ...]]] = []
+    for index, piece in enumerate(re.split(r"\{([^{}]*)\}", path)):
+        if index % 2 == 0:
+            if "{" in piece or "}" in piece:
+                raise ValueError("has a '{' or '}' that is not part of a {group.field} placeholder")
+            if piece:
+                pieces.append(piece)
+            continue
+        group, _, field = piece.partition(".")
+        names = tuple(field.split(".")) if field else ()
+        if not group or not names or not all(names):
+            raise ValueError(f"{{{piece}}} is not a placeholder: write {{group.field}}")
+        pieces.append((group, names))
+    return pieces
+
+
+def _check_placeholders(
+    ctx: _Context, key_path: str, path: str, earlier: Sequence[str], every: Sequence[str]
+) -> None:
+    """Each `{group.field}` in `path` names the group of an earlier part (its reply must have come first)."""
+    try:
+        pieces = aggregate_path_pieces(path)
+    except ValueError as error:
+        ctx.add(key_path, f"{_q(path)} {error}", "percent-encode a literal brace (%7B, %7D)")
+        return
+    for piece in pieces:
+        if isinstance(piece, str) or piece[0] in earlier:
+            continue
+        group = piece[0]
+        if group in every:
+            ctx.add(
+                key_path,
+                f"{{{group}.{'.'.join(piece[1])}}} names group {_q(group)}, which is not before this part",
+                "a part can use only the replies of parts listed before it",
+            )
+        else:
+            ctx.add(
+                key_path, f"no earlier part has group {_q(group)}", _suggest(group, earlier, "earlier groups")
+            )
+
+
+def _parse_rename(
+    ctx: _Context, reader: _Reader, allow: Sequence[str], deny: Sequence[str]
+) -> tuple[tuple[str, str], ...]:
+    """`rename = { old = "new" }`: two fields may not end up with one name."""
+    pairs = reader.pairs("rename", _nonempty, _nonempty) or ()
+    targets: dict[str, str] = {}
+    for old, new in pairs:
+        where = _join(reader.key_path("rename"), old)
+        if (allow and old not in allow) or old in deny:
+            ctx.add(where, f"field {_q(old)} is dropped by {'allow' if allow else 'deny'}: nothing to rename")
+        elif new in targets:
+            ctx.add(where, f"{_q(new)} is already the new name of {_q(targets[new])}")
+        elif new in allow and new not in dict(pairs):
+            ctx.add(where, f"{_q(new)} is also kept by allow: two fields would have one name")
+        targets.setdefault(new, old)
+    return pairs
 
 
 # Headers a route may not set or remove: the message's framing and the hop-by-hop ones are the proxy's to
