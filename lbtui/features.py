@@ -44,8 +44,6 @@ def refused(config: Config) -> list[Unsupported]:
             problem = key_problem(route.auth)
             if problem is not None:
                 out.append(Unsupported(f"{base}.auth.{problem[0]}", problem[1]))
-        if route.aggregate:
-            out.append(Unsupported(f"{base}.aggregate", f"gateway policies are {LATER}"))
         if route.match.host is not None and route.match.host.startswith("*."):
             out.append(Unsupported(f"{base}.match.host", f"wildcard hosts are {LATER}"))
     return out

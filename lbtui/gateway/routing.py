@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lbtui.config import RetriesConfig, RouteConfig
+from lbtui.gateway.aggregate import Aggregate
 from lbtui.gateway.cache import ResponseCache
 from lbtui.gateway.cors import BACKEND_CORS_HEADERS, Cors
 from lbtui.gateway.jwt_auth import JwtVerifier
@@ -229,6 +230,7 @@ class Router:
                     stats=stats.get(route.name) if stats is not None else None,
                     timeout=route.timeout or 0.0,
                     rank=(0 if m.host else 1, kind, -length, index),
+                    aggregator=Aggregate(route, services) if route.aggregate else None,
                     **_transforms(route),
                 )
             )

@@ -21,6 +21,7 @@ from lbtui.gateway.routing import Router
 from lbtui.proxy.client import ClientConnection, expire_queue, serve_queue
 from lbtui.proxy.health import HealthChecker
 from lbtui.proxy.http import RequestIds, TrustedProxies
+from lbtui.proxy.miniclient import KeepAlivePool
 from lbtui.proxy.tcp import TcpConnection
 from lbtui.proxy.tls import TLSAccept, TLSFileError, load_server_context
 from lbtui.proxy.upstream import Pool
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lbtui")
 
 TICK_SECONDS = 0.25
+CALL_POOL_PER_BACKEND = 32  # idle connections kept per backend for aggregate parts
 
 
 def format_address(host: str, port: int) -> str:
@@ -73,6 +75,8 @@ class Engine:
             config.routes, self.balancer.services, self.balancer.route_stats, self.balancer.unmatched
         )
         self.request_ids = RequestIds()
+        # Keep-alive connections for the requests the gateway makes itself (aggregate routes' parts).
+        self.call_pool = KeepAlivePool(per_host=CALL_POOL_PER_BACKEND)
         self.api_keys = ApiKeys(config.consumers)
         self.trusted_proxies = {
             listener.name: TrustedProxies(listener.trusted_proxies)
@@ -124,12 +128,15 @@ class Engine:
 
     def _state_changed(self, backend: Backend) -> None:
         # drain and maint: keep-alive connections close after their current request; idle ones at once.
-        if backend.admin_state is not AdminState.READY and backend.pool is not None:
-            backend.pool.close_all()
+        if backend.admin_state is not AdminState.READY:
+            if backend.pool is not None:
+                backend.pool.close_all()
+            self.call_pool.close_to(backend.host, backend.port)
 
     def _backend_removed(self, backend: Backend) -> None:
         if backend.pool is not None:
             backend.pool.close_all()
+        self.call_pool.close_to(backend.host, backend.port)
         for conn in [c for c in self.tcp_connections if c.backend is backend]:
             conn.abort()  # a removed backend is gone: its tcp connections too (it drained first)
 
@@ -342,6 +349,7 @@ class Engine:
             if backend.pool is not None:
                 backend.pool.close_all()
                 backend.pool.close_active()
+        self.call_pool.close()
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
