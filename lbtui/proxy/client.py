@@ -139,6 +139,8 @@ class Exchange:
     response_extra: tuple[tuple[bytes, bytes], ...] = ()  # for the response: RateLimit-*, CORS grants
     route_stats: RouteStats | None = None  # the numbers of the route that took it
     consumer = b""  # who auth said the client is
+    middle = b""  # with routes: the filtered headers, until start() composes the request for the backend
+    has_request_id = False
     response_timeout = 0.0  # its route's `timeout`, when it has one (else the service's timeouts.response)
     task: asyncio.Task[None] | None = (
         None  # answering it off the request path (an aggregate); cancelled if lost
@@ -175,7 +177,11 @@ class Exchange:
                 client.head_cache = (headers, middle, has_request_id, self.req_framing, self.content_length)
         if client.trusted is not None:
             self.client_addr = client.forwarded_client
-        self._compose(middle, has_request_id)
+        if client.engine.router.single is not None:
+            self._compose(middle, has_request_id)
+        else:  # composed once its route is known (start): a route may write the request again
+            self.middle = middle
+            self.has_request_id = has_request_id
 
     def _compose(self, middle: bytes, has_request_id: bool, consumer: bytes = b"") -> None:
         """The request line and the filtered headers (`middle`), an X-Request-ID if it had none, and the
@@ -375,6 +381,8 @@ class Exchange:
                 return
             if route.transforms_request:
                 self._rewrite_for(route, consumer)
+            else:
+                self._compose(self.middle, self.has_request_id)
             cors = route.cors
             if cors is not None:
                 self.response_extra += cors.response_headers(field_value(self.headers, b"origin"))

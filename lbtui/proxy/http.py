@@ -145,10 +145,11 @@ def normalize_target(url: bytes) -> bytes | None:
 def without_fields(parts: list[bytes], names: frozenset[bytes] | set[bytes], first: int = 1) -> list[bytes]:
     """A head kept as parts (what is before `first`, e.g. a status line, then name, ": ", value, CRLF for each
     field) without the fields whose lower-case name is in `names`."""
-    return [
-        *parts[:first],
-        *(p for i in range(first, len(parts), 4) if parts[i].lower() not in names for p in parts[i : i + 4]),
-    ]
+    out = parts[:first]
+    for i in range(first, len(parts), 4):
+        if parts[i].lower() not in names:
+            out += parts[i : i + 4]
+    return out
 
 
 def field_value(fields: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
