@@ -15,4 +15,5 @@ COMPILED_MODULES = (
     "lbtui.gateway.auth",
     "lbtui.gateway.ratelimit",
     "lbtui.gateway.cors",
+    "lbtui.gateway.cache",
 )
