@@ -179,6 +179,8 @@ class Aggregate:
             completed = b"true" if len(merged) == len(self.parts) else b"false"
             body = json.dumps(merged, separators=(",", ":")).encode()
             fields = [*JSON_TYPE, COMPLETED, b": ", completed, b"\r\n"]
+            if completed == b"false":  # a partial reply is kept by no cache (the route's, or the client's)
+                fields += (b"Cache-Control", b": ", b"no-store", b"\r\n")
             route = exchange.route
             assert route is not None
             exchange.respond_local(200, fields, body, route)

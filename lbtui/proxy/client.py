@@ -952,9 +952,14 @@ class Exchange:
         self._cancel_timer()
         self.status = status
         self.response_started = True
-        parts = response_parts(
-            [status_line(status), *fields], route.response_remove, route.response_set + self.response_extra
-        )
+        head = [status_line(status), *fields]
+        cache = route.cache
+        if self.cache_key and cache is not None:  # an aggregate's reply to a cache miss: kept as a backend's
+            fresh = cache.freshness(status, head, not cache.per_consumer and self._authorized())
+            if fresh > 0.0 and len(body) <= cache.max_body:
+                now = self.client.engine.now()
+                cache.store(self.cache_key, status, head, body, now, fresh, self.cache_headers or [])
+        parts = response_parts(head, route.response_remove, route.response_set + self.response_extra)
         if status != 204 and status != 304:
             parts.append(b"Content-Length: %d\r\n" % len(body))
         if not self.request_done and self.req_framing != NO_BODY:

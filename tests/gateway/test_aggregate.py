@@ -523,3 +523,36 @@ def problems(parts: list[dict[str, Any]]) -> str:
 )
 def test_config_errors(parts: list[dict[str, Any]], expected: str) -> None:
     assert f"t.toml: {expected}" in problems([{"service": "a", **part} for part in parts])
+
+
+async def test_a_cached_aggregate_is_answered_from_the_cache(backends, engine_factory, raw_client):
+    bs = {name: await backends(name) for name in ("users", "orders")}
+    parts = [
+        {"service": "users", "path": "/echo/user/1", "group": "user"},
+        {"service": "orders", "path": "/echo/orders", "group": "orders"},
+    ]
+    config = aggregate_config({n: b.address for n, b in bs.items()}, parts, cache={"ttl": "30s"})
+    engine = await engine_factory(config)
+    client = await raw_client(engine.address())
+    first = await ask(client)
+    assert (first.status, first.header("x-cache")) == (200, "MISS")
+    again = await ask(client)
+    assert (again.status, again.header("x-cache"), again.body) == (200, "HIT", first.body)
+    assert again.header("x-aggregate-completed") == "true"
+    assert [engine.balancer.backends[n].requests for n in bs] == [1, 1]
+
+
+async def test_a_partial_aggregate_is_never_cached(backends, engine_factory, raw_client):
+    users = await backends("users")
+    parts = [
+        {"service": "users", "path": "/echo/user/1", "group": "user"},
+        {"service": "orders", "path": "/echo/orders", "group": "orders"},
+    ]
+    config = aggregate_config({"users": users.address, "orders": closed_port()}, parts, cache={"ttl": "30s"})
+    engine = await engine_factory(config)
+    client = await raw_client(engine.address())
+    for _ in range(2):
+        r = await ask(client)
+        assert (r.status, r.header("x-aggregate-completed"), r.header("x-cache")) == (200, "false", "MISS")
+        assert r.header("cache-control") == "no-store"
+    assert engine.balancer.backends["users"].requests == 2
