@@ -114,6 +114,8 @@ class Part:
                 text = json.dumps(value)
             else:
                 raise PartFailed(f"{shown} is {type(value).__name__}, not a string or a number")
+            if text in ("", ".", ".."):  # would be an empty or a dot segment: another path than meant
+                raise PartFailed(f"{shown} is {text!r}, which cannot stand in a path")
             try:
                 out.append(quote(text, safe="").encode("ascii"))
             except UnicodeEncodeError:
@@ -163,9 +165,10 @@ class Aggregate:
             deadline = loop.time() + self.timeout if self.timeout else None
             headers = self.headers_for(exchange)
             replies: dict[str, Any] = {}
+            controls: list[bytes] = []  # the parts' Cache-Control
             for part in self.parts:
                 tasks[part.group] = loop.create_task(
-                    self._call(part, exchange, headers, deadline, tasks, replies)
+                    self._call(part, exchange, headers, deadline, tasks, replies, controls)
                 )
             await asyncio.wait(tasks.values())
             merged = {
@@ -179,8 +182,9 @@ class Aggregate:
             completed = b"true" if len(merged) == len(self.parts) else b"false"
             body = json.dumps(merged, separators=(",", ":")).encode()
             fields = [*JSON_TYPE, COMPLETED, b": ", completed, b"\r\n"]
-            if completed == b"false":  # a partial reply is kept by no cache (the route's, or the client's)
-                fields += (b"Cache-Control", b": ", b"no-store", b"\r\n")
+            control = merged_cache_control(controls, completed == b"true")
+            if control:
+                fields += (b"Cache-Control", b": ", control, b"\r\n")
             route = exchange.route
             assert route is not None
             exchange.respond_local(200, fields, body, route)
@@ -230,6 +234,7 @@ class Aggregate:
         deadline: float | None,
         tasks: Mapping[str, asyncio.Task[None]],
         replies: dict[str, Any],
+        controls: list[bytes],
     ) -> None:
         """One part, start to end: its reply (shaped later) goes into `replies`; a failure is logged."""
         try:
@@ -240,7 +245,10 @@ class Aggregate:
                     for group in part.after:
                         if group not in replies:
                             raise PartFailed(f"it needs the reply of {group!r}, which failed")
-                replies[part.group] = await self._request(part, exchange, headers, replies, deadline is None)
+                value, control = await self._request(part, exchange, headers, replies, deadline is None)
+                replies[part.group] = value
+                if control is not None:
+                    controls.append(control)
         except TimeoutError:
             log.debug("aggregate %r: part %r missed the route's timeout", self.name, part.group)
         except (PartFailed, ClientError) as error:
@@ -248,7 +256,8 @@ class Aggregate:
 
     async def _request(
         self, part: Part, exchange: Exchange, headers: bytes, replies: Mapping[str, Any], own_timeout: bool
-    ) -> Any:
+    ) -> tuple[Any, bytes | None]:
+        """The part's reply (parsed JSON) and its Cache-Control (None: it had none)."""
         service = part.service
         if service is None:
             raise PartFailed(f"no service named {part.service_name!r}")
@@ -307,7 +316,23 @@ class Aggregate:
             raise PartFailed(f"{backend.name} answered with something that is not JSON") from None
         if not isinstance(value, dict | list):
             raise PartFailed(f"{backend.name} answered with JSON that is neither an object nor an array")
-        return value
+        return value, reply.header(b"cache-control")
+
+
+def merged_cache_control(controls: list[bytes], complete: bool) -> bytes:
+    """The merged reply's Cache-Control: no cache keeps a partial reply, nor one with a part that may not be
+    kept (no-store, no-cache, private); else it is as fresh as its least fresh part (the least max-age)."""
+    if not complete:
+        return b"no-store"
+    ages: list[int] = []
+    for control in controls:
+        for directive in control.lower().split(b","):
+            name, _, value = directive.strip().partition(b"=")
+            if name in (b"no-store", b"no-cache", b"private"):
+                return b"no-store"
+            if name in (b"max-age", b"s-maxage") and value.strip().strip(b'"').isdigit():
+                ages.append(int(value.strip().strip(b'"')))
+    return b"max-age=%d" % min(ages) if ages else b""
 
 
 def _count(service: Service, backend: Backend, status: int, started: float, now: float, size: int) -> None:

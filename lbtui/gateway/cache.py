@@ -4,12 +4,16 @@ What is kept (RFC 9111, as a shared cache):
 - Responses to GET whose status is in `statuses` (default 200, 301, 404, as Kong), read whole, with a body of
   at most `max_body`. HEAD is answered from what a GET kept, and never stores.
 - Not kept: a response with `Cache-Control` `no-store`, `no-cache` or `private`, with `Set-Cookie`, or with
-  `Vary: *`; a response to a request that had a body, or `Authorization` on a route without auth (unless
-  the response says `public` or `s-maxage`, RFC 9111 3.5); a request's own `Cache-Control: no-store`.
-- Fresh for `ttl`, or less when the response's `s-maxage` (or else `max-age`) says so, less its `Age`.
-- The key is the host, the request target (the normalised path and query, before the route rewrites it) and,
-  on routes with auth, the consumer: one consumer never gets another's response. `Vary` keeps the varying
-  request headers' values with the entry, and a request with other values misses.
+  `Vary: *`; a 206 or 304 whatever `statuses` says (they are not whole responses); a response to a request
+  that had a body, a `Range`, or `Authorization` (unless the response says `public` or `s-maxage`, RFC 9111
+  3.5); a request's own `Cache-Control: no-store`.
+- Fresh for `ttl`, or less when the response's `s-maxage` (or else `max-age`, or else `Expires` against its
+  `Date`) says so, less its `Age`.
+- The key is the scheme, the host, the request target (the normalised path and query, before the route
+  rewrites it) and, on routes with auth, the consumer: one consumer never gets another's response. `Vary`
+  keeps the varying request headers' values with the entry, and a request with other values misses.
+- A POST, PUT, PATCH or DELETE that succeeds drops what is kept for its target, for every consumer
+  (RFC 9111 4.4).
 
 What a client can ask: `Cache-Control: no-cache` (or `max-age=0`, or `Pragma: no-cache`) goes to the backend
 and keeps the new response; `no-store` goes to the backend and keeps nothing; `only-if-cached` gets 504 on a
@@ -22,8 +26,10 @@ fetched for a lookup carry `X-Cache: MISS`.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
 
 from lbtui.config import CacheConfig
 
@@ -37,6 +43,10 @@ LOOKUP = 1  # look up; on a miss, keep the response if it may be kept
 REFRESH = 2  # go to the backend (no-cache), keep the response
 ONLY_CACHED = 3  # only-if-cached: a miss is a 504
 
+# Requests that change their target: a success drops what is kept for it (RFC 9111 4.4).
+UNSAFE = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+NEVER_KEPT = frozenset({206, 304})  # partial content and "not modified" are not whole responses
+
 # Fields not kept with an entry: the framing is written again on a hit, and Age is computed then.
 NOT_KEPT = frozenset({b"content-length", b"transfer-encoding", b"age", b"x-cache"})
 # Fields a 304 carries (RFC 9110 15.4.5).
@@ -46,7 +56,7 @@ NOT_MODIFIED_KEEPS = frozenset(
 
 
 class CacheEntry:
-    __slots__ = ("age", "body", "etag", "expires", "fields", "size", "status", "stored", "vary")
+    __slots__ = ("age", "body", "etag", "expires", "fields", "size", "status", "stored", "target", "vary")
 
     def __init__(
         self,
@@ -58,7 +68,10 @@ class CacheEntry:
         age: int,
         vary: tuple[tuple[bytes, bytes | None], ...],
         etag: bytes | None,
+        key_size: int,
+        target: bytes,
     ) -> None:
+        self.target = target  # what it answers, whoever asked (see ResponseCache.invalidate)
         self.status = status
         self.fields = fields  # name, ": ", value, CRLF for each field (NOT_KEPT ones left out)
         self.body = body
@@ -67,7 +80,8 @@ class CacheEntry:
         self.age = age  # the backend's Age when it was kept
         self.vary = vary  # (lower-case request header name, its value when kept)
         self.etag = etag
-        self.size = len(body) + sum(len(p) for p in fields)
+        # What it holds, its key and the kept request header values included (all count against max_bytes).
+        self.size = len(body) + sum(len(p) for p in fields) + key_size + sum(len(v or b"") for _, v in vary)
 
     def age_at(self, now: float) -> bytes:
         return b"%d" % (self.age + int(now - self.stored))
@@ -82,6 +96,7 @@ class ResponseCache:
         self.statuses = config.statuses
         self.per_consumer = per_consumer  # the route has auth: the consumer is part of the key
         self.entries: OrderedDict[bytes, CacheEntry] = OrderedDict()  # least recently used first
+        self.targets: dict[bytes, set[bytes]] = {}  # a target's keys (one per consumer): see invalidate
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -102,8 +117,12 @@ class ResponseCache:
                 pragma = value
             elif lname == b"authorization":
                 authorized = True
-        if authorized and not self.per_consumer:
-            return REFRESH  # a shared cache may keep it only if the response says so (see freshness)
+            elif lname == b"range" or lname == b"if-range":
+                return BYPASS  # a part of the response: neither answered from nor kept
+        if authorized:
+            # A shared cache may keep it only if the response says so (see freshness), and may not answer it
+            # from an entry, which another user's request may have made.
+            return REFRESH
         if not control:
             return REFRESH if b"no-cache" in pragma.lower() else LOOKUP
         directives = _directives(control)
@@ -115,10 +134,18 @@ class ResponseCache:
             return ONLY_CACHED
         return LOOKUP
 
-    def key(self, host: bytes, target: bytes, consumer: bytes) -> bytes:
-        if self.per_consumer:
-            return b"%s\x00%s\x00%s" % (host.lower(), target, consumer)
-        return b"%s\x00%s" % (host.lower(), target)
+    @staticmethod
+    def target(scheme: bytes, host: bytes, target: bytes) -> bytes:
+        """What a response is for, whoever asked: the scheme, the host and the request target."""
+        return b"%s\x00%s\x00%s\x00" % (scheme, host.lower(), target)
+
+    def key(self, target: bytes, consumer: bytes) -> bytes:
+        return target + consumer if self.per_consumer else target
+
+    def invalidate(self, target: bytes) -> None:
+        """Drop what is kept for `target` (every consumer's): a request changed it (RFC 9111 4.4)."""
+        for key in list(self.targets.get(target, ())):
+            self._drop(key)
 
     def lookup(self, key: bytes, headers: Sequence[tuple[bytes, bytes]], now: float) -> CacheEntry | None:
         entry = self.entries.get(key)
@@ -136,8 +163,8 @@ class ResponseCache:
     @staticmethod
     def not_modified(entry: CacheEntry, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         """The request's If-None-Match names the entry's ETag (weak comparison, RFC 9110 13.1.2)."""
-        if entry.etag is None:
-            return False
+        if entry.etag is None or entry.status != 200:
+            return False  # (only a 200's validator is the selected representation's, RFC 9110 13.2.1)
         wanted = _field(headers, b"if-none-match")
         if wanted is None:
             return False
@@ -149,10 +176,12 @@ class ResponseCache:
     # -- the response --------------------------------------------------------------------------------------
     def freshness(self, status: int, parts: list[bytes], authorized: bool) -> float:
         """How long a response (its head as the upstream side keeps it) stays fresh; 0: not to be kept."""
-        if not any(low <= status <= high for low, high in self.statuses):
+        if status in NEVER_KEPT or not any(low <= status <= high for low, high in self.statuses):
             return 0.0
         control = b""
         age = 0
+        expires: bytes | None = None
+        date: bytes | None = None
         for i in range(1, len(parts) - 3, 4):
             lname = parts[i].lower()
             if lname == b"cache-control":
@@ -161,7 +190,12 @@ class ResponseCache:
                 return 0.0
             elif lname == b"age":
                 age = _seconds(parts[i + 2])
+            elif lname == b"expires":
+                expires = parts[i + 2]
+            elif lname == b"date":
+                date = parts[i + 2]
         ttl = self.ttl
+        directives: dict[bytes, bytes] = {}
         if control:
             directives = _directives(control)
             if b"no-store" in directives or b"no-cache" in directives or b"private" in directives:
@@ -175,6 +209,8 @@ class ResponseCache:
                 authorized = False
             if given is not None:
                 ttl = min(ttl, float(_seconds(given)))
+        if expires is not None and b"max-age" not in directives and b"s-maxage" not in directives:
+            ttl = min(ttl, _lifetime(expires, date))  # RFC 9111 4.2.1: max-age wins over Expires
         if authorized:
             return 0.0
         return max(0.0, ttl - age)
@@ -182,6 +218,7 @@ class ResponseCache:
     def store(
         self,
         key: bytes,
+        target: bytes,
         status: int,
         parts: list[bytes],
         body: bytes,
@@ -208,13 +245,14 @@ class ResponseCache:
             elif lname == b"etag":
                 etag = parts[i + 2]
             fields += parts[i : i + 4]
-        entry = CacheEntry(status, fields, body, now, now + fresh, age, tuple(vary), etag)
+        entry = CacheEntry(status, fields, body, now, now + fresh, age, tuple(vary), etag, len(key), target)
         if entry.size > self.max_bytes:
             return
         if key in self.entries:
             self._drop(key)
         self.entries[key] = entry
         self.bytes += entry.size
+        self.targets.setdefault(target, set()).add(key)
         while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self.entries)))
 
@@ -226,6 +264,11 @@ class ResponseCache:
     def _drop(self, key: bytes) -> None:
         entry = self.entries.pop(key)
         self.bytes -= entry.size
+        keys = self.targets.get(entry.target)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.targets[entry.target]
 
 
 def hit_fields(entry: CacheEntry, now: float) -> list[bytes]:
@@ -263,6 +306,17 @@ def _field(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """All the values of the request fields called `name` (lower case), joined; None when it has none."""
     found = [v for n, v in headers if n.lower() == name]
     return b", ".join(found) if found else None
+
+
+def _lifetime(expires: bytes, date: bytes | None) -> float:
+    """Seconds from the response's Date (or now) to its Expires; 0 for a date that does not parse (RFC 9111
+    5.3: an invalid Expires, such as "0", means already expired)."""
+    try:
+        until = parsedate_to_datetime(expires.decode("latin-1")).timestamp()
+        since = parsedate_to_datetime(date.decode("latin-1")).timestamp() if date is not None else time.time()
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return 0.0
+    return max(0.0, until - since)
 
 
 def _weak(tag: bytes) -> bytes:

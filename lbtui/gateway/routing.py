@@ -307,7 +307,10 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
         out["cors"] = Cors(route.cors, route.match.methods)
         out["response_remove"] = out["response_remove"] | BACKEND_CORS_HEADERS
     out["rewrite"] = (
-        (re.compile(route.rewrite[0].encode()), route.rewrite[1].encode())
+        (
+            re.compile(route.rewrite[0].encode(), 0 if route.match.case_sensitive else re.IGNORECASE),
+            route.rewrite[1].encode(),
+        )
         if route.rewrite is not None
         else None
     )

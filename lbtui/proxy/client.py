@@ -31,6 +31,7 @@ from lbtui.gateway.cache import (
     MISS,
     ONLY_CACHED,
     REFRESH,
+    UNSAFE,
     X_CACHE,
     ResponseCache,
     hit_fields,
@@ -149,6 +150,7 @@ class Exchange:
     cache_key = (
         b""  # looked up in its route's cache and missed: the response is kept under this key, if it may
     )
+    cache_target = b""  # what its route's cache knows its target by (to keep its response, or drop it)
     cache_fresh = 0.0  # how long the response stays fresh (set with the head; 0: it is not kept)
     cache_head: list[bytes] | None = None  # the response's head as the upstream side kept it (to keep)
     capture: list[bytes] | None = None  # the response body read so far, while it may be kept
@@ -430,11 +432,16 @@ class Exchange:
         self, route: CompiledRoute, cache: ResponseCache, url: bytes, headers: list[tuple[bytes, bytes]]
     ) -> bool:
         """Answer from the route's cache (True), or mark the exchange so that its response is kept."""
+        scheme = b"https" if self.client.listener.tls is not None else b"http"
+        target = cache.target(scheme, field_value(headers, b"host") or b"", url)
         policy = cache.request_policy(self.method, headers, self.req_framing != NO_BODY)
         if policy == BYPASS:
+            if self.method in UNSAFE:  # its success drops what is kept for its target (upstream_head)
+                self.route = route
+                self.cache_target = target
             return False
         self.route = route
-        key = cache.key(field_value(headers, b"host") or b"", url, self.consumer)
+        key = cache.key(target, self.consumer)
         now = self.client.engine.now()
         if policy != REFRESH:
             entry = cache.lookup(key, headers, now)
@@ -457,6 +464,7 @@ class Exchange:
         self.response_extra += ((X_CACHE, MISS),)
         if self.method == b"GET":
             self.cache_key = key
+            self.cache_target = target
             self.cache_headers = headers
         return False
 
@@ -727,7 +735,7 @@ class Exchange:
     def _retry_budget(self, service: Service) -> bool:
         """Envoy's retry budget: retries under way stay within budget_percent of the service's requests in
         flight (but min_retry_concurrency are always allowed), so a failing backend is not hit by a storm."""
-        retries = service.config.retries
+        retries = self.retries_config or service.config.retries
         active = sum(b.in_flight for b in service.backends) + 1  # + this one, between attempts
         allowed = max(retries.min_retry_concurrency, retries.budget_percent * active / 100.0)
         if service.retries_in_flight >= allowed:
@@ -775,6 +783,8 @@ class Exchange:
         if route is not None:
             if self.cache_key:
                 self._keep_response(route, status, parts, framing)
+            elif self.cache_target and status < 400 and route.cache is not None:
+                route.cache.invalidate(self.cache_target)  # a POST, PUT, PATCH or DELETE changed it
             parts = response_parts(parts, route.response_remove, route.response_set + self.response_extra)
         self.resp_framing = framing
         if framing in (CHUNKED, UNTIL_CLOSE):
@@ -802,7 +812,7 @@ class Exchange:
         assert cache is not None
         if framing == NO_BODY and status != 204 and status != 304:
             framing = LENGTH  # (a 200 with no body but a Content-Length: 0)
-        fresh = cache.freshness(status, parts, not cache.per_consumer and self._authorized())
+        fresh = cache.freshness(status, parts, self._authorized())
         if fresh <= 0.0 or framing == UNTIL_CLOSE:
             self.cache_key = b""
             return
@@ -888,6 +898,7 @@ class Exchange:
             return
         route.cache.store(
             self.cache_key,
+            self.cache_target,
             self.status,
             head,
             b"".join(capture),
@@ -955,10 +966,11 @@ class Exchange:
         head = [status_line(status), *fields]
         cache = route.cache
         if self.cache_key and cache is not None:  # an aggregate's reply to a cache miss: kept as a backend's
-            fresh = cache.freshness(status, head, not cache.per_consumer and self._authorized())
+            fresh = cache.freshness(status, head, self._authorized())
             if fresh > 0.0 and len(body) <= cache.max_body:
                 now = self.client.engine.now()
-                cache.store(self.cache_key, status, head, body, now, fresh, self.cache_headers or [])
+                headers = self.cache_headers or []
+                cache.store(self.cache_key, self.cache_target, status, head, body, now, fresh, headers)
         parts = response_parts(head, route.response_remove, route.response_set + self.response_extra)
         if status != 204 and status != 304:
             parts.append(b"Content-Length: %d\r\n" % len(body))

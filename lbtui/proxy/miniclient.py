@@ -78,6 +78,7 @@ class _Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.served = 0  # replies read whole on it before the current one
+        self.retired = False  # closed once its current reply is read (its server was drained or removed)
         self.idle_since = 0.0
         self.waiter: asyncio.Future[Reply] | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -237,9 +238,13 @@ class KeepAlivePool:
             raise BadReply(str(error)) from None
 
     def close_to(self, host: str, port: int) -> None:
-        """Close the idle connections to host:port (a backend that was removed, drained or put in maint)."""
+        """Close the connections to host:port (a backend that was removed, drained or put in maint): the idle
+        ones now, the busy ones when their reply is read."""
         for link in self.idle.pop((host, port), []):
             link.close()
+        for link in self.busy:
+            if link.key == (host, port):
+                link.retired = True
 
     def close(self) -> None:
         """Close every connection, and those handed back from now on."""
@@ -304,7 +309,13 @@ class KeepAlivePool:
             raise
         self.busy.discard(link)
         links = self.idle.setdefault(link.key, [])
-        if link.keep_alive and not link.closed and not self.closed and len(links) < self.per_host:
+        if (
+            link.keep_alive
+            and not link.retired
+            and not link.closed
+            and not self.closed
+            and len(links) < self.per_host
+        ):
             link.served += 1
             link.idle_since = asyncio.get_running_loop().time()
             links.append(link)

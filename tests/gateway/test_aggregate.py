@@ -556,3 +556,68 @@ async def test_a_partial_aggregate_is_never_cached(backends, engine_factory, raw
         assert (r.status, r.header("x-aggregate-completed"), r.header("x-cache")) == (200, "false", "MISS")
         assert r.header("cache-control") == "no-store"
     assert engine.balancer.backends["users"].requests == 2
+
+
+async def json_upstream(scripted):
+    """Answers /id/VALUE with {"id": VALUE} and /cc/DIRECTIVES with {} and that Cache-Control; records paths."""
+    from urllib.parse import unquote
+
+    async def script(reader, writer, up):
+        while True:
+            head = await up.read_request(reader)
+            path = head.split(b" ", 2)[1].decode()
+            extra = ""
+            if path.startswith("/id/"):
+                body = json.dumps({"id": unquote(path[4:])}).encode()
+            else:
+                body = b"{}"
+                if path.startswith("/cc/"):
+                    extra = f"Cache-Control: {unquote(path[4:])}\r\n"
+            writer.write(
+                f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+
+    return await scripted(script)
+
+
+@pytest.mark.parametrize("value", ["..", ".", ""])
+async def test_a_field_that_would_be_a_dot_segment_fails_its_part(
+    scripted, engine_factory, raw_client, value
+):
+    up = await json_upstream(scripted)
+    parts = [
+        {"service": "app", "path": f"/id/{value}", "group": "user"},
+        {"service": "app", "path": "/orders/{user.id}/list", "group": "orders"},
+    ]
+    engine = await engine_factory(aggregate_config({"app": up.address}, parts))
+    client = await raw_client(engine.address())
+    r = await ask(client)
+    assert json.loads(r.body) == {"user": {"id": value}}
+    assert r.header("x-aggregate-completed") == "false"
+    assert len(up.received) == 1  # the second part was never sent
+
+
+@pytest.mark.parametrize(
+    ("controls", "merged"),
+    [
+        (["max-age=60", "max-age=5"], "max-age=5"),
+        (["max-age=60", "private"], "no-store"),
+        (["no-cache", ""], "no-store"),
+        (["", ""], None),
+    ],
+)
+async def test_the_merged_reply_is_as_cacheable_as_its_parts(
+    scripted, engine_factory, raw_client, controls, merged
+):
+    up = await json_upstream(scripted)
+    parts = [
+        {"service": "app", "path": f"/cc/{c.replace(' ', '%20')}" if c else "/plain", "group": f"g{i}"}
+        for i, c in enumerate(controls)
+    ]
+    engine = await engine_factory(aggregate_config({"app": up.address}, parts, cache={"ttl": "30s"}))
+    client = await raw_client(engine.address())
+    r = await ask(client)
+    assert r.header("cache-control") == merged
+    again = await ask(client)
+    assert again.header("x-cache") == ("MISS" if merged == "no-store" else "HIT")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections import Counter
+from email.utils import formatdate
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +26,7 @@ REPLIES: dict[str, tuple[int, list[str], bytes]] = {
     "/max-age": (200, ["Cache-Control: max-age=2"], b"m"),
     "/s-maxage": (200, ["Cache-Control: max-age=100, s-maxage=3"], b"s"),
     "/aged": (200, ["Age: 25"], b"a"),
+    "/expired": (200, ["Expires: 0"], b"x"),
     "/public": (200, ["Cache-Control: public"], b"p"),
     "/error": (500, [], b"e"),
     "/missing": (404, [], b"n"),
@@ -47,8 +51,23 @@ class Upstream:
             self.hits[target] += 1
             status, extra, body = REPLIES.get(path, (200, [], path.encode()))
             body = body + b" #%d" % self.hits[target]
+            lower = head.lower()
+            if b"\r\nrange:" in lower:
+                status, extra, body = 206, ["Content-Range: bytes 0-0/10"], body[:1]
+            elif b"\r\nif-none-match:" in lower:
+                status, extra, body = 304, ['ETag: "v1"'], b""
+            elif path == "/expires":  # fresh for 3 s by its Date and Expires
+                now = time.time()
+                extra = [
+                    f"Date: {formatdate(now, usegmt=True)}",
+                    f"Expires: {formatdate(now + 3, usegmt=True)}",
+                ]
+            elif head.startswith(b"POST"):
+                status = 404 if path == "/missing" else 200
             lines = [f"HTTP/1.1 {status} X", *extra]
-            if path.startswith("/chunked"):
+            if status == 304:
+                payload = b""
+            elif path.startswith("/chunked"):
                 lines.append("Transfer-Encoding: chunked")
                 payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
             else:
@@ -269,3 +288,86 @@ def test_cache_config_errors():
     assert "routes[0].cache.max_body" in text
     assert "routes[0].cache.statuses[0]" in text
     assert "routes[0].cache.size: unknown key" in text
+
+
+async def test_partial_and_not_modified_replies_are_never_kept(cached):
+    """Whatever `statuses` says, a 206 (to a Range) or a 304 (to a conditional GET) is not a whole response:
+    kept, it would be served to everyone after."""
+    g = await cached({"ttl": "30s", "statuses": ["2xx", "3xx"]})
+    r = await get(g.client, "/plain", Range="bytes=0-0")
+    assert (r.status, r.header("x-cache")) == (206, None)  # neither looked up nor kept
+    r = await get(g.client, "/plain", If_None_Match='"v0"')  # nothing kept yet: the backend answers 304
+    assert (r.status, r.header("x-cache")) == (304, "MISS")
+    r = await get(g.client, "/plain")
+    assert (r.status, r.body, r.header("x-cache")) == (200, b"plain #3", "MISS")
+    assert (await get(g.client, "/plain")).header("x-cache") == "HIT"
+
+
+async def test_expires_bounds_freshness_when_max_age_does_not(cached):
+    g = await cached({"ttl": "30s"})
+    await get(g.client, "/expires")
+    assert (await get(g.client, "/expires")).header("x-cache") == "HIT"
+    g.clock[0] += 3.5
+    assert (await get(g.client, "/expires")).body == b"/expires #2"
+
+
+async def test_a_change_drops_what_is_kept_for_its_target(cached):
+    g = await cached(auth={"type": "api_key"})
+    for who in ("alice-key", "bob-key"):
+        await get(g.client, "/doc", X_API_Key=who)
+        assert (await get(g.client, "/doc", X_API_Key=who)).header("x-cache") == "HIT"
+    await g.client.send(
+        b"POST /doc HTTP/1.1\r\nHost: test.local\r\nX-API-Key: alice-key\r\nContent-Length: 1\r\n\r\nx"
+    )
+    assert (await g.client.read_response()).status == 200
+    for who in ("alice-key", "bob-key"):  # every consumer's entry for /doc went
+        assert (await get(g.client, "/doc", X_API_Key=who)).header("x-cache") == "MISS"
+    await get(g.client, "/missing", X_API_Key="bob-key")
+    await g.client.send(
+        b"POST /missing HTTP/1.1\r\nHost: test.local\r\nX-API-Key: bob-key\r\nContent-Length: 0\r\n\r\n"
+    )
+    await g.client.read_response()  # a 404: it changed nothing, and nothing is dropped
+    assert (await get(g.client, "/missing", X_API_Key="bob-key")).header("x-cache") == "HIT"
+
+
+async def test_authorization_is_never_shared_on_a_route_with_auth_either(cached):
+    g = await cached(auth={"type": "api_key"})
+    for n in (1, 2):  # one consumer (a web app) passing on its users' tokens: every request goes through
+        r = await get(g.client, "/mine", X_API_Key="alice-key", Authorization=f"Bearer user-{n}")
+        assert (r.body, r.header("x-cache")) == (b"/mine #%d" % n, "MISS")
+
+
+async def test_http_and_https_are_kept_apart(scripted, engine_factory, raw_client, tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    upstream = Upstream()
+    up = await scripted(upstream)
+    data = {
+        "listeners": [
+            {"name": "web", "bind": "127.0.0.1:0"},
+            {"name": "tls", "bind": "127.0.0.1:0", "tls": {"cert": str(cert), "key": str(key)}},
+        ],
+        "services": {"app": {"backends": [{"name": "up", "address": up.address}]}},
+        "routes": [{"name": "cached", "match": {}, "service": "app", "cache": {"ttl": "30s"}}],
+    }
+    engine = await engine_factory(parse_config(data, source="<test>"))
+    plain = await raw_client(engine.address("web"))
+    assert (await get(plain, "/page")).header("x-cache") == "MISS"
+    assert (await get(plain, "/page")).header("x-cache") == "HIT"
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    reader, writer = await asyncio.open_connection(
+        *engine.address("tls"), ssl=context, server_hostname="127.0.0.1"
+    )
+    writer.write(b"GET /page HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+    reply = await reader.read()
+    writer.close()
+    assert b"X-Cache: MISS" in reply  # what the http listener kept is not https's answer
+    assert upstream.hits["/page"] == 2

@@ -375,3 +375,19 @@ async def test_a_route_has_retries_of_its_own(backends, scripted, engine_factory
     assert statuses == [200, 502]  # one of the two went to the dead backend, and was not tried again
     assert [(await ask(client, "GET", "/echo/again")).status for _ in range(2)] == [200, 200]
     assert engine.controller.snapshot().services[0].retries >= 1
+
+
+async def test_rewrite_ignores_case_as_the_match_does(backends, engine_factory, raw_client):
+    bs = {"api": await backends("api")}
+    routes = [
+        {
+            "name": "v1",
+            "match": {"path_prefix": "/v1"},
+            "service": "api",
+            "rewrite": {"pattern": "^/v1/(.*)$", "substitution": "/echo/\\1"},
+        }
+    ]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    for sent in ("/v1/users", "/V1/users"):
+        assert json.loads((await ask(client, "GET", sent)).body)["url"] == "/echo/users", sent

@@ -114,3 +114,23 @@ async def test_close_ends_busy_connections_too(scripted, pool):
         await task
     assert not pool.busy
     assert not pool.idle
+
+
+async def test_close_to_a_server_closes_its_busy_connections_after_their_reply(scripted, pool):
+    go = asyncio.Event()
+
+    async def slow(reader, writer, up):
+        while True:
+            await up.read_request(reader)
+            await go.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    up = await scripted(slow)
+    asking = asyncio.ensure_future(pool.request(*where(up), GET))
+    await wait_for(lambda: len(up.received) == 1, what="the request arrives")
+    pool.close_to(*where(up))  # the backend is drained while the call is under way
+    go.set()
+    reply = await asking
+    assert reply.body == b"ok"  # the call under way is answered
+    assert not pool.idle.get(where(up))  # and its connection is not kept for another
+    assert not pool.busy
