@@ -198,6 +198,8 @@ class Router:
                 self.single = next(iter(services.values()))
             self.routes: tuple[CompiledRoute, ...] = ()
             self.cors = False
+            self.fold = False
+            self.hosts = False
             return
         compiled = []
         for index, route in enumerate(routes):
@@ -236,6 +238,7 @@ class Router:
             )
         self.routes = tuple(sorted(compiled, key=lambda r: r.rank))
         self.fold = any(r.fold for r in self.routes)  # some route compares the path in lower case
+        self.hosts = any(r.host is not None for r in self.routes)  # some route matches on the Host
         self.cors = any(r.cors is not None for r in self.routes)  # some route answers CORS preflights
 
     def route(self, request: RoutedRequest, method: bytes | None = None) -> CompiledRoute | None:
@@ -243,7 +246,7 @@ class Router:
         `allowed` for a 405)."""
         path, _, query = request.url.partition(b"?")
         folded = path.lower() if self.fold else path
-        host = _host_of(request.headers)
+        host = _host_of(request.headers) if self.hosts else None
         wanted = request.method if method is None else method
         for route in self.routes:
             if route.matches(wanted, host, path, folded, request.headers) and route.matches_query(query):
@@ -266,7 +269,7 @@ class Router:
         """The routes that would take `request` with some method (in rank order)."""
         path, _, query = request.url.partition(b"?")
         folded = path.lower() if self.fold else path
-        host = _host_of(request.headers)
+        host = _host_of(request.headers) if self.hosts else None
         for route in self.routes:
             if route.matches_but_method(host, path, folded, request.headers) and route.matches_query(query):
                 yield route

@@ -144,7 +144,12 @@ def normalize_target(url: bytes) -> bytes | None:
 
 def without_fields(parts: list[bytes], names: frozenset[bytes] | set[bytes], first: int = 1) -> list[bytes]:
     """A head kept as parts (what is before `first`, e.g. a status line, then name, ": ", value, CRLF for each
-    field) without the fields whose lower-case name is in `names`."""
+    field) without the fields whose lower-case name is in `names` (`parts` itself when it has none of them)."""
+    for i in range(first, len(parts), 4):
+        if parts[i].lower() in names:
+            break
+    else:
+        return parts  # nothing to drop (the usual case): the same list
     out = parts[:first]
     for i in range(first, len(parts), 4):
         if parts[i].lower() not in names:
