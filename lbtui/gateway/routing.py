@@ -178,7 +178,7 @@ def _host_of(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
             host = value.lower()
             if host.startswith(b"["):
                 return host.split(b"]", 1)[0] + b"]"
-            return host.rsplit(b":", 1)[0] if b":" in host else host
+            return host.rsplit(b":", 1)[0] if host.find(b":") >= 0 else host
     return None
 
 

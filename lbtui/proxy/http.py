@@ -85,8 +85,11 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
 
 
 def needs_normalizing(url: bytes) -> bool:
-    """Whether a request target may change under normalize_target (cheap: a few substring searches)."""
-    return b"%" in url or b"/." in url or b"//" in url
+    """Whether a request target may change under normalize_target (cheap: a few substring searches).
+
+    bytes.find, not `in`: CPython's `sub in some_bytes` first tries `sub` as an int, and raises and clears a
+    TypeError (with a formatted message) before it searches: twice the cost, on every request."""
+    return url.find(b"%") >= 0 or url.find(b"/.") >= 0 or url.find(b"//") >= 0
 
 
 def normalize_target(url: bytes) -> bytes | None:
