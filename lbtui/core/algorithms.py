@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from hashlib import blake2b
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 __all__ = [
     "ALGORITHMS",
@@ -46,20 +46,20 @@ __all__ = [
 ]
 
 # Finagle and Linkerd decay the Peak-EWMA over 10 seconds.
-DEFAULT_EWMA_TAU = 10.0
+DEFAULT_EWMA_TAU: Final = 10.0
 
 # A backend with no latency sample yet and requests in flight counts as this expensive per request, so it
 # gets one probe at a time until its first sample arrives (Finagle's "Penalty").
-_UNMEASURED_PENALTY = 1e9
+_UNMEASURED_PENALTY: Final = 1e9
 
 # 160 points per unit of weight keeps the spread of a 5-backend ring within a few percent (ketama uses 160).
-_VNODES_PER_WEIGHT = 160
+_VNODES_PER_WEIGHT: Final = 160
 # Above this many points the ring is scaled down proportionally, so a weight of 1000 costs no more than this.
-_MAX_RING_POINTS = 160 * 256
+_MAX_RING_POINTS: Final = 160 * 256
 # Rings for recently seen candidate sets, so a backend flapping in and out does not rebuild each time.
-_RING_CACHE_SIZE = 8
-_POINTS_PER_DIGEST = 8
-_UNPACK_POINTS = struct.Struct(">8Q").unpack
+_RING_CACHE_SIZE: Final = 8
+_POINTS_PER_DIGEST: Final = 8
+_UNPACK_POINTS: Final = struct.Struct(">8Q").unpack
 
 
 class Candidate(Protocol):
@@ -471,7 +471,7 @@ class ConsistentHash(_WeightedSampler[C]):
         return candidates[self._owners[i]]
 
 
-_FACTORIES: dict[str, Callable[[], Algorithm[Any]]] = {
+_FACTORIES: Final[dict[str, Callable[[], Algorithm[Any]]]] = {
     "round_robin": RoundRobin,
     "weighted_round_robin": SmoothWeightedRoundRobin,
     "least_connections": LeastConnections,
@@ -482,7 +482,7 @@ _FACTORIES: dict[str, Callable[[], Algorithm[Any]]] = {
     "consistent_hash": lambda: ConsistentHash("consistent_hash"),
 }
 
-ALGORITHMS: tuple[str, ...] = tuple(_FACTORIES)
+ALGORITHMS: Final[tuple[str, ...]] = tuple(_FACTORIES)
 
 
 def make_algorithm(name: str) -> Algorithm[Any]:

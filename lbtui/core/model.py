@@ -17,7 +17,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from lbtui.config import BackendConfig, OutlierConfig, ServiceConfig
 from lbtui.core.algorithms import DEFAULT_EWMA_TAU as EWMA_TAU
@@ -39,12 +39,12 @@ class Health(enum.StrEnum):
     EJECTED = "ejected"
 
 
-SERVING_HEALTH = frozenset({Health.UP, Health.GOING_DOWN})
+SERVING_HEALTH: Final = frozenset({Health.UP, Health.GOING_DOWN})
 _exp = math.exp
-HASHING = frozenset({"ip_hash", "consistent_hash"})
+HASHING: Final = frozenset({"ip_hash", "consistent_hash"})
 
 # Peak-EWMA starts from this guess (seconds) so a new backend is neither shunned nor flooded.
-EWMA_INITIAL = 0.005
+EWMA_INITIAL: Final = 0.005
 
 
 class Backend:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
-SUB_BUCKET_BITS = 5
-SUB_BUCKETS = 1 << SUB_BUCKET_BITS  # 32
-MAX_LATENCY_US = (1 << 27) - 1  # ~134 s: anything slower is counted as this
-BUCKETS = (27 - SUB_BUCKET_BITS + 1) * SUB_BUCKETS  # 736 buckets cover 0 .. MAX_LATENCY_US
+SUB_BUCKET_BITS: Final = 5
+SUB_BUCKETS: Final = 1 << SUB_BUCKET_BITS  # 32
+MAX_LATENCY_US: Final = (1 << 27) - 1  # ~134 s: anything slower is counted as this
+BUCKETS: Final = (27 - SUB_BUCKET_BITS + 1) * SUB_BUCKETS  # 736 buckets cover 0 .. MAX_LATENCY_US
 
 
 def bucket_index(us: int) -> int:
@@ -85,7 +86,7 @@ class WindowView:
         return self.errors / self.requests if self.requests else 0.0
 
 
-QUANTILES = (0.5, 0.9, 0.99, 0.999)
+QUANTILES: Final = (0.5, 0.9, 0.99, 0.999)
 
 
 class SlidingWindow:
@@ -160,12 +161,14 @@ class SlidingWindow:
         return window_view(covered, requests, errors, merged)
 
 
-_ZEROS = [0] * BUCKETS
+_ZEROS: Final = [0] * BUCKETS
 
 # bucket_index for every latency below ~65 ms, precomputed: recording is then one list lookup.
-_INDEX_SIZE = 1 << 16
-_BUCKET_NUMBERS = list(range(BUCKETS))  # shared int objects: the table holds 64 Ki references, not 64 Ki ints
-_INDEX = [_BUCKET_NUMBERS[bucket_index(us)] for us in range(_INDEX_SIZE)]
+_INDEX_SIZE: Final = 1 << 16
+_BUCKET_NUMBERS: Final = list(
+    range(BUCKETS)
+)  # shared int objects: the table holds 64 Ki references, not 64 Ki ints
+_INDEX: Final = [_BUCKET_NUMBERS[bucket_index(us)] for us in range(_INDEX_SIZE)]
 
 
 def window_view(seconds: float, requests: int, errors: int, counts: Sequence[int]) -> WindowView:

@@ -15,10 +15,11 @@ import hashlib
 import hmac
 import os
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from lbtui.config import ConsumerConfig
 
-CONSUMER_HEADER = b"X-Consumer"
+CONSUMER_HEADER: Final = b"X-Consumer"
 
 
 def digest_of(key: bytes) -> bytes:

@@ -30,27 +30,28 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
+from typing import Final
 
 from lbtui.config import CacheConfig
 
-X_CACHE = b"X-Cache"
-HIT = b"HIT"
-MISS = b"MISS"
+X_CACHE: Final = b"X-Cache"
+HIT: Final = b"HIT"
+MISS: Final = b"MISS"
 
 # A lookup's answer (see ResponseCache.request_policy): what to do with a request.
-BYPASS = 0  # neither look up nor keep (not a GET/HEAD, no-store, a body...)
-LOOKUP = 1  # look up; on a miss, keep the response if it may be kept
-REFRESH = 2  # go to the backend (no-cache), keep the response
-ONLY_CACHED = 3  # only-if-cached: a miss is a 504
+BYPASS: Final = 0  # neither look up nor keep (not a GET/HEAD, no-store, a body...)
+LOOKUP: Final = 1  # look up; on a miss, keep the response if it may be kept
+REFRESH: Final = 2  # go to the backend (no-cache), keep the response
+ONLY_CACHED: Final = 3  # only-if-cached: a miss is a 504
 
 # Requests that change their target: a success drops what is kept for it (RFC 9111 4.4).
-UNSAFE = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
-NEVER_KEPT = frozenset({206, 304})  # partial content and "not modified" are not whole responses
+UNSAFE: Final = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
+NEVER_KEPT: Final = frozenset({206, 304})  # partial content and "not modified" are not whole responses
 
 # Fields not kept with an entry: the framing is written again on a hit, and Age is computed then.
-NOT_KEPT = frozenset({b"content-length", b"transfer-encoding", b"age", b"x-cache"})
+NOT_KEPT: Final = frozenset({b"content-length", b"transfer-encoding", b"age", b"x-cache"})
 # Fields a 304 carries (RFC 9110 15.4.5).
-NOT_MODIFIED_KEEPS = frozenset(
+NOT_MODIFIED_KEEPS: Final = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
 )
 

@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from lbtui.config import CorsConfig
 
-SIMPLE_METHODS = (b"GET", b"HEAD", b"POST")
-BACKEND_CORS_HEADERS = frozenset(
+SIMPLE_METHODS: Final = (b"GET", b"HEAD", b"POST")
+BACKEND_CORS_HEADERS: Final = frozenset(
     {
         b"access-control-allow-origin",
         b"access-control-allow-credentials",

@@ -16,10 +16,11 @@
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from lbtui.config import RateLimitConfig
 
-MAX_KEYS = 100_000
+MAX_KEYS: Final = 100_000
 
 
 class TokenBuckets:

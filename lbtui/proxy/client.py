@@ -19,7 +19,7 @@ import hmac
 import socket
 import struct
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -74,19 +74,21 @@ if TYPE_CHECKING:
     from lbtui.proxy.engine import Engine
 
 # Request body bytes kept so that a failed attempt can be sent again to another backend.
-REPLAY_LIMIT = 64 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 # Bytes of a request body we hold while it waits (for its turn, or for a connection) before we stop reading.
-PIPELINE_LIMIT = 64 * 1024
+PIPELINE_LIMIT: Final = 64 * 1024
 # Pipelined requests we hold before we stop reading from the client.
-PIPELINE_DEPTH = 16
+PIPELINE_DEPTH: Final = 16
 
-READY = AdminState.READY
-LINGER_ZERO = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: a close sends an RST
-RETRY_AFTER = ((b"Retry-After", b"1"),)
+READY: Final = AdminState.READY
+LINGER_ZERO: Final = struct.pack(
+    "ii", 1, 0
+)  # struct linger {l_onoff = 1, l_linger = 0}: a close sends an RST
+RETRY_AFTER: Final = ((b"Retry-After", b"1"),)
 
-PAUSE_UPSTREAM = 1  # the upstream's write buffer is full
-PAUSE_PIPELINE = 2  # requests are queued behind the current one
-PAUSE_WAITING = 4  # body arrives before an upstream connection is ready
+PAUSE_UPSTREAM: Final = 1  # the upstream's write buffer is full
+PAUSE_PIPELINE: Final = 2  # requests are queued behind the current one
+PAUSE_WAITING: Final = 4  # body arrives before an upstream connection is ready
 
 
 class StopParsing(Exception):

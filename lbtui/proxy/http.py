@@ -11,9 +11,10 @@ import os
 import re
 import socket
 from collections.abc import Iterable
+from typing import Final
 
 # RFC 9110 7.6.1 (and the ones RFC 2616 listed, which proxies still strip): meant for one connection only.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -28,44 +29,46 @@ HOP_BY_HOP = frozenset(
 )
 
 # The lengths of the header names a response can need us to look at (hop-by-hop and Content-Length).
-SPECIAL_LENGTHS = frozenset({len(name) for name in HOP_BY_HOP} | {len(b"content-length")})
+SPECIAL_LENGTHS: Final = frozenset({len(name) for name in HOP_BY_HOP} | {len(b"content-length")})
 
 # Tokens in Connection that never make us drop a header: framing and routing headers are not the
 # sender's to take away (dropping Content-Length would let a body be read as a request: smuggling).
-NEVER_CONNECTION_NAMED = frozenset({b"close", b"upgrade", b"content-length", b"transfer-encoding", b"host"})
+NEVER_CONNECTION_NAMED: Final = frozenset(
+    {b"close", b"upgrade", b"content-length", b"transfer-encoding", b"host"}
+)
 
 # Connection header values that name no other header (the usual ones): nothing more to strip.
-PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 # Request headers the proxy writes itself rather than passing on.
-SET_BY_PROXY = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-consumer"})
+SET_BY_PROXY: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-consumer"})
 
 # RFC 9112 3.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ]; uri-host an IP literal or a reg-name (or IPv4),
 # whose `%` starts two hex digits. (Written as `char* (escape char*)*`: linear, and as quick as one class.)
-VALID_HOST = re.compile(
+VALID_HOST: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9\-._~!$&'()*+,;=]*)*)"
     rb"(?::[0-9]*)?"
 )
 # The bytes a request target may hold: visible ASCII but the ones RFC 3986 leaves out (`"<>\\^`{|}`), which HAProxy
 # refuses too unless told otherwise. (The parser refuses controls, space and bytes past 0x7E itself; `#`, a
 # fragment, is refused with its own reason.)
-TARGET_BYTES = bytes(c for c in range(0x21, 0x7F) if c not in b'"<>\\^`{|}')
+TARGET_BYTES: Final = bytes(c for c in range(0x21, 0x7F) if c not in b'"<>\\^`{|}')
 # A request line whose version is well formed (HTTP/digit.digit), to tell 505 from 400 when the parser refuses it.
-WELL_FORMED_VERSION = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
+WELL_FORMED_VERSION: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?\n")
 
 # RFC 3986 2.3: characters whose percent-encoding means the same as the character itself.
-UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset(b"0123456789ABCDEFabcdef")
+UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX: Final = frozenset(b"0123456789ABCDEFabcdef")
 
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Body framings, for both directions.
-NO_BODY = 0
-LENGTH = 1
-CHUNKED = 2
-UNTIL_CLOSE = 3
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3
 
-STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+STATUS_LINES: Final[dict[tuple[int, bytes], bytes]] = {}
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
@@ -186,7 +189,7 @@ def chunk_frame(data: bytes) -> list[bytes]:
     return [b"%x\r\n" % len(data), data, b"\r\n"]
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def error_response(

@@ -15,7 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -53,10 +53,10 @@ class _BadFraming(Exception):
 
 
 # Upstream failure kinds, as the retry policy names them.
-CONNECT_FAILURE = "connect-failure"
-RESET = "reset"
-BAD_RESPONSE = "gateway-error"
-TIMEOUT = "timeout"
+CONNECT_FAILURE: Final = "connect-failure"
+RESET: Final = "reset"
+BAD_RESPONSE: Final = "gateway-error"
+TIMEOUT: Final = "timeout"
 
 
 class UpstreamConnection(asyncio.Protocol):
