@@ -94,6 +94,9 @@ class Balancer:
         # status, Backend or None, seconds, bytes sent to the client[, RouteStats or None, consumer bytes]).
         # Read through the Controller.
         self.access_log: deque[tuple[Any, ...]] = deque(maxlen=ACCESS_TAIL)
+        # The data plane's own counters for the snapshot's extra["counters"] (connections refused, header
+        # timeouts, ...): set by the engine.
+        self.counters: Callable[[], dict[str, int]] = dict
         # Called with the clock at the end of every tick (the Controller runs canary ramps from it).
         self.on_tick: list[Callable[[float], None]] = []
 
@@ -138,7 +141,7 @@ class Balancer:
             services=tuple(service_view(s, now) for s in self.services.values()),
             connections=self.connections,
             routes=tuple(self.route_stats[r.name].view(r, now) for r in self.routes),
-            extra={"unmatched": dict(self.unmatched)},
+            extra={"unmatched": dict(self.unmatched), "counters": self.counters()},
         )
 
     def set_admin_state(self, backend: Backend, state: AdminState) -> None:

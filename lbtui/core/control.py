@@ -216,6 +216,7 @@ class InProcessController(Controller):
             return
         now = self.balancer.clock()
         b.ejections += 1
+        b.ejections_total += 1
         seconds = ejection_time(limits.base_ejection, limits.max_ejection, b.ejections)
         before = HealthState(b.health, b.health_count, b.health_of).label
         b.health, b.health_count, b.health_of = Health.EJECTED, 0, 0

@@ -62,6 +62,7 @@ class Backend:
         "ejected_until",
         "ejection_ended",
         "ejections",
+        "ejections_total",
         "fails_5xx",
         "fails_connect",
         "fails_gateway",
@@ -120,6 +121,7 @@ class Backend:
         self.fails_gateway = 0
         self.fails_connect = 0
         self.ejections = 0  # times ejected lately (each makes the next ejection longer; decays)
+        self.ejections_total = 0  # times ejected since start (never decays)
         self.ejected_until = 0.0  # when the ejection under way ends (0: not ejected)
         self.ejection_ended = 0.0  # when the last ejection ended, or the count last decayed
         # Slow start: the share of its normal traffic a recovered backend takes now (1.0: all of it).
@@ -468,6 +470,9 @@ class BackendView:
     checked: bool = False  # whether the service has active health checks
     ejected_left: float | None = None  # seconds until an outlier ejection ends
     slow_share: float | None = None  # the share of its traffic it takes while in slow start (0-1)
+    ejections_total: int = 0  # times outlier detection ejected it since start
+    # Latency bucket counts since start (core.stats: BUCKETS long, bucket_bounds); () in views made without one.
+    latency_counts: tuple[int, ...] = ()
 
     @property
     def health_label(self) -> str:
@@ -562,6 +567,7 @@ class RouteView:
     status_classes: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)  # as BackendView's, since start
     rejected: tuple[tuple[str, int], ...] = ()  # answered by the gateway itself, by reason: ("auth", 3), ...
     cache: tuple[int, int] = (0, 0)  # the route's cache: (hits, misses) since start
+    latency_counts: tuple[int, ...] = ()  # latency bucket counts since start, as BackendView's
 
 
 class RouteStats:
@@ -594,6 +600,7 @@ class RouteStats:
             (sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]),
             tuple(sorted(self.rejected.items())),
             (self.cache[0], self.cache[1]),
+            self.window.totals()[0],
         )
 
 
@@ -665,6 +672,8 @@ def backend_view(b: Backend, now: float, checked: bool = False) -> BackendView:
         checked=checked,
         ejected_left=max(0.0, b.ejected_until - now) if b.ejected_until else None,
         slow_share=b.slow_share if b.slow_since else None,
+        ejections_total=b.ejections_total,
+        latency_counts=b.window.totals()[0],
     )
 
 

@@ -3,6 +3,8 @@
 Invariants:
 - Recording a request is O(1) and allocates nothing on the common path (one list per second per backend at most).
 - Reading (rates, percentiles) costs O(slots x buckets): it grows with the number of backends, never with traffic.
+- Since start: a slot's counts are folded into the window's totals when the slot is reused (once a second at
+  most), so the histogram since start costs recording nothing; `totals` adds the slots still held.
 - Latency is kept in microseconds in log-linear buckets (32 per power of two): any value is known to within
   1/64 of itself (about 1.6%), so 1 ms and 2 ms are never confused, and neither are 1.00 ms and 1.05 ms.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import add
 from typing import Final
 
 SUB_BUCKET_BITS: Final = 5
@@ -104,6 +107,8 @@ class SlidingWindow:
         "_errors",
         "_second_end",
         "_slot_starts",
+        "_total_counts",
+        "_total_errors",
         "slots",
         "started",
     )
@@ -119,15 +124,20 @@ class SlidingWindow:
         self._second_end = -1.0  # when it ends
         self._current_slot = 0
         self._current_counts = self._counts[0]
+        self._total_counts = _ZEROS  # bucket counts of the slots reused so far (replaced, never changed)
+        self._total_errors = 0
 
     def _start_second(self, second: int) -> None:
         slot = second % self.slots
         self._current = second
         self._second_end = second + 1.0
         self._current_slot = slot
+        counts = self._current_counts = self._counts[slot]
+        if self._slot_starts[slot] >= 0:  # the second it held leaves the window: kept in the totals
+            self._total_counts = list(map(add, self._total_counts, counts))
+            self._total_errors += self._errors[slot]
         self._slot_starts[slot] = second
         self._errors[slot] = 0
-        counts = self._current_counts = self._counts[slot]
         counts[:] = _ZEROS
 
     def record(self, latency_s: float, error: bool, now: float) -> None:
@@ -159,6 +169,16 @@ class SlidingWindow:
         covered = min(float(self.slots - 1) + (now - second), max(now - self.started, 1e-9))
         covered = max(covered, 1e-9)
         return window_view(covered, requests, errors, merged)
+
+    def totals(self) -> tuple[tuple[int, ...], int]:
+        """Latency bucket counts (BUCKETS long) and errors since start: every request ever recorded."""
+        counts = self._total_counts
+        errors = self._total_errors
+        for slot in range(self.slots):
+            if self._slot_starts[slot] >= 0:
+                counts = list(map(add, counts, self._counts[slot]))
+                errors += self._errors[slot]
+        return tuple(counts), errors
 
 
 _ZEROS: Final = [0] * BUCKETS

@@ -112,9 +112,18 @@ class Engine:
         )
         self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
         self.access_log = self.balancer.access_log  # the data plane appends one tuple per finished request
+        self.balancer.counters = self.counters
         self.balancer.on_backend_removed.append(self._backend_removed)
         self.balancer.on_state_change.append(self._state_changed)
         self.health = HealthChecker(self.balancer, self.controller)
+
+    def counters(self) -> dict[str, int]:
+        """The data plane's counters for snapshots (Snapshot.extra["counters"]; admin/metrics.py)."""
+        return {
+            "connections_refused": self.connections_refused,
+            "header_timeouts": self.header_timeouts,
+            "tls_handshake_failures": self.tls_handshake_failures,
+        }
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
