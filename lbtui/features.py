@@ -2,12 +2,13 @@
 
 The config schema (ARCHITECTURE section 5) is ahead of the engine. A key that would leave a user unprotected
 if it were silently ignored (authentication, rate limits, CORS, aggregation, routes that rewrite) makes
-the engine refuse to start; a key that only tunes behaviour not built yet (stickiness, the admin API,
-persisted state) is reported as a warning.
+the engine refuse to start; a key that only tunes behaviour not built yet (stickiness) is reported as
+a warning.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from lbtui.config import Config
@@ -46,6 +47,14 @@ def refused(config: Config) -> list[Unsupported]:
                 out.append(Unsupported(f"{base}.auth.{problem[0]}", problem[1]))
         if route.match.host is not None and route.match.host.startswith("*."):
             out.append(Unsupported(f"{base}.match.host", f"wildcard hosts are {LATER}"))
+    admin = config.admin
+    if admin.enabled and admin.token_env is not None and not os.environ.get(admin.token_env):
+        out.append(
+            Unsupported(
+                "admin.token_env",
+                f"the environment variable {admin.token_env!r} is not set (it holds the admin API's token)",
+            )
+        )
     return out
 
 
@@ -56,8 +65,4 @@ def ignored(config: Config) -> list[Unsupported]:
         base = f"services.{service.name}"
         if service.sticky is not None:
             out.append(Unsupported(f"{base}.sticky", f"sticky sessions are {LATER}"))
-    if config.admin.enabled:
-        out.append(Unsupported("admin", f"the admin API is {LATER}"))
-    if config.state.file is not None:
-        out.append(Unsupported("state.file", f"persisted runtime state is {LATER}"))
     return out

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import anyio
 
 from lbtui import data_plane_build
+from lbtui.admin.api import AdminServer, AdminSetupError
 from lbtui.config import Config
+from lbtui.core.persist import StateFile
 from lbtui.demo.backends import DemoBackend
 from lbtui.demo.scenario import DEMO_LISTEN, demo_backends, demo_config
 from lbtui.demo.traffic import TrafficGenerator
@@ -25,6 +27,7 @@ class ServeOptions:
     grace: float = 10.0
     traffic_rate: float = 20.0
     demo_bind: str = DEMO_LISTEN
+    fresh: bool = False  # start from the config alone: [state].file is not read (it is written after changes)
 
 
 def _say(message: str) -> None:
@@ -57,6 +60,8 @@ class Runtime:
         self.demo: list[DemoBackend] = []
         self.engine: Engine | None = None
         self.traffic: TrafficGenerator | None = None
+        self.state: StateFile | None = None  # [state].file: restored before the listeners accept
+        self.admin: AdminServer | None = None  # the admin API, when [admin] enables it
 
     async def start(self) -> bool:
         """Start everything; False (after saying why) when it cannot listen."""
@@ -68,6 +73,11 @@ class Runtime:
                 await backend.start()
             config = demo_config(self.demo, options.demo_bind)
         engine = Engine(config)
+        if config.state.file is not None:
+            self.state = StateFile(
+                config.state.file, engine.controller, say, schedule=asyncio.get_running_loop().call_soon
+            )
+            self.state.start(fresh=options.fresh)
         try:
             await engine.start()
         except OSError as error:
@@ -89,8 +99,29 @@ class Runtime:
                 await self.stop_demo()
                 return False
         self.engine = engine
+        if engine.config.admin.enabled and not await self.start_admin(engine):
+            await engine.shutdown(0.0)
+            self.engine = None
+            await self.stop_demo()
+            return False
         if self.demo and options.traffic_rate > 0:
             self.traffic = TrafficGenerator(engine.url(), options.traffic_rate)
+        return True
+
+    async def start_admin(self, engine: Engine) -> bool:
+        """The admin API on [admin].bind, over the engine's controller; False (after saying why) if it cannot."""
+        config = engine.config.admin
+        try:
+            admin = AdminServer(engine.controller, config, engine.config.limits.header_timeout)
+            await admin.start()
+        except AdminSetupError as error:
+            self.say(f"cannot start the admin API: {error}")
+            return False
+        except OSError as error:
+            where = format_address(config.host, config.port)
+            self.say(f"cannot listen for the admin API on {where}: {error.strerror or error}")
+            return False
+        self.admin = admin
         return True
 
     def announce(self) -> None:
@@ -98,6 +129,8 @@ class Runtime:
         assert engine is not None
         for name in engine.addresses:
             self.say(f"listener {name} on {engine.url(name)}")
+        if self.admin is not None:
+            self.say(f"admin API on {self.admin.url}")
         self.say(f"data plane: {data_plane_build()}")
         if self.demo:
             self.say(
@@ -112,6 +145,11 @@ class Runtime:
         finished = True
         if self.engine is not None:
             finished = await self.engine.shutdown(self.options.grace, self.say)
+        if self.admin is not None:  # after the drain, so that `lbtui ctl` can watch it
+            await self.admin.stop()
+            self.admin = None
+        if self.state is not None:
+            self.state.flush()  # what the last MIN_INTERVAL changed, and what changed while draining
         await self.stop_demo()
         return finished
 

@@ -1,0 +1,662 @@
+"""The admin API: JSON over HTTP/1.1 on `[admin].bind`, over a Controller (ARCHITECTURE section 7).
+
+Two layers. `AdminApi.handle` is a pure function of one whole request (method, target, headers, body) to one
+response, and does no I/O: tests and other transports call it directly. `AdminServer` is the socket: an
+asyncio Protocol fed by httptools, as the proxy's own, on a listening socket of its own (never a listener).
+
+Invariants:
+- State changes only through the Controller interface: a mutation's answer is the audit event it made.
+- Mutations are POST, PUT or DELETE; a known path asked with another method is 405 with `Allow`.
+- Every error is JSON `{"error": "..."}`; an unexpected exception is logged and answered 500 with
+  `{"error": "internal error"}`, never a traceback.
+- Checks come in this order, before any routing: Host (403), Origin (403), token (401). A browser page on
+  another site cannot use the API: its requests carry its own origin (refused), and a DNS-rebound name in
+  Host is refused as well; only a loopback name or address, the bind address, or (on a wildcard bind) an IP
+  address is taken, since a rebinding attack needs a DNS name it controls.
+- Bounded: a request's head (16 KiB, 431), its body (64 KiB, 413), the time to send a whole request
+  (`header_timeout`, 408), and the number of connections. A body must say it is JSON (415).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Final, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httptools
+
+from lbtui.config import AdminConfig
+from lbtui.core.control import ControlError, Controller, Event
+from lbtui.proxy.http import no_delay
+
+from .schema import backend_json, event_json, service_json, snapshot_json
+
+log = logging.getLogger("lbtui.admin")
+
+MAX_BODY: Final = 64 * 1024
+MAX_HEAD: Final = 16 * 1024
+MAX_CONNECTIONS: Final = 64
+MAX_EVENTS: Final = 1000
+ACTOR_HEADER: Final = "x-lbtui-actor"
+ACTORS: Final = frozenset({"ctl"})  # actors a client may name; anything else is "api"
+JSON_TYPE: Final = "application/json"
+
+
+class AdminSetupError(Exception):
+    """The admin API cannot start as configured (its token variable is not set)."""
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON_TYPE
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False
+
+
+def json_response(status: int, value: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    body = json.dumps(value, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return Response(status, body, JSON_TYPE, headers or [])
+
+
+def error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    return json_response(status, {"error": message}, headers)
+
+
+class _Refused(Exception):
+    """A request refused with an error response (raised inside a handler)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _refuse(status: int, message: str) -> _Refused:
+    return _Refused(error(status, message))
+
+
+# -- Host and Origin ---------------------------------------------------------------------------------------
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """`name`, `name:80`, `1.2.3.4:80`, `[::1]:80` -> (host, port); None when it is not a host."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:] if rest else ""
+    else:
+        host, _, port_text = value.partition(":")
+        if ":" in port_text:
+            return None
+    if port_text:
+        if not port_text.isdigit() or int(port_text) > 65535:
+            return None
+        return host.lower().rstrip("."), int(port_text)
+    return host.lower().rstrip("."), None
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
+
+
+class HostPolicy:
+    """Which Host headers the API answers (its DNS-rebinding defence)."""
+
+    def __init__(self, bind_host: str) -> None:
+        self.bind_host = bind_host.lower()
+        bind_ip = _ip(self.bind_host)
+        self.wildcard = bind_ip is not None and bind_ip.is_unspecified
+
+    def allows(self, host: str) -> bool:
+        if is_loopback(host) or host == self.bind_host:
+            return True
+        return self.wildcard and _ip(host) is not None
+
+
+def same_origin(origin: str, host: tuple[str, int | None]) -> bool:
+    """Whether a browser's `Origin` is the API's own (http, the Host's name and port)."""
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    return (parts.hostname.lower().rstrip("."), port or 80) == (host[0], host[1] or 80)
+
+
+# -- the API -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str
+    headers: Mapping[str, str]  # lower-case names; a repeated header keeps its first value
+    body: bytes = b""
+
+
+Handler = Callable[["AdminApi", Request, list[str], str], Response]
+
+
+def _routes() -> list[tuple[tuple[str, ...], dict[str, Handler]]]:
+    """Path patterns ("*" matches one segment, passed to the handler) and their handlers by method."""
+    return [
+        (("api", "v1", "state"), {"GET": AdminApi.get_state}),
+        (("api", "v1", "events"), {"GET": AdminApi.get_events}),
+        (("api", "v1", "backends", "*"), {"GET": AdminApi.get_backend, "DELETE": AdminApi.remove_backend}),
+        (("api", "v1", "backends", "*", "drain"), {"POST": AdminApi.drain}),
+        (("api", "v1", "backends", "*", "enable"), {"POST": AdminApi.enable}),
+        (("api", "v1", "backends", "*", "maint"), {"POST": AdminApi.maint}),
+        (("api", "v1", "backends", "*", "weight"), {"PUT": AdminApi.set_weight}),
+        (("api", "v1", "services", "*"), {"GET": AdminApi.get_service}),
+        (("api", "v1", "services", "*", "backends"), {"POST": AdminApi.add_backend}),
+        (("api", "v1", "services", "*", "algorithm"), {"PUT": AdminApi.set_algorithm}),
+        (("api", "v1", "services", "*", "split"), {"PUT": AdminApi.set_split}),
+        (("api", "v1", "services", "*", "flip"), {"POST": AdminApi.flip}),
+        (("metrics",), {"GET": AdminApi.get_metrics}),
+    ]
+
+
+# ControlError messages that mean "not now" (409) rather than "not valid" (400). Unknown names are 404.
+_CONFLICTS: Final = ("already", "being removed", "needs a split", "under way")
+
+
+class AdminApi:
+    """Requests in, responses out, over a Controller. No I/O."""
+
+    def __init__(self, controller: Controller, bind_host: str = "127.0.0.1", token: str | None = None):
+        self.controller = controller
+        self.hosts = HostPolicy(bind_host)
+        self._token = token.encode() if token is not None else None
+        self._routes = _routes()
+
+    # -- entry ---------------------------------------------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        try:
+            return self._handle(request)
+        except _Refused as refused:
+            return refused.response
+        except Exception:
+            log.exception("admin API: %s %s failed", request.method, request.target)
+            return error(500, "internal error")
+
+    def _handle(self, request: Request) -> Response:
+        host = split_host(request.headers.get("host", ""))
+        if host is None:
+            return error(400, "a Host header is required")
+        if not self.hosts.allows(host[0]):
+            return error(403, f"Host {host[0]!r} is not this admin API's (use 127.0.0.1 or localhost)")
+        origin = request.headers.get("origin")
+        if origin is not None and not same_origin(origin, host):
+            return error(403, f"cross-origin requests are refused (Origin {origin!r})")
+        if self._token is not None and not self._authorized(request.headers.get("authorization", "")):
+            return error(
+                401,
+                "a valid token is required: Authorization: Bearer <token>",
+                [("WWW-Authenticate", 'Bearer realm="lbtui"')],
+            )
+        parts = urlsplit(request.target)
+        segments = [unquote(s) for s in parts.path.split("/")[1:]]
+        if segments and segments[-1] == "":
+            segments.pop()  # a trailing slash
+        for pattern, methods in self._routes:
+            args = _match(pattern, segments)
+            if args is None:
+                continue
+            method = "GET" if request.method == "HEAD" else request.method
+            handler = methods.get(method)
+            if handler is None:
+                allow = ", ".join([*methods, "HEAD"] if "GET" in methods else methods)
+                return error(
+                    405, f"{request.method} is not allowed here (allowed: {allow})", [("Allow", allow)]
+                )
+            return handler(self, request, args, parts.query)
+        return error(404, f"no such endpoint: {parts.path}")
+
+    def _authorized(self, value: str) -> bool:
+        scheme, _, credentials = value.strip().partition(" ")
+        assert self._token is not None
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    @staticmethod
+    def actor(request: Request) -> str:
+        named = request.headers.get(ACTOR_HEADER, "").strip().lower()
+        return named if named in ACTORS else "api"
+
+    @staticmethod
+    def body(request: Request, required: bool = True) -> dict[str, Any]:
+        """The request's JSON object body ({} when there is none and none is required)."""
+        if not request.body.strip():
+            if required:
+                raise _refuse(400, "this request needs a JSON object body")
+            return {}
+        content_type = request.headers.get("content-type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media != JSON_TYPE:
+            raise _refuse(415, f"the body must be {JSON_TYPE} (Content-Type: {content_type or 'none'})")
+        try:
+            value = json.loads(request.body)
+        except UnicodeDecodeError:
+            raise _refuse(400, "the body is not UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise _refuse(
+                400, f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            ) from None
+        if not isinstance(value, dict):
+            raise _refuse(400, f"the body must be a JSON object, not {_json_kind(value)}")
+        return value
+
+    def _change(
+        self, target_kind: str, target: str, change: Callable[[], Event], status: int = 200
+    ) -> Response:
+        try:
+            event = change()
+        except ControlError as e:
+            message = str(e)
+            if not self._exists(target_kind, target):
+                return error(
+                    404, message if message.startswith("no ") else f"no {target_kind} named {target!r}"
+                )
+            if any(word in message for word in _CONFLICTS):
+                return error(409, message)
+            return error(400, message)
+        headers = []
+        if event.action == "add":
+            headers.append(("Location", f"/api/v1/backends/{event.target}"))
+        return json_response(status, event_json(event), headers)
+
+    def _exists(self, kind: str, name: str) -> bool:
+        snapshot = self.controller.snapshot()
+        if kind == "service":
+            return any(s.name == name for s in snapshot.services)
+        return any(b.name == name for s in snapshot.services for b in s.backends)
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def get_state(self, request: Request, args: list[str], query: str) -> Response:
+        return json_response(200, snapshot_json(self.controller.snapshot()))
+
+    def get_backend(self, request: Request, args: list[str], query: str) -> Response:
+        try:
+            view = self.controller.snapshot().backend(args[0])
+        except KeyError:
+            return error(404, f"no backend named {args[0]!r}")
+        return json_response(200, backend_json(view))
+
+    def get_service(self, request: Request, args: list[str], query: str) -> Response:
+        try:
+            view = self.controller.snapshot().service(args[0])
+        except KeyError:
+            return error(404, f"no service named {args[0]!r}")
+        return json_response(200, service_json(view))
+
+    def get_events(self, request: Request, args: list[str], query: str) -> Response:
+        values = parse_qs(query, keep_blank_values=True).get("limit")
+        limit = 100
+        if values:
+            text = values[-1]
+            if not text.isdigit() or not 1 <= int(text) <= MAX_EVENTS:
+                return error(400, f"limit must be a whole number from 1 to {MAX_EVENTS}, got {text!r}")
+            limit = int(text)
+        events = self.controller.events(limit)
+        return json_response(200, {"events": [event_json(e) for e in events]})
+
+    def get_metrics(self, request: Request, args: list[str], query: str) -> Response:
+        try:
+            from lbtui.admin import metrics
+        except ImportError:
+            return error(404, "metrics are not in this version of lbtui yet")
+        text = metrics.render(self.controller.snapshot())
+        content_type = getattr(metrics, "CONTENT_TYPE", "text/plain; version=0.0.4; charset=utf-8")
+        return Response(200, text.encode(), content_type)
+
+    # -- changes ---------------------------------------------------------------------------------------------
+    def _state(self, request: Request, name: str, state: str) -> Response:
+        self.body(request, required=False)
+        actor = self.actor(request)
+        return self._change("backend", name, lambda: self.controller.set_state(name, state, actor))
+
+    def drain(self, request: Request, args: list[str], query: str) -> Response:
+        return self._state(request, args[0], "drain")
+
+    def enable(self, request: Request, args: list[str], query: str) -> Response:
+        return self._state(request, args[0], "ready")
+
+    def maint(self, request: Request, args: list[str], query: str) -> Response:
+        return self._state(request, args[0], "maint")
+
+    def set_weight(self, request: Request, args: list[str], query: str) -> Response:
+        body = self.body(request)
+        weight = _field(body, "weight", int)
+        name, actor = args[0], self.actor(request)
+        return self._change("backend", name, lambda: self.controller.set_weight(name, weight, actor))
+
+    def remove_backend(self, request: Request, args: list[str], query: str) -> Response:
+        self.body(request, required=False)
+        name, actor = args[0], self.actor(request)
+        return self._change("backend", name, lambda: self.controller.remove_backend(name, actor))
+
+    def add_backend(self, request: Request, args: list[str], query: str) -> Response:
+        body = self.body(request)
+        _only(body, ("name", "address", "group", "weight"))
+        name = _field(body, "name", str)
+        address = _field(body, "address", str)
+        group = _field(body, "group", str, "default")
+        weight = _field(body, "weight", int, 1)
+        service, actor = args[0], self.actor(request)
+        return self._change(
+            "service",
+            service,
+            lambda: self.controller.add_backend(service, name, address, group, weight, actor),
+            status=201,
+        )
+
+    def set_algorithm(self, request: Request, args: list[str], query: str) -> Response:
+        body = self.body(request)
+        _only(body, ("algorithm",))
+        algorithm = _field(body, "algorithm", str)
+        service, actor = args[0], self.actor(request)
+        return self._change(
+            "service", service, lambda: self.controller.set_algorithm(service, algorithm, actor)
+        )
+
+    def set_split(self, request: Request, args: list[str], query: str) -> Response:
+        body = self.body(request)
+        for group, weight in body.items():
+            if isinstance(weight, bool) or not isinstance(weight, int):
+                raise _refuse(
+                    400, f"split weight for {group!r} must be a whole number, not {_json_kind(weight)}"
+                )
+        service, actor = args[0], self.actor(request)
+        return self._change("service", service, lambda: self.controller.set_split(service, body, actor))
+
+    def flip(self, request: Request, args: list[str], query: str) -> Response:
+        self.body(request, required=False)
+        service, actor = args[0], self.actor(request)
+        return self._change("service", service, lambda: self.controller.flip(service, actor))
+
+
+def _match(pattern: tuple[str, ...], segments: list[str]) -> list[str] | None:
+    if len(pattern) != len(segments):
+        return None
+    args = []
+    for want, got in zip(pattern, segments, strict=True):
+        if want == "*":
+            if not got:
+                return None
+            args.append(got)
+        elif want != got:
+            return None
+    return args
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+_MISSING: Final[Any] = object()
+
+
+def _field(body: Mapping[str, Any], key: str, kind: type, default: Any = _MISSING) -> Any:
+    if key not in body:
+        if default is _MISSING:
+            raise _refuse(400, f"the body needs {key!r}")
+        return default
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        wanted = "a whole number" if kind is int else "a string"
+        raise _refuse(400, f"{key!r} must be {wanted}, not {_json_kind(value)}")
+    return value
+
+
+def _only(body: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    unknown = [k for k in body if k not in keys]
+    if unknown:
+        raise _refuse(400, f"unknown key {unknown[0]!r} in the body (allowed: {', '.join(keys)})")
+
+
+# -- the server --------------------------------------------------------------------------------------------
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode()
+
+
+def encode_response(response: Response, head_only: bool = False) -> bytes:
+    lines = [
+        _status_line(response.status),
+        f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n".encode(),
+        b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
+    ]
+    for name, value in response.headers:
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if response.close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head_only:
+        lines.append(response.body)
+    return b"".join(lines)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: httptools parses, AdminApi answers, one request at a time, in order."""
+
+    def __init__(self, server: AdminServer) -> None:
+        self.server = server
+        self.api = server.api
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.head_size = 0
+        self.started = False  # some bytes of a request have come
+        self.answered = False  # this request was answered early (413): ignore the rest
+
+    # -- asyncio -----------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
+        if len(self.server.connections) >= MAX_CONNECTIONS:
+            self.transport.abort()
+            return
+        self.server.connections.add(self)
+        no_delay(self.transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.started = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._send(error(400, "upgrades are not supported"), close=True)
+        except httptools.HttpParserError as e:
+            if not (self.transport is None or self.transport.is_closing()):
+                self._send(error(400, f"malformed request: {e}"), close=True)
+
+    def _arm(self) -> None:
+        """The whole next request must come within header_timeout of now."""
+        if self.timer is not None:
+            self.timer.cancel()
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.server.header_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.started:
+            self._send(error(408, "the request did not come in time"), close=True)
+        else:
+            self.transport.close()  # idle keep-alive: nothing to say
+
+    # -- httptools callbacks ---------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset()
+        self.started = True
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        key = name.decode("latin-1").lower()
+        self.headers.setdefault(key, value.decode("latin-1"))
+
+    def _count_head(self, size: int) -> None:
+        self.head_size += size
+        if self.head_size > MAX_HEAD:
+            self.answered = True
+            self._send(error(431, f"the request head is over {MAX_HEAD} bytes"), close=True)
+            raise httptools.HttpParserError("head too large")  # stops the parser: nothing more is read
+
+    def on_headers_complete(self) -> None:
+        length = self.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY:
+            self._too_large()
+
+    def on_body(self, body: bytes) -> None:
+        if self.answered:
+            return
+        self.body_size += len(body)
+        if self.body_size > MAX_BODY:
+            self._too_large()
+            return
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.answered:
+            return
+        method = self.parser.get_method().decode("latin-1")
+        request = Request(method, self.url.decode("latin-1"), self.headers, b"".join(self.body))
+        response = self.api.handle(request)
+        keep_alive = self.parser.should_keep_alive() and not self.server.closing
+        self._send(response, close=not keep_alive, head_only=method == "HEAD")
+        if keep_alive:
+            self._reset()
+            self.started = False
+            self._arm()
+
+    def _too_large(self) -> None:
+        self.answered = True
+        self._send(error(413, f"the body is over {MAX_BODY} bytes"), close=True)
+        raise httptools.HttpParserError("body too large")  # stops the parser: nothing more is read
+
+    def _send(self, response: Response, close: bool, head_only: bool = False) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if close:
+            response.close = True
+        transport.write(encode_response(response, head_only))
+        if close:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            transport.close()
+
+
+class AdminServer:
+    """The admin API on its own socket, on the running loop (the engine's)."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        config: AdminConfig,
+        header_timeout: float = 10.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        token: str | None = None
+        if config.token_env is not None:
+            token = (os.environ if environ is None else environ).get(config.token_env) or None
+            if token is None:
+                raise AdminSetupError(
+                    f"the environment variable {config.token_env!r} is not set (admin.token_env: it holds "
+                    "the admin API's token)"
+                )
+        self.config = config
+        self.api = AdminApi(controller, config.host, token)
+        self.header_timeout = header_timeout
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        self._server: asyncio.Server | None = None
+        self.address: tuple[str, int] = (config.host, config.port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.config.host, self.config.port, reuse_address=True
+        )
+        self.address = self._server.sockets[0].getsockname()[:2]
+
+    async def stop(self) -> None:
+        self.closing = True
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 5.0)
