@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from lbtui import __version__
-from lbtui.config import Config, ConfigError, load_config, parse_duration
+from lbtui.config import ALGORITHMS, Config, ConfigError, load_config, parse_duration
 from lbtui.features import ignored, refused
 
 DEFAULT_CONFIG = "lbtui.toml"
@@ -64,7 +64,78 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config file; exits 1 on an error")
     check.add_argument("file", metavar="FILE")
+    _add_ctl(sub)
     return parser
+
+
+def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`lbtui ctl`: steer a running instance through its admin API (lbtui/admin/ctl.py runs it)."""
+    # The options are taken before or after COMMAND alike; SUPPRESS keeps a command's parser from
+    # overwriting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--admin",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901)",
+    )
+    common.add_argument(
+        "--token-env",
+        metavar="VAR",
+        default=argparse.SUPPRESS,
+        help="the environment variable holding the admin token (default LBTUI_ADMIN_TOKEN)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the API's JSON as it is"
+    )
+    ctl = sub.add_parser(
+        "ctl",
+        parents=[common],
+        help="steer a running lbtui through its admin API",
+        description="Steer a running lbtui through its admin API. Exit codes: 0 done, 1 refused or "
+        "unreachable, 2 bad usage, 3 drain --wait timed out.",
+    )
+    commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help, description=help)
+
+    command("state", "services and backends: state, health, weight, in flight, req/s, p99")
+    drain = command("drain", "no new traffic to a backend; in-flight requests finish")
+    drain.add_argument("name", metavar="NAME")
+    drain.add_argument(
+        "--wait", action="store_true", help="wait until nothing is in flight (exit 3 on timeout)"
+    )
+    drain.add_argument(
+        "--timeout", type=_duration, default=60.0, metavar="DURATION", help="for --wait (default 60s)"
+    )
+    for name, text in (
+        ("enable", "back to ready: the backend takes traffic again"),
+        ("disable", "maintenance: no traffic at all, health checks stop (same as maint)"),
+        ("maint", "maintenance: no traffic at all, health checks stop"),
+        ("remove", "remove a backend (it drains first)"),
+    ):
+        command(name, text).add_argument("name", metavar="NAME")
+    weight = command("weight", "set a backend's weight (0-1000)")
+    weight.add_argument("name", metavar="NAME")
+    weight.add_argument("weight", type=int, metavar="N")
+    add = command("add", "add a backend to a service")
+    add.add_argument("service", metavar="SERVICE")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("address", metavar="ADDRESS", help="host:port")
+    add.add_argument("--group", default="default", help="its group (default: default)")
+    add.add_argument("--weight", type=int, default=1, help="its weight (default 1)")
+    algorithm = command("algorithm", "switch a service's algorithm")
+    algorithm.add_argument("service", metavar="SERVICE")
+    algorithm.add_argument("algorithm", metavar="NAME", help=", ".join(ALGORITHMS))
+    split = command("split", "weight a service's groups, e.g. split shop blue=90 green=10")
+    split.add_argument("service", metavar="SERVICE")
+    split.add_argument("split", metavar="GROUP=WEIGHT", nargs="+")
+    command("flip", "blue/green: swap the weights of a service's two groups").add_argument(
+        "service", metavar="SERVICE"
+    )
+    events = command("events", "the audit log, newest first")
+    events.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
 
 
 def _load(path: str, verdict: str) -> Config | int:
@@ -184,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "ctl":
+            from lbtui.admin.ctl import run as run_ctl
+
+            return run_ctl(args)
         return cmd_dashboard(args)
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,226 @@
+"""`lbtui ctl`: steer a running lbtui through its admin API (the parser is in lbtui/cli.py).
+
+Exit codes: 0 done; 1 the API refused (its message) or could not be reached; 2 bad usage (argparse);
+3 `drain --wait` reached its timeout with requests still in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TextIO
+
+from lbtui.admin.client import AdminClient, ApiError, ClientError, default_url
+
+EXIT_TIMEOUT: Final = 3
+TOKEN_ENV: Final = "LBTUI_ADMIN_TOKEN"
+URL_ENV: Final = "LBTUI_ADMIN"
+POLL_SECONDS: Final = 0.1
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_value(v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One line for a change the API made: what, before -> after."""
+    action, target = event.get("action"), event.get("target")
+    before, after = event.get("before"), event.get("after")
+    if action == "add" and isinstance(after, dict):
+        return (
+            f"{target}: added to {after.get('service')} ({after.get('address')}, group {after.get('group')}, "
+            f"weight {after.get('weight')})"
+        )
+    if action == "remove":
+        return f"{target}: removing (no new traffic; gone once nothing is in flight)"
+    text = f"{target}: {action} {_value(before)} -> {_value(after)}"
+    note = event.get("note")
+    return f"{text} ({note})" if note else text
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.1f} ms" if isinstance(value, (int, float)) else "-"
+
+
+def _rate(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def format_state(state: dict[str, Any]) -> str:
+    """The human view of GET /api/v1/state: each service, then its backends in a table."""
+    lines: list[str] = []
+    for service in state.get("services", []):
+        split = service.get("split")
+        head = f"{service['name']}: {service['algorithm']}"
+        if split:
+            head += f", split {_value(split)}"
+        head += f", {_rate(service.get('rps'))} req/s, p99 {_ms(service.get('p99_ms'))}"
+        if service.get("panic"):
+            head += ", PANIC (too few healthy)"
+        lines.append(head)
+        rows = [["NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", "IN-FLIGHT", "REQ/S", "P99"]]
+        for b in service.get("backends", []):
+            admin_state = b["admin_state"] + (" (removing)" if b.get("removing") else "")
+            rows.append(
+                [
+                    b["name"],
+                    b["group"],
+                    admin_state,
+                    b.get("health_label") or b["health"],
+                    str(b["weight"]),
+                    str(b["in_flight"]),
+                    _rate(b.get("rps")),
+                    _ms(b.get("p99_ms")),
+                ]
+            )
+        lines.extend(_table(rows))
+        lines.append("")
+    if not lines:
+        return "no services"
+    return "\n".join(lines).rstrip()
+
+
+def format_events(events: Sequence[dict[str, Any]]) -> str:
+    if not events:
+        return "no events"
+    out = []
+    for event in events:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["time"]))
+        out.append(f"{when}  #{event['id']}  {event.get('actor')}: {describe(event)}")
+    return "\n".join(out)
+
+
+def parse_split(items: Sequence[str]) -> dict[str, int]:
+    split: dict[str, int] = {}
+    for item in items:
+        group, sep, percent = item.partition("=")
+        if not sep or not group or not percent.strip().isdigit():
+            raise ClientError(f"a split is GROUP=WEIGHT ..., e.g. blue=90 green=10; got {item!r}")
+        split[group] = int(percent)
+    return split
+
+
+class Ctl:
+    """One `lbtui ctl` run: a client, where to print, and the command's arguments."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self.json = bool(getattr(args, "json", False))
+        token_env = getattr(args, "token_env", None) or TOKEN_ENV
+        url = getattr(args, "admin", None) or os.environ.get(URL_ENV) or default_url()
+        self.client = AdminClient(url, os.environ.get(token_env) or None)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def change(self, event: Any) -> int:
+        self.say(json.dumps(event, indent=2) if self.json else describe(event))
+        return 0
+
+    def run(self) -> int:
+        command: Callable[[], int] = getattr(self, "cmd_" + self.args.ctl_command.replace("-", "_"))
+        try:
+            return command()
+        finally:
+            self.client.close()
+
+    # -- commands ---------------------------------------------------------------------------------------------
+    def cmd_state(self) -> int:
+        state = self.client.state()
+        self.say(json.dumps(state, indent=2) if self.json else format_state(state))
+        return 0
+
+    def cmd_events(self) -> int:
+        answer = self.client.events(self.args.limit)
+        self.say(json.dumps(answer, indent=2) if self.json else format_events(answer.get("events", [])))
+        return 0
+
+    def cmd_drain(self) -> int:
+        self.change(self.client.set_state(self.args.name, "drain"))
+        if not self.args.wait:
+            return 0
+        return self.wait_drained(self.args.name, self.args.timeout)
+
+    def wait_drained(self, name: str, timeout: float) -> int:
+        """Poll the backend until nothing is in flight; print the count as it goes down."""
+        deadline = time.monotonic() + timeout
+        last: int | None = None
+        while True:
+            try:
+                in_flight = int(self.client.backend(name)["in_flight"])
+            except ApiError as error:
+                if error.status == 404:
+                    self.say(f"{name}: gone")
+                    return 0
+                raise
+            if in_flight != last:
+                if self.json:
+                    self.say(json.dumps({"backend": name, "in_flight": in_flight}))
+                else:
+                    self.say(f"{name}: {in_flight} in flight")
+                last = in_flight
+            if in_flight == 0:
+                if not self.json:
+                    self.say(f"{name}: drained")
+                return 0
+            if time.monotonic() >= deadline:
+                print(
+                    f"lbtui ctl: {name}: still {in_flight} in flight after {self.args.timeout:g}s",
+                    file=self.err,
+                )
+                return EXIT_TIMEOUT
+            time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    def cmd_enable(self) -> int:
+        return self.change(self.client.set_state(self.args.name, "enable"))
+
+    def cmd_maint(self) -> int:
+        return self.change(self.client.set_state(self.args.name, "maint"))
+
+    cmd_disable = cmd_maint
+
+    def cmd_weight(self) -> int:
+        return self.change(self.client.set_weight(self.args.name, self.args.weight))
+
+    def cmd_add(self) -> int:
+        a = self.args
+        return self.change(self.client.add_backend(a.service, a.name, a.address, a.group, a.weight))
+
+    def cmd_remove(self) -> int:
+        return self.change(self.client.remove_backend(self.args.name))
+
+    def cmd_algorithm(self) -> int:
+        return self.change(self.client.set_algorithm(self.args.service, self.args.algorithm))
+
+    def cmd_split(self) -> int:
+        return self.change(self.client.set_split(self.args.service, parse_split(self.args.split)))
+
+    def cmd_flip(self) -> int:
+        return self.change(self.client.flip(self.args.service))
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run `lbtui ctl`'s command; errors go to `err` as one line, never a traceback."""
+    try:
+        return Ctl(args, out, err).run()
+    except ClientError as error:
+        print(f"lbtui ctl: {error}", file=err)
+        return 1
