@@ -28,6 +28,7 @@ from typing import Any, Final, TypeVar
 
 __all__ = [
     "ALGORITHMS",
+    "AccessLogConfig",
     "AdminConfig",
     "AggregatePart",
     "AuthConfig",
@@ -346,6 +347,12 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    path: str | None = None  # a file, "-" for stderr; None: no access log
+    format: str = "json"  # "json" (one object a line) or "combined" (Apache's, then key=value fields)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     listeners: tuple[ListenerConfig, ...]
@@ -355,6 +362,7 @@ class Config:
     consumers: tuple[ConsumerConfig, ...] = ()
     limits: LimitsConfig = LimitsConfig()
     state: StateConfig = StateConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
 
     def service(self, name: str) -> ServiceConfig:
         """The service called ``name``; KeyError if there is none."""
@@ -1046,7 +1054,7 @@ class _Reader:
 # ----------------------------------------------------------------------------------------------------------
 # Sections
 
-TOP_KEYS: Final = ("listeners", "admin", "services", "routes", "consumers", "limits", "state")
+TOP_KEYS: Final = ("listeners", "admin", "services", "routes", "consumers", "limits", "state", "access_log")
 LISTENER_KEYS: Final = ("name", "bind", "mode", "service", "tls", "trusted_proxies")
 TLS_KEYS: Final = ("cert", "key")
 ADMIN_KEYS: Final = ("bind", "token_env", "enabled")
@@ -1129,6 +1137,8 @@ LIMITS_KEYS: Final = (
     "max_connections",
 )
 STATE_KEYS: Final = ("file",)
+ACCESS_LOG_KEYS: Final = ("path", "format")
+ACCESS_LOG_FORMATS: Final = ("json", "combined")
 
 _HASH_KEY_HINT: Final = "set hash_key to one of: " + ", ".join(_q(form) for form in HASH_KEY_FORMS)
 
@@ -1976,6 +1986,17 @@ def _parse_state(ctx: _Context, root: _Reader) -> StateConfig:
     return StateConfig(file=None if file is None else ctx.resolve(file))
 
 
+def _parse_access_log(ctx: _Context, root: _Reader) -> AccessLogConfig:
+    reader = root.table("access_log", ACCESS_LOG_KEYS)
+    if reader is None:
+        return AccessLogConfig()
+    path = reader.value("path", _nonempty)
+    form = reader.get("format", _choice(ACCESS_LOG_FORMATS, "an access log format"), "json")
+    if path is not None and path != "-":
+        path = ctx.resolve(path)
+    return AccessLogConfig(path=path, format=form)
+
+
 def _build(ctx: _Context, data: object) -> Config | None:
     if not isinstance(data, Mapping):
         ctx.add("", f"expected a table at the top level, got {_describe(data)}")
@@ -1999,6 +2020,7 @@ def _build(ctx: _Context, data: object) -> Config | None:
         )
     limits = _parse_limits(root)
     state = _parse_state(ctx, root)
+    access_log = _parse_access_log(ctx, root)
     if ctx.issues:
         return None
     return Config(
@@ -2010,6 +2032,7 @@ def _build(ctx: _Context, data: object) -> Config | None:
         consumers=tuple(consumers),
         limits=limits,
         state=state,
+        access_log=access_log,
     )
 
 

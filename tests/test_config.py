@@ -522,7 +522,7 @@ def test_issue_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_key_with_an_odd_name_is_quoted_in_the_key_path() -> None:
     assert issues_of({**with_service(), "my key": 1}) == [
         "<config>: \"my key\": unknown key; allowed keys: 'listeners', 'admin', 'services', 'routes', "
-        "'consumers', 'limits', 'state'"
+        "'consumers', 'limits', 'state', 'access_log'"
     ]
 
 

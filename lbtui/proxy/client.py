@@ -144,6 +144,12 @@ class Exchange:
     consumer = b""  # who auth said the client is
     middle = b""  # with routes: the filtered headers, until start() composes the request for the backend
     has_request_id = False
+    request_id = b""  # the X-Request-ID made here for it (b"": none made; the client's own is in headers)
+    # For the access log (proxy/accesslog.py): when a new upstream connection was asked for, how long the last
+    # attempt waited for its connection (0.0 when it reused one), and when the response head came (0.0: none).
+    connect_started = 0.0
+    connect_time = 0.0
+    head_at = 0.0
     response_timeout = 0.0  # its route's `timeout`, when it has one (else the service's timeouts.response)
     task: asyncio.Task[None] | None = (
         None  # answering it off the request path (an aggregate); cancelled if lost
@@ -197,7 +203,8 @@ class Exchange:
             return
         parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n", middle]
         if not has_request_id:
-            parts += (b"\r\nX-Request-ID: ", self.client.engine.request_ids.next())
+            request_id = self.request_id = self.client.engine.request_ids.next()
+            parts += (b"\r\nX-Request-ID: ", request_id)
         if consumer:  # after the filter, which drops any X-Consumer a client sent
             parts += (b"\r\n", CONSUMER_HEADER, b": ", consumer)
         parts.append(b"\r\n\r\n")
@@ -584,6 +591,7 @@ class Exchange:
                     pool.active.add(conn)
                     self.attach(conn, reused=True)
                     return
+        self.connect_started = self.client.engine.now()
         pool.connect(self)
 
     def _wait_for_room(self, service: Service) -> None:
@@ -620,9 +628,11 @@ class Exchange:
 
     def attach(self, conn: UpstreamConnection, reused: bool) -> None:
         """An upstream connection is ready for this exchange: send the request."""
+        now = self.client.engine.now()
         if self.done or self.backend is None or conn.pool.backend is not self.backend:
-            conn.pool.release(conn, self.client.engine.now())
+            conn.pool.release(conn, now)
             return
+        self.connect_time = 0.0 if reused else now - self.connect_started
         conn.exchange = self  # the connection's per-exchange state (as UpstreamConnection.reset_head)
         conn._skip_body = self.method == b"HEAD"
         conn.received = False
@@ -649,7 +659,7 @@ class Exchange:
         if self.client.write_paused:
             transport.pause_reading()
         if self.request_done or self.req_framing == NO_BODY:
-            self.deadline = self.client.engine.now() + (
+            self.deadline = now + (
                 self.response_timeout or self.service.response_timeout  # type: ignore[union-attr]
             )
         # else: the response timeout starts when the body has been sent whole (request_complete)
@@ -767,10 +777,11 @@ class Exchange:
         """The backend's response head, its headers already filtered (see UpstreamConnection.on_header)."""
         if self.done:
             return
+        client = self.client
+        self.head_at = client.engine.now()
         self.deadline = 0.0
         self.status = status
         self.response_started = True
-        client = self.client
         if self.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
             framing = NO_BODY
         if status == 101:
@@ -1007,20 +1018,26 @@ class Exchange:
         if self.retrying:
             self.retrying = False
             self.service.retries_in_flight -= 1  # type: ignore[union-attr]
-        self.client.engine.access_log.append(
-            (
-                now,
-                self.client_addr or self.client.peer_host,
-                self.method,
-                self.url,
-                self.status,
-                backend,
-                now - self.started,
-                self.bytes_out,
-                stats,
-                self.consumer,
-            )
+        entry = (
+            now,
+            self.client_addr or self.client.peer_host,
+            self.method,
+            self.url,
+            self.status,
+            backend,
+            now - self.started,
+            self.bytes_out,
+            stats,
+            self.consumer,
         )
+        engine = self.client.engine
+        engine.access_log.append(entry)
+        log_queue = engine.log_queue
+        if log_queue is not None:  # the access log file's (proxy/accesslog.py), written by the tick
+            if len(log_queue) < engine.log_queue_limit:
+                log_queue.append((entry, self))
+            else:
+                engine.access_log_dropped += 1
 
     def _finish(self) -> None:
         if self.done:

@@ -18,6 +18,7 @@ from lbtui.core.control import InProcessController
 from lbtui.core.model import AdminState, Backend, ListenerView, listener_url
 from lbtui.gateway.auth import ApiKeys
 from lbtui.gateway.routing import Router
+from lbtui.proxy.accesslog import QUEUE_LIMIT, AccessLog
 from lbtui.proxy.client import ClientConnection, expire_queue, serve_queue
 from lbtui.proxy.health import HealthChecker
 from lbtui.proxy.http import RequestIds, TrustedProxies
@@ -112,6 +113,12 @@ class Engine:
         )
         self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
         self.access_log = self.balancer.access_log  # the data plane appends one tuple per finished request
+        # [access_log]: the file's queue (None: no file), which the request path appends to and the tick drains.
+        self.access_file = AccessLog(config.access_log) if config.access_log.path is not None else None
+        self.log_queue = self.access_file.queue if self.access_file is not None else None
+        self.log_queue_limit = QUEUE_LIMIT
+        self.access_log_dropped = 0  # lines the full queue turned away
+        self._access_errors_told = 0
         self.balancer.counters = self.counters
         self.balancer.on_backend_removed.append(self._backend_removed)
         self.balancer.on_state_change.append(self._state_changed)
@@ -123,6 +130,7 @@ class Engine:
             "connections_refused": self.connections_refused,
             "header_timeouts": self.header_timeouts,
             "tls_handshake_failures": self.tls_handshake_failures,
+            "access_log_dropped": self.access_log_dropped,
         }
 
     @property
@@ -220,6 +228,8 @@ class Engine:
     def tick(self) -> None:
         self.balancer.tick()
         now = self.loop.time()
+        if self.access_file is not None:
+            self._write_access_log(now)
         if now >= self._next_sweep:
             self._next_sweep = now + 10.0
             self.router.sweep(now)
@@ -267,6 +277,16 @@ class Engine:
             tcp.check_idle(
                 now, service.config.timeouts.idle if service is not None else limits.client_idle_timeout
             )
+
+    def _write_access_log(self, now: float) -> None:
+        access_file = self.access_file
+        assert access_file is not None
+        access_file.tick(time.time() - now)
+        if (
+            access_file.errors > self._access_errors_told
+        ):  # failed writes (in the writer thread): told once each
+            log.warning("access log %s: %s", access_file.path, access_file.last_error)
+            self._access_errors_told = access_file.errors
 
     def _watch_stall(
         self, exchange: Exchange, now: float, progress: dict[Exchange, tuple[int, float]]
@@ -364,4 +384,7 @@ class Engine:
             self._ticker = None
         # Let the transports run their close callbacks.
         await asyncio.sleep(0)
+        if self.access_file is not None:  # the last lines, written before shutdown returns
+            offset = time.time() - self.loop.time()
+            await asyncio.to_thread(self.access_file.close, offset)
         return finished
