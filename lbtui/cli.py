@@ -12,6 +12,7 @@ from lbtui.config import ALGORITHMS, Config, ConfigError, load_config, parse_dur
 from lbtui.features import ignored, refused
 
 DEFAULT_CONFIG = "lbtui.toml"
+FRESH_HELP = "start from the config alone: do not restore [state].file (it is still written after changes)"
 
 
 def _duration(text: str) -> float:
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--read-only", action="store_true", help="dashboard: watch only; every steering key is off"
     )
+    parser.add_argument("--fresh", action="store_true", help=f"dashboard: {FRESH_HELP}")
     parser.add_argument(
         "--theme",
         metavar="NAME",
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RPS",
         help="demo traffic in requests per second (default 20; 0 for none)",
     )
+    serve.add_argument("--fresh", action="store_true", help=FRESH_HELP)
 
     check = sub.add_parser("check", help="validate a config file; exits 1 on an error")
     check.add_argument("file", metavar="FILE")
@@ -192,7 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if isinstance(loaded, int):
             return loaded
         config = loaded
-    return run(ServeOptions(config=config, grace=args.grace, traffic_rate=args.traffic))
+    return run(ServeOptions(config=config, grace=args.grace, traffic_rate=args.traffic, fresh=args.fresh))
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -226,7 +229,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from lbtui.tui.app import Dashboard
 
     try:
-        app = Dashboard(ServeOptions(config=config), read_only=args.read_only, theme=theme)
+        app = Dashboard(ServeOptions(config=config, fresh=args.fresh), read_only=args.read_only, theme=theme)
     except themes.ThemeError as error:  # one of the themes that come with lbtui was edited in place
         print(str(error), file=sys.stderr)
         return 1
@@ -241,7 +244,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         if app.engine is not None and app.engine.running:
             app.engine.stop_blocking()  # the UI ended without `q` (a crash, a signal): drain anyway
     for message in app.messages:
-        if message.startswith("cannot listen"):
+        if message.startswith(("cannot listen", "state: ")):  # the state file's lines: what was restored
             print(f"lbtui: {message}", file=sys.stderr)
     # A crash inside Textual returns None from run() and leaves return_code 1: never report it as success.
     return code if isinstance(code, int) else (app.return_code or 0)

@@ -8,9 +8,10 @@ through its admin API, or later another engine.
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,7 @@ class InProcessController(Controller):
         for backend in balancer.backends.values():
             backend.on_outlier = self._outlier
         self._panic: dict[str, bool] = {}  # the panic mode last audited, per service
+        self._note = ""  # added to the note of every event recorded now (see noting)
 
     # -- helpers -------------------------------------------------------------------------------------
     def _backend(self, name: str) -> Backend:
@@ -156,6 +158,15 @@ class InProcessController(Controller):
             raise ControlError(f"no service named {name!r} (services: {known})")
         return service
 
+    @contextlib.contextmanager
+    def noting(self, note: str) -> Iterator[None]:
+        """Every event recorded inside carries `note` too: a restore says where its changes came from."""
+        outer, self._note = self._note, note
+        try:
+            yield
+        finally:
+            self._note = outer
+
     def record(
         self,
         actor: str,
@@ -166,6 +177,8 @@ class InProcessController(Controller):
         undoable: bool = True,
         note: str = "",
     ) -> Event:
+        if self._note:
+            note = f"{note}; {self._note}" if note else self._note
         event = Event(self._next_id, self._wall_clock(), actor, action, target, before, after, note)
         self._next_id += 1
         self._events.append(event)
