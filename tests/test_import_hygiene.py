@@ -1,4 +1,5 @@
-"""The core never imports the UI: each headless module loads with textual and rich absent from sys.modules."""
+"""The core never imports the UI: each headless module loads with textual and rich absent from sys.modules
+(and httpx, which imports rich)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ HEADLESS = [
     "lbtui.gateway.aggregate",
     "lbtui.demo.backends",
     "lbtui.demo.traffic",
+    "lbtui.admin.api",
+    "lbtui.admin.schema",
+    "lbtui.admin.client",
+    "lbtui.admin.ctl",
+    "lbtui.admin.metrics",
     "lbtui.serve",
     "lbtui.threaded",
     "lbtui.cli",
@@ -41,7 +47,7 @@ def test_headless_module_imports_no_ui(module):
     code = (
         "import importlib, sys\n"
         f"importlib.import_module({module!r})\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich', 'httpx'))\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
