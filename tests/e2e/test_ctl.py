@@ -1,0 +1,244 @@
+"""`lbtui ctl` against a running `lbtui serve`, both as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import wait_for
+from tests.e2e.test_serve import stop
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[str]
+    url: str  # the listener
+    admin: str  # the admin API
+    env: dict[str, str]
+
+    async def ctl(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        """`lbtui ctl --admin URL ARGS...`: (exit code, stdout, stderr). Async: the test's backends go on."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "lbtui",
+            "ctl",
+            "--admin",
+            self.admin,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env or self.env,
+            cwd=ROOT,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+
+async def read_lines_until(
+    proc: subprocess.Popen[str], wanted: list[str], timeout: float = 15.0
+) -> dict[str, str]:
+    """The first stderr line with each of `wanted`, read until all came."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    found: dict[str, str] = {}
+    assert proc.stderr is not None
+    seen = []
+    while loop.time() < deadline and len(found) < len(wanted):
+        line = await loop.run_in_executor(None, proc.stderr.readline)
+        if not line:
+            break
+        seen.append(line)
+        for w in wanted:
+            if w in line and w not in found:
+                found[w] = line.split(" on ", 1)[1].strip()
+    assert len(found) == len(wanted), f"serve printed: {''.join(seen)}"
+    return found
+
+
+def start_serve(path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lbtui", "serve", "--config", str(path), "--grace", "5s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    async def start(
+        backends: dict[str, tuple[str, str]], admin: str = "", env: dict[str, str] | None = None
+    ) -> Served:
+        port = free_port()
+        lines = [
+            '[[listeners]]\nname = "web"\nbind = "127.0.0.1:0"\n',
+            f'[admin]\nbind = "127.0.0.1:{port}"\n{admin}\n',
+            "[services.app]\n",
+        ]
+        if any(group == "green" for _, group in backends.values()):
+            lines.append("split = { blue = 100, green = 0 }\n")
+        for name, (address, group) in backends.items():
+            lines.append(
+                f'\n[[services.app.backends]]\nname = "{name}"\naddress = "{address}"\ngroup = "{group}"\n'
+            )
+        path = tmp_path / "lbtui.toml"
+        path.write_text("".join(lines))
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("LBTUI_ADMIN", None)
+        full_env.pop("LBTUI_ADMIN_TOKEN", None)
+        proc = start_serve(path, full_env)
+        procs.append(proc)
+        found = await read_lines_until(proc, ["listener web on ", "admin API on "])
+        admin_url = found["admin API on "]
+        assert admin_url == f"http://127.0.0.1:{port}"
+        ctl_env = {k: v for k, v in full_env.items() if k not in (env or {})}
+        return Served(proc, found["listener web on "], admin_url, ctl_env)
+
+    yield start
+    for proc in procs:
+        stop(proc)
+
+
+async def test_ctl_steers_a_running_serve(serve: Callable[..., Awaitable[Served]], backends: Any) -> None:
+    blue = await backends("blue-1")
+    green = await backends("green-1")
+    served = await serve({"blue-1": (blue.address, "blue"), "green-1": (green.address, "green")})
+
+    code, out, err = await served.ctl("state")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].startswith("app: round_robin, split blue=100 green=0, ")
+    assert out.splitlines()[1].split() == [
+        "NAME",
+        "GROUP",
+        "STATE",
+        "HEALTH",
+        "WEIGHT",
+        "IN-FLIGHT",
+        "REQ/S",
+        "P99",
+    ]
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("blue-1"))
+    assert row[:6] == ["blue-1", "blue", "ready", "up", "1", "0"]
+
+    code, out, _ = await served.ctl("--json", "state")
+    state = json.loads(out)
+    assert state["services"][0]["backends"][1]["name"] == "green-1"
+
+    steps = [
+        (("weight", "blue-1", "5"), "blue-1: weight 1 -> 5"),
+        (("disable", "green-1"), "green-1: state ready -> maint"),
+        (("enable", "green-1"), "green-1: state maint -> ready"),
+        (("maint", "green-1"), "green-1: state ready -> maint"),
+        (
+            ("add", "app", "blue-2", blue.address, "--group", "blue", "--weight", "2"),
+            f"blue-2: added to app ({blue.address}, group blue, weight 2)",
+        ),
+        (("remove", "blue-2"), "blue-2: removing (no new traffic; gone once nothing is in flight)"),
+        (("algorithm", "app", "least_connections"), "app: algorithm round_robin -> least_connections"),
+        (("split", "app", "blue=90", "green=10"), "app: split blue=100 green=0 -> blue=90 green=10"),
+        (("flip", "app"), "app: flip blue=90 green=10 -> blue=10 green=90"),
+    ]
+    for args, expected in steps:
+        code, out, err = await served.ctl(*args)
+        assert (code, out.strip(), err) == (0, expected, ""), args
+
+    code, out, _ = await served.ctl("events", "--limit", "2")
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("ctl: app: flip blue=90 green=10 -> blue=10 green=90")
+    code, out, _ = await served.ctl("--json", "events", "--limit", "1")
+    assert json.loads(out)["events"][0]["actor"] == "ctl"
+
+    # Errors: the API's message on stderr, exit 1, never a traceback.
+    for args, message in [
+        (("drain", "nope"), "lbtui ctl: no backend named 'nope'\n"),
+        (("weight", "blue-1", "5000"), "lbtui ctl: weight must be an integer from 0 to 1000, got 5000\n"),
+        (("algorithm", "app", "fastest"), "lbtui ctl: 'fastest' is not an algorithm"),
+        (("flip", "nope"), "lbtui ctl: no service named 'nope'"),
+    ]:
+        code, out, err = await served.ctl(*args)
+        assert (code, out) == (1, ""), args
+        assert err.startswith(message), err
+    code, _, err = await served.ctl("split", "app", "blue")
+    assert code == 1
+    assert "GROUP=WEIGHT" in err
+    code, _, err = await served.ctl("--admin", f"http://127.0.0.1:{free_port()}", "state")
+    assert code == 1
+    assert err.startswith("lbtui ctl: cannot reach the admin API at http://127.0.0.1:")
+    assert "Traceback" not in err
+
+
+async def test_drain_wait_returns_once_the_slow_request_finishes(
+    serve: Callable[..., Awaitable[Served]], backends: Any
+) -> None:
+    slow = await backends("slow")
+    served = await serve({"slow": (slow.address, "blue")})
+    async with httpx.AsyncClient(base_url=served.url, timeout=20) as http:
+        request = asyncio.create_task(http.get("/delay/1200"))
+        await wait_for(lambda: slow.in_flight == 1, what="the slow request to reach the backend")
+        code, out, err = await served.ctl("drain", "slow", "--wait", "--timeout", "15s")
+        assert request.done()  # ctl returned only after the request had its answer
+        assert (await request).status_code == 200
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "slow: state ready -> drain",
+        "slow: 1 in flight",
+        "slow: 0 in flight",
+        "slow: drained",
+    ]
+
+
+async def test_drain_wait_times_out_with_exit_3(
+    serve: Callable[..., Awaitable[Served]], backends: Any
+) -> None:
+    slow = await backends("slow")
+    served = await serve({"slow": (slow.address, "blue")})
+    async with httpx.AsyncClient(base_url=served.url, timeout=20) as http:
+        request = asyncio.create_task(http.get("/delay/2500"))
+        await wait_for(lambda: slow.in_flight == 1, what="the slow request to reach the backend")
+        code, out, err = await served.ctl("drain", "slow", "--wait", "--timeout", "300ms")
+        assert not request.done()
+        assert code == 3
+        assert out.splitlines() == ["slow: state ready -> drain", "slow: 1 in flight"]
+        assert err == "lbtui ctl: slow: still 1 in flight after 0.3s\n"
+        request.cancel()
+
+
+async def test_ctl_sends_the_token(serve: Callable[..., Awaitable[Served]]) -> None:
+    served = await serve(
+        {"a": ("127.0.0.1:1", "blue")},
+        admin='token_env = "ADMIN_TOKEN_FOR_TEST"',
+        env={"ADMIN_TOKEN_FOR_TEST": "t0k"},
+    )
+    code, _, err = await served.ctl("state")
+    assert code == 1
+    assert err == "lbtui ctl: a valid token is required: Authorization: Bearer <token>\n"
+    code, _, _ = await served.ctl("--token-env", "MY_TOKEN", "state", env={**served.env, "MY_TOKEN": "t0k"})
+    assert code == 0
+    code, _, _ = await served.ctl("state", env={**served.env, "LBTUI_ADMIN_TOKEN": "t0k"})
+    assert code == 0
