@@ -3,6 +3,7 @@ every change; a bad file is reported and set aside, never fatal."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections import Counter
@@ -177,3 +178,72 @@ async def test_changes_are_written_and_a_restarted_runtime_restores_them(tmp_pat
     finally:
         await second.stop()
     assert said[-1] == f"state: restored 2 changes from {state}"
+
+
+async def read_urls(proc, timeout: float = 15.0) -> tuple[str, str]:
+    """The proxy's and the admin API's URLs that `serve` prints on stderr once it listens."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    proxy = admin = ""
+    while loop.time() < deadline and not (proxy and admin):
+        line = await loop.run_in_executor(None, proc.stderr.readline)
+        if not line:
+            break
+        proc.seen_lines = [*getattr(proc, "seen_lines", []), line]
+        if "listener web on " in line:
+            proxy = line.split(" on ", 1)[1].strip()
+        elif "admin API on " in line:
+            admin = line.split(" on ", 1)[1].strip()
+    said = "".join(getattr(proc, "seen_lines", []))
+    assert proxy, said
+    assert admin, said
+    return proxy, admin
+
+
+async def test_changes_through_the_admin_api_survive_a_restart(tmp_path, backends):
+    a, b, c = await backends("a"), await backends("b"), await backends("c")
+    config = write_config(tmp_path, [a, b])
+    config.write_text(config.read_text() + '\n[admin]\nbind = "127.0.0.1:0"\n')
+    state = tmp_path / "lbtui.state.json"
+
+    proc = lbtui("serve", "--config", str(config))
+    try:
+        url, admin = await read_urls(proc)
+        assert await served_by(url, 4) == {"a": 2, "b": 2}
+        async with httpx.AsyncClient(base_url=admin, timeout=10) as api:
+            for method, path, body in [
+                ("POST", "/api/v1/backends/a/maint", None),
+                ("PUT", "/api/v1/backends/b/weight", {"weight": 3}),
+                ("POST", "/api/v1/services/app/backends", {"name": "c", "address": c.address}),
+                ("PUT", "/api/v1/services/app/algorithm", {"algorithm": "weighted_round_robin"}),
+            ]:
+                response = await api.request(method, path, json=body)
+                assert response.status_code < 300, response.text
+        assert await served_by(url, 8) == {"b": 6, "c": 2}
+        finish(proc)  # SIGTERM: whatever is not written yet is written now
+    finally:
+        stop(proc)
+    assert json.loads(state.read_text())["services"] == {
+        "app": {
+            "algorithm": "weighted_round_robin",
+            "backends": {"a": {"state": "maint"}, "b": {"weight": 3}},
+            "added": [{"name": "c", "address": c.address, "group": "default", "weight": 1, "state": "ready"}],
+        }
+    }
+
+    proc = lbtui("serve", "--config", str(config))
+    try:
+        url, admin = await read_urls(proc)
+        assert await served_by(url, 8) == {"b": 6, "c": 2}
+        async with httpx.AsyncClient(base_url=admin, timeout=10) as api:
+            events = (await api.get("/api/v1/events")).json()["events"]
+        assert sorted((e["actor"], e["action"], e["target"], e["note"]) for e in events) == [
+            ("state", "add", "c", "restored from lbtui.state.json"),
+            ("state", "algorithm", "app", "restored from lbtui.state.json"),
+            ("state", "state", "a", "restored from lbtui.state.json"),
+            ("state", "weight", "b", "restored from lbtui.state.json"),
+        ]
+        err = finish(proc)
+    finally:
+        stop(proc)
+    assert f"lbtui: state: restored 4 changes from {state}" in err
