@@ -247,3 +247,12 @@ async def test_changes_through_the_admin_api_survive_a_restart(tmp_path, backend
     finally:
         stop(proc)
     assert f"lbtui: state: restored 4 changes from {state}" in err
+
+
+def test_fresh_is_an_option_of_serve_and_of_the_dashboard():
+    from lbtui.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--fresh"]).fresh
+    assert parser.parse_args(["serve", "--fresh", "--config", "x.toml"]).fresh
+    assert not parser.parse_args(["serve", "--config", "x.toml"]).fresh
