@@ -72,7 +72,12 @@ class Runtime:
             for backend in self.demo:
                 await backend.start()
             config = demo_config(self.demo, options.demo_bind)
-        engine = Engine(config)
+        try:
+            engine = Engine(config)
+        except OSError as error:  # the access log's file cannot be opened
+            say(str(error))
+            await self.stop_demo()
+            return False
         if config.state.file is not None:
             self.state = StateFile(
                 config.state.file, engine.controller, say, schedule=asyncio.get_running_loop().call_soon

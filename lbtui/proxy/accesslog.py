@@ -150,7 +150,10 @@ class AccessLog:
         self.last_error = ""
         self.closed = False
         if self.path != "-":
-            self._open()  # at start: a bad path fails the start, not the first request
+            try:
+                self._open()  # at start: a bad path fails the start, not the first request
+            except OSError as error:
+                raise OSError(f"cannot open the access log {self.path}: {error.strerror or error}") from None
 
     def _open(self) -> None:
         file = open(self.path, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115 (kept open)

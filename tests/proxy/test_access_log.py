@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from lbtui.admin.metrics import render
 from lbtui.config import parse_config
@@ -218,3 +219,8 @@ async def test_lines_left_are_written_at_shutdown(backends, tmp_path) -> None:  
     finally:
         await engine.shutdown(grace=1.0)
     assert len(lines(path)) == 1
+
+
+def test_a_path_that_cannot_be_opened_fails_the_engine_with_its_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OSError, match=r"cannot open the access log .*missing.*: No such file or directory"):
+        Engine(config("127.0.0.1:1", tmp_path / "missing" / "access.log"))
