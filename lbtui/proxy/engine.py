@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lbtui.config import Config, ListenerConfig
 from lbtui.core.balancer import Balancer
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from lbtui.proxy.client import Exchange
+    from lbtui.proxy.reload import ReloadResult
 
 log = logging.getLogger("lbtui")
 
@@ -88,6 +90,13 @@ class Engine:
         self.tcp_connections: set[TcpConnection] = set()  # open on tcp listeners (both sides not yet gone)
         self.handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way (proxy/tls.py)
         self.servers: list[asyncio.Server] = []
+        self.listener_servers: dict[
+            str, asyncio.Server
+        ] = {}  # by listener name (a reload keeps or stops them)
+        self.listener_configs: dict[str, ListenerConfig] = {}  # each running listener's config, by name
+        self._starting: dict[
+            str, tuple[asyncio.Task[asyncio.Server], socket.socket]
+        ] = {}  # see start_listener
         self.addresses: dict[str, tuple[str, int]] = {}
         self.closing = False
         self.open_file_limit = -1  # the soft RLIMIT_NOFILE after start (-1: not known)
@@ -101,17 +110,7 @@ class Engine:
         # Responses under way at the last tick: bytes moved and since when (see _watch_stall).
         self._progress: dict[Exchange, tuple[int, float]] = {}
         self.now: Callable[[], float] = time.monotonic  # the loop's clock once started
-        # Response timeouts (the queue's, and the idle timeouts of tcp listeners' services) are checked by the
-        # tick, with no timer per request or connection: tick often enough for the shortest.
-        tcp_services = {listener.service for listener in config.listeners if listener.mode == "tcp"}
-        shortest = min(
-            [s.timeouts.response for s in config.services]
-            + [s.timeouts.queue for s in config.services if s.max_connections is not None]
-            + [s.timeouts.idle for s in config.services if s.name in tcp_services]
-            + [r.timeout for r in config.routes if r.timeout],
-            default=TICK_SECONDS * 4,
-        )
-        self.tick_interval = max(0.01, min(TICK_SECONDS, shortest / 4))
+        self.tick_interval = self.tick_interval_for(config)
         self.access_log = self.balancer.access_log  # the data plane appends one tuple per finished request
         # [access_log]: the file's queue (None: no file), which the request path appends to and the tick drains.
         self.access_file = AccessLog(config.access_log) if config.access_log.path is not None else None
@@ -123,6 +122,29 @@ class Engine:
         self.balancer.on_backend_removed.append(self._backend_removed)
         self.balancer.on_state_change.append(self._state_changed)
         self.health = HealthChecker(self.balancer, self.controller)
+
+    @staticmethod
+    def tick_interval_for(config: Config) -> float:
+        # Response timeouts (the queue's, and the idle timeouts of tcp listeners' services) are checked by the
+        # tick, with no timer per request or connection: tick often enough for the shortest.
+        tcp_services = {listener.service for listener in config.listeners if listener.mode == "tcp"}
+        shortest = min(
+            [s.timeouts.response for s in config.services]
+            + [s.timeouts.queue for s in config.services if s.max_connections is not None]
+            + [s.timeouts.idle for s in config.services if s.name in tcp_services]
+            + [r.timeout for r in config.routes if r.timeout],
+            default=TICK_SECONDS * 4,
+        )
+        return max(0.01, min(TICK_SECONDS, shortest / 4))
+
+    def reload(self, config: Config) -> ReloadResult:
+        """Apply a new, validated config to the running engine (proxy/reload.py says what changes how).
+        ReloadRefused, with nothing changed, when a new listener cannot be opened. Call on the engine's loop."""
+        from lbtui.proxy.reload import apply
+
+        result = apply(self, config)
+        raise_open_file_limit(config.limits.max_connections)
+        return result
 
     def counters(self) -> dict[str, int]:
         """The data plane's counters for snapshots (Snapshot.extra["counters"]; admin/metrics.py)."""
@@ -174,6 +196,72 @@ class Engine:
         self.health.start()
 
     async def _listen(self, listener: ListenerConfig) -> None:
+        server = await self.loop.create_server(
+            self.protocol_factory(listener),
+            listener.host,
+            listener.port,
+            reuse_address=True,
+            backlog=2048,
+        )
+        self.servers.append(server)
+        self._listening(listener, server.sockets[0], server)
+
+    def _listening(self, listener: ListenerConfig, sock: Any, server: asyncio.Server | None) -> None:
+        if server is not None:
+            self.listener_servers[listener.name] = server
+        self.listener_configs[listener.name] = listener
+        host, port = sock.getsockname()[:2]
+        self.addresses[listener.name] = (host, port)
+        self.balancer.listeners.append(
+            ListenerView(listener.name, listener.mode, format_address(host, port), listener.tls is not None)
+        )
+
+    def start_listener(
+        self, listener: ListenerConfig, sock: socket.socket, factory: Callable[[], asyncio.Protocol]
+    ) -> None:
+        """Serve `listener` on `sock`, bound and listening already (a reload binds before it changes anything):
+        connections wait in the backlog until the server, made on the loop's next turn, accepts them."""
+        task = self.loop.create_task(self.loop.create_server(factory, sock=sock, backlog=2048))
+        self._starting[listener.name] = (task, sock)
+
+        def started(done: asyncio.Task[asyncio.Server]) -> None:
+            if self._starting.get(listener.name, (None,))[0] is done:
+                del self._starting[listener.name]
+            if done.cancelled() or done.exception() is not None:
+                sock.close()
+                return
+            server = done.result()
+            if self.closing or self.listener_configs.get(listener.name) is not listener:
+                server.close()  # stopped (or shut down) before it started
+                return
+            self.servers.append(server)
+            self.listener_servers[listener.name] = server
+
+        task.add_done_callback(started)
+        self._listening(listener, sock, None)
+
+    def stop_listener(self, name: str) -> None:
+        """Stop accepting on listener `name` (if it runs); its idle connections close, busy ones after their
+        current exchange; tcp connections run until they end."""
+        from lbtui.proxy.reload import retire
+
+        server = self.listener_servers.pop(name, None)
+        if server is not None:
+            server.close()
+            if server in self.servers:
+                self.servers.remove(server)
+        starting = self._starting.pop(name, None)
+        if starting is not None:
+            starting[0].cancel()
+            starting[1].close()
+        self.listener_configs.pop(name, None)
+        self.addresses.pop(name, None)
+        self.balancer.listeners = [view for view in self.balancer.listeners if view.name != name]
+        for conn in [c for c in self.connections if c.listener.name == name]:
+            retire(conn)
+
+    def protocol_factory(self, listener: ListenerConfig) -> Callable[[], asyncio.Protocol]:
+        """What makes the protocol of each accepted connection. OSError when a TLS file cannot be loaded."""
         make_protocol: Callable[[], asyncio.Protocol]
         if listener.mode == "tcp":
             make_protocol = lambda: TcpConnection(self, listener)  # noqa: E731
@@ -189,20 +277,7 @@ class Engine:
             timeout = self.config.limits.header_timeout
             plain = make_protocol
             make_protocol = lambda: TLSAccept(self, context, plain, timeout)  # noqa: E731
-        server = await self.loop.create_server(
-            make_protocol,
-            listener.host,
-            listener.port,
-            reuse_address=True,
-            backlog=2048,
-        )
-        self.servers.append(server)
-        sock = server.sockets[0]
-        host, port = sock.getsockname()[:2]
-        self.addresses[listener.name] = (host, port)
-        self.balancer.listeners.append(
-            ListenerView(listener.name, listener.mode, format_address(host, port), listener.tls is not None)
-        )
+        return make_protocol
 
     def address(self, listener: str | None = None) -> tuple[str, int]:
         if listener is None:
@@ -218,6 +293,11 @@ class Engine:
         for server in self.servers:
             server.close()
         self.servers = []
+        self.listener_servers = {}
+        for task, sock in self._starting.values():
+            task.cancel()
+            sock.close()
+        self._starting = {}
 
     async def run_ticks(self) -> None:
         """Housekeeping until cancelled: drained removals, idle connections, timeouts."""
