@@ -137,6 +137,10 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command("flip", "blue/green: swap the weights of a service's two groups").add_argument(
         "service", metavar="SERVICE"
     )
+    command(
+        "reload",
+        "re-read the config file the instance started with and apply it (a bad file changes nothing)",
+    )
     events = command("events", "the audit log, newest first")
     events.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
 

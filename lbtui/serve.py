@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 import sys
@@ -13,12 +14,13 @@ import anyio
 
 from lbtui import data_plane_build
 from lbtui.admin.api import AdminServer, AdminSetupError
-from lbtui.config import Config
+from lbtui.config import Config, ConfigError, ConfigIssue, load_config
 from lbtui.core.persist import StateFile
 from lbtui.demo.backends import DemoBackend
 from lbtui.demo.scenario import DEMO_LISTEN, demo_backends, demo_config
 from lbtui.demo.traffic import TrafficGenerator
 from lbtui.proxy.engine import Engine, format_address
+from lbtui.proxy.reload import ReloadRefused, ReloadResult
 
 
 @dataclass
@@ -126,8 +128,42 @@ class Runtime:
             where = format_address(config.host, config.port)
             self.say(f"cannot listen for the admin API on {where}: {error.strerror or error}")
             return False
+        admin.api.reloader = self.reload_json
         self.admin = admin
         return True
+
+    # -- reload (SIGHUP, POST /api/v1/reload, `lbtui ctl reload`, the dashboard's key) ----------------------
+    def reload(self) -> ReloadResult:
+        """Re-read the config file and apply it (on the engine's loop), saying what changed. ConfigError or
+        ReloadRefused when it cannot be applied: nothing changed, the running config goes on."""
+        engine = self.engine
+        if engine is None or self.options.config is None:
+            raise ReloadRefused(
+                [
+                    ConfigIssue(
+                        "<demo>", "", "the demo has no config file to reload (lbtui serve --config FILE)"
+                    )
+                ]
+            )
+        source = self.options.config.source
+        try:
+            result = engine.reload(load_config(source))
+        except (ConfigError, ReloadRefused) as error:
+            self.say(f"reload refused: {source}: {len(error.issues)} problem(s); the running config stays")
+            for issue in error.issues:
+                self.say(f"  {issue}")
+            raise
+        self.say(result.summary())
+        for line in [*result.changes, *result.warnings, *result.restart_needed]:
+            self.say(f"  {line}")
+        return result
+
+    def reload_json(self) -> tuple[int, dict[str, object]]:
+        """`reload` as the admin API answers it: 200 and what changed, or 400 and the issues."""
+        try:
+            return 200, self.reload().json()
+        except (ConfigError, ReloadRefused) as error:
+            return 400, refusal_json(error)
 
     def announce(self) -> None:
         engine = self.engine
@@ -163,6 +199,18 @@ class Runtime:
             await backend.stop()
 
 
+def refusal_json(error: ConfigError | ReloadRefused) -> dict[str, object]:
+    issues = error.issues
+    source = issues[0].file if issues else "the config"
+    return {
+        "error": f"{source}: {len(issues)} problem(s); nothing changed, the running config stays",
+        "issues": [
+            {"file": issue.file, "key_path": issue.key_path, "message": issue.message, "hint": issue.hint}
+            for issue in issues
+        ],
+    }
+
+
 async def serve(options: ServeOptions, say: Callable[[str], None] = _say) -> int:
     runtime = Runtime(options, say)
     if not await runtime.start():
@@ -173,8 +221,13 @@ async def serve(options: ServeOptions, say: Callable[[str], None] = _say) -> int
     async with anyio.create_task_group() as tg:
         if runtime.traffic is not None:
             tg.start_soon(runtime.traffic.run)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    say("SIGHUP: reloading the config")
+                    with contextlib.suppress(ConfigError, ReloadRefused):
+                        runtime.reload()  # says what changed, or why nothing did
+                    continue
                 say(f"{signal.Signals(signum).name}: draining (up to {options.grace:g}s), then exiting")
                 break
         if not await runtime.stop():

@@ -171,6 +171,7 @@ def _routes() -> list[tuple[tuple[str, ...], dict[str, Handler]]]:
     return [
         (("api", "v1", "state"), {"GET": AdminApi.get_state}),
         (("api", "v1", "events"), {"GET": AdminApi.get_events}),
+        (("api", "v1", "reload"), {"POST": AdminApi.reload}),
         (("api", "v1", "backends", "*"), {"GET": AdminApi.get_backend, "DELETE": AdminApi.remove_backend}),
         (("api", "v1", "backends", "*", "drain"), {"POST": AdminApi.drain}),
         (("api", "v1", "backends", "*", "enable"), {"POST": AdminApi.enable}),
@@ -197,6 +198,8 @@ class AdminApi:
         self.hosts = HostPolicy(bind_host)
         self._token = token.encode() if token is not None else None
         self._routes = _routes()
+        # Re-reads the config file and applies it: (status, JSON). Set by the runtime that has a file (serve).
+        self.reloader: Callable[[], tuple[int, dict[str, Any]]] | None = None
 
     # -- entry ---------------------------------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
@@ -402,6 +405,14 @@ class AdminApi:
         self.body(request, required=False)
         service, actor = args[0], self.actor(request)
         return self._change("service", service, lambda: self.controller.flip(service, actor))
+
+    def reload(self, request: Request, args: list[str], query: str) -> Response:
+        """Re-read the config file and apply it (actor "reload"); a bad file: 400 with its issues, no change."""
+        self.body(request, required=False)
+        if self.reloader is None:
+            return error(409, "this instance has no config file to reload")
+        status, value = self.reloader()
+        return json_response(status, value)
 
 
 def _match(pattern: tuple[str, ...], segments: list[str]) -> list[str] | None:

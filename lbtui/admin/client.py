@@ -28,9 +28,10 @@ class ClientError(Exception):
 
 
 class ApiError(ClientError):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
         super().__init__(message)
         self.status = status
+        self.body = body  # the answer's JSON (a refused reload's `issues` are in it)
 
 
 class Unreachable(ClientError):
@@ -104,7 +105,7 @@ class AdminClient:
                 ) from None
         if response.status >= 400:
             message = value.get("error") if isinstance(value, dict) else None
-            raise ApiError(response.status, str(message or f"{response.status} {response.reason}"))
+            raise ApiError(response.status, str(message or f"{response.status} {response.reason}"), value)
         return value
 
     # -- the API, one method per endpoint --------------------------------------------------------------------
@@ -138,3 +139,6 @@ class AdminClient:
 
     def flip(self, service: str) -> Any:
         return self.request("POST", f"/api/v1/services/{segment(service)}/flip")
+
+    def reload(self) -> Any:
+        return self.request("POST", "/api/v1/reload")

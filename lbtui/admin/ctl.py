@@ -216,6 +216,30 @@ class Ctl:
     def cmd_flip(self) -> int:
         return self.change(self.client.flip(self.args.service))
 
+    def cmd_reload(self) -> int:
+        """What the reload changed; or, for a bad file, its problems (on stderr) and exit 1."""
+        try:
+            answer = self.client.reload()
+        except ApiError as error:
+            if error.status != 400 or not isinstance(error.body, dict):
+                raise
+            if self.json:
+                self.say(json.dumps(error.body, indent=2))
+            else:
+                print(f"lbtui ctl: reload refused: {error}", file=self.err)
+                for issue in error.body.get("issues", []):
+                    where = ": ".join(str(issue.get(k)) for k in ("file", "key_path") if issue.get(k))
+                    print(f"  {where}: {issue.get('message')}", file=self.err)
+            return 1
+        if self.json:
+            self.say(json.dumps(answer, indent=2))
+            return 0
+        self.say(str(answer.get("summary", "reloaded")))
+        for key in ("changes", "warnings", "restart_needed"):
+            for line in answer.get(key, []):
+                self.say(f"  {line}")
+        return 0
+
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run `lbtui ctl`'s command; errors go to `err` as one line, never a traceback."""
