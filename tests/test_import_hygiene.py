@@ -34,6 +34,7 @@ HEADLESS = [
     "lbtui.admin.api",
     "lbtui.admin.schema",
     "lbtui.admin.client",
+    "lbtui.admin.remote",
     "lbtui.admin.ctl",
     "lbtui.admin.metrics",
     "lbtui.serve",

@@ -38,7 +38,7 @@ from lbtui.config import AdminConfig
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.proxy.http import no_delay
 
-from .schema import backend_json, event_json, service_json, snapshot_json
+from .schema import backend_json, event_json, request_json, service_json, snapshot_json
 
 log = logging.getLogger("lbtui.admin")
 
@@ -47,7 +47,7 @@ MAX_HEAD: Final = 16 * 1024
 MAX_CONNECTIONS: Final = 64
 MAX_EVENTS: Final = 1000
 ACTOR_HEADER: Final = "x-lbtui-actor"
-ACTORS: Final = frozenset({"ctl"})  # actors a client may name; anything else is "api"
+ACTORS: Final = frozenset({"ctl", "key"})  # actors a client may name ("key": `lbtui attach`); else "api"
 JSON_TYPE: Final = "application/json"
 
 
@@ -172,16 +172,23 @@ def _routes() -> list[tuple[tuple[str, ...], dict[str, Handler]]]:
         (("api", "v1", "state"), {"GET": AdminApi.get_state}),
         (("api", "v1", "events"), {"GET": AdminApi.get_events}),
         (("api", "v1", "reload"), {"POST": AdminApi.reload}),
+        (("api", "v1", "requests"), {"GET": AdminApi.get_requests}),
+        (("api", "v1", "undo"), {"POST": AdminApi.undo}),
         (("api", "v1", "backends", "*"), {"GET": AdminApi.get_backend, "DELETE": AdminApi.remove_backend}),
         (("api", "v1", "backends", "*", "drain"), {"POST": AdminApi.drain}),
         (("api", "v1", "backends", "*", "enable"), {"POST": AdminApi.enable}),
         (("api", "v1", "backends", "*", "maint"), {"POST": AdminApi.maint}),
+        (("api", "v1", "backends", "*", "drain-then-maint"), {"POST": AdminApi.drain_then_maint}),
         (("api", "v1", "backends", "*", "weight"), {"PUT": AdminApi.set_weight}),
         (("api", "v1", "services", "*"), {"GET": AdminApi.get_service}),
         (("api", "v1", "services", "*", "backends"), {"POST": AdminApi.add_backend}),
         (("api", "v1", "services", "*", "algorithm"), {"PUT": AdminApi.set_algorithm}),
         (("api", "v1", "services", "*", "split"), {"PUT": AdminApi.set_split}),
         (("api", "v1", "services", "*", "flip"), {"POST": AdminApi.flip}),
+        (
+            ("api", "v1", "services", "*", "ramp"),
+            {"POST": AdminApi.start_ramp, "DELETE": AdminApi.abort_ramp},
+        ),
         (("metrics",), {"GET": AdminApi.get_metrics}),
     ]
 
@@ -322,15 +329,17 @@ class AdminApi:
         return json_response(200, service_json(view))
 
     def get_events(self, request: Request, args: list[str], query: str) -> Response:
-        values = parse_qs(query, keep_blank_values=True).get("limit")
-        limit = 100
-        if values:
-            text = values[-1]
-            if not text.isdigit() or not 1 <= int(text) <= MAX_EVENTS:
-                return error(400, f"limit must be a whole number from 1 to {MAX_EVENTS}, got {text!r}")
-            limit = int(text)
-        events = self.controller.events(limit)
+        """The newest `limit` events, newest first; with `since=ID`, only those after event ID."""
+        limit = _number_param(query, "limit", 100, 1, MAX_EVENTS)
+        since = _number_param(query, "since", 0, 0, None)
+        events = [e for e in self.controller.events(limit) if e.id > since]
         return json_response(200, {"events": [event_json(e) for e in events]})
+
+    def get_requests(self, request: Request, args: list[str], query: str) -> Response:
+        """The newest `limit` finished requests, newest first (the access log's tail, as the dashboard's)."""
+        limit = _number_param(query, "limit", 100, 1, MAX_EVENTS)
+        requests = self.controller.recent_requests(limit)
+        return json_response(200, {"requests": [request_json(r) for r in requests]})
 
     def get_metrics(self, request: Request, args: list[str], query: str) -> Response:
         try:
@@ -355,6 +364,11 @@ class AdminApi:
 
     def maint(self, request: Request, args: list[str], query: str) -> Response:
         return self._state(request, args[0], "maint")
+
+    def drain_then_maint(self, request: Request, args: list[str], query: str) -> Response:
+        self.body(request, required=False)
+        name, actor = args[0], self.actor(request)
+        return self._change("backend", name, lambda: self.controller.drain_then_maint(name, actor))
 
     def set_weight(self, request: Request, args: list[str], query: str) -> Response:
         body = self.body(request)
@@ -413,6 +427,37 @@ class AdminApi:
             return error(409, "this instance has no config file to reload")
         status, value = self.reloader()
         return json_response(status, value)
+
+    def start_ramp(self, request: Request, args: list[str], query: str) -> Response:
+        self.body(request, required=False)
+        service, actor = args[0], self.actor(request)
+        return self._change("service", service, lambda: self.controller.start_ramp(service, actor))
+
+    def abort_ramp(self, request: Request, args: list[str], query: str) -> Response:
+        self.body(request, required=False)
+        service, actor = args[0], self.actor(request)
+        return self._change("service", service, lambda: self.controller.abort_ramp(service, actor))
+
+    def undo(self, request: Request, args: list[str], query: str) -> Response:
+        self.body(request, required=False)
+        actor = self.actor(request)
+        try:
+            event = self.controller.undo(actor)
+        except ControlError as e:
+            return error(409, str(e))  # nothing to undo: not now, rather than not valid
+        return json_response(200, event_json(event))
+
+
+def _number_param(query: str, name: str, default: int, low: int, high: int | None) -> int:
+    """A whole-number query parameter from `low` to `high` (no upper bound: None); 400 when it is not."""
+    values = parse_qs(query, keep_blank_values=True).get(name)
+    if not values:
+        return default
+    text = values[-1]
+    if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of {low} or more"
+        raise _refuse(400, f"{name} must be a whole number {bounds}, got {text!r}")
+    return int(text)
 
 
 def _match(pattern: tuple[str, ...], segments: list[str]) -> list[str] | None:

@@ -3,6 +3,10 @@
 A stable contract: keys are only ever added. Durations are milliseconds (`_ms`) or seconds (`_seconds`),
 rates are per second, times are Unix seconds (wall clock). A number that has no value (a latency with no
 requests) is null, never NaN.
+
+The `*_from_json` functions read them back into the core's views (`lbtui attach` steers a remote engine with
+the same dashboard): `snapshot_json(snapshot_from_json(x), now=x["time"]) == x`, and so for each shape. What a
+view has and the JSON does not (the latency counts since start, `latency_counts`) comes back empty.
 """
 
 from __future__ import annotations
@@ -12,8 +16,17 @@ import time
 from typing import Any
 
 from lbtui.core.control import Event
-from lbtui.core.model import BackendView, RampView, RouteView, ServiceView, Snapshot
-from lbtui.core.stats import WindowView
+from lbtui.core.model import (
+    BackendView,
+    CheckView,
+    ListenerView,
+    RampView,
+    RequestView,
+    RouteView,
+    ServiceView,
+    Snapshot,
+)
+from lbtui.core.stats import BUCKETS, WindowView
 
 SCHEMA_VERSION = 1
 
@@ -35,6 +48,8 @@ def window_json(window: WindowView) -> dict[str, Any]:
         "p90_ms": _number(window.p90_ms),
         "p99_ms": _number(window.p99_ms),
         "p999_ms": _number(window.p999_ms),
+        # The latency histogram, sparse: [bucket index, count] of the buckets with requests (core/stats.py).
+        "buckets": [[i, c] for i, c in enumerate(window.counts) if c],
     }
 
 
@@ -66,6 +81,11 @@ def backend_json(b: BackendView) -> dict[str, Any]:
         "removing": b.removing,
         "ejected_seconds_left": None if b.ejected_left is None else _number(b.ejected_left),
         "slow_share": None if b.slow_share is None else _number(b.slow_share),
+        "ejections_total": b.ejections_total,
+        "checks": [
+            {"time": round(c.time, 3), "ok": c.ok, "detail": c.detail, "duration_ms": _number(c.duration_ms)}
+            for c in b.checks
+        ],
         "rps": _number(b.window.rps),
         "p50_ms": _number(b.window.p50_ms),
         "p90_ms": _number(b.window.p90_ms),
@@ -140,6 +160,7 @@ def snapshot_json(snapshot: Snapshot, now: float | None = None) -> dict[str, Any
         ],
         "services": [service_json(s) for s in snapshot.services],
         "routes": [route_json(r) for r in snapshot.routes],
+        "unmatched": {str(k): v for k, v in snapshot.extra.get("unmatched", {}).items()},
     }
 
 
@@ -169,3 +190,178 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return str(value)
+
+
+def request_json(r: RequestView) -> dict[str, Any]:
+    """One finished request (`GET /api/v1/requests`, the access log's tail)."""
+    return {
+        "time": round(r.time, 3),
+        "client": r.client,
+        "method": r.method,
+        "target": r.target,
+        "status": r.status,
+        "backend": r.backend,
+        "service": r.service,
+        "duration_ms": _number(r.duration_ms),
+        "bytes_out": r.bytes_out,
+        "route": r.route,
+        "consumer": r.consumer,
+    }
+
+
+# -- back into views ---------------------------------------------------------------------------------------
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _classes(value: dict[str, int]) -> tuple[int, int, int, int, int, int]:
+    a, b, c, d, e, f = (int(value[k]) for k in STATUS_CLASSES)
+    return (a, b, c, d, e, f)
+
+
+def window_from_json(value: dict[str, Any]) -> WindowView:
+    counts = [0] * BUCKETS
+    for index, count in value.get("buckets", ()):
+        counts[index] = count
+    return WindowView(
+        seconds=_float(value["seconds"]),
+        requests=value["requests"],
+        errors=value["errors"],
+        rps=_float(value["rps"]),
+        p50_ms=_float(value["p50_ms"]),
+        p90_ms=_float(value["p90_ms"]),
+        p99_ms=_float(value["p99_ms"]),
+        p999_ms=_float(value["p999_ms"]),
+        counts=tuple(counts),
+    )
+
+
+def backend_from_json(value: dict[str, Any]) -> BackendView:
+    return BackendView(
+        name=value["name"],
+        service=value["service"],
+        group=value["group"],
+        address=value["address"],
+        weight=value["weight"],
+        admin_state=value["admin_state"],
+        health=value["health"],
+        health_count=value["health_count"],
+        in_flight=value["in_flight"],
+        requests=value["requests"],
+        status_classes=_classes(value["status_classes"]),
+        bytes_in=value["bytes_in"],
+        bytes_out=value["bytes_out"],
+        connect_failures=value["connect_failures"],
+        ewma_ms=_float(value["ewma_ms"]),
+        drain_seconds=_optional(value["drain_seconds"]),
+        removing=value["removing"],
+        window=window_from_json(value["window"]),
+        health_of=value["health_of"],
+        checks=tuple(
+            CheckView(c["time"], c["ok"], c["detail"], _float(c["duration_ms"]))
+            for c in value.get("checks", ())
+        ),
+        checked=value["checked"],
+        ejected_left=_optional(value["ejected_seconds_left"]),
+        slow_share=_optional(value["slow_share"]),
+        ejections_total=value.get("ejections_total", 0),
+    )
+
+
+def ramp_from_json(value: dict[str, Any]) -> RampView:
+    return RampView(
+        stable=value["stable"],
+        canary=value["canary"],
+        steps=tuple(value["steps"]),
+        step=value["step"],
+        percent=value["percent"],
+        state=value["state"],
+        hold_left=_float(value["hold_seconds_left"]),
+        waiting_for=value["waiting_for"],
+        reason=value["reason"],
+    )
+
+
+def service_from_json(value: dict[str, Any]) -> ServiceView:
+    split = value["split"]
+    return ServiceView(
+        name=value["name"],
+        algorithm=value["algorithm"],
+        split=tuple(split.items()) if split else None,
+        groups=tuple(value["groups"]),
+        backup_group=value["backup_group"],
+        backends=tuple(backend_from_json(b) for b in value["backends"]),
+        unrouted=value["unrouted"],
+        window=window_from_json(value["window"]),
+        ramp=ramp_from_json(value["ramp"]) if value["ramp"] is not None else None,
+        panic=value["panic"],
+        retries=value["retries"],
+        retries_refused=value["retries_refused"],
+        queued=value["queued"],
+        queue_length=value["queue_length"],
+        queue_full=value["queue_full"],
+    )
+
+
+def route_from_json(value: dict[str, Any]) -> RouteView:
+    window = value["window"]
+    return RouteView(
+        name=value["name"],
+        match=value["match"],
+        target=value["target"],
+        policies=tuple(value["policies"]),
+        window=window_from_json(window) if window is not None else None,
+        status_classes=_classes(value["status_classes"]),
+        rejected=tuple(value["rejected"].items()),
+        cache=(value["cache"]["hits"], value["cache"]["misses"]),
+    )
+
+
+def snapshot_from_json(value: dict[str, Any]) -> Snapshot:
+    """`GET /api/v1/state` as a Snapshot. Its `time` is the server's wall clock (only differences are used)."""
+    return Snapshot(
+        time=float(value["time"]),
+        uptime=_float(value["uptime_seconds"]),
+        listeners=tuple(
+            ListenerView(x["name"], x["mode"], x["address"], x["tls"]) for x in value["listeners"]
+        ),
+        services=tuple(service_from_json(s) for s in value["services"]),
+        connections=value["connections"],
+        extra={"unmatched": dict(value.get("unmatched", {}))},
+        routes=tuple(route_from_json(r) for r in value["routes"]),
+    )
+
+
+def event_from_json(value: dict[str, Any]) -> Event:
+    return Event(
+        id=value["id"],
+        time=float(value["time"]),
+        actor=value["actor"],
+        action=value["action"],
+        target=value["target"],
+        before=value["before"],
+        after=value["after"],
+        note=value["note"],
+    )
+
+
+def request_from_json(value: dict[str, Any]) -> RequestView:
+    return RequestView(
+        time=float(value["time"]),
+        client=value["client"],
+        method=value["method"],
+        target=value["target"],
+        status=value["status"],
+        backend=value["backend"],
+        service=value["service"],
+        duration_ms=_float(value["duration_ms"]),
+        bytes_out=value["bytes_out"],
+        route=value["route"],
+        consumer=value["consumer"],
+    )

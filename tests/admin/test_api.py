@@ -659,3 +659,52 @@ async def test_no_admin_section_no_admin_api() -> None:
     assert await runtime.start()
     assert runtime.admin is None
     await runtime.stop()
+
+
+# -- what `lbtui attach` needs ---------------------------------------------------------------------------------
+
+
+async def test_events_since_an_id_are_only_the_newer_ones(admin: Admin) -> None:
+    await admin.ask("POST", "/api/v1/backends/blue-1/drain")
+    _, body, _ = await admin.ask("GET", "/api/v1/events")
+    first = body["events"][0]["id"]
+    await admin.ask("POST", "/api/v1/backends/blue-1/enable")
+    _, body, _ = await admin.ask("GET", f"/api/v1/events?since={first}")
+    assert [(e["id"], e["after"]) for e in body["events"]] == [(first + 1, "ready")]
+    status, body, _ = await admin.ask("GET", "/api/v1/events?since=-1")
+    assert status == 400
+    assert "since must be a whole number of 0 or more" in body["error"]
+
+
+async def test_requests_are_the_access_log_tail(admin: Admin) -> None:
+    status, body, _ = await admin.ask("GET", "/api/v1/requests?limit=5")
+    assert (status, body) == (200, {"requests": []})
+    status, body, _ = await admin.ask("GET", "/api/v1/requests?limit=0")
+    assert status == 400
+
+
+async def test_the_key_actor_is_taken_and_others_are_api(admin: Admin) -> None:
+    _, event, _ = await admin.ask("POST", "/api/v1/backends/blue-1/drain", headers={"X-Lbtui-Actor": "key"})
+    assert event["actor"] == "key"
+    _, event, _ = await admin.ask(
+        "POST", "/api/v1/backends/blue-1/enable", headers={"X-Lbtui-Actor": "health"}
+    )
+    assert event["actor"] == "api"
+
+
+async def test_undo_ramp_and_drain_then_maint(admin: Admin) -> None:
+    status, body, _ = await admin.ask("POST", "/api/v1/undo")
+    assert (status, body) == (409, {"error": "nothing to undo"})
+    await admin.ask("PUT", "/api/v1/backends/blue-1/weight", {"weight": 4})
+    status, event, _ = await admin.ask("POST", "/api/v1/undo")
+    assert (status, event["actor"], event["action"], event["after"]) == (200, "undo", "weight", 1)
+    status, event, _ = await admin.ask("POST", "/api/v1/services/shop/ramp")
+    assert (status, event["action"]) == (200, "ramp")
+    assert (await admin.ask("POST", "/api/v1/services/shop/ramp"))[0] == 409  # one is under way
+    status, event, _ = await admin.ask("DELETE", "/api/v1/services/shop/ramp")
+    assert (status, event["after"]) == (200, {"blue": 90, "green": 10})
+    assert (await admin.ask("DELETE", "/api/v1/services/shop/ramp"))[0] == 409
+    assert (await admin.ask("POST", "/api/v1/services/nope/ramp"))[0] == 404
+    status, event, _ = await admin.ask("POST", "/api/v1/backends/green-1/drain-then-maint")
+    assert (status, event["after"]) == (200, "drain")
+    await wait_for(lambda: admin.engine.controller.snapshot().backend("green-1").admin_state == "maint")
