@@ -6,10 +6,14 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from lbtui import __version__
 from lbtui.config import ALGORITHMS, Config, ConfigError, load_config, parse_duration
 from lbtui.features import ignored, refused
+
+if TYPE_CHECKING:
+    from textual.theme import Theme
 
 DEFAULT_CONFIG = "lbtui.toml"
 FRESH_HELP = "start from the config alone: do not restore [state].file (it is still written after changes)"
@@ -68,6 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file; exits 1 on an error")
     check.add_argument("file", metavar="FILE")
     _add_ctl(sub)
+
+    attach = sub.add_parser(
+        "attach",
+        help="the dashboard on a running `lbtui serve`, through its admin API",
+        description="The dashboard on a running `lbtui serve`, through its admin API: every key works as "
+        "in `lbtui`. Quitting leaves the server running.",
+    )
+    attach.add_argument(
+        "url",
+        nargs="?",
+        metavar="URL",
+        help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901)",
+    )
+    attach.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="the environment variable holding the admin token (default LBTUI_ADMIN_TOKEN)",
+    )
+    # SUPPRESS: `lbtui --theme X attach` keeps the X given before the command.
+    attach.add_argument(
+        "--theme", metavar="NAME", default=argparse.SUPPRESS, help="colour theme, as for lbtui"
+    )
+    attach.add_argument(
+        "--read-only",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="watch only; every steering key is off",
+    )
     return parser
 
 
@@ -202,9 +234,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(ServeOptions(config=config, grace=args.grace, traffic_rate=args.traffic, fresh=args.fresh))
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    """`lbtui`: the dashboard with the engine inside (the UI is imported only here)."""
-    from lbtui.serve import ServeOptions
+def _dashboard_theme(args: argparse.Namespace) -> Theme | int:
+    """The dashboard's theme from --theme or $LBTUI_THEME, or the exit code after printing why not."""
     from lbtui.tui import themes
 
     if os.environ.get("NO_COLOR") == "":
@@ -222,7 +253,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         count = len(error.issues)
         print(f"lbtui: theme {theme_name}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
+    return theme
 
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """`lbtui`: the dashboard with the engine inside (the UI is imported only here)."""
+    from lbtui.serve import ServeOptions
+    from lbtui.tui import themes
+
+    theme = _dashboard_theme(args)
+    if isinstance(theme, int):
+        return theme
     config: Config | None = None
     path = args.config or (DEFAULT_CONFIG if not args.demo and os.path.exists(DEFAULT_CONFIG) else None)
     if path is not None and not args.demo:
@@ -254,6 +295,43 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return code if isinstance(code, int) else (app.return_code or 0)
 
 
+def cmd_attach(args: argparse.Namespace) -> int:
+    """`lbtui attach [URL]`: the same dashboard, steering a running `lbtui serve` through its admin API."""
+    from lbtui.admin.client import ClientError, default_url
+    from lbtui.admin.ctl import TOKEN_ENV, URL_ENV
+    from lbtui.admin.remote import RemoteController
+    from lbtui.core.control import ControlError
+    from lbtui.tui import themes
+
+    theme = _dashboard_theme(args)
+    if isinstance(theme, int):
+        return theme
+    url = args.url or os.environ.get(URL_ENV) or default_url()
+    try:
+        controller = RemoteController(url, os.environ.get(args.token_env or TOKEN_ENV) or None)
+    except ClientError as error:
+        print(f"lbtui: attach: {error}", file=sys.stderr)
+        return 2
+    try:
+        controller.snapshot()  # the API answers, before any screen is drawn
+    except ControlError as error:
+        print(f"lbtui: attach: {error}", file=sys.stderr)
+        controller.close()
+        return 1
+    from lbtui.tui.app import Dashboard
+
+    try:
+        try:
+            app = Dashboard(None, read_only=args.read_only, theme=theme, controller=controller)
+        except themes.ThemeError as error:  # one of the themes that come with lbtui was edited in place
+            print(str(error), file=sys.stderr)
+            return 1
+        code = app.run()
+    finally:
+        controller.close()  # the server goes on running
+    return code if isinstance(code, int) else (app.return_code or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -266,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lbtui.admin.ctl import run as run_ctl
 
             return run_ctl(args)
+        if args.command == "attach":
+            return cmd_attach(args)
         return cmd_dashboard(args)
     except KeyboardInterrupt:
         return 130

@@ -611,11 +611,19 @@ class Dashboard(App[int]):
     def refresh_view(self) -> None:
         if self.controller is None or self.paused:
             return
-        snapshot = self.controller.snapshot()
-        self._last_snapshot = snapshot
         status = self.query_one("#status", Static)
-        self.show_text("#status", status_line(snapshot, self.flags()))
-        level = status_level(snapshot)
+        try:
+            snapshot = self.controller.snapshot()
+        except ControlError as error:  # a remote engine (`lbtui attach`) that has not answered yet
+            self.show_text("#status", f"no connection: {error}")
+            status.set_class(True, "error")
+            return
+        self._last_snapshot = snapshot
+        # A remote controller's last snapshot, when the engine cannot be reached now (admin/remote.py).
+        lost = snapshot.extra.get("connection_lost")
+        flags = self.flags() + ((f"CONNECTION LOST (retrying): {lost}",) if lost else ())
+        self.show_text("#status", status_line(snapshot, flags))
+        level = "error" if lost else status_level(snapshot)
         status.set_class(level == "warning", "warning")
         status.set_class(level == "error", "error")
         if self.view == "backends":
@@ -943,12 +951,14 @@ class Dashboard(App[int]):
             if yes:
                 self.run_worker(self._stop(), exclusive=True)
 
-        self.push_screen(
-            ConfirmScreen("Quit? The engine stops taking requests and lets those in flight finish."), answer
-        )
+        if self.engine is None:
+            question = "Quit? The engine it is attached to goes on running."
+        else:
+            question = "Quit? The engine stops taking requests and lets those in flight finish."
+        self.push_screen(ConfirmScreen(question), answer)
 
     async def _stop(self) -> None:
-        self.say("draining…")
         if self.engine is not None:
+            self.say("draining…")
             await self.engine.stop()
         self.exit(0)

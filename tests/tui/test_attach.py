@@ -1,0 +1,125 @@
+"""`lbtui attach`: the same dashboard, with a RemoteController, steering a real engine through its admin API."""
+
+from __future__ import annotations
+
+import httpx
+
+from lbtui.core.model import Snapshot
+from lbtui.tui.app import Dashboard
+from lbtui.tui.screens import ChoiceScreen, ConfirmScreen
+from lbtui.tui.table import Table
+from tests.attached import Served, served
+from tests.conftest import make_config, wait_for
+
+SIZE = (160, 40)
+
+
+def canary_config(blue, green):
+    return make_config(
+        [
+            {"name": "blue-1", "address": blue.address, "group": "blue"},
+            {"name": "green-1", "address": green.address, "group": "green"},
+        ],
+        split={"blue": 90, "green": 10},
+        ramp={"steps": [20, 60, 100], "hold": "1h", "min_requests": 5},
+    )
+
+
+def engine_state(s: Served) -> Snapshot:
+    """The engine's own snapshot, not the API's."""
+    return s.engine.call(s.controller.snapshot)
+
+
+async def test_the_keys_steer_the_server(backends):
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with served(canary_config(blue, green)) as s:
+        app = Dashboard(None, controller=s.remote)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            table = app.query_one("#backends", Table)
+            assert table.keys == ["blue-1", "green-1"]
+            assert s.proxy in str(app.query_one("#status").render())  # the listener, from the snapshot
+
+            def backend(name: str):
+                return engine_state(s).backend(name)
+
+            def service():
+                return engine_state(s).service("app")
+
+            await pilot.press("d")
+            assert backend("blue-1").admin_state == "drain"
+            await wait_for(
+                lambda: str(table.get_cell("blue-1", "state")).startswith("drain"), what="drain shown"
+            )
+            await pilot.press("e")
+            assert backend("blue-1").admin_state == "ready"
+            await pilot.press("plus", "plus")
+            assert backend("blue-1").weight == 3
+            await pilot.press("minus", "u")
+            assert backend("blue-1").weight == 3  # undo of the minus
+            await pilot.press("m", "y")
+            assert backend("blue-1").admin_state == "maint"
+            await pilot.press("e", "right_square_bracket")
+            assert dict(service().split or ()) == {"blue": 85, "green": 15}
+            await pilot.press("f", "y")
+            assert dict(service().split or ()) == {"blue": 15, "green": 85}
+            await pilot.press("left_square_bracket")
+            await pilot.press("l")
+            assert isinstance(app.screen, ChoiceScreen)
+            await pilot.press("escape")
+            # The server's refusals show as in-process: a ramp needs a step above the canary's share.
+            s.remote.set_split("app", {"blue": 0, "green": 100}, actor="key")
+            await pilot.press("R", "y")
+            assert "no step above it" in str(app.query_one("#message").render())
+            s.remote.set_split("app", {"blue": 90, "green": 10}, actor="key")
+            await pilot.press("R", "y")
+            assert service().ramp is not None
+            assert service().ramp.state == "running"
+            await pilot.press("R")
+            assert service().ramp.state == "aborted"
+            # Every change is the keys' in the server's audit log, and shows in the events pane.
+            events = s.engine.call(s.controller.events, 100)
+            assert {e.actor for e in events} <= {"key", "undo", "engine"}
+            assert "ramp" in str(app.query_one("#events").render())
+            # A change made elsewhere (ctl) shows up by itself.
+            s.engine.call(s.controller.set_weight, "green-1", 7, "ctl")
+            await wait_for(lambda: "ctl" in str(app.query_one("#events").render()), what="ctl's change shown")
+            await wait_for(
+                lambda: str(table.get_cell("green-1", "weight")) == "7", what="the new weight shown"
+            )
+            # The access log view shows requests sent through the proxy.
+            async with httpx.AsyncClient(base_url=s.proxy) as http:
+                for path in ("/first", "/second"):
+                    assert (await http.get(path)).status_code == 200
+            await pilot.press("4")
+            access = app.query_one("#access", Table)
+            await wait_for(lambda: access.row_count >= 2, what="the access log")
+            assert [access.get_row_at(i)[3] for i in range(2)] == ["/second", "/first"]
+            # Quitting leaves the server running.
+            await pilot.press("q")
+            assert isinstance(app.screen, ConfirmScreen)
+            assert "goes on running" in app.screen.question
+            await pilot.press("y")
+            await wait_for(lambda: not app.is_running, what="the dashboard to quit")
+        assert app.return_value == 0
+        assert s.engine.running
+        async with httpx.AsyncClient(base_url=s.proxy) as http:
+            assert (await http.get("/after")).status_code == 200
+
+
+async def test_a_lost_server_shows_in_the_status_bar_not_a_traceback(backends):
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with served(canary_config(blue, green)) as s:
+        app = Dashboard(None, controller=s.remote)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await s.engine.stop()
+            status = app.query_one("#status")
+            await wait_for(lambda: "CONNECTION LOST" in str(status.render()), what="the status bar to say so")
+            assert status.has_class("error")
+            await pilot.press("d")  # a key says why it did nothing
+            assert "cannot reach the admin API" in str(app.query_one("#message").render())
+            assert app.query_one("#backends", Table).keys == ["blue-1", "green-1"]  # the last state stays
+            await pilot.press("q", "y")
+            await wait_for(lambda: not app.is_running, what="the dashboard to quit")
+        assert app.return_value == 0
