@@ -199,3 +199,11 @@ async def test_a_lost_server_keeps_the_last_snapshot_and_says_why(backends) -> N
             s.remote.drain("blue-1")
         assert s.remote.events(5) == []  # no events were ever kept; and no exception
         assert s.remote.recent_requests(5) == []
+
+
+def test_attach_to_nothing_says_why_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    from lbtui.cli import main
+
+    assert main(["attach", "http://127.0.0.1:1"]) == 1
+    assert "lbtui: attach: cannot reach the admin API at http://127.0.0.1:1" in capsys.readouterr().err
+    assert main(["attach", "https://127.0.0.1:1"]) == 2  # not an admin URL
