@@ -19,10 +19,12 @@ from textual.css.query import NoMatches
 from textual.theme import Theme
 from textual.widgets import ContentSwitcher, Footer, Static
 
+from lbtui.config import ConfigError
 from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import BackendView, RampView, RequestView, RouteView, ServiceView, Snapshot
 from lbtui.core.stats import bucket_bounds
+from lbtui.proxy.reload import ReloadRefused
 from lbtui.serve import Runtime, ServeOptions, tune_gc
 from lbtui.threaded import EngineThread, ThreadedController
 from lbtui.tui import themes
@@ -429,6 +431,14 @@ class Dashboard(App[int]):
         ),
         Binding("u", "undo", "Undo", id="undo", tooltip="Undo the last change"),
         Binding(
+            "r",
+            "reload",
+            "Reload",
+            show=False,
+            id="reload",
+            tooltip="Reload the config file: what changed, or the file's errors (the running config stays)",
+        ),
+        Binding(
             "enter",
             "detail",
             "Detail",
@@ -475,9 +485,10 @@ class Dashboard(App[int]):
     # Keys that change the balancer: all off with --read-only.
     STEERING = frozenset(
         {"drain", "enable", "maint", "weight", "shift", "flip", "undo", "remove", "algorithm", "add", "ramp"}
+        | {"reload"}
     )
     # Keys that only make sense where the backends table is.
-    ON_BACKENDS = (STEERING - {"undo"}) | {"detail"}
+    ON_BACKENDS = (STEERING - {"undo", "reload"}) | {"detail"}
 
     def __init__(
         self,
@@ -893,6 +904,25 @@ class Dashboard(App[int]):
             f"and rolls back to {stable} on its own if its 5xx rate or p99 crosses the limits.",
             lambda: controller.start_ramp(service, actor="key"),
         )
+
+    def action_reload(self) -> None:
+        """Re-read the config file on the engine's thread (Runtime.reload) and say what came of it."""
+        engine = self.engine
+        if engine is None or engine.runtime.engine is None:
+            self.say("reload: this dashboard does not run the engine (lbtui ctl reload reloads a serve)")
+            return
+        try:
+            result = engine.call(engine.runtime.reload)
+        except (ConfigError, ReloadRefused) as error:
+            count = len(error.issues)
+            first = f": {error.issues[0]}" if error.issues else ""
+            self.say(
+                f"reload refused, the running config stays ({count} problem{'s' if count != 1 else ''}){first}"
+            )
+            return
+        shown = "; ".join(result.changes[:3]) + (" …" if len(result.changes) > 3 else "")
+        self.say(f"{result.summary()}: {shown}" if shown else result.summary())
+        self.refresh_view()
 
     def action_undo(self) -> None:
         controller = self.controller
