@@ -404,7 +404,7 @@ async def test_a_known_path_with_another_method_is_405_with_allow(
 
 
 async def test_unknown_paths_are_404(admin: Admin) -> None:
-    for path in ("/", "/api/v1", "/api/v2/state", "/api/v1/backends//drain", "/api/v1/reload"):
+    for path in ("/", "/api/v1", "/api/v2/state", "/api/v1/backends//drain", "/api/v1/reloads"):
         status, body, _ = await admin.ask("GET", path)
         assert status == 404, path
         assert body["error"].startswith("no such endpoint")
@@ -708,3 +708,23 @@ async def test_undo_ramp_and_drain_then_maint(admin: Admin) -> None:
     status, event, _ = await admin.ask("POST", "/api/v1/backends/green-1/drain-then-maint")
     assert (status, event["after"]) == (200, "drain")
     await wait_for(lambda: admin.engine.controller.snapshot().backend("green-1").admin_state == "maint")
+
+
+async def test_reload_answers_what_the_runtime_says(admin: Admin) -> None:
+    status, body, _ = await admin.ask("POST", "/api/v1/reload")
+    assert (status, body) == (409, {"error": "this instance has no config file to reload"})
+    status, _, response = await admin.ask("GET", "/api/v1/reload")
+    assert (status, response.header("allow")) == (405, "POST")
+    refused = {
+        "error": "lbtui.toml: 1 problem(s); nothing changed, the running config stays",
+        "issues": [
+            {"file": "lbtui.toml", "key_path": "services.app.algorithm", "message": "no", "hint": None}
+        ],
+    }
+    admin.server.api.reloader = lambda: (400, refused)
+    assert (await admin.ask("POST", "/api/v1/reload"))[:2] == (400, refused)
+    admin.server.api.reloader = lambda: (200, {"summary": "reloaded lbtui.toml: nothing changed"})
+    assert (await admin.ask("POST", "/api/v1/reload"))[:2] == (
+        200,
+        {"summary": "reloaded lbtui.toml: nothing changed"},
+    )
