@@ -247,3 +247,32 @@ class RemoteController(Controller):
 
     def undo(self, actor: str = "api") -> Event:
         return self._change("POST", "/api/v1/undo", actor)
+
+    def reload(self, actor: str = "key") -> str:
+        """Have the server re-read its config file (POST /api/v1/reload): what came of it, in one line.
+        A refused file raises ControlError with its first problem and how many there are."""
+        now = time.monotonic()
+        if now - self._last_used > IDLE_SECONDS:
+            self._client.close()
+        self._client.actor = actor
+        try:
+            answer = self._client.reload()
+        except ApiError as error:
+            self._last_used = time.monotonic()
+            issues = error.body.get("issues", []) if isinstance(error.body, dict) else []
+            if issues:
+                first = issues[0]
+                where = first.get("key_path") or first.get("file") or ""
+                count = len(issues)
+                raise ControlError(
+                    f"reload refused, the running config stays ({count} problem{'s' if count != 1 else ''}): "
+                    f"{where}: {first.get('message')}"
+                ) from None
+            raise ControlError(f"reload refused: {error}") from None
+        except ClientError as error:
+            raise ControlError(str(error)) from None
+        self._last_used = time.monotonic()
+        changes = [str(line) for line in answer.get("changes", [])]
+        shown = "; ".join(changes[:3]) + (" …" if len(changes) > 3 else "")
+        summary = str(answer.get("summary", "reloaded"))
+        return f"{summary}: {shown}" if shown else summary

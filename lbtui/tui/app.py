@@ -909,7 +909,15 @@ class Dashboard(App[int]):
         """Re-read the config file on the engine's thread (Runtime.reload) and say what came of it."""
         engine = self.engine
         if engine is None or engine.runtime.engine is None:
-            self.say("reload: this dashboard does not run the engine (lbtui ctl reload reloads a serve)")
+            remote = getattr(self.controller, "reload", None)  # an attached dashboard (admin/remote.py)
+            if remote is None:
+                self.say("reload: this dashboard has no engine to reload")
+                return
+            try:
+                self.say(remote(actor="key"))
+            except ControlError as error:
+                self.say(str(error))
+            self.refresh_view()
             return
         try:
             result = engine.call(engine.runtime.reload)

@@ -207,3 +207,25 @@ def test_attach_to_nothing_says_why_and_exits_1(capsys: pytest.CaptureFixture[st
     assert main(["attach", "http://127.0.0.1:1"]) == 1
     assert "lbtui: attach: cannot reach the admin API at http://127.0.0.1:1" in capsys.readouterr().err
     assert main(["attach", "https://127.0.0.1:1"]) == 2  # not an admin URL
+
+
+async def test_reload_from_an_attached_dashboard_goes_to_the_server(backends, tmp_path) -> None:
+    """`r` in `lbtui attach` calls the server's reload (RemoteController.reload): what changed, or why not."""
+    from lbtui.config import load_config
+
+    one, two = await backends("one"), await backends("two")
+    path = tmp_path / "lbtui.toml"
+    base = '[[listeners]]\nbind = "127.0.0.1:0"\n[services.app]\n'
+    backend = '[[services.app.backends]]\nname = "{0}"\naddress = "{1}"\n'
+    path.write_text(base + backend.format("one", one.address))
+    async with served(load_config(str(path))) as s:
+        path.write_text(base + backend.format("one", one.address) + backend.format("two", two.address))
+        said = s.remote.reload()
+        assert said.startswith("reloaded")
+        assert "two" in said
+        assert [b.name for b in s.remote.snapshot().services[0].backends] == ["one", "two"]
+        path.write_text(base + "[[services.app.backends]]\nname = 3\n")
+        with pytest.raises(ControlError, match=r"reload refused, the running config stays \(\d+ problems?\)"):
+            s.remote.reload()
+        assert [b.name for b in s.remote.snapshot().services[0].backends] == ["one", "two"]
+        assert any(e.actor == "reload" for e in s.remote.events())

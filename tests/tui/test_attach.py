@@ -123,3 +123,22 @@ async def test_a_lost_server_shows_in_the_status_bar_not_a_traceback(backends):
             await pilot.press("q", "y")
             await wait_for(lambda: not app.is_running, what="the dashboard to quit")
         assert app.return_value == 0
+
+
+async def test_r_reloads_the_server_it_is_attached_to(backends, tmp_path):
+    from lbtui.config import load_config
+
+    one, two = await backends("one"), await backends("two")
+    path = tmp_path / "lbtui.toml"
+    base = '[[listeners]]\nbind = "127.0.0.1:0"\n[services.app]\n'
+    backend = '[[services.app.backends]]\nname = "{0}"\naddress = "{1}"\n'
+    path.write_text(base + backend.format("one", one.address))
+    async with served(load_config(str(path))) as s:
+        app = Dashboard(None, controller=s.remote)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            path.write_text(base + backend.format("one", one.address) + backend.format("two", two.address))
+            await pilot.press("r")
+            assert [b.name for b in engine_state(s).services[0].backends] == ["one", "two"]
+            table = app.query_one("#backends", Table)
+            await wait_for(lambda: table.keys == ["one", "two"], what="the new backend shown")
