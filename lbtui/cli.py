@@ -175,6 +175,12 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     events = command("events", "the audit log, newest first")
     events.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    ramp = command("ramp", "start a service's canary ramp (its [services.NAME.ramp] steps), or --abort it")
+    ramp.add_argument("service", metavar="SERVICE")
+    ramp.add_argument("--abort", action="store_true", help="stop the ramp and roll back to the stable group")
+    command("undo", "undo the last change (as u in the dashboard)")
+    requests = command("requests", "the newest finished requests, newest first (the access log's tail)")
+    requests.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
 
 
 def _load(path: str, verdict: str) -> Config | int:

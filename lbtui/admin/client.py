@@ -142,3 +142,15 @@ class AdminClient:
 
     def reload(self) -> Any:
         return self.request("POST", "/api/v1/reload")
+
+    def start_ramp(self, service: str) -> Any:
+        return self.request("POST", f"/api/v1/services/{segment(service)}/ramp")
+
+    def abort_ramp(self, service: str) -> Any:
+        return self.request("DELETE", f"/api/v1/services/{segment(service)}/ramp")
+
+    def undo(self) -> Any:
+        return self.request("POST", "/api/v1/undo")
+
+    def requests(self, limit: int = 20) -> Any:
+        return self.request("GET", f"/api/v1/requests?limit={limit}")

@@ -106,6 +106,30 @@ def format_events(events: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def format_requests(requests: Sequence[dict[str, Any]]) -> str:
+    """The newest finished requests, newest first, as the dashboard's access log shows them."""
+    if not requests:
+        return "no requests yet"
+    rows = [["TIME", "CLIENT", "METHOD", "TARGET", "STATUS", "ROUTE", "CONSUMER", "BACKEND", "MS"]]
+    for r in requests:
+        when = time.strftime("%H:%M:%S", time.localtime(r["time"])) + f".{int(r['time'] * 1000) % 1000:03d}"
+        duration = r.get("duration_ms")
+        rows.append(
+            [
+                when,
+                str(r.get("client") or "-"),
+                str(r.get("method")),
+                str(r.get("target")),
+                str(r.get("status")),
+                str(r.get("route") or "-"),
+                str(r.get("consumer") or "-"),
+                str(r.get("backend") or "-"),
+                f"{duration:.1f}" if isinstance(duration, (int, float)) else "-",
+            ]
+        )
+    return "\n".join(_table(rows, indent=""))
+
+
 def parse_split(items: Sequence[str]) -> dict[str, int]:
     split: dict[str, int] = {}
     for item in items:
@@ -215,6 +239,20 @@ class Ctl:
 
     def cmd_flip(self) -> int:
         return self.change(self.client.flip(self.args.service))
+
+    def cmd_ramp(self) -> int:
+        if self.args.abort:
+            return self.change(self.client.abort_ramp(self.args.service))
+        return self.change(self.client.start_ramp(self.args.service))
+
+    def cmd_undo(self) -> int:
+        return self.change(self.client.undo())
+
+    def cmd_requests(self) -> int:
+        answer = self.client.requests(self.args.limit)
+        shown = answer.get("requests", []) if isinstance(answer, dict) else answer
+        self.say(json.dumps(answer, indent=2) if self.json else format_requests(shown))
+        return 0
 
     def cmd_reload(self) -> int:
         """What the reload changed; or, for a bad file, its problems (on stderr) and exit 1."""

@@ -242,3 +242,31 @@ async def test_ctl_sends_the_token(serve: Callable[..., Awaitable[Served]]) -> N
     assert code == 0
     code, _, _ = await served.ctl("state", env={**served.env, "LBTUI_ADMIN_TOKEN": "t0k"})
     assert code == 0
+
+
+async def test_ramp_undo_and_requests(serve: Callable[..., Awaitable[Served]], backends: Any) -> None:
+    blue = await backends("blue-1")
+    green = await backends("green-1")
+    served = await serve({"blue-1": (blue.address, "blue"), "green-1": (green.address, "green")})
+    async with httpx.AsyncClient(base_url=served.url) as http:
+        assert (await http.get("/seen-by-ctl")).status_code == 200
+    code, out, err = await served.ctl("requests", "--limit", "5")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].split()[:4] == ["TIME", "CLIENT", "METHOD", "TARGET"]
+    assert "/seen-by-ctl" in out
+    code, out, _ = await served.ctl("--json", "requests", "--limit", "1")
+    assert json.loads(out)["requests"][0]["target"] == "/seen-by-ctl"
+
+    assert (await served.ctl("weight", "blue-1", "4"))[0] == 0
+    code, out, err = await served.ctl("undo")
+    assert (code, err) == (0, "")
+    assert "blue-1" in out
+    assert "4 -> 1" in out
+    code, out, err = await served.ctl("ramp", "app")
+    assert (code, err) == (0, ""), out
+    assert out.startswith("app: ")
+    code, out, err = await served.ctl("ramp", "app", "--abort")
+    assert (code, err) == (0, ""), out
+    code, _, err = await served.ctl("ramp", "nope")
+    assert code == 1
+    assert err.startswith("lbtui ctl: no service named 'nope'")
