@@ -45,6 +45,10 @@ log = logging.getLogger("lbtui.admin")
 MAX_BODY: Final = 64 * 1024
 MAX_HEAD: Final = 16 * 1024
 MAX_CONNECTIONS: Final = 64
+# Requests answered from one read of one connection, and answer bytes it has not read, before it is closed:
+# ctl and attach never pipeline, and one connection must not hold the engine's loop or its memory.
+MAX_PIPELINED: Final = 8
+MAX_UNREAD: Final = 1024 * 1024
 MAX_EVENTS: Final = 1000
 ACTOR_HEADER: Final = "x-lbtui-actor"
 ACTORS: Final = frozenset({"ctl", "key"})  # actors a client may name ("key": `lbtui attach`); else "api"
@@ -106,7 +110,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
         if ":" in port_text:
             return None
     if port_text:
-        if not port_text.isdigit() or int(port_text) > 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
             return None
         return host.lower().rstrip("."), int(port_text)
     return host.lower().rstrip("."), None
@@ -281,6 +285,8 @@ class AdminApi:
             raise _refuse(
                 400, f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
             ) from None
+        except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep
+            raise _refuse(400, f"the body is not JSON this API takes: {e}") from None
         if not isinstance(value, dict):
             raise _refuse(400, f"the body must be a JSON object, not {_json_kind(value)}")
         return value
@@ -454,7 +460,7 @@ def _number_param(query: str, name: str, default: int, low: int, high: int | Non
     if not values:
         return default
     text = values[-1]
-    if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
+    if not (text.isascii() and text.isdigit()) or int(text) < low or (high is not None and int(text) > high):
         bounds = f"from {low} to {high}" if high is not None else f"of {low} or more"
         raise _refuse(400, f"{name} must be a whole number {bounds}, got {text!r}")
     return int(text)
@@ -543,6 +549,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.api = server.api
         self.parser = httptools.HttpRequestParser(self)
+        self.in_read = 0  # requests answered from the current read (see MAX_PIPELINED)
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self._reset()
@@ -560,8 +567,14 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
         if len(self.server.connections) >= MAX_CONNECTIONS:
-            self.transport.abort()
-            return
+            # Full: make room by closing an idle connection (one that has sent nothing of a request), so that
+            # sockets held open and silent cannot lock ctl, attach and Prometheus out; else refuse this one.
+            idle = next((c for c in self.server.connections if not c.started), None)
+            if idle is None or idle.transport is None:
+                self.transport.abort()
+                return
+            self.server.connections.discard(idle)
+            idle.transport.close()
         self.server.connections.add(self)
         no_delay(self.transport)
         self._arm()
@@ -576,6 +589,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.started = True
+        self.in_read = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -623,7 +637,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         length = self.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_BODY:
+        if length.isascii() and length.isdigit() and int(length) > MAX_BODY:
             self._too_large()
 
     def on_body(self, body: bytes) -> None:
@@ -641,8 +655,16 @@ class _Connection(asyncio.Protocol):
         method = self.parser.get_method().decode("latin-1")
         request = Request(method, self.url.decode("latin-1"), self.headers, b"".join(self.body))
         response = self.api.handle(request)
-        keep_alive = self.parser.should_keep_alive() and not self.server.closing
+        self.in_read += 1
+        transport = self.transport
+        flooding = self.in_read >= MAX_PIPELINED or (
+            transport is not None and transport.get_write_buffer_size() > MAX_UNREAD
+        )
+        keep_alive = self.parser.should_keep_alive() and not self.server.closing and not flooding
         self._send(response, close=not keep_alive, head_only=method == "HEAD")
+        if flooding:
+            self.answered = True
+            raise httptools.HttpParserError("too many pipelined requests")  # stops the parser: closed
         if keep_alive:
             self._reset()
             self.started = False

@@ -47,7 +47,10 @@ class AdminClient:
     def __init__(
         self, url: str, token: str | None = None, actor: str = "ctl", timeout: float = DEFAULT_TIMEOUT
     ) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
+        try:
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+        except ValueError as error:  # e.g. "http://[::1" (Invalid IPv6 URL)
+            raise ClientError(f"the admin URL must be http://HOST:PORT, got {url!r} ({error})") from None
         if parts.scheme != "http" or not parts.hostname:
             raise ClientError(f"the admin URL must be http://HOST:PORT, got {url!r}")
         try:

@@ -361,8 +361,14 @@ class StateFile:
             self.say(f"state: no {self.path} yet; starting from the config")
             return
         self.last_written = services
-        with self.controller.noting(f"restored from {name}"):
-            changes, warnings = restore(self.controller, services)
+        try:
+            with self.controller.noting(f"restored from {name}"):
+                changes, warnings = restore(self.controller, services)
+        except (TypeError, ValueError, AttributeError, KeyError) as error:
+            # A value of a shape restore did not expect (a list where a name goes...): what was applied stays,
+            # and the file is set aside for a human, never fatal.
+            self._corrupt(f"a value of the wrong kind ({error})")
+            return
         for warning in warnings:
             self.say(f"state: {self.path}: {warning}; skipped")
         if changes:

@@ -171,6 +171,11 @@ class AccessLog:
                 self._file = None
             self._open()
 
+    def _write_entries(self, items: list[tuple[tuple[Any, ...], Exchange]], wall_offset: float) -> None:
+        """In the writer thread: format the finished requests' lines and write them (the engine's loop only
+        hands them over: a backlog after a slow disk never stops it for long)."""
+        self._write([self.format(fields(entry, exchange, wall_offset)) for entry, exchange in items])
+
     def _write(self, lines: list[str]) -> None:
         """In the writer thread: append the lines, flush once."""
         try:
@@ -191,10 +196,9 @@ class AccessLog:
         """Format what the queue holds and hand it to the writer (unless it is still busy with the last)."""
         if self.closed or not self.queue or (self._writing is not None and not self._writing.done()):
             return
-        items = self.queue.copy()
+        items = self.queue.copy()  # (the engine appends to this very list: emptied, never replaced)
         self.queue.clear()
-        lines = [self.format(fields(entry, exchange, wall_offset)) for entry, exchange in items]
-        self._writing = self._writer.submit(self._write, lines)
+        self._writing = self._writer.submit(self._write_entries, items, wall_offset)
 
     def close(self, wall_offset: float) -> None:
         """Write what is left and close the file (waits for the writer: at shutdown only)."""

@@ -728,3 +728,41 @@ async def test_reload_answers_what_the_runtime_says(admin: Admin) -> None:
         200,
         {"summary": "reloaded lbtui.toml: nothing changed"},
     )
+
+
+# -- after review: floods, lockouts, odd input ------------------------------------------------------------
+
+
+async def test_a_pipelined_flood_is_cut_off(admin: Admin) -> None:
+    """ctl and attach never pipeline: a connection that sends many requests in one go without reading the
+    answers is answered a few times, then closed, so it holds neither the engine's loop nor memory."""
+    reader, writer = await asyncio.open_connection(admin.host, admin.port)
+    one = f"GET /api/v1/state HTTP/1.1\r\nHost: {admin.default_host}\r\n\r\n".encode()
+    writer.write(one * 500)
+    received = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+    writer.close()
+    assert received.count(b"HTTP/1.1 200 OK") == 8  # MAX_PIPELINED
+    status, _, _ = await admin.ask("GET", "/api/v1/state")  # the API goes on for everyone else
+    assert status == 200
+
+
+async def test_silent_connections_cannot_lock_the_api_out(admin: Admin) -> None:
+    from lbtui.admin.api import MAX_CONNECTIONS
+
+    held = [await asyncio.open_connection(admin.host, admin.port) for _ in range(MAX_CONNECTIONS)]
+    await wait_for(lambda: len(admin.server.connections) == MAX_CONNECTIONS, what="all held")
+    status, _, _ = await admin.ask("GET", "/api/v1/state")  # an idle one made room
+    assert status == 200
+    for _, writer in held:
+        writer.close()
+
+
+async def test_odd_numbers_are_400_not_500(admin: Admin) -> None:
+    status, _, _ = await admin.ask("GET", "/api/v1/events?limit=%C2%B2")  # "²" is a digit to str.isdigit
+    assert status == 400
+    status, _, _ = await admin.ask("GET", "/api/v1/state", headers={"Host": "127.0.0.1:\u00b2"})
+    assert status in (400, 403)
+    path = "/api/v1/backends/blue-1/weight"
+    for raw in (b'{"weight": ' + b"9" * 5000 + b"}", b"[" * 30000):
+        status, body, _ = await admin.ask("PUT", path, raw=raw, headers={"Content-Type": "application/json"})
+        assert status == 400, body

@@ -515,3 +515,22 @@ def test_a_write_is_fast(tmp_path):
     assert len(times) == 50
     print(f"state file write: median {times[25] * 1000:.2f} ms, max {times[-1] * 1000:.2f} ms")
     assert times[25] < 0.05
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"added": [{"name": "z", "address": "127.0.0.1:1", "state": []}]},
+        {"added": [{"name": ["z"], "address": "127.0.0.1:1"}]},
+        {"backends": {"blue-1": {"state": {"a": 1}}}},
+    ],
+)
+def test_a_value_of_the_wrong_kind_sets_the_file_aside_and_never_stops_the_start(tmp_path, entry):
+    path = tmp_path / "lbtui.state.json"
+    path.write_text(json.dumps({"version": 1, "services": {"shop": entry}}))
+    c = controller()
+    state, said = store(path, c)
+    state.start()  # no exception: the entry is skipped with its key path, or the file is set aside
+    assert any(".corrupt-" in p.name for p in tmp_path.iterdir()) or any(
+        "skipped" in line for line in said
+    ), said
