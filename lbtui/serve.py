@@ -216,12 +216,14 @@ async def serve(options: ServeOptions, say: Callable[[str], None] = _say) -> int
     if not await runtime.start():
         return 1
     tune_gc()
-    runtime.announce()
     exit_code = 0
     async with anyio.create_task_group() as tg:
         if runtime.traffic is not None:
             tg.start_soon(runtime.traffic.run)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            # Announced once the signals are ours: a SIGHUP or SIGTERM sent as soon as the listener line shows
+            # must reload or drain, not kill the process (the default action).
+            runtime.announce()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     say("SIGHUP: reloading the config")
