@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lbtui.config import Config, ConfigIssue, ListenerConfig, ServiceConfig
+from lbtui.config import BackendConfig, Config, ConfigIssue, ListenerConfig, ServiceConfig
 from lbtui.core.balancer import route_view
 from lbtui.core.control import ControlError, Event
 from lbtui.core.model import AdminState, Health, RouteStats, Service
@@ -252,6 +252,22 @@ class _Apply:
             else:
                 self.update_service(service, config)
 
+    def add(self, service: str, name: str, wanted: BackendConfig, weight: int, change: str) -> None:
+        """A backend of the new file that is not running (new, or at a new address): take its name back from
+        a draining one, add it, and give it the file's state."""
+        self.free_name(name)
+        added = self.control(
+            change,
+            self.controller.add_backend,
+            service,
+            name,
+            _address(wanted.host, wanted.port),
+            wanted.group,
+            weight,
+        )
+        if added and wanted.state != AdminState.READY.value:
+            self.control(f"backend {name}: {wanted.state}", self.controller.set_state, name, wanted.state)
+
     def free_name(self, name: str) -> None:
         """Make room for a backend called `name`: the one that has it is removed (drained under NAME~old)."""
         backend = self.balancer.backends.get(name)
@@ -356,49 +372,25 @@ class _Apply:
                     == (wanted.host, wanted.port, wanted.group)
                 ):
                     continue  # added at runtime as the config has it now: it is a config backend from now on
-                self.free_name(backend_name)
                 address = _address(wanted.host, wanted.port)
-                if (
-                    self.control(
-                        f"backend {backend_name}: added ({address}, group {wanted.group}, weight {wanted.weight})",
-                        controller.add_backend,
-                        name,
-                        backend_name,
-                        address,
-                        wanted.group,
-                        wanted.weight,
-                    )
-                    and wanted.state != AdminState.READY.value
-                ):
-                    self.control(
-                        f"backend {backend_name}: {wanted.state}",
-                        controller.set_state,
-                        backend_name,
-                        wanted.state,
-                    )
+                self.add(
+                    name,
+                    backend_name,
+                    wanted,
+                    wanted.weight,
+                    f"backend {backend_name}: added ({address}, group {wanted.group}, weight {wanted.weight})",
+                )
                 continue
             before, backend = known, present
             if (wanted.host, wanted.port) != (before.host, before.port):
-                self.free_name(backend_name)
                 address = _address(wanted.host, wanted.port)
-                if (
-                    self.control(
-                        f"backend {backend_name}: address {_address(before.host, before.port)} -> {address}",
-                        controller.add_backend,
-                        name,
-                        backend_name,
-                        address,
-                        wanted.group,
-                        runtime_backends.get(backend_name, {}).get("weight", wanted.weight),
-                    )
-                    and wanted.state != AdminState.READY.value
-                ):
-                    self.control(
-                        f"backend {backend_name}: {wanted.state}",
-                        controller.set_state,
-                        backend_name,
-                        wanted.state,
-                    )
+                self.add(
+                    name,
+                    backend_name,
+                    wanted,
+                    runtime_backends.get(backend_name, {}).get("weight", wanted.weight),
+                    f"backend {backend_name}: address {_address(before.host, before.port)} -> {address}",
+                )
                 continue
             if wanted.group != before.group and backend.group == before.group:
                 self.result.changes.append(f"backend {backend_name}: group {before.group} -> {wanted.group}")
