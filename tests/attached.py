@@ -9,12 +9,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import Any
 
 from lbtui.admin.remote import RemoteController
 from lbtui.config import AdminConfig, Config
 from lbtui.core.control import Controller
 from lbtui.serve import ServeOptions
 from lbtui.threaded import EngineThread
+from tests.conftest import make_config
+
+
+def canary_config(blue: Any, green: Any) -> Config:
+    """blue-1 and green-1 (backends from the `backends` fixture) split 90/10, with a ramp that holds an hour."""
+    return make_config(
+        [
+            {"name": "blue-1", "address": blue.address, "group": "blue"},
+            {"name": "green-1", "address": green.address, "group": "green"},
+        ],
+        split={"blue": 90, "green": 10},
+        ramp={"steps": [20, 60, 100], "hold": "1h", "min_requests": 5},
+    )
 
 
 @dataclasses.dataclass

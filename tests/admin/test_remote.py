@@ -16,19 +16,8 @@ from lbtui.admin.schema import (
 )
 from lbtui.core.control import ControlError, Event
 from lbtui.core.model import Snapshot
-from tests.attached import Served, served
-from tests.conftest import make_config, wait_for
-
-
-def canary_config(blue, green):
-    return make_config(
-        [
-            {"name": "blue-1", "address": blue.address, "group": "blue"},
-            {"name": "green-1", "address": green.address, "group": "green"},
-        ],
-        split={"blue": 90, "green": 10},
-        ramp={"steps": [20, 60, 100], "hold": "1h", "min_requests": 5},
-    )
+from tests.attached import Served, canary_config, served
+from tests.conftest import wait_for
 
 
 @pytest.fixture

@@ -8,21 +8,10 @@ from lbtui.core.model import Snapshot
 from lbtui.tui.app import Dashboard
 from lbtui.tui.screens import ChoiceScreen, ConfirmScreen
 from lbtui.tui.table import Table
-from tests.attached import Served, served
-from tests.conftest import make_config, wait_for
+from tests.attached import Served, canary_config, served
+from tests.conftest import wait_for
 
 SIZE = (160, 40)
-
-
-def canary_config(blue, green):
-    return make_config(
-        [
-            {"name": "blue-1", "address": blue.address, "group": "blue"},
-            {"name": "green-1", "address": green.address, "group": "green"},
-        ],
-        split={"blue": 90, "green": 10},
-        ramp={"steps": [20, 60, 100], "hold": "1h", "min_requests": 5},
-    )
 
 
 def engine_state(s: Served) -> Snapshot:
