@@ -9,6 +9,8 @@ Invariants:
 - Mutations are POST, PUT or DELETE; a known path asked with another method is 405 with `Allow`.
 - Every error is JSON `{"error": "..."}`; an unexpected exception is logged and answered 500 with
   `{"error": "internal error"}`, never a traceback.
+- Every answer, errors included, carries `X-Lbtui-Admin` (the API versions spoken), and `GET /api/v1/` says
+  who answers (admin/identity.py): a client tells this API from anything else before it reads an answer.
 - Checks come in this order, before any routing: Host (403), Origin (403), token (401). A browser page on
   another site cannot use the API: its requests carry its own origin (refused), and a DNS-rebound name in
   Host is refused as well; only a loopback name or address, the bind address, or (on a wildcard bind) an IP
@@ -34,10 +36,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httptools
 
+import lbtui
 from lbtui.config import AdminConfig
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.proxy.http import no_delay
 
+from .identity import HEADER, HEADER_VALUE, identity_json
 from .schema import backend_json, event_json, request_json, service_json, snapshot_json
 
 log = logging.getLogger("lbtui.admin")
@@ -173,6 +177,7 @@ Handler = Callable[["AdminApi", Request, list[str], str], Response]
 def _routes() -> list[tuple[tuple[str, ...], dict[str, Handler]]]:
     """Path patterns ("*" matches one segment, passed to the handler) and their handlers by method."""
     return [
+        (("api", "v1"), {"GET": AdminApi.get_identity}),
         (("api", "v1", "state"), {"GET": AdminApi.get_state}),
         (("api", "v1", "events"), {"GET": AdminApi.get_events}),
         (("api", "v1", "reload"), {"POST": AdminApi.reload}),
@@ -317,6 +322,10 @@ class AdminApi:
         return any(b.name == name for s in snapshot.services for b in s.backends)
 
     # -- reads -----------------------------------------------------------------------------------------------
+    def get_identity(self, request: Request, args: list[str], query: str) -> Response:
+        """`GET /api/v1/`: which API this is, its versions, and the lbtui that answers (cheap: no snapshot)."""
+        return json_response(200, identity_json(lbtui.__version__, lbtui.data_plane_build(), os.getpid()))
+
     def get_state(self, request: Request, args: list[str], query: str) -> Response:
         return json_response(200, snapshot_json(self.controller.snapshot()))
 
@@ -526,11 +535,15 @@ def _status_line(status: int) -> bytes:
     return f"HTTP/1.1 {status} {phrase}\r\n".encode()
 
 
+_IDENTITY_LINE: Final = f"{HEADER}: {HEADER_VALUE}\r\n".encode()
+
+
 def encode_response(response: Response, head_only: bool = False) -> bytes:
     lines = [
         _status_line(response.status),
         f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n".encode(),
         b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
+        _IDENTITY_LINE,
     ]
     for name, value in response.headers:
         lines.append(f"{name}: {value}\r\n".encode("latin-1"))

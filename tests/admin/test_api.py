@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
+import lbtui
 from lbtui.admin.api import (
     MAX_BODY,
     AdminApi,
@@ -133,6 +135,53 @@ async def admin(admin_factory: Callable[..., Awaitable[Admin]]) -> Admin:
 
 
 # -- reads --------------------------------------------------------------------------------------------------
+
+
+async def test_the_api_says_who_it_is(admin: Admin) -> None:
+    """`GET /api/v1/`: the identity a client asks for first (as Envoy's /server_info, HAProxy's show info)."""
+    for path in ("/api/v1/", "/api/v1"):
+        status, identity, response = await admin.ask("GET", path)
+        assert status == 200, path
+        assert identity == {
+            "api": "lbtui-admin",
+            "version": 1,
+            "versions": [1],
+            "lbtui": lbtui.__version__,
+            "data_plane": lbtui.data_plane_build(),
+            "pid": os.getpid(),
+        }
+        assert response.header("x-lbtui-admin") == "1"
+    status, _, response = await admin.ask("HEAD", "/api/v1/")
+    assert (status, response.header("x-lbtui-admin")) == (200, "1")
+    status, _, response = await admin.ask("POST", "/api/v1/")
+    assert (status, response.header("allow")) == (405, "GET, HEAD")
+
+
+async def test_every_answer_carries_the_api_header(admin_factory: Callable[..., Awaitable[Admin]]) -> None:
+    """Errors too: a client tells a refusal of lbtui's (a token, a Host) from another server's page."""
+    admin = await admin_factory(token=TOKEN)
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    answers = [
+        await admin.ask("GET", "/api/v1/state", headers=token),  # 200
+        await admin.ask("GET", "/api/v1/"),  # 401
+        await admin.ask("GET", "/api/v1/", headers={"Host": "evil.example", **token}),  # 403
+        await admin.ask("GET", "/nope", headers=token),  # 404
+        await admin.ask("GET", "/api/v1/backends/blue-1/drain", headers=token),  # 405
+        await admin.ask("PUT", "/api/v1/backends/blue-1/weight", raw=b"{", headers=token),  # 415
+        await admin.ask("GET", "/metrics", headers=token),  # 200, text
+    ]
+    assert [status for status, _, _ in answers] == [200, 401, 403, 404, 405, 415, 200]
+    assert all(response.header("x-lbtui-admin") == "1" for _, _, response in answers)
+    client = await admin.connect()
+    await client.send(b"GET /api/v1/state HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n")
+    response = await client.read_response()
+    assert (response.status, response.header("x-lbtui-admin")) == (400, "1")
+    client = await admin.connect()
+    await client.send(
+        f"GET / HTTP/1.1\r\nHost: {admin.default_host}\r\nX-Big: {'a' * 20000}\r\n\r\n".encode()
+    )
+    response = await client.read_response()
+    assert (response.status, response.header("x-lbtui-admin")) == (431, "1")
 
 
 async def test_state_is_the_snapshot_as_documented_json(admin: Admin) -> None:
@@ -404,7 +453,7 @@ async def test_a_known_path_with_another_method_is_405_with_allow(
 
 
 async def test_unknown_paths_are_404(admin: Admin) -> None:
-    for path in ("/", "/api/v1", "/api/v2/state", "/api/v1/backends//drain", "/api/v1/reloads"):
+    for path in ("/", "/api", "/api/v2", "/api/v2/state", "/api/v1/backends//drain", "/api/v1/reloads"):
         status, body, _ = await admin.ask("GET", path)
         assert status == 404, path
         assert body["error"].startswith("no such endpoint")
