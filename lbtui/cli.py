@@ -26,6 +26,13 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _timeout(text: str) -> float:
+    seconds = _duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a timeout must be above 0")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lbtui",
@@ -123,12 +130,19 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print the API's JSON as it is"
     )
+    common.add_argument(
+        "--request-timeout",
+        type=_timeout,
+        default=argparse.SUPPRESS,
+        metavar="DURATION",
+        help="how long to wait for each answer of the admin API (default 10s)",
+    )
     ctl = sub.add_parser(
         "ctl",
         parents=[common],
         help="steer a running lbtui through its admin API",
-        description="Steer a running lbtui through its admin API. Exit codes: 0 done, 1 refused or "
-        "unreachable, 2 bad usage, 3 drain --wait timed out.",
+        description="Steer a running lbtui through its admin API. Exit codes: 0 done, 1 refused, "
+        "unreachable, or not an lbtui admin API, 2 bad usage, 3 drain --wait timed out.",
     )
     commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
 

@@ -1,7 +1,12 @@
 """`lbtui ctl`: steer a running lbtui through its admin API (the parser is in lbtui/cli.py).
 
-Exit codes: 0 done; 1 the API refused (its message) or could not be reached; 2 bad usage (argparse);
-3 `drain --wait` reached its timeout with requests still in flight.
+Exit codes: 0 done; 1 the API refused (its message), could not be reached, or what answered is not lbtui's
+admin API (or not its version, or its JSON is of another shape): one line on stderr, never a traceback;
+2 bad usage (argparse); 3 `drain --wait` reached its timeout with requests still in flight.
+
+The client (admin/client.py) identifies the API before the first command's request, and hands over only
+JSON that reads back into the core's views; the formatting here still takes any value (`str()`), so that
+nothing an answer holds can end in a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TextIO
 
-from lbtui.admin.client import AdminClient, ApiError, ClientError, default_url
+from lbtui.admin.client import DEFAULT_TIMEOUT, AdminClient, ApiError, ClientError, default_url
 
 EXIT_TIMEOUT: Final = 3
 TOKEN_ENV: Final = "LBTUI_ADMIN_TOKEN"
@@ -76,13 +81,13 @@ def format_state(state: dict[str, Any]) -> str:
         lines.append(head)
         rows = [["NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", "IN-FLIGHT", "REQ/S", "P99"]]
         for b in service.get("backends", []):
-            admin_state = b["admin_state"] + (" (removing)" if b.get("removing") else "")
+            admin_state = f"{b['admin_state']}" + (" (removing)" if b.get("removing") else "")
             rows.append(
                 [
-                    b["name"],
-                    b["group"],
+                    str(b["name"]),
+                    str(b["group"]),
                     admin_state,
-                    b.get("health_label") or b["health"],
+                    str(b.get("health_label") or b["health"]),
                     str(b["weight"]),
                     str(b["in_flight"]),
                     _rate(b.get("rps")),
@@ -101,7 +106,7 @@ def format_events(events: Sequence[dict[str, Any]]) -> str:
         return "no events"
     out = []
     for event in events:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["time"]))
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(event["time"])))
         out.append(f"{when}  #{event['id']}  {event.get('actor')}: {describe(event)}")
     return "\n".join(out)
 
@@ -112,7 +117,8 @@ def format_requests(requests: Sequence[dict[str, Any]]) -> str:
         return "no requests yet"
     rows = [["TIME", "CLIENT", "METHOD", "TARGET", "STATUS", "ROUTE", "CONSUMER", "BACKEND", "MS"]]
     for r in requests:
-        when = time.strftime("%H:%M:%S", time.localtime(r["time"])) + f".{int(r['time'] * 1000) % 1000:03d}"
+        at = float(r["time"])
+        when = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
         duration = r.get("duration_ms")
         rows.append(
             [
@@ -150,7 +156,8 @@ class Ctl:
         self.json = bool(getattr(args, "json", False))
         token_env = getattr(args, "token_env", None) or TOKEN_ENV
         url = getattr(args, "admin", None) or os.environ.get(URL_ENV) or default_url()
-        self.client = AdminClient(url, os.environ.get(token_env) or None)
+        timeout = getattr(args, "request_timeout", None) or DEFAULT_TIMEOUT
+        self.client = AdminClient(url, os.environ.get(token_env) or None, timeout=timeout)
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -174,7 +181,7 @@ class Ctl:
 
     def cmd_events(self) -> int:
         answer = self.client.events(self.args.limit)
-        self.say(json.dumps(answer, indent=2) if self.json else format_events(answer.get("events", [])))
+        self.say(json.dumps(answer, indent=2) if self.json else format_events(answer["events"]))
         return 0
 
     def cmd_drain(self) -> int:
@@ -250,8 +257,7 @@ class Ctl:
 
     def cmd_requests(self) -> int:
         answer = self.client.requests(self.args.limit)
-        shown = answer.get("requests", []) if isinstance(answer, dict) else answer
-        self.say(json.dumps(answer, indent=2) if self.json else format_requests(shown))
+        self.say(json.dumps(answer, indent=2) if self.json else format_requests(answer["requests"]))
         return 0
 
     def cmd_reload(self) -> int:
@@ -265,7 +271,10 @@ class Ctl:
                 self.say(json.dumps(error.body, indent=2))
             else:
                 print(f"lbtui ctl: reload refused: {error}", file=self.err)
-                for issue in error.body.get("issues", []):
+                issues = error.body.get("issues")
+                for issue in issues if isinstance(issues, list) else []:
+                    if not isinstance(issue, dict):
+                        continue
                     where = ": ".join(str(issue.get(k)) for k in ("file", "key_path") if issue.get(k))
                     print(f"  {where}: {issue.get('message')}", file=self.err)
             return 1
@@ -274,7 +283,7 @@ class Ctl:
             return 0
         self.say(str(answer.get("summary", "reloaded")))
         for key in ("changes", "warnings", "restart_needed"):
-            for line in answer.get(key, []):
+            for line in answer.get(key, []):  # lists: the client checked
                 self.say(f"  {line}")
         return 0
 
