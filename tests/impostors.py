@@ -1,8 +1,9 @@
 """Servers that are not lbtui's admin API, for `lbtui ctl --admin URL` and `lbtui attach URL` to be pointed at.
 
-Each runs on 127.0.0.1 on a port of its own, on the test's loop (or, nginx, as a process of its own), and
-records the request lines it was sent: a test can tell that nothing but the identifying `GET /api/v1/`
-reached it.
+Each runs on 127.0.0.1 on a port of its own, on a loop of its own on a thread of its own (nginx: as a process
+of its own): ctl's client and the attached dashboard's controller block the loop that calls them, as they do
+in lbtui. Each records the request lines it was sent: a test can tell that nothing but the identifying
+`GET /api/v1/` reached it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import shutil
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -31,36 +33,49 @@ def free_port() -> int:
 
 
 class Impostor:
-    """A TCP server on 127.0.0.1; every connection runs `script(reader, writer, impostor)`."""
+    """A TCP server on 127.0.0.1; every connection runs `script(reader, writer, impostor)` on `loop`."""
 
     def __init__(
         self,
+        loop: asyncio.AbstractEventLoop,
         script: Callable[[asyncio.StreamReader, asyncio.StreamWriter, Impostor], Awaitable[None]],
         tls: ssl.SSLContext | None = None,
         port: int = 0,
     ) -> None:
+        self.loop = loop
         self.script = script
         self.tls = tls
         self.port = port
         self.requests: list[str] = []  # request lines, as "GET /api/v1/"
         self.server: asyncio.Server | None = None
+        self.handlers: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    async def _on_loop(self, work: Awaitable[Any]) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_awaited(work), self.loop))
+
     async def start(self) -> Impostor:
+        await self._on_loop(self._start())
+        return self
+
+    async def _start(self) -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.handlers.add(task)
             try:
                 await self.script(reader, writer, self)
-            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
                 pass
             finally:
                 writer.close()
+                self.handlers.discard(task)
 
         self.server = await asyncio.start_server(handle, "127.0.0.1", self.port, ssl=self.tls)
         self.port = self.server.sockets[0].getsockname()[1]
-        return self
 
     async def read_request(self, reader: asyncio.StreamReader) -> str | None:
         """One request (head and a Content-Length body); its request line, or None at the end."""
@@ -81,9 +96,20 @@ class Impostor:
         return self.requests[-1]
 
     async def stop(self) -> None:
+        """Stop listening and end every connection."""
+        await self._on_loop(self._stop())
+
+    async def _stop(self) -> None:
         if self.server is not None:
             self.server.close()
             self.server = None
+        for task in list(self.handlers):
+            task.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+
+
+async def _awaited(work: Awaitable[Any]) -> Any:
+    return await work
 
 
 def http_answer(
@@ -97,6 +123,33 @@ def http_answer(
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
                 f"{headers}\r\n".encode()
+                + data
+            )
+            await writer.drain()
+
+    return script
+
+
+def fake_lbtui(
+    answers: dict[str, Any],
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter, Impostor], Awaitable[None]]:
+    """A script that passes for lbtui's admin API (its header, its identity) and answers `answers[path]` (JSON;
+    404 for other paths): what a proxy in between that rewrites the JSON, or a broken build, would look like."""
+    identity = {"api": "lbtui-admin", "version": 1, "versions": [1]}
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, impostor: Impostor) -> None:
+        while (line := await impostor.read_request(reader)) is not None:
+            path = line.split(" ", 1)[1].split("?", 1)[0]
+            if path == "/api/v1/":
+                status, value = "200 OK", identity
+            elif path in answers:
+                status, value = "200 OK", answers[path]
+            else:
+                status, value = "404 Not Found", {"error": f"no such endpoint: {path}"}
+            data = json.dumps(value).encode()
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                "X-Lbtui-Admin: 1\r\n\r\n".encode()
                 + data
             )
             await writer.drain()
@@ -130,12 +183,16 @@ async def tls_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 @contextlib.asynccontextmanager
 async def impostors() -> AsyncIterator[Callable[..., Awaitable[Impostor]]]:
+    """`await start(script, tls=None, port=0)`: an Impostor, running until the end of the block."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="impostors", daemon=True)
+    thread.start()
     started: list[Impostor] = []
 
     async def start(
         script: Callable[..., Awaitable[None]], tls: ssl.SSLContext | None = None, port: int = 0
     ) -> Impostor:
-        impostor = await Impostor(script, tls, port).start()
+        impostor = await Impostor(loop, script, tls, port).start()
         started.append(impostor)
         return impostor
 
@@ -144,6 +201,9 @@ async def impostors() -> AsyncIterator[Callable[..., Awaitable[Impostor]]]:
     finally:
         for impostor in started:
             await impostor.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, DEADLINE)
+        loop.close()
 
 
 # -- nginx ---------------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ Every failure is a ClientError with a message fit for a user, in one line that n
 - NotAdminApi: something answered that is not lbtui's admin API, or not a version this client speaks;
 - BadAnswer: the API's answer is not JSON of the shape asked for (a proxy in between, a bug).
 
-Invariants: the first request of a client is `GET /api/v1/` (identify), and no answer is read, let alone
-acted on, without the `X-Lbtui-Admin` header that names a version this client speaks (admin/identity.py).
+Invariants: the first request of a client is `GET /api/v1/` (identify), and so is the first on a new
+connection when it would carry a change; no answer is read, let alone acted on, without the `X-Lbtui-Admin`
+header that names a version this client speaks (admin/identity.py).
 The reads that have a shape (`state`, `backend`, `events`, ...) return the JSON only after it was read back
 into the core's views with admin/schema.py, so that their callers can trust its keys.
 """
@@ -150,19 +151,25 @@ class AdminClient:
             self._connection = None
 
     def identify(self) -> dict[str, Any]:
-        """Ask `GET /api/v1/` who answers; its identity, or NotAdminApi (ApiError for a token or Host refusal)."""
-        if self.identity is None:
-            value = self._exchange("GET", IDENTITY_PATH, None)
-            if not is_identity(value):
-                raise NotAdminApi(
-                    f"{self.url} is not an lbtui admin API (GET {IDENTITY_PATH} answered JSON of another shape)"
-                )
-            self.identity = value
-        return self.identity
+        """Ask `GET /api/v1/` who answers: its identity, or NotAdminApi (ApiError for a token or Host refusal)."""
+        value = self._exchange("GET", IDENTITY_PATH, None)
+        if not is_identity(value):
+            now = "no longer" if self.identity is not None else "not"
+            raise NotAdminApi(
+                f"{self.url} is {now} an lbtui admin API (GET {IDENTITY_PATH} answered JSON of another shape)"
+            )
+        self.identity = value
+        return value
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Send one request; the answer's JSON (or text, for non-JSON answers). Raises ClientError."""
-        if self._identify and self.identity is None:
+        """Send one request; the answer's JSON (or text, for non-JSON answers). Raises ClientError.
+
+        The first request identifies the API; so does a change that would open a new connection (the server
+        may have been replaced since): no change is sent to what was not identified. A read needs no more
+        than the header its answer must carry."""
+        if self._identify and (
+            self.identity is None or (self._connection is None and method not in ("GET", "HEAD"))
+        ):
             self.identify()
         return self._exchange(method, path, body)
 

@@ -6,9 +6,14 @@ runs unchanged against a remote engine.
 
 - A change answers its audit Event; the API's refusal is a ControlError with the server's message, as the
   in-process controller's would be; an unreachable server is a ControlError too.
-- A snapshot the server cannot give (it stopped, the network went) is the last one, marked in
-  `extra["connection_lost"]` with the reason; the dashboard shows that and goes on. Requests are tried again at
-  most every RETRY_SECONDS, so a server that hangs costs the dashboard one timeout per retry, not per redraw.
+- The first request identifies the API (admin/client.py): against anything that is not lbtui's admin API (or
+  not its version), the first snapshot raises ControlError with one line that says what answered, and
+  `lbtui attach` exits with it before drawing anything.
+- A snapshot the server cannot give (it stopped, the network went, or what answers on its address now is not
+  lbtui's admin API, or its JSON is of another shape) is the last one, marked in `extra["connection_lost"]`
+  with the reason; the dashboard shows that and goes on. No answer's JSON reaches the dashboard unread: what
+  does not read back into a view is such a failure, never an exception. Requests are tried again at most
+  every RETRY_SECONDS, so a server that hangs costs the dashboard one timeout per retry, not per redraw.
 - Events are kept here (the newest MAX_EVENTS) and fetched by what is new (`?since=ID`); `subscribe` polls on a
   thread of its own, with its own connection, and hands each new event to the subscriber's loop.
 """
@@ -20,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from lbtui.core.control import ControlError, Controller, Event
 from lbtui.core.model import RequestView, Snapshot
@@ -36,6 +41,16 @@ IDLE_SECONDS: Final = 5.0  # a connection unused this long may have been closed 
 POLL_SECONDS: Final = 0.25  # how often subscribe asks for new events
 EVENTS_FRESH: Final = 0.1  # events() asks the server again only after this long
 MAX_EVENTS: Final = 1000  # the API's limit
+
+T = TypeVar("T")
+
+
+def _event(value: Any) -> Event:
+    """An event read back; its id orders and keys what is kept, so it must be a whole number."""
+    event = event_from_json(value)
+    if isinstance(event.id, bool) or not isinstance(event.id, int):
+        raise TypeError("an event's id is not a whole number")
+    return event
 
 
 class RemoteController(Controller):
@@ -83,8 +98,25 @@ class RemoteController(Controller):
         self._lost = ""
         return value
 
+    def _read(
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[Any], T],
+        actor: str = "key",
+        body: dict[str, Any] | None = None,
+    ) -> T:
+        """`_request`, its answer read by `parse`; JSON of another shape fails as an unreachable server does."""
+        value = self._request(method, path, actor, body)
+        try:
+            return self._client.parse(f"{method} {path}", value, parse)
+        except ClientError as error:
+            self._failed_at = time.monotonic()
+            self._lost = str(error)
+            raise ControlError(self._lost) from None
+
     def _change(self, method: str, path: str, actor: str, body: dict[str, Any] | None = None) -> Event:
-        event = event_from_json(self._request(method, path, actor, body))
+        event = self._read(method, path, _event, actor, body)
         self._keep([event])
         return event
 
@@ -104,7 +136,7 @@ class RemoteController(Controller):
     # -- reads ---------------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         try:
-            snapshot = snapshot_from_json(self._request("GET", "/api/v1/state"))
+            snapshot = self._read("GET", "/api/v1/state", snapshot_from_json)
         except ControlError as error:
             if self._last is None:
                 raise
@@ -115,29 +147,31 @@ class RemoteController(Controller):
         return snapshot
 
     def recent_requests(self, limit: int = 100) -> list[RequestView]:
+        path = f"/api/v1/requests?limit={max(1, min(limit, MAX_EVENTS))}"
         try:
-            value = self._request("GET", f"/api/v1/requests?limit={max(1, min(limit, MAX_EVENTS))}")
+            return self._read("GET", path, lambda value: [request_from_json(r) for r in value["requests"]])
         except ControlError:
             return []  # the snapshot says the connection is lost
-        return [request_from_json(r) for r in value["requests"]]
 
     def events(self, limit: int = 100) -> list[Event]:
         if time.monotonic() - self._events_at >= EVENTS_FRESH:
             self._events_at = time.monotonic()
             try:
                 self._fetch_events(self._request)
-            except ControlError:
+            except (ControlError, ClientError):
                 pass  # the events kept so far, until the server answers again
         with self._lock:
             ids = sorted(self._events, reverse=True)[:limit]
             return [self._events[i] for i in ids]
 
     def _fetch_events(self, request: Callable[[str, str], Any]) -> None:
-        """Ask for every event after the last one asked for, and keep them."""
+        """Ask for every event after the last one asked for, and keep them (BadAnswer: JSON of another shape)."""
         with self._lock:
             since = self._synced
-        value = request("GET", f"/api/v1/events?limit={MAX_EVENTS}&since={since}")
-        events = [event_from_json(e) for e in value["events"]]
+        path = f"/api/v1/events?limit={MAX_EVENTS}&since={since}"
+        events = self._client.parse(
+            f"GET {path}", request("GET", path), lambda value: [_event(e) for e in value["events"]]
+        )
         self._keep(events, synced=max([since, *(e.id for e in events)]))
 
     def _keep(self, events: list[Event], synced: int = 0) -> None:
@@ -190,7 +224,8 @@ class RemoteController(Controller):
             self._poller.start()
 
     def _poll(self) -> None:
-        client = AdminClient(self.url, self._token, timeout=self._timeout)  # http.client is one thread's
+        # http.client is one thread's: a connection of its own. The dashboard's client identified the URL.
+        client = AdminClient(self.url, self._token, timeout=self._timeout, identify=False)
         try:
             while not self._stop.wait(POLL_SECONDS):
                 try:
@@ -259,8 +294,8 @@ class RemoteController(Controller):
             answer = self._client.reload()
         except ApiError as error:
             self._last_used = time.monotonic()
-            issues = error.body.get("issues", []) if isinstance(error.body, dict) else []
-            if issues:
+            issues = error.body.get("issues") if isinstance(error.body, dict) else None
+            if isinstance(issues, list) and issues and isinstance(issues[0], dict):
                 first = issues[0]
                 where = first.get("key_path") or first.get("file") or ""
                 count = len(issues)

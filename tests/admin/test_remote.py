@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import httpx
 import pytest
 
+from lbtui.admin.remote import RemoteController
 from lbtui.admin.schema import (
     event_json,
     request_from_json,
@@ -218,3 +220,85 @@ async def test_reload_from_an_attached_dashboard_goes_to_the_server(backends, tm
             s.remote.reload()
         assert [b.name for b in s.remote.snapshot().services[0].backends] == ["one", "two"]
         assert any(e.actor == "reload" for e in s.remote.events())
+
+
+def refused(url: str, line: str) -> None:
+    """A RemoteController on `url`: its first snapshot is ControlError(line), and nothing else raises."""
+    remote = RemoteController(url)
+    try:
+        with pytest.raises(ControlError) as raised:
+            remote.snapshot()
+        assert str(raised.value) == line
+        assert remote.events(5) == []
+        assert remote.recent_requests(5) == []
+        with pytest.raises(ControlError, match="is not an lbtui admin API"):
+            remote.drain("blue-1")
+    finally:
+        remote.close()
+
+
+async def test_what_is_not_the_api_is_refused_at_the_first_snapshot(backends) -> None:
+    """The proxy's listener, a JSON server, garbage: one ControlError naming the URL and what answered."""
+    from tests.impostors import garbage, http_answer, impostors
+
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with served(canary_config(blue, green)) as s, impostors() as start:
+        shaped = await start(http_answer({"time": 1, "services": []}))
+        noise = await start(garbage)
+        for url, found in [
+            (s.proxy, "200 application/json"),
+            (shaped.url, "200 application/json"),
+            (noise.url, "something that is not HTTP: '???garbage, not HTTP?'"),
+        ]:
+            # On a thread: the demo backends behind the listener answer on this test's loop.
+            await asyncio.to_thread(refused, url, f"{url} is not an lbtui admin API (it answered {found})")
+        assert shaped.requests == ["GET /api/v1/"]  # asked once who it is; nothing after that
+        assert s.engine.call(s.controller.events, 10) == []  # nothing reached the engine
+
+
+async def test_a_server_replaced_by_something_else_is_lost_not_a_crash(backends) -> None:
+    """While attached, what answers on the admin API's address stops being it: said, the last state kept."""
+    from tests.impostors import fake_lbtui, http_answer, impostors
+
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with impostors() as start, served(canary_config(blue, green)) as s:
+        remote = s.remote
+        before = remote.snapshot()
+        seen: list[Event] = []
+        remote.subscribe(seen.append)
+        port = int(s.url.rsplit(":", 1)[1])
+        await s.engine.stop()
+        other = await start(http_answer({"hello": "world"}, headers="Server: other/2\r\n"), port=port)
+        after = remote.snapshot()
+        assert after.services == before.services
+        assert after.extra["connection_lost"] == (
+            f"{s.url} is no longer an lbtui admin API (it answered 200 application/json from other/2)"
+        )
+        with pytest.raises(ControlError, match="is no longer an lbtui admin API"):
+            remote.drain("blue-1")  # within RETRY_SECONDS: not sent
+        remote._failed_at = None
+        with pytest.raises(ControlError, match="is no longer an lbtui admin API"):
+            remote.drain("blue-1")  # sent: identified first, so the drain itself never is
+        assert remote.events(5) == []
+        assert remote.recent_requests(5) == []
+        await wait_for(lambda: len(other.requests) >= 2, what="the events poller to meet the new server")
+        assert all(r.startswith("GET /api/v1/") for r in other.requests), other.requests
+        await other.stop()
+        # Now something that passes for the API, with JSON of another shape (a proxy that rewrites it).
+        fake = await start(
+            fake_lbtui({"/api/v1/state": {"services": "?"}, "/api/v1/events": {"events": [{"id": "x"}]}}),
+            port=port,
+        )
+        remote._failed_at = None  # the retry pause (RETRY_SECONDS) is not what is tested here
+        after = remote.snapshot()
+        assert after.services == before.services
+        assert after.extra["connection_lost"].startswith(
+            f"{s.url} answered GET /api/v1/state with JSON of another shape ("
+        )
+        await wait_for(
+            lambda: any(r.startswith("GET /api/v1/events") for r in fake.requests),
+            what="the poller's ask",
+        )
+        remote._failed_at = None
+        assert remote.events(5) == []
+        assert seen == []

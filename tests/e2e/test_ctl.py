@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.e2e.test_serve import stop
+from tests.impostors import NGINX_STATIC, impostors, nginx, silent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -270,3 +273,62 @@ async def test_ramp_undo_and_requests(serve: Callable[..., Awaitable[Served]], b
     code, _, err = await served.ctl("ramp", "nope")
     assert code == 1
     assert err.startswith("lbtui ctl: no service named 'nope'")
+
+
+async def test_ctl_and_attach_refuse_what_is_not_the_admin_api(
+    serve: Callable[..., Awaitable[Served]], backends: Any, tmp_path: Path
+) -> None:
+    """The issue's case, as a deploy script meets it: `--admin` given the listener's URL. `drain` printed
+    `None: None none -> none` and exited 0; `attach` said `internal error: KeyError: 'time'`."""
+    blue = await backends("blue-1")
+    served = await serve({"blue-1": (blue.address, "blue")})
+    listener = served.url
+    line = f"{listener} is not an lbtui admin API (it answered 200 application/json)\n"
+    for args in (
+        ("drain", "blue-1"),
+        ("drain", "blue-1", "--wait"),
+        ("state",),
+        ("--json", "weight", "blue-1", "3"),
+    ):
+        assert await served.ctl("--admin", listener, *args) == (1, "", f"lbtui ctl: {line}"), args
+    code, out, _ = await served.ctl("--json", "state")  # the real API: nothing changed
+    assert code == 0
+    assert [(b["admin_state"], b["weight"]) for b in json.loads(out)["services"][0]["backends"]] == [
+        ("ready", 1)
+    ]
+    attach = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lbtui",
+        "attach",
+        listener,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=served.env,
+        cwd=ROOT,
+    )
+    out_bytes, err_bytes = await asyncio.wait_for(attach.communicate(), 30)  # no dashboard: it ends by itself
+    assert (attach.returncode, out_bytes.decode(), err_bytes.decode()) == (1, "", f"lbtui: attach: {line}")
+
+    async with nginx(tmp_path, {"static": NGINX_STATIC}) as web:
+        code, out, err = await served.ctl("--admin", web.urls["static"], "drain", "blue-1")
+        assert (code, out) == (1, "")
+        assert re.fullmatch(
+            re.escape(
+                f"lbtui ctl: {web.urls['static']} is not an lbtui admin API (it answered 404 text/html from "
+            )
+            + r"nginx/[\d.]+\)\n",
+            err,
+        ), err
+
+    async with impostors() as start:
+        silent_server = await start(silent)
+        began = time.monotonic()
+        code, out, err = await served.ctl(
+            "--admin", silent_server.url, "--request-timeout", "500ms", "drain", "blue-1"
+        )
+        assert time.monotonic() - began < 10.0  # the timeout, and a Python start
+        assert (code, out) == (1, "")
+        assert err.startswith(f"lbtui ctl: no answer from {silent_server.url} within 0.5s")
+        assert err.count("\n") == 1

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+import re
 
+import httpx
+import pytest
+
+import lbtui
+from lbtui.cli import main
+from lbtui.config import parse_config
 from lbtui.core.model import Snapshot
 from lbtui.tui.app import Dashboard
 from lbtui.tui.screens import ChoiceScreen, ConfirmScreen
 from lbtui.tui.table import Table
 from tests.attached import Served, canary_config, served
 from tests.conftest import wait_for
+from tests.impostors import NGINX_STATIC, garbage, http_answer, impostors, nginx
 
 SIZE = (160, 40)
 
@@ -131,3 +139,87 @@ async def test_r_reloads_the_server_it_is_attached_to(backends, tmp_path):
             assert [b.name for b in engine_state(s).services[0].backends] == ["one", "two"]
             table = app.query_one("#backends", Table)
             await wait_for(lambda: table.keys == ["one", "two"], what="the new backend shown")
+
+
+async def attach(url: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`lbtui attach URL` in-process, on a thread (the servers may answer on this loop): code, stdout, stderr."""
+    code = await asyncio.wait_for(asyncio.to_thread(main, ["attach", url]), 30)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_attach_to_what_is_not_lbtui_exits_1_with_one_line(backends, capsys, tmp_path) -> None:
+    """No dashboard against the proxy's listener (was `internal error: KeyError: 'time'`), nor anything else."""
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with served(canary_config(blue, green)) as s, impostors() as start:
+        shaped = await start(http_answer({"time": 1, "services": []}))
+        noise = await start(garbage)
+        future = await start(
+            http_answer({"api": "lbtui-admin", "version": 2}, headers="X-Lbtui-Admin: 2\r\n")
+        )
+        for url, line in [
+            (s.proxy, f"{s.proxy} is not an lbtui admin API (it answered 200 application/json)"),
+            (shaped.url, f"{shaped.url} is not an lbtui admin API (it answered 200 application/json)"),
+            (
+                noise.url,
+                f"{noise.url} is not an lbtui admin API (it answered something that is not HTTP: "
+                "'???garbage, not HTTP?')",
+            ),
+            (
+                future.url,
+                f"{future.url} is an lbtui admin API of version 2; this lbtui ({lbtui.__version__}) "
+                "speaks version 1: use the lbtui release of the server",
+            ),
+        ]:
+            assert await attach(url, capsys) == (1, "", f"lbtui: attach: {line}\n"), url
+        assert shaped.requests == ["GET /api/v1/"]
+        async with nginx(tmp_path, {"static": NGINX_STATIC}) as web:
+            code, out, err = await attach(web.urls["static"], capsys)
+            assert (code, out) == (1, "")
+            assert re.fullmatch(
+                re.escape(
+                    f"lbtui: attach: {web.urls['static']} is not an lbtui admin API (it answered 404 "
+                    "text/html from nginx/"
+                )
+                + r"[\d.]+\)\n",
+                err,
+            ), err
+
+
+async def test_a_server_replaced_by_the_proxy_shows_in_the_status_bar(backends) -> None:
+    """Attached, the server restarts as something else on the admin API's address (here: a proxy listener)."""
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with served(canary_config(blue, green)) as s, impostors() as start:
+        app = Dashboard(None, controller=s.remote)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            table = app.query_one("#backends", Table)
+            assert table.keys == ["blue-1", "green-1"]
+            port = int(s.url.rsplit(":", 1)[1])
+            await s.engine.stop()
+            # A backend on a thread of its own: the dashboard asks from this loop, and waits for the answer.
+            web = await start(http_answer({"hello": "from a backend"}))
+            config = parse_config(
+                {
+                    "listeners": [{"name": "web", "bind": f"127.0.0.1:{port}"}],
+                    "services": {
+                        "app": {"backends": [{"name": "web-1", "address": f"127.0.0.1:{web.port}"}]}
+                    },
+                },
+                source="<test>",
+            )
+            async with served(config) as proxy:
+                assert proxy.proxy == s.url  # the proxy now listens where the admin API was
+                status = app.query_one("#status")
+                said = f"{s.url} is no longer an lbtui admin API (it answered 200 application/json)"
+                await wait_for(lambda: said in str(status.render()), what="the status bar to say so")
+                assert "CONNECTION LOST" in str(status.render())
+                assert status.has_class("error")
+                await pilot.press("d")  # a key says why it did nothing
+                assert said in str(app.query_one("#message").render())
+                assert table.keys == ["blue-1", "green-1"]  # the last state stays
+                assert web.requests  # what the dashboard asked reached the new proxy's backend: reads only
+                assert all(r.startswith("GET /api/v1/") for r in web.requests), web.requests
+                await pilot.press("q", "y")
+                await wait_for(lambda: not app.is_running, what="the dashboard to quit")
+        assert app.return_value == 0
