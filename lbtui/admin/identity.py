@@ -60,7 +60,7 @@ def describe_answer(status: int, content_type: str, server: str) -> str:
     return words
 
 
-TLS_ANSWER: Final = "in TLS: an HTTPS server? (the admin API speaks plain http://)"
+TLS_ANSWER: Final = "in TLS, as an HTTPS server does; the admin API is plain http"
 
 
 def describe_bytes(data: str) -> str:
@@ -72,4 +72,4 @@ def describe_bytes(data: str) -> str:
 
 def _printable(text: str, limit: int) -> str:
     text = "".join(c if " " <= c <= "~" else "?" for c in text.strip())  # nothing a terminal would act on
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

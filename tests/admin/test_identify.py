@@ -168,7 +168,7 @@ async def test_an_https_server_is_named_as_one(ca: trustme.CA) -> None:
         server = await start(tls_silent, tls=tls_context(ca))
         assert_refused(
             await every_command(server.url),
-            not_lbtui(server.url, "in TLS: an HTTPS server? (the admin API speaks plain http://)"),
+            not_lbtui(server.url, "in TLS, as an HTTPS server does; the admin API is plain http"),
         )
 
 
