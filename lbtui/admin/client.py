@@ -152,14 +152,14 @@ class AdminClient:
 
     def identify(self) -> dict[str, Any]:
         """Ask `GET /api/v1/` who answers: its identity, or NotAdminApi (ApiError for a token or Host refusal)."""
+        was_the_api = self._answered
         value = self._exchange("GET", IDENTITY_PATH, None)
         if not is_identity(value):
-            now = "no longer" if self.identity is not None else "not"
-            raise NotAdminApi(
-                f"{self.url} is {now} an lbtui admin API (GET {IDENTITY_PATH} answered JSON of another shape)"
-            )
-        self.identity = value
-        return value
+            self._answered = was_the_api  # the header alone does not make it the API
+            raise self._not_the_api(f"GET {IDENTITY_PATH} answered JSON of another shape")
+        identity: dict[str, Any] = value
+        self.identity = identity
+        return identity
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Send one request; the answer's JSON (or text, for non-JSON answers). Raises ClientError.
@@ -226,14 +226,11 @@ class AdminClient:
                 raise self._closed_at_once() from None
             except http.client.BadStatusLine as error:
                 self.close()
-                raise NotAdminApi(
-                    f"{self.url} is not an lbtui admin API (it answered {describe_bytes(error.line)})"
-                ) from None
+                line = str(error.args[0]) if error.args else ""
+                raise self._not_the_api(f"it answered {describe_bytes(line)}") from None
             except http.client.HTTPException as error:  # a line too long, too many header lines
                 self.close()
-                raise NotAdminApi(
-                    f"{self.url} is not an lbtui admin API (its answer is not HTTP this client reads: {error})"
-                ) from None
+                raise self._not_the_api(f"its answer is not HTTP this client reads: {error}") from None
             except OSError as error:
                 self.close()
                 raise Unreachable(f"cannot reach the admin API at {self.url}: {_reason(error)}") from None
@@ -271,8 +268,7 @@ class AdminClient:
             found = describe_answer(
                 response.status, response.getheader("Content-Type", ""), response.getheader("Server", "")
             )
-            now = "no longer" if self._answered else "not"
-            raise NotAdminApi(f"{self.url} is {now} an lbtui admin API (it answered {found})")
+            raise self._not_the_api(f"it answered {found}")
         versions = header_versions(value)
         if versions is None or not set(versions) & set(VERSIONS):
             self.close()
@@ -295,10 +291,12 @@ class AdminClient:
             ):
                 pass
         except (OSError, ValueError):
-            return NotAdminApi(
-                f"{self.url} is not an lbtui admin API (it closed the connection without an answer)"
-            )
-        return NotAdminApi(f"{self.url} is not an lbtui admin API (it answered {TLS_ANSWER})")
+            return self._not_the_api("it closed the connection without an answer")
+        return self._not_the_api(f"it answered {TLS_ANSWER}")
+
+    def _not_the_api(self, found: str) -> NotAdminApi:
+        now = "no longer" if self._answered else "not"  # it was the API, earlier in this process
+        return NotAdminApi(f"{self.url} is {now} an lbtui admin API ({found})")
 
     # -- the API, one method per endpoint (reads and changes checked for their shape) ---------------------
     def state(self) -> Any:

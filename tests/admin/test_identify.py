@@ -210,7 +210,7 @@ async def test_a_proxy_that_changes_the_json_is_one_line_not_a_traceback(backend
             f'location / {{ proxy_pass {s.url}; proxy_set_header Accept-Encoding "";\n'
             "sub_filter_types application/json; sub_filter_once off;\n"
             "sub_filter '\"services\":' '\"svcs\":'; sub_filter '\"id\":' '\"ident\":';\n"
-            "sub_filter '\"requests\":[' '\"reqs\":['; sub_filter '\"summary\":' '\"sum\":'; }"
+            "sub_filter '\"requests\":[' '\"reqs\":['; }"
         )
         async with nginx(tmp_path, {"proxy": rewrite}) as web:
             url = web.urls["proxy"]
@@ -229,3 +229,45 @@ async def test_a_proxy_that_changes_the_json_is_one_line_not_a_traceback(backend
             # The API's own refusals still come through as they are.
             result = await asyncio.to_thread(ctl, url, "drain", "nope")
             assert result == (1, "", "lbtui ctl: no backend named 'nope'\n")
+
+
+async def test_the_header_decides_through_a_proxy(backends, tmp_path: Path) -> None:
+    """nginx in front of the real admin API: a proxy that drops the header hides the API; one that says the
+    server speaks versions 1 and 2 is still understood; one that says 2 only is refused by name."""
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with served(canary_config(blue, green)) as s:
+        block = (
+            "listen 127.0.0.1:{port};\n"
+            f"location / {{ proxy_pass {s.url}; proxy_hide_header X-Lbtui-Admin; %s }}"
+        )
+        servers = {
+            "stripped": block % "",
+            "both": block % "add_header X-Lbtui-Admin '1, 2' always;",
+            "future": block % "add_header X-Lbtui-Admin '2' always;",
+        }
+        async with nginx(tmp_path, servers) as web:
+            code, out, err = await asyncio.to_thread(ctl, web.urls["stripped"], "state")
+            assert (code, out) == (1, "")
+            assert re.fullmatch(
+                re.escape(not_lbtui(web.urls["stripped"], "200 application/json from nginx/")[:-2])
+                + r"[\d.]+\)\n",
+                err,
+            ), err
+            code, out, err = await asyncio.to_thread(ctl, web.urls["both"], "weight", "blue-1", "4")
+            assert (code, out, err) == (0, "blue-1: weight 1 -> 4\n", "")
+            code, out, err = await asyncio.to_thread(ctl, web.urls["future"], "weight", "blue-1", "5")
+            assert (code, out) == (1, "")
+            assert err.startswith(f"lbtui ctl: {web.urls['future']} is an lbtui admin API of version 2; "), (
+                err
+            )
+        assert s.engine.call(s.controller.snapshot).backend("blue-1").weight == 4
+
+
+async def test_the_header_without_the_identity_is_not_the_api() -> None:
+    async with impostors() as start:
+        server = await start(http_answer({"api": "something-else"}, headers="X-Lbtui-Admin: 1\r\n"))
+        assert_refused(
+            await every_command(server.url),
+            f"lbtui ctl: {server.url} is not an lbtui admin API (GET /api/v1/ answered JSON of another shape)\n",
+        )
+        assert server.requests == ["GET /api/v1/"] * len(COMMANDS)
