@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import trustme
 
-from lbtui.config import Config, parse_config
+from lbtui.admin.api import AdminServer
+from lbtui.admin.schema import snapshot_from_json, snapshot_json
+from lbtui.config import AdminConfig, Config, parse_config
 from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.model import sticky_value
 from lbtui.proxy.engine import Engine
@@ -223,10 +225,14 @@ async def test_a_backend_back_in_service_takes_its_sessions_again(backends, engi
     client = await raw_client(engine.address())
     value = value_for(engine, "b1")
     engine.controller.maint("b1")
-    assert (await get(client, "/", value)).header("X-Backend") == "b0"
+    for _ in range(3):
+        assert (await get(client, "/", value)).header("X-Backend") == "b0"
     engine.controller.enable("b1")
     # A client that kept the old cookie (it ignored the new one) is back on b1: its value names b1 still.
-    assert (await get(client, "/", value)).header("X-Backend") == "b1"
+    for _ in range(6):
+        response = await get(client, "/", value)
+        assert response.header("X-Backend") == "b1"
+        assert cookie_of(response) is None
 
 
 async def test_a_cookie_that_names_no_backend_is_not_trusted(backends, engine_factory, raw_client):
@@ -488,3 +494,39 @@ async def test_a_tls_listener_sets_a_secure_cookie(backends, engine_factory, tmp
         finally:
             await client.close()
         assert (response.header("Set-Cookie") or "").endswith("; Secure") == secure
+
+
+# -- the numbers: admin API, metrics, attach ----------------------------------------------------------------
+
+
+async def test_the_numbers_in_the_admin_api_and_metrics(backends, engine_factory, raw_client):
+    bs = [await backends(f"b{i}") for i in range(2)]
+    engine = await engine_factory(config(bs))
+    server = AdminServer(engine.controller, AdminConfig(host="127.0.0.1", port=0, enabled=True), 10.0)
+    await server.start()
+    try:
+        client = await raw_client(engine.address())
+        value = await session(client, "b1", engine)
+        for _ in range(4):
+            await get(client, "/", value)
+        await get(client, "/", "forged")
+        engine.controller.maint("b1")
+        await get(client, "/", value)  # moved to b0
+        admin = await raw_client(server.address)
+        host = f"Host: 127.0.0.1:{server.address[1]}".encode()
+        await admin.send(b"GET /api/v1/state HTTP/1.1\r\n" + host + b"\r\n\r\n")
+        state = json.loads((await admin.read_response()).body)
+        await admin.send(b"GET /metrics HTTP/1.1\r\n" + host + b"\r\n\r\n")
+        metrics = (await admin.read_response()).body.decode()
+    finally:
+        await server.stop()
+    app = state["services"][0]
+    assert (app["sticky_cookie"], app["sticky_moved"], app["sticky_unknown"]) == (COOKIE, 1, 1)
+    b1 = next(b for b in app["backends"] if b["name"] == "b1")
+    assert b1["sticky_requests"] == 4
+    assert b1["sticky_cookies_set"] >= 1
+    assert snapshot_json(snapshot_from_json(state), now=state["time"]) == state  # `lbtui attach` reads it all
+    assert 'lbtui_backend_sticky_requests_total{service="app",backend="b1",group="default"} 4' in metrics
+    assert 'lbtui_service_sticky_moved_total{service="app"} 1' in metrics
+    assert 'lbtui_service_sticky_unknown_total{service="app"} 1' in metrics
+    assert "lbtui_backend_sticky_cookies_set_total{" in metrics
