@@ -39,16 +39,7 @@ def refused(config: Config) -> list[Unsupported]:
                 f"the environment variable {env!r} is not set (it holds this consumer's API key)",
             )
         )
-    for service in config.services:
-        sticky = service.sticky
-        if sticky is not None and sticky.secret_env is not None and not os.environ.get(sticky.secret_env):
-            out.append(
-                Unsupported(
-                    f"services.{service.name}.sticky.secret_env",
-                    f"the environment variable {sticky.secret_env!r} is not set (it holds the key of the "
-                    "sticky cookie's values)",
-                )
-            )
+    out.extend(missing_sticky_secrets(config))
     for i, route in enumerate(config.routes):
         base = f"routes[{i}]"
         if route.auth is not None and route.auth.type == "jwt":
@@ -65,6 +56,23 @@ def refused(config: Config) -> list[Unsupported]:
                 f"the environment variable {admin.token_env!r} is not set (it holds the admin API's token)",
             )
         )
+    return out
+
+
+def missing_sticky_secrets(config: Config) -> list[Unsupported]:
+    """Sticky services whose `secret_env` is not set: with another key, every session would move (a reload
+    refuses them too)."""
+    out: list[Unsupported] = []
+    for service in config.services:
+        sticky = service.sticky
+        if sticky is not None and sticky.secret_env is not None and not os.environ.get(sticky.secret_env):
+            out.append(
+                Unsupported(
+                    f"services.{service.name}.sticky.secret_env",
+                    f"the environment variable {sticky.secret_env!r} is not set (it holds the key of the "
+                    "sticky cookie's values)",
+                )
+            )
     return out
 
 

@@ -21,6 +21,7 @@ from lbtui.config import AdminConfig, Config, parse_config
 from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.model import sticky_value
 from lbtui.proxy.engine import Engine
+from lbtui.proxy.reload import ReloadRefused
 from tests.conftest import RawClient, RawResponse, wait_for
 
 COOKIE = "lbtui_srv"
@@ -273,6 +274,11 @@ async def test_values_are_stable_with_a_secret_and_per_process_without(
     client = await raw_client(second.address())
     assert cookie_of(await get(client, "/", value)) is None
     assert second.controller.snapshot().backend("b1").sticky_requests == 1
+    # A reload while the variable is gone is refused (another key would move every session), as a start is.
+    monkeypatch.delenv("LBTUI_TEST_STICKY_KEY")
+    with pytest.raises(ReloadRefused, match=r"services\.app\.sticky\.secret_env: the environment variable"):
+        second.reload(keyed)
+    assert cookie_of(await get(client, "/", value)) is None
     # Without a secret: a key of this process, not the secret's.
     plain = await engine_factory(config([b1]))
     plain_value = cookie_of(await get(await raw_client(plain.address())))
