@@ -16,4 +16,5 @@ COMPILED_MODULES = (
     "lbtui.gateway.ratelimit",
     "lbtui.gateway.cors",
     "lbtui.gateway.cache",
+    "lbtui.gateway.sticky",
 )

@@ -180,7 +180,18 @@ class OutlierConfig:
 
 @dataclass(frozen=True, slots=True)
 class StickyConfig:
+    """Cookie-based session persistence (HAProxy's `cookie NAME insert indirect nocache`).
+
+    `secret_env` names the variable holding the key the cookie's values are made with (None: a random key per
+    process); `secure` None means "on TLS listeners"; `same_site` is "lax", "strict", "none" or None (not
+    sent); `max_age` in seconds, or None for a session cookie.
+    """
+
     cookie: str
+    secret_env: str | None = None
+    secure: bool | None = None
+    same_site: str | None = None
+    max_age: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1087,7 +1098,8 @@ OUTLIER_KEYS: Final = (
     "max_ejection",
     "max_ejected_percent",
 )
-STICKY_KEYS: Final = ("cookie",)
+STICKY_KEYS: Final = ("cookie", "secret_env", "secure", "same_site", "max_age")
+SAME_SITE: Final = ("lax", "strict", "none")
 RAMP_KEYS: Final = ("steps", "hold", "max_5xx_excess", "max_p99_ratio", "p99_slack", "min_requests")
 ROUTE_KEYS: Final = (
     "name",
@@ -1394,7 +1406,7 @@ def _parse_service(ctx: _Context, name: str, reader: _Reader, registry: _Registr
         max_connections=max_connections,
         max_queue=max_queue,
         panic_threshold=reader.get("panic_threshold", _int_in(0, 100), 0),
-        sticky=_parse_sticky(reader.table("sticky", STICKY_KEYS)),
+        sticky=_parse_sticky(ctx, reader.table("sticky", STICKY_KEYS)),
         backup_group=backup_group,
         hash_key=hash_key,
         ramp=_parse_ramp(ctx, reader.table("ramp", RAMP_KEYS)),
@@ -1543,11 +1555,39 @@ def _network(value: object) -> str:
         ) from None
 
 
-def _parse_sticky(reader: _Reader | None) -> StickyConfig | None:
+def _cookie_max_age(value: object) -> int:
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise _Invalid(
+            "must be at least 1s", "leave it out for a cookie that lasts as long as the browser session"
+        )
+    return int(seconds)
+
+
+def _parse_sticky(ctx: _Context, reader: _Reader | None) -> StickyConfig | None:
     if reader is None:
         return None
+    cookie = reader.required("cookie", _token("cookie name"), "", 'e.g. cookie = "lbtui_srv"')
+    secure = reader.value("secure", _boolean)
+    same_site = reader.value("same_site", _choice(SAME_SITE, "a SameSite value"))
+    if same_site == "none" and secure is False:
+        ctx.add(
+            reader.key_path("same_site"),
+            "SameSite=None needs the Secure attribute, and secure = false leaves it out",
+            'browsers drop such a cookie: remove secure = false, or choose "lax"',
+        )
+    if secure is False and cookie.startswith(("__Secure-", "__Host-")):
+        ctx.add(
+            reader.key_path("secure"),
+            f"a cookie named {_q(cookie)} must be Secure (its prefix says so)",
+            "remove secure = false, or choose a name without the __Secure- or __Host- prefix",
+        )
     return StickyConfig(
-        cookie=reader.required("cookie", _token("cookie name"), "", 'e.g. cookie = "lbtui_srv"')
+        cookie=cookie,
+        secret_env=reader.value("secret_env", _env_name),
+        secure=secure,
+        same_site=same_site,
+        max_age=reader.value("max_age", _cookie_max_age),
     )
 
 

@@ -1,9 +1,9 @@
 """What this version of the engine does with a config: keys it refuses, and keys it accepts but ignores.
 
 The config schema (ARCHITECTURE section 5) is ahead of the engine. A key that would leave a user unprotected
-if it were silently ignored (authentication, rate limits, CORS, aggregation, routes that rewrite) makes
-the engine refuse to start; a key that only tunes behaviour not built yet (stickiness) is reported as
-a warning.
+if it were silently ignored (authentication, rate limits, CORS, aggregation, routes that rewrite), or a secret
+it names that is not there, makes the engine refuse to start; a key that has no effect where it is (sticky
+sessions on a service no http route reaches) is reported as a warning.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def refused(config: Config) -> list[Unsupported]:
                 f"the environment variable {env!r} is not set (it holds this consumer's API key)",
             )
         )
+    out.extend(missing_sticky_secrets(config))
     for i, route in enumerate(config.routes):
         base = f"routes[{i}]"
         if route.auth is not None and route.auth.type == "jwt":
@@ -58,11 +59,37 @@ def refused(config: Config) -> list[Unsupported]:
     return out
 
 
+def missing_sticky_secrets(config: Config) -> list[Unsupported]:
+    """Sticky services whose `secret_env` is not set: with another key, every session would move (a reload
+    refuses them too)."""
+    out: list[Unsupported] = []
+    for service in config.services:
+        sticky = service.sticky
+        if sticky is not None and sticky.secret_env is not None and not os.environ.get(sticky.secret_env):
+            out.append(
+                Unsupported(
+                    f"services.{service.name}.sticky.secret_env",
+                    f"the environment variable {sticky.secret_env!r} is not set (it holds the key of the "
+                    "sticky cookie's values)",
+                )
+            )
+    return out
+
+
 def ignored(config: Config) -> list[Unsupported]:
     """Keys the engine runs without: validated, and reported so nobody counts on them."""
     out: list[Unsupported] = []
+    http = any(listener.mode == "http" for listener in config.listeners)
+    routed = {route.service for route in config.routes if route.service is not None}
     for service in config.services:
         base = f"services.{service.name}"
-        if service.sticky is not None:
-            out.append(Unsupported(f"{base}.sticky", f"sticky sessions are {LATER}"))
+        reached = http and (service.name in routed or (not config.routes and len(config.services) == 1))
+        if service.sticky is not None and not reached:
+            out.append(
+                Unsupported(
+                    f"{base}.sticky",
+                    "has no effect: no http route sends requests to this service (a cookie is HTTP; tcp "
+                    "listeners and aggregate parts pick without it)",
+                )
+            )
     return out

@@ -811,6 +811,58 @@ def test_several_services_need_routes(problems: Callable[[str], list[str]]) -> N
     ]
 
 
+def test_sticky_is_checked(problems: Callable[[str], list[str]]) -> None:
+    text = MINIMAL.replace(
+        "[services.shop]\n",
+        '[services.shop]\nsticky = { cookie = "a b", secret_env = "not-a-name", same_site = "loose", '
+        "max_age = 0.5 }\n",
+    )
+    assert problems(text) == [
+        "lbtui.toml: services.shop.sticky.cookie: 'a b' is not a valid cookie name; "
+        "use letters, digits and -, no spaces or ':'",
+        "lbtui.toml: services.shop.sticky.same_site: 'loose' is not a SameSite value; "
+        "choose one of: 'lax', 'strict', 'none'",
+        "lbtui.toml: services.shop.sticky.secret_env: 'not-a-name' is not an environment variable name; "
+        "give the NAME of the variable that holds the secret (letters, digits, '_'), not the secret",
+        "lbtui.toml: services.shop.sticky.max_age: must be at least 1s; "
+        "leave it out for a cookie that lasts as long as the browser session",
+    ]
+    insecure = MINIMAL.replace(
+        "[services.shop]\n",
+        '[services.shop]\nsticky = { cookie = "__Host-srv", same_site = "none", secure = false }\n',
+    )
+    assert problems(insecure) == [
+        "lbtui.toml: services.shop.sticky.same_site: SameSite=None needs the Secure attribute, and secure = "
+        'false leaves it out; browsers drop such a cookie: remove secure = false, or choose "lax"',
+        "lbtui.toml: services.shop.sticky.secure: a cookie named '__Host-srv' must be Secure (its prefix "
+        "says so); remove secure = false, or choose a name without the __Secure- or __Host- prefix",
+    ]
+
+
+def test_sticky_needs_its_secret_and_an_http_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbtui.features import ignored, refused
+
+    keyed = {"cookie": "srv", "secret_env": "LBTUI_TEST_STICKY_SECRET"}
+    data = {
+        "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
+        "services": {"shop": {"sticky": keyed, "backends": [{"name": "a", "address": "127.0.0.1:1"}]}},
+    }
+    monkeypatch.delenv("LBTUI_TEST_STICKY_SECRET", raising=False)
+    assert [str(u) for u in refused(parse_config(data))] == [
+        "services.shop.sticky.secret_env: the environment variable 'LBTUI_TEST_STICKY_SECRET' is not set "
+        "(it holds the key of the sticky cookie's values)"
+    ]
+    monkeypatch.setenv("LBTUI_TEST_STICKY_SECRET", "k" * 32)
+    assert refused(parse_config(data)) == []
+    assert ignored(parse_config(data)) == []
+    # Behind a tcp listener only, a cookie can do nothing: said, not refused.
+    data["listeners"] = [{"name": "db", "bind": "127.0.0.1:0", "mode": "tcp", "service": "shop"}]
+    assert [str(u) for u in ignored(parse_config(data))] == [
+        "services.shop.sticky: has no effect: no http route sends requests to this service (a cookie is "
+        "HTTP; tcp listeners and aggregate parts pick without it)"
+    ]
+
+
 def test_route_policies_are_checked(problems: Callable[[str], list[str]]) -> None:
     text = MINIMAL + textwrap.dedent(
         """

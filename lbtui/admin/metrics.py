@@ -180,6 +180,18 @@ def _backend_families(out: _Writer, backends: Sequence[BackendView]) -> None:
         ((b, b.ejections_total) for b in backends),
     )
     each(
+        "lbtui_backend_sticky_requests_total",
+        "counter",
+        "Requests a backend took because their sticky cookie named it.",
+        ((b, b.sticky_requests) for b in backends),
+    )
+    each(
+        "lbtui_backend_sticky_cookies_set_total",
+        "counter",
+        "Sticky cookies set that name a backend: sessions that began on it or moved to it.",
+        ((b, b.sticky_cookies) for b in backends),
+    )
+    each(
         "lbtui_backend_connect_failures_total",
         "counter",
         "Connections to a backend that failed (refused, timed out).",
@@ -280,6 +292,20 @@ def render(snapshot: Snapshot) -> str:
             "queue_full",
         ),
         ("lbtui_service_queue_length", "gauge", "Requests waiting for a backend now.", "queue_length"),
+        (
+            "lbtui_service_sticky_moved_total",
+            "counter",
+            "Sticky sessions moved: their cookie named a backend that could not take the request (maint, down, "
+            "ejected, being removed, or its group without a share of the split).",
+            "sticky_moved",
+        ),
+        (
+            "lbtui_service_sticky_unknown_total",
+            "counter",
+            "Sticky cookies that named no backend of the service (forged, made with another key, or a backend "
+            "that is gone): picked anew.",
+            "sticky_unknown",
+        ),
     ):
         out.family(name, kind, help_text)
         for s in services:

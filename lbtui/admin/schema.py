@@ -82,6 +82,8 @@ def backend_json(b: BackendView) -> dict[str, Any]:
         "ejected_seconds_left": None if b.ejected_left is None else _number(b.ejected_left),
         "slow_share": None if b.slow_share is None else _number(b.slow_share),
         "ejections_total": b.ejections_total,
+        "sticky_requests": b.sticky_requests,
+        "sticky_cookies_set": b.sticky_cookies,
         "checks": [
             {"time": round(c.time, 3), "ok": c.ok, "detail": c.detail, "duration_ms": _number(c.duration_ms)}
             for c in b.checks
@@ -124,6 +126,9 @@ def service_json(s: ServiceView) -> dict[str, Any]:
         "queued": s.queued,
         "queue_length": s.queue_length,
         "queue_full": s.queue_full,
+        "sticky_cookie": s.sticky,
+        "sticky_moved": s.sticky_moved,
+        "sticky_unknown": s.sticky_unknown,
         "rps": _number(s.window.rps),
         "p50_ms": _number(s.window.p50_ms),
         "p90_ms": _number(s.window.p90_ms),
@@ -271,6 +276,8 @@ def backend_from_json(value: dict[str, Any]) -> BackendView:
         ejected_left=_optional(value["ejected_seconds_left"]),
         slow_share=_optional(value["slow_share"]),
         ejections_total=value.get("ejections_total", 0),
+        sticky_requests=value.get("sticky_requests", 0),
+        sticky_cookies=value.get("sticky_cookies_set", 0),
     )
 
 
@@ -306,6 +313,9 @@ def service_from_json(value: dict[str, Any]) -> ServiceView:
         queued=value["queued"],
         queue_length=value["queue_length"],
         queue_full=value["queue_full"],
+        sticky=value.get("sticky_cookie"),
+        sticky_moved=value.get("sticky_moved", 0),
+        sticky_unknown=value.get("sticky_unknown", 0),
     )
 
 

@@ -8,18 +8,26 @@ Invariants:
 - Every change of eligibility or weight bumps the service's `version`, which is how the algorithms know to
   rebuild what they cache. Only the Controller changes states (see control.py); the data plane only counts.
 - A snapshot is built from counters and windows; its cost grows with backends, not with traffic.
+- Sticky sessions (`sticky`): a cookie's value is an HMAC of the service, the backend's name and address,
+  under the service's `secret_env` key or else a random key of this process; it names one backend and reveals
+  nothing of it. The backend a cookie names takes the request, before any algorithm, while it is `ready` or
+  `drain` (what a drain is for), healthy (or `ready` in panic), not being removed, and its group has a share of
+  the split now (see Service.keeps); otherwise the request is picked as any other.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import math
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from lbtui.config import BackendConfig, OutlierConfig, ServiceConfig
+from lbtui.config import BackendConfig, OutlierConfig, ServiceConfig, StickyConfig
 from lbtui.core.algorithms import DEFAULT_EWMA_TAU as EWMA_TAU
 from lbtui.core.algorithms import Algorithm, ewma_decay, make_algorithm
 from lbtui.core.stats import SlidingWindow, WindowView, merge_views
@@ -45,6 +53,23 @@ HASHING: Final = frozenset({"ip_hash", "consistent_hash"})
 
 # Peak-EWMA starts from this guess (seconds) so a new backend is neither shunned nor flooded.
 EWMA_INITIAL: Final = 0.005
+
+# The key of sticky cookie values for services without `secret_env`: sessions last as long as the process
+# (reloads keep them; a restart moves each client once).
+PROCESS_STICKY_KEY: Final = os.urandom(32)
+STICKY_VALUE_CHARS: Final = 24  # hex digits of the HMAC kept: 96 bits
+
+
+def sticky_value(key: bytes, service: str, backend: str, address: str) -> bytes:
+    """What a sticky cookie says to send a client to `backend`: opaque, and not made without the key."""
+    message = f"{service}\0{backend}\0{address}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:STICKY_VALUE_CHARS].encode()
+
+
+def sticky_key(secret_env: str | None) -> bytes:
+    """The key of a service's sticky cookie values: its `secret_env` variable's, else this process's."""
+    secret = os.environ.get(secret_env) if secret_env else None
+    return secret.encode() if secret else PROCESS_STICKY_KEY
 
 
 class Backend:
@@ -84,6 +109,8 @@ class Backend:
         "slow_share",
         "slow_since",
         "status_classes",
+        "sticky_cookies",
+        "sticky_requests",
         "weight",
         "window",
     )
@@ -127,6 +154,8 @@ class Backend:
         # Slow start: the share of its normal traffic a recovered backend takes now (1.0: all of it).
         self.slow_share = 1.0
         self.slow_since = 0.0  # when its slow start began (0: not in slow start)
+        self.sticky_requests = 0  # requests it took because their sticky cookie named it
+        self.sticky_cookies = 0  # sticky cookies set that name it (sessions that began or moved here)
 
     @property
     def address(self) -> str:
@@ -234,6 +263,15 @@ class Service:
         self.ramp: Any = (
             None  # the canary ramp under way or last run (lbtui.core.ramp.Ramp), owned by the Controller
         )
+        self.sticky_moved = 0  # sticky requests whose backend could not take them: picked anew
+        self.sticky_unknown = 0  # sticky cookies that named no backend of this service (forged, stale)
+        self._sticky_ids: dict[bytes, Backend] = {}  # cookie value -> backend
+        self._sticky_values: dict[Backend, bytes] = {}
+        self._sticky_version = -1
+        self._sticky_memo: dict[tuple[str, str], bytes] = {}  # (name, address) -> value, under _sticky_key
+        self._sticky_key = b""
+        self._sticky_config: StickyConfig | None = None  # whose cookie name _sticky_name is
+        self._sticky_name = b""
 
     # -- changes (called by the Controller only) -------------------------------------------------------
     def adopt(self, backend: Backend) -> None:
@@ -386,6 +424,85 @@ class Service:
                 return other
         return picked
 
+    # -- sticky sessions -------------------------------------------------------------------------------
+    def _sticky_table(self) -> dict[bytes, Backend]:
+        """Cookie value -> backend, made again when the backends or the config changed (both bump version)."""
+        if self._sticky_version != self.version:
+            sticky = self.config.sticky
+            key = sticky_key(sticky.secret_env if sticky is not None else None)
+            if key != self._sticky_key:
+                self._sticky_key = key
+                self._sticky_memo = {}
+            memo = self._sticky_memo
+            ids: dict[bytes, Backend] = {}
+            values: dict[Backend, bytes] = {}
+            for b in self.backends:
+                address = b.address
+                value = memo.get((b.name, address))
+                if value is None:
+                    value = memo[(b.name, address)] = sticky_value(key, self.name, b.name, address)
+                ids[value] = b
+                values[b] = value
+            self._sticky_ids = ids
+            self._sticky_values = values
+            self._sticky_version = self.version
+        return self._sticky_ids
+
+    def sticky_cookie(self) -> bytes:
+        """The sticky cookie's name (b"": the service has no sticky sessions)."""
+        sticky = self.config.sticky
+        if sticky is None:
+            return b""
+        if sticky is not self._sticky_config:
+            self._sticky_config = sticky
+            self._sticky_name = sticky.cookie.encode()
+        return self._sticky_name
+
+    def sticky_value_of(self, backend: Backend) -> bytes | None:
+        """The cookie value that names `backend` (None once it is no longer one of this service's)."""
+        self._sticky_table()
+        return self._sticky_values.get(backend)
+
+    def sticky_backend(self, values: Sequence[bytes]) -> Backend | None:
+        """The backend a request's sticky cookie (its `values`, in order) binds it to, if it may take it now
+        (see keeps); None to pick as for any request. Counts the cookies that named no backend of this service
+        (`sticky_unknown`) and the sessions that must move (`sticky_moved`)."""
+        table = self._sticky_table()
+        for value in values:
+            backend = table.get(value)
+            if backend is not None:
+                if self.keeps(backend):
+                    return backend
+                self.sticky_moved += 1
+                return None
+        self.sticky_unknown += 1
+        return None
+
+    def keeps(self, b: Backend) -> bool:
+        """Whether a sticky session stays on `b` now: `ready` or `drain` (a drain keeps its sessions, as
+        HAProxy's does), healthy (in panic, `ready` is enough, as for any request), not being removed, one of
+        this service's, and its group has a share of the split now. Weight 0 keeps sessions too (HAProxy's
+        `weight 0`). Not max_connections: a session whose backend is full waits for it (client.py)."""
+        if b.remove_deadline is not None or b.service != self.name or b.admin_state is AdminState.MAINT:
+            return False
+        eligible = self._eligible if self._eligible_version == self.version else self._refresh()
+        if b.health not in SERVING_HEALTH and not (
+            self.panic and b.admin_state is AdminState.READY and b.group != self.backup_group
+        ):
+            return False
+        group = b.group
+        backup = self.backup_group
+        if group == backup:  # the backup group serves only while no other group can
+            return not any(g != backup for g in eligible)
+        split = self.split
+        if split:
+            if split.get(group, 0) > 0:
+                return True
+            # A group of the split at 0 (a flip, the end of a ramp, a rollback) or outside it: its sessions
+            # move, unless no group with a share can serve (then the split's fallback serves from it).
+            return not any(w > 0 and g in eligible for g, w in split.items())
+        return True
+
     def hash_key_of(self, client: bytes, url: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
         """What ip_hash or consistent_hash (its `hash_key`) hashes for a request from `client` (None: nothing
         to hash, or not a hashing algorithm): the proxy's requests and an aggregate's parts alike."""
@@ -473,6 +590,8 @@ class BackendView:
     ejections_total: int = 0  # times outlier detection ejected it since start
     # Latency bucket counts since start (core.stats: BUCKETS long, bucket_bounds); () in views made without one.
     latency_counts: tuple[int, ...] = ()
+    sticky_requests: int = 0  # requests it took because their sticky cookie named it, since start
+    sticky_cookies: int = 0  # sticky cookies set naming it (sessions that began or moved here), since start
 
     @property
     def health_label(self) -> str:
@@ -547,6 +666,9 @@ class ServiceView:
     queued: int = 0  # requests that waited for a backend under max_connections
     queue_length: int = 0  # waiting now
     queue_full: int = 0  # answered 503 at once: the queue was full
+    sticky: str | None = None  # the sticky cookie's name (None: no sticky sessions)
+    sticky_moved: int = 0  # sticky requests whose backend could not take them: picked anew (cookie set again)
+    sticky_unknown: int = 0  # sticky cookies that named no backend of the service (forged, stale, removed)
 
     @property
     def requests(self) -> int:
@@ -674,6 +796,8 @@ def backend_view(b: Backend, now: float, checked: bool = False) -> BackendView:
         slow_share=b.slow_share if b.slow_since else None,
         ejections_total=b.ejections_total,
         latency_counts=b.window.totals()[0],
+        sticky_requests=b.sticky_requests,
+        sticky_cookies=b.sticky_cookies,
     )
 
 
@@ -696,4 +820,7 @@ def service_view(s: Service, now: float) -> ServiceView:
         queued=s.queued,
         queue_length=len(s.queue) if s.queue else 0,
         queue_full=s.queue_full,
+        sticky=s.config.sticky.cookie if s.config.sticky is not None else None,
+        sticky_moved=s.sticky_moved,
+        sticky_unknown=s.sticky_unknown,
     )

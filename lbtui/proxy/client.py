@@ -10,6 +10,9 @@ Invariants:
 - A request is retried on another backend only while nothing of its response has reached the client, only
   when what was sent can be sent again (idempotent method, body kept), and never after a POST was sent.
 - Every exchange ends exactly once (`_finish`), which releases its backend's in-flight count and records it.
+- Sticky sessions (gateway/sticky.py): the backend a request's cookie names (Service.sticky_backend) is tried
+  before any algorithm, the cookie never reaches a backend, and a response from a backend the cookie did not
+  name sets it. A session whose backend is at max_connections waits for that backend in the service's queue.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from lbtui.gateway.cache import (
     not_modified_fields,
 )
 from lbtui.gateway.routing import response_parts, rewrite_target, set_headers, strip_prefix
+from lbtui.gateway.sticky import cookie_values, response_with_cookie, set_cookie, without_cookie
 from lbtui.proxy.http import (
     CHUNKED,
     HOP_BY_HOP,
@@ -67,7 +71,7 @@ from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
-    from lbtui.config import ListenerConfig, RetriesConfig, TimeoutsConfig
+    from lbtui.config import ListenerConfig, RetriesConfig, StickyConfig, TimeoutsConfig
     from lbtui.core.model import Backend, RouteStats, Service
     from lbtui.gateway.ratelimit import TokenBuckets
     from lbtui.gateway.routing import CompiledRoute, Router
@@ -164,6 +168,10 @@ class Exchange:
     capture: list[bytes] | None = None  # the response body read so far, while it may be kept
     capture_size = 0
     cache_headers: list[tuple[bytes, bytes]] | None = None  # the request's headers as sent (for Vary)
+    sticky: StickyConfig | None = None  # its service's sticky sessions (set at its turn; None: not sticky)
+    bound: Backend | None = None  # the backend its sticky cookie named, while it may take it
+    strip_cookie = b""  # the cookie the backend must not see (the service's sticky cookie, when sent)
+    sticky_group = b""  # the group its cache key was made for (a sticky session's), b"": none
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -178,13 +186,23 @@ class Exchange:
         """
         client = self.client
         headers = self.headers
+        single = client.engine.router.single
+        strip = single.sticky_cookie() if single is not None and single.config.sticky is not None else b""
         cached = client.head_cache
-        if cache and cached is not None and cached[0] == headers and not self.upgrade:
-            middle, has_request_id, self.req_framing, self.content_length = cached[1:]
+        if cache and cached is not None and cached[0] == headers and cached[5] == strip and not self.upgrade:
+            middle, has_request_id, self.req_framing, self.content_length = cached[1:5]
         else:
+            self.strip_cookie = strip
             middle, has_request_id = self._filter_headers()
             if cache and not self.upgrade and self.refused is None and self.version == "1.1":
-                client.head_cache = (headers, middle, has_request_id, self.req_framing, self.content_length)
+                client.head_cache = (
+                    headers,
+                    middle,
+                    has_request_id,
+                    self.req_framing,
+                    self.content_length,
+                    strip,
+                )
         if client.trusted is not None:
             self.client_addr = client.forwarded_client
         if client.engine.router.single is not None:
@@ -225,6 +243,7 @@ class Exchange:
         connection = None
         framing = NO_BODY
         hosts = 0
+        strip = self.strip_cookie
         for name, value in self.headers:
             lname = name.lower()
             if lname in dropped:
@@ -246,6 +265,10 @@ class Exchange:
                 self.content_length = int(value)  # digits only: the parser refused anything else
             if lname in SET_BY_PROXY:
                 continue
+            if strip and lname == b"cookie":
+                value = without_cookie(value, strip)  # sticky sessions: the backend never sees ours
+                if not value:
+                    continue
             if lname == b"x-forwarded-for":
                 # Believed only from a trusted proxy (listener trusted_proxies); anyone else's is dropped.
                 if client.trusted is not None:
@@ -390,7 +413,9 @@ class Exchange:
             original_url, original_headers = self.url, self.headers
             if route.limiter is not None and not self._within_rate(route, route.limiter, consumer):
                 return
-            if route.transforms_request:
+            if service is not None and service.config.sticky is not None:
+                self._stick(service)
+            if route.transforms_request or self.strip_cookie:
                 self._rewrite_for(route, consumer)
             else:
                 self._compose(self.middle, self.has_request_id)
@@ -410,8 +435,19 @@ class Exchange:
             if service is None:
                 self.respond_error(404, "no route matches this request")
                 return
+        elif service.config.sticky is not None:
+            self._stick(service)
         self.service = service
         self.attempt()
+
+    def _stick(self, service: Service) -> None:
+        """Its service has sticky sessions: find the backend its cookie names, if it may take it."""
+        self.sticky = service.config.sticky
+        name = service.sticky_cookie()
+        values = cookie_values(self.headers, name)
+        if values:
+            self.strip_cookie = name
+            self.bound = service.sticky_backend(values)
 
     def _preflight(self, router: Router) -> bool:
         """A CORS preflight for a route with `cors`: answered here (204 or 403), never forwarded. False when
@@ -451,6 +487,12 @@ class Exchange:
             return False
         self.route = route
         key = cache.key(target, self.consumer)
+        bound = self.bound
+        if bound is not None:
+            # A sticky session gets what its own group answered (a canary's users see the canary's pages);
+            # requests without a session share one entry, as without stickiness.
+            self.sticky_group = bound.group.encode()
+            key += b"\0sticky\0" + self.sticky_group
         now = self.client.engine.now()
         if policy != REFRESH:
             entry = cache.lookup(key, headers, now)
@@ -566,7 +608,14 @@ class Exchange:
     def attempt(self, same_backend: Backend | None = None) -> None:
         service = self.service
         assert service is not None
-        backend = same_backend or service.pick(self.hash_key() if service.hashing else None, self.tried)
+        bound = self.bound
+        if bound is not None and same_backend is None and not self._bound_takes_it(service, bound):
+            if self.bound is not None:
+                return  # it waits in the queue for its own backend
+            bound = None
+        backend = (
+            same_backend or bound or service.pick(self.hash_key() if service.hashing else None, self.tried)
+        )
         if backend is None:
             if service.config.max_connections is not None and service.has_eligible(self.tried):
                 self._wait_for_room(service)  # every backend that could take it is at max_connections
@@ -593,6 +642,22 @@ class Exchange:
                     return
         self.connect_started = self.client.engine.now()
         pool.connect(self)
+
+    def _bound_takes_it(self, service: Service, bound: Backend) -> bool:
+        """Whether the backend its sticky cookie names takes this attempt. If not, `bound` is cleared (the
+        session moves: the response sets the cookie again), or, when that backend is only full, the exchange
+        waits for it in the queue (HAProxy queues a persistent request on its server)."""
+        if bound in self.tried or not service.keeps(bound):
+            if bound not in self.tried:
+                service.sticky_moved += 1  # its state changed while it waited
+            self.bound = None  # (a retry goes to another backend as for any request)
+            return False
+        limit = service.config.max_connections
+        if limit is not None and bound.in_flight >= limit:
+            self._wait_for_room(service)
+            return False
+        bound.sticky_requests += 1
+        return True
 
     def _wait_for_room(self, service: Service) -> None:
         """Queue for a backend under max_connections (HAProxy's server queue); 503 at once when it is full."""
@@ -792,6 +857,8 @@ class Exchange:
             return
         if not self.request_done and self.req_framing != NO_BODY:
             self.close_after = True  # answered before the request was read whole: close after the reply
+        if self.sticky_group and self.backend is not self.bound:
+            self.cache_key = b""  # its session moved: the reply is not its group's to keep under that key
         route = self.route
         if route is not None:
             if self.cache_key:
@@ -799,6 +866,8 @@ class Exchange:
             elif self.cache_target and status < 400 and route.cache is not None:
                 route.cache.invalidate(self.cache_target)  # a POST, PUT, PATCH or DELETE changed it
             parts = response_parts(parts, route.response_remove, route.response_set + self.response_extra)
+        if self.sticky is not None:
+            parts = self._sticky_cookie(parts)
         self.resp_framing = framing
         if framing in (CHUNKED, UNTIL_CLOSE):
             if self.version == "1.1":
@@ -818,6 +887,23 @@ class Exchange:
             out += parts  # corked: joined once with the body when the connection is uncorked
         else:
             client.write(b"".join(parts))
+
+    def _sticky_cookie(self, parts: list[bytes]) -> list[bytes]:
+        """The response head with the sticky cookie set when the request's cookie did not name the backend
+        that answered (none, unknown, or one that could not take it), and without a backend's own cookie of
+        that name. (What the route's cache keeps was taken before: it never holds our Set-Cookie.)"""
+        sticky = self.sticky
+        service = self.service
+        assert sticky is not None
+        assert service is not None
+        backend = self.backend
+        set_value = None
+        if backend is not None and backend is not self.bound:
+            value = service.sticky_value_of(backend)
+            if value is not None:
+                set_value = set_cookie(sticky, value, self.client.listener.tls is not None)
+                backend.sticky_cookies += 1
+        return response_with_cookie(parts, service.sticky_cookie(), set_value)
 
     def _keep_response(self, route: CompiledRoute, status: int, parts: list[bytes], framing: int) -> None:
         """The response to a cache miss: read it into memory too while it may be kept (cache.py)."""
@@ -1081,12 +1167,21 @@ def client_task(exchange: Exchange, work: Coroutine[object, object, None]) -> as
 
 
 def serve_queue(service: Service) -> None:
-    """A backend of `service` may have room: the longest waiting request tries again (at the queue's head)."""
+    """A backend of `service` may have room: the longest waiting request tries again (at the queue's head).
+    A sticky session waiting for its own backend is passed over while that one is still full."""
     queue = service.queue
-    while queue:
-        exchange = queue.popleft()
+    limit = service.config.max_connections
+    index = 0
+    while index < len(queue):
+        exchange = queue[index]
         if exchange.done:
+            del queue[index]
             continue
+        bound = exchange.bound
+        if bound is not None and limit is not None and bound.in_flight >= limit and service.keeps(bound):
+            index += 1
+            continue
+        del queue[index]
         waiting = len(queue)
         exchange.attempt()
         if len(queue) == waiting:
@@ -1130,7 +1225,7 @@ class ClientConnection(asyncio.Protocol):
         self.upgrading: Exchange | None = None  # an Upgrade request waiting for its 101
         self.last_request = False  # a request said `Connection: close` (or the parser failed): read no more
         # The last request's headers and what they became for the backend (see build_upstream_head).
-        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int, int] | None = None
+        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int, int, bytes] | None = None
         # The same for a route's rewrite (Exchange._rewrite_for): route, headers, rewritten, filtered, had an id.
         self.rewrite_cache: (
             tuple[CompiledRoute, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes, bool] | None

@@ -9,7 +9,7 @@ What happens to each part (docs/operations.md, "Reload", says the same for opera
   before the old one closes; on the same address it closes the old socket and binds the new one at once
   (no await in between: connection attempts in that instant are refused, the only gap a reload can make).
   Every new socket is bound and every TLS file loaded before anything changes: if one fails, the reload is
-  refused whole (ReloadRefused) and the running config stays.
+  refused whole (ReloadRefused) and the running config stays. So is a sticky `secret_env` that is not set.
 - Services: new ones start; removed ones go (their backends drain and are dropped once idle, their queued
   requests are answered 503, their routes are gone with the new config). A kept service takes the new
   settings at once (timeouts, retries, outlier, slow start, max_connections, sticky, panic, ramp, ...);
@@ -43,6 +43,7 @@ from lbtui.core.balancer import route_view
 from lbtui.core.control import ControlError, Event
 from lbtui.core.model import AdminState, Health, RouteStats, Service
 from lbtui.core.persist import capture
+from lbtui.features import missing_sticky_secrets
 from lbtui.gateway.auth import ApiKeys
 from lbtui.gateway.routing import Router
 from lbtui.proxy.http import TrustedProxies
@@ -513,6 +514,9 @@ def _plain(value: Any) -> Any:
 def apply(engine: Engine, new: Config) -> ReloadResult:
     """Apply `new` (already validated) to the running engine. ReloadRefused (nothing changed) when a listener
     cannot be opened. Call on the engine's loop."""
+    missing = missing_sticky_secrets(new)
+    if missing:  # checked at start by `lbtui check` and `serve`; a reload must not switch keys silently
+        raise ReloadRefused([ConfigIssue(new.source, item.key_path, item.message) for item in missing])
     work = _Apply(engine, new)
     work.prepare_listeners()  # may refuse: nothing has changed yet
     work.restart_needed()

@@ -57,6 +57,21 @@ COLUMNS = (
     ("p99", "p99 ms", 7),
     ("trend", "req/s, last 6 s", 15),
 )
+# While a service has sticky sessions, a column after requests: the share of a backend's requests of the last
+# 6 s that came by their cookie. A few columns are narrower then, so that the table still fits 160 cells.
+_NARROWER = {"address": 15, "health": 14, "requests": 8, "p50": 6, "p99": 6}
+
+
+def _with_sticky(columns: tuple[tuple[str, str, int], ...]) -> tuple[tuple[str, str, int], ...]:
+    out = []
+    for key, label, width in columns:
+        out.append((key, label, _NARROWER.get(key, width)))
+        if key == "requests":
+            out.append(("sticky", "sticky", 6))
+    return tuple(out)
+
+
+STICKY_COLUMNS = _with_sticky(COLUMNS)
 
 # The views, by digit and in `tab` order: (id, title).
 VIEWS = (("backends", "Backends"), ("routes", "Routes"), ("events", "Events"), ("log", "Access log"))
@@ -99,6 +114,7 @@ RECENT_EVENTS = 6  # lines of the events pane under the backends table
 
 SPARKS = "▁▂▃▄▅▆▇█"
 TREND_POINTS = 20  # refreshes: 10 s at two a second
+STICKY_POINTS = 12  # refreshes: the sticky column's share is of the last 6 s
 
 
 def sparkline(values: list[float]) -> str:
@@ -143,8 +159,17 @@ def _past(
     return Text.styled(text, style) if style else text
 
 
-def backend_cells(b: BackendView, palette: Mapping[str, Style] | None = None) -> dict[str, str | Text]:
-    """The table cells of one backend, by column key, coloured by `palette` (semantic variable -> style).
+def sticky_share(requests: int, sticky: int) -> str:
+    """The share of `requests` that came by their sticky cookie, in percent ("-" without requests)."""
+    return f"{round(100 * sticky / requests)}%" if requests > 0 else "-"
+
+
+def backend_cells(
+    b: BackendView, palette: Mapping[str, Style] | None = None, sticky: bool = False
+) -> dict[str, str | Text]:
+    """The table cells of one backend, by column key, coloured by `palette` (semantic variable -> style);
+    with `sticky` (its service has sticky sessions), the share of its requests since start that came by their
+    cookie (the dashboard shows that of the last seconds).
 
     Styles are spans (Text.styled), so a cell whose colour changed compares unequal and is redrawn.
     """
@@ -159,7 +184,7 @@ def backend_cells(b: BackendView, palette: Mapping[str, Style] | None = None) ->
     # 5xx % of the window; with nothing in it, of every request so far.
     percent = 100.0 * w.error_ratio if w.requests else 100.0 * errors / total if total else None
     latency = (LATENCY_WARN_MS, LATENCY_BAD_MS)
-    return {
+    cells: dict[str, str | Text] = {
         "name": b.name,
         "group": b.group,
         "address": b.address,
@@ -175,6 +200,9 @@ def backend_cells(b: BackendView, palette: Mapping[str, Style] | None = None) ->
         "p50": _past(w.p50_ms, _ms(w.p50_ms), "latency", latency, colours) if w.requests else "-",
         "p99": _past(w.p99_ms, _ms(w.p99_ms), "latency", latency, colours) if w.requests else "-",
     }
+    if sticky:
+        cells["sticky"] = sticky_share(total, b.sticky_requests)
+    return cells
 
 
 def split_bar(split: tuple[tuple[str, int], ...] | None, width: int = 20) -> str:
@@ -212,6 +240,9 @@ def service_text(s: ServiceView) -> str:
         notes.append("PANIC: too few healthy, every ready backend serves")
     if s.queue_length:
         notes.append(f"queue {s.queue_length}")
+    if s.sticky:
+        moves = [f"{n} {what}" for n, what in ((s.sticky_moved, "moved"), (s.sticky_unknown, "unknown")) if n]
+        notes.append(f"sticky {s.sticky}" + (f" ({', '.join(moves)})" if moves else ""))
     return f"{s.name}: {s.algorithm}, {split_bar(s.split)}" + "".join(f"  │ {n}" for n in notes if n)
 
 
@@ -299,6 +330,7 @@ def detail_text(snapshot: Snapshot, name: str) -> str:
         f"requests {b.requests}   connect failures {b.connect_failures}   EWMA {b.ewma_ms:.2f} ms",
         f"status: 1xx {sc[1]}  2xx {sc[2]}  3xx {sc[3]}  4xx {sc[4]}  5xx {sc[5]}  failed {sc[0]}",
         f"bytes in {b.bytes_in}  out {b.bytes_out}",
+        *sticky_lines(snapshot, b),
         "",
         f"last {w.seconds:.0f} s: {w.requests} requests, {w.rps:.1f} req/s, "
         f"p50 {w.p50_ms:.2f}  p90 {w.p90_ms:.2f}  p99 {w.p99_ms:.2f}  p99.9 {w.p999_ms:.2f} ms",
@@ -310,6 +342,20 @@ def detail_text(snapshot: Snapshot, name: str) -> str:
         "escape: back",
     ]
     return "\n".join(lines)
+
+
+def sticky_lines(snapshot: Snapshot, b: BackendView) -> list[str]:
+    """A backend's sticky sessions since start, when its service has them."""
+    try:
+        cookie = snapshot.service(b.service).sticky
+    except KeyError:
+        cookie = None
+    if not cookie:
+        return []
+    return [
+        f"sticky {cookie}: {b.sticky_requests} of {b.requests} requests by cookie "
+        f"({sticky_share(b.requests, b.sticky_requests)}), {b.sticky_cookies} sessions set here"
+    ]
 
 
 def check_history(b: BackendView, rows: int = 10) -> list[str]:
@@ -509,6 +555,8 @@ class Dashboard(App[int]):
         self.filter_text = ""
         self.trends: dict[str, list[float]] = {}
         self._counted: dict[str, tuple[float, int]] = {}  # backend -> (snapshot time, requests) last refresh
+        # backend -> (requests, sticky requests) at the last refreshes, oldest first (the sticky column)
+        self._sticky_counted: dict[str, list[tuple[int, int]]] = {}
         self._last_snapshot: Snapshot | None = None
         self.messages: list[str] = []
         # The engine runs on a thread of its own, so a redraw never holds up a request (lbtui/threaded.py).
@@ -734,12 +782,21 @@ class Dashboard(App[int]):
 
     def refresh_backends(self, snapshot: Snapshot) -> None:
         self.show_text("#services", services_line(snapshot))
+        table = self.query_one("#backends", Table)
+        table.set_columns(STICKY_COLUMNS if any(s.sticky for s in snapshot.services) else COLUMNS)
         rows = []
         for service in snapshot.services:
             for backend in service.backends:
                 if not self._wanted(f"{backend.name} {backend.group} {backend.address}"):
                     continue
                 cells = backend_cells(backend, self.palette)
+                now = (backend.requests, backend.sticky_requests)
+                seen = self._sticky_counted.setdefault(backend.name, [(0, 0)])
+                if now[0] < seen[-1][0]:  # counted anew (a new backend of that name, an engine restarted)
+                    seen[:] = [(0, 0)]
+                if service.sticky:
+                    # The share since the oldest point kept (since start, until STICKY_POINTS are kept).
+                    cells["sticky"] = sticky_share(now[0] - seen[0][0], now[1] - seen[0][1])
                 # The trend is the rate since the last refresh (it drops at once on a drain); req/s is
                 # the window's average.
                 then, count = self._counted.get(backend.name, (0.0, -1))
@@ -751,9 +808,11 @@ class Dashboard(App[int]):
                     self._counted[backend.name] = (snapshot.time, backend.requests)
                     trend.append(rate)
                     del trend[:-TREND_POINTS]
+                    seen.append(now)
+                    del seen[: -STICKY_POINTS - 1]
                 cells["trend"] = sparkline(trend[-12:]) + f" {trend[-1]:.0f}"  # 12 points: 6 s
                 rows.append((backend.name, cells))
-        self.query_one("#backends", Table).sync(rows)
+        table.sync(rows)
 
     def selected_backend(self) -> str | None:
         return self.query_one("#backends", Table).cursor_key

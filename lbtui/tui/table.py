@@ -4,9 +4,9 @@ Textual's DataTable keys its render caches on a table-wide update count, so chan
 cell of every visible row: 17-24 ms of CPU on each refresh of the backends view under load, taken from the
 engine that shares the process (`python benchmarks/dashboard_render.py` measures it). This table keeps one
 rendered line per row, keyed by what the row shows and how it is styled, and repaints only the lines of rows
-whose cells changed. It has what the dashboard uses: fixed-width columns, a fixed header, a row cursor that
-stays on its row (by key) as rows come and go, zebra stripes, scrolling, and a `Selected` message on enter or
-on a click of the selected row.
+whose cells changed. It has what the dashboard uses: fixed-width columns (set_columns changes which), a fixed
+header, a row cursor that stays on its row (by key) as rows come and go, zebra stripes, scrolling, and a
+`Selected` message on enter or on a click of the selected row.
 """
 
 from __future__ import annotations
@@ -179,6 +179,25 @@ class Table(ScrollView, can_focus=True):
 
     def clear(self) -> None:
         self.sync(())
+
+    def set_columns(self, columns: Sequence[Column]) -> None:
+        """Show these columns from now on (rows keep the cells of the columns they share; a new column is
+        empty until the next sync). Nothing happens when they are the ones shown."""
+        columns = tuple(columns)
+        if columns == self.columns:
+            return
+        before = self.columns
+        self.columns = columns
+        self._index = {key: i for i, (key, _, _) in enumerate(columns)}
+        self.line_width = sum(width + 2 for _, _, width in columns)
+        self.virtual_size = Size(self.line_width, len(self._keys) + 1)
+        for key, row in self._rows.items():
+            cells = dict(zip((column for column, _, _ in before), row, strict=True))
+            self._rows[key] = tuple(cells.get(column, "") for column, _, _ in columns)
+            self._signatures[key] = tuple(_signature(cell) for cell in self._rows[key])
+        self._lines.clear()
+        self._header = None
+        self.refresh()
 
     def move_cursor(self, row: int) -> None:
         """Put the cursor on row `row` (clamped to the rows there are)."""

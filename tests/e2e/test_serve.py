@@ -214,14 +214,23 @@ def test_check_and_serve_refuse_what_this_version_cannot_do(tmp_path):
 
 def test_check_warns_about_keys_it_ignores(tmp_path):
     cfg = tmp_path / "sticky.toml"
-    cfg.write_text(
-        '[services.a]\nsticky = { cookie = "srv" }\n[[services.a.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
-    )
+    backend = '[[services.a.backends]]\nname = "a"\naddress = "127.0.0.1:1"\n'
+    tcp = '[[listeners]]\nname = "db"\nbind = "127.0.0.1:0"\nmode = "tcp"\nservice = "a"\n'
+    cfg.write_text(tcp + '[services.a]\nsticky = { cookie = "srv" }\n' + backend)
     proc = subprocess.run(
         [sys.executable, "-m", "lbtui", "check", str(cfg)], capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 0
-    assert "warning: services.a.sticky: sticky sessions are not in this version" in proc.stderr
+    assert "warning: services.a.sticky: has no effect: no http route sends requests to this service" in (
+        proc.stderr
+    )
+    # Behind an http listener, sticky sessions work: nothing to warn about.
+    cfg.write_text('[services.a]\nsticky = { cookie = "srv" }\n' + backend)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lbtui", "check", str(cfg)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0
+    assert "warning" not in proc.stderr
 
 
 def test_dashboard_options_parse():

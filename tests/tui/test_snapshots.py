@@ -8,6 +8,7 @@ and a clock that does not move. Update the pictures after a deliberate change wi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 
@@ -238,3 +239,44 @@ def test_access_log_view(snap_compare, app):
 
 def test_routes_view(snap_compare, app):
     assert snap_compare(app, press=["2"], terminal_size=SIZE)
+
+
+# -- sticky sessions: the sticky column, the services line and the detail ----------------------------------
+
+STICKY_SHARE = {"blue-1": 780, "blue-2": 1100, "blue-3": 300, "blue-4": 0, "green-1": 1200}
+
+
+def sticky_snapshot() -> Snapshot:
+    """The fixed snapshot with sticky sessions on the shop service: each backend's requests by cookie."""
+    snapshot = fixed_snapshot()
+    shop = snapshot.services[0]
+    backends = tuple(
+        dataclasses.replace(b, sticky_requests=STICKY_SHARE.get(b.name, 10), sticky_cookies=40)
+        for b in shop.backends
+    )
+    sticky = dataclasses.replace(
+        shop, backends=backends, sticky="lbtui_srv", sticky_moved=12, sticky_unknown=3
+    )
+    return dataclasses.replace(snapshot, services=(sticky,))
+
+
+class StickyController(FixedController):
+    def snapshot(self) -> Snapshot:
+        return sticky_snapshot()
+
+
+@pytest.fixture
+def sticky_app(monkeypatch) -> FixedDashboard:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield FixedDashboard(None, controller=StickyController())
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+def test_dashboard_with_sticky_sessions(snap_compare, sticky_app):
+    assert snap_compare(sticky_app, terminal_size=SIZE)
+
+
+def test_detail_screen_with_sticky_sessions(snap_compare, sticky_app):
+    assert snap_compare(sticky_app, press=["down", "enter"], terminal_size=SIZE)

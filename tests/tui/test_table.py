@@ -144,3 +144,29 @@ async def test_long_cells_are_cut_with_an_ellipsis_and_columns_keep_their_place(
         await pilot.pause()
         line = screen_text(app).splitlines()[1]
         assert line.startswith(" a-very-…  7 ")  # 8 cells, a space either side
+
+
+async def test_set_columns_keeps_the_rows_and_the_cursor():
+    app = Host()
+    async with app.run_test(size=(40, 12)) as pilot:
+        table = app.query_one(Table)
+        table.sync(rows(3))
+        table.move_cursor(2)
+        await pilot.pause()
+        wider = (("name", "name", 8), ("extra", "extra", 5), ("count", "count", 6))
+        table.set_columns(wider)
+        assert table.line_width == 8 + 5 + 6 + 6
+        assert table.get_row("r1") == ["r1", "", "1"]  # the shared columns kept, the new one empty
+        assert table.cursor_key == "r2"
+        await pilot.pause()
+        assert screen_text(app).splitlines()[0].split() == ["name", "extra", "count"]
+        table.sync([(key, {**cells, "extra": "x"}) for key, cells in rows(3)])
+        await pilot.pause()
+        assert screen_text(app).splitlines()[1].split() == ["r0", "x", "0"]
+        table.drawn.clear()
+        table.set_columns(wider)  # the same columns: nothing is drawn again
+        await pilot.pause()
+        assert table.drawn == []
+        table.set_columns(COLUMNS)
+        await pilot.pause()
+        assert screen_text(app).splitlines()[1].split() == ["r0", "0"]

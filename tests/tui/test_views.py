@@ -459,3 +459,37 @@ def test_the_cache_column_shows_the_hit_rate_once_asked():
     assert cache_hits(RouteView("api", "prefix /api", "shop", ("cache 30s",))) == "-"
     assert cache_hits(RouteView("api", "prefix /api", "shop", ("cache 30s",), cache=(3, 1))) == "75%"
     assert cache_hits(RouteView("api", "prefix /api", "shop", ("cache 30s",), cache=(0, 2))) == "0%"
+
+
+async def test_sticky_sessions_show_in_a_column_the_services_line_and_the_detail(backends):
+    bs = [await backends(f"b{i}") for i in range(2)]
+    async with running(make_config(bs, sticky={"cookie": "lbtui_srv"})) as (app, pilot):
+        table = app.query_one("#backends", Table)
+        url = app.runtime.engine.url()
+        async with httpx.AsyncClient(base_url=url) as browser:  # keeps cookies, as a browser does
+            first = (await browser.get("/")).headers["X-Backend"]
+            for _ in range(9):
+                assert (await browser.get("/")).headers["X-Backend"] == first
+        for _ in range(2):
+            async with httpx.AsyncClient(base_url=url) as newcomer:  # no cookie yet: round robin
+                await newcomer.get("/")
+        other = next(b.name for b in bs if b.name != first)
+        app.refresh_view()
+        assert [key for key, _, _ in table.columns].index("sticky") == 9  # after requests
+        assert sum(width + 2 for _, _, width in table.columns) <= 160
+        snapshot = app.controller.snapshot()
+        assert (snapshot.backend(first).sticky_requests, snapshot.backend(other).sticky_requests) == (9, 0)
+        assert str(table.get_cell(first, "sticky")) == f"{round(900 / snapshot.backend(first).requests)}%"
+        assert str(table.get_cell(other, "sticky")) == "0%"
+        assert "sticky lbtui_srv" in str(app.query_one("#services").render())
+        table.move_cursor(table.keys.index(first))
+        await pilot.press("enter")
+        await wait_for(lambda: "sticky lbtui_srv: 9 of" in str(app.screen.query_one("#detail").render()))
+        await pilot.press("escape")
+
+
+async def test_without_sticky_sessions_there_is_no_sticky_column(backends):
+    b0 = await backends("b0")
+    async with running(make_config([b0])) as (app, _pilot):
+        app.refresh_view()
+        assert "sticky" not in [key for key, _, _ in app.query_one("#backends", Table).columns]
