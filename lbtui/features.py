@@ -45,8 +45,6 @@ def refused(config: Config) -> list[Unsupported]:
             problem = key_problem(route.auth)
             if problem is not None:
                 out.append(Unsupported(f"{base}.auth.{problem[0]}", problem[1]))
-        if route.match.host is not None and route.match.host.startswith("*."):
-            out.append(Unsupported(f"{base}.match.host", f"wildcard hosts are {LATER}"))
     admin = config.admin
     if admin.enabled and admin.token_env is not None and not os.environ.get(admin.token_env):
         out.append(
