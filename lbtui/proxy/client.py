@@ -823,20 +823,21 @@ class Exchange:
         if self.done:
             return
         client = self.client
-        self.head_at = client.engine.now()
         if status == 101:
             switched_to = protocol_names(upgrade_value) if upgrade_value is not None else set()
             if not switched_to or not switched_to <= protocol_names(self.upgrade_offer):
-                # A switch the client did not ask for, or to another protocol (HAProxy answers 502 too): the bytes
-                # that follow are not HTTP, so that connection is closed, and nothing of it reaches the client.
+                # A switch the client did not ask for, or to another protocol: the bytes that follow are not HTTP,
+                # so that connection is closed and nothing of it reaches the client; a gateway error (retried
+                # where retries.on says so, else 502, as HAProxy answers).
                 conn.exchange = None
-                self.upstream = None
                 conn.close()
                 asked = self.upgrade_offer.decode("latin-1") or "no upgrade"
-                self.respond_error(
-                    502, f"the backend switched protocols (101) unasked (the request asked for {asked})"
+                self.upstream_failed(
+                    BAD_RESPONSE,
+                    f"the backend switched protocols (101) unasked (the request asked for {asked})",
                 )
                 return
+        self.head_at = client.engine.now()
         self.deadline = 0.0
         self.status = status
         self.response_started = True

@@ -423,3 +423,23 @@ async def test_after_an_unasked_101_the_client_connection_still_serves(scripted,
     assert [status(r) for r in responses] == [502, 200], responses
     assert not closed
     assert len(switcher.conns) == 2
+
+
+async def test_an_unasked_101_is_a_gateway_error_that_retries_may_take_elsewhere(scripted, engine_factory):
+    """As docs/config.md says of `gateway-error`: a GET that met a switching backend goes to another backend
+    when retries.on lists it (the default)."""
+    switching, plain = Switcher(always=True), Switcher()
+    ups = [await scripted(switching.script), await scripted(plain.script)]
+    config = {
+        "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
+        "services": {
+            "app": {"backends": [{"name": f"up{i}", "address": up.address} for i, up in enumerate(ups)]}
+        },
+    }
+    engine = await engine_factory(parse_config(config))
+    for path in (b"/a", b"/b"):  # round robin: one of the two is first sent to the switching backend
+        responses, _ = await exchange(engine.address(), b"GET " + path + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert [status(r) for r in responses] == [200], responses
+    assert len(switching.requests()) == 1
+    assert sorted(r.url for r in plain.requests()) == [b"/a", b"/b"]
+    assert engine.balancer.services["app"].retries == 1
