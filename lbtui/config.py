@@ -2102,6 +2102,7 @@ def _build(ctx: _Context, data: object) -> Config | None:
             f"http listeners need routes to choose among {len(services)} services",
             "add [[routes]] with a match and a service; only a config with one service needs none",
         )
+    _check_underscored_headers(ctx, [item.config for item in listeners], routes, services)
     limits = _parse_limits(root)
     state = _parse_state(ctx, root)
     access_log = _parse_access_log(ctx, root)
@@ -2118,6 +2119,39 @@ def _build(ctx: _Context, data: object) -> Config | None:
         state=state,
         access_log=access_log,
     )
+
+
+def _check_underscored_headers(
+    ctx: _Context,
+    listeners: Sequence[ListenerConfig],
+    routes: Sequence[RouteConfig],
+    services: Sequence[ServiceConfig],
+) -> None:
+    """A header named with `_` that a route or a service reads never arrives where every http listener drops
+    (or refuses) such headers: say so, rather than have a match that never matches or a key never found."""
+    http = [listener for listener in listeners if listener.mode == "http"]
+    if not http or any(listener.headers_with_underscores == "keep" for listener in http):
+        return
+    action = http[0].headers_with_underscores
+    named: list[tuple[str, str]] = []
+    for index, route in enumerate(routes):
+        base = f"routes[{index}]"
+        named += [(_join(f"{base}.match.headers", name), name) for name, _ in route.match.headers]
+        if route.auth is not None and route.auth.type == "api_key":
+            named.append((f"{base}.auth.header", route.auth.header))
+        if route.rate_limit is not None and route.rate_limit.key.startswith("header:"):
+            named.append((f"{base}.rate_limit.key", route.rate_limit.key.partition(":")[2]))
+    for service in services:
+        if service.hash_key is not None and service.hash_key.startswith("header:"):
+            named.append((f"services.{service.name}.hash_key", service.hash_key.partition(":")[2]))
+    for key_path, name in named:
+        if "_" in name:
+            ctx.add(
+                key_path,
+                f"header {_q(name)} has '_', and the listeners {'drop' if action == 'drop' else 'refuse'} such"
+                f" headers (headers_with_underscores = {_q(action)})",
+                f"use {_q(name.replace('_', '-'))}, or set headers_with_underscores = 'keep' on the listener",
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1311,3 +1311,40 @@ def test_listener_request_rules_are_checked() -> None:
         "routes[0].upgrades: expected an array, got string 'websocket'",
         "routes[1].upgrades: only used with 'service'; an aggregate answers every request itself",
     ]
+
+
+def test_a_header_with_an_underscore_that_no_listener_keeps_cannot_be_named() -> None:
+    routes = [
+        {"service": "shop", "match": {"headers": {"X_Tenant": "a"}}},
+        {
+            "service": "shop",
+            "match": {"path": "/k"},
+            "auth": {"type": "api_key", "header": "X_Api_Key"},
+            "rate_limit": {"rate": 1, "key": "header:X_Client"},
+        },
+    ]
+    data = {
+        "services": {
+            "shop": {
+                "algorithm": "consistent_hash",
+                "hash_key": "header:X_User",
+                "backends": [{"name": "blue-1", "address": "127.0.0.1:9001"}],
+            }
+        },
+        "consumers": [{"name": "c", "api_key_env": "K"}],
+        "routes": routes,
+    }
+    issues = [issue.removeprefix("<config>: ") for issue in issues_of(data)]
+    hint = "or set headers_with_underscores = 'keep' on the listener"
+    assert issues == [
+        f"routes[0].match.headers.X_Tenant: header 'X_Tenant' has '_', and the listeners drop such headers "
+        f"(headers_with_underscores = 'drop'); use 'X-Tenant', {hint}",
+        f"routes[1].auth.header: header 'X_Api_Key' has '_', and the listeners drop such headers "
+        f"(headers_with_underscores = 'drop'); use 'X-Api-Key', {hint}",
+        f"routes[1].rate_limit.key: header 'X_Client' has '_', and the listeners drop such headers "
+        f"(headers_with_underscores = 'drop'); use 'X-Client', {hint}",
+        f"services.shop.hash_key: header 'X_User' has '_', and the listeners drop such headers "
+        f"(headers_with_underscores = 'drop'); use 'X-User', {hint}",
+    ]
+    kept = parse_config({**data, "listeners": [{"bind": "127.0.0.1:0", "headers_with_underscores": "keep"}]})
+    assert kept.routes[0].match.headers == (("X_Tenant", "a"),)
