@@ -16,7 +16,9 @@ Invariants:
   memory stays flat whatever the body size.
 - A request is retried on another backend only while nothing of its response has reached the client, only
   when what was sent can be sent again (idempotent method, body kept), and never after a POST was sent.
-- Every exchange ends exactly once (`_finish`), which releases its backend's in-flight count and records it.
+- Every exchange ends exactly once (`_finish`, or `upstream_upgraded` for one that becomes a tunnel), which
+  releases its backend's in-flight count and records it. A tunnel ends when either side closes (the other
+  side is closed too) or resets (the other is reset); that end is not a failure of the exchange.
 """
 
 from __future__ import annotations
@@ -727,6 +729,9 @@ class Exchange:
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         """The backend closed the connection before the exchange completed."""
+        if self.tunnel:
+            self.client.close()  # the backend ended the tunnel (upstream_upgraded): so does the client's side
+            return
         if self.upstream is not conn:
             return
         self.upstream = None
@@ -736,6 +741,9 @@ class Exchange:
         self._attempt_failed(RESET, "the backend closed the connection", reused=conn.requests > 0)
 
     def upstream_failed(self, kind: str, reason: str) -> None:
+        if self.tunnel:
+            self.client.abort()  # the backend reset the tunnel: the client's side is reset too
+            return
         self.upstream = None
         self._attempt_failed(kind, reason)
 
@@ -998,6 +1006,8 @@ class Exchange:
             conn.transport.writelines(list(self.tunnel_pending))  # what the client sent after its request
             self.tunnel_pending = ()
         self._record(self.client.engine.now())
+        # Counted and logged once, as a 101: what ends the tunnel later (either side closing) is no failure.
+        self.done = True
 
     def _response_end(self) -> None:
         if self.chunk_out:
@@ -1268,7 +1278,7 @@ class ClientConnection(asyncio.Protocol):
             if sock is not None:
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
-                except OSError:
+                except (OSError, ValueError):  # ValueError: uvloop's socket of a transport already closed
                     pass
             self.transport.abort()
 

@@ -443,3 +443,41 @@ async def test_an_unasked_101_is_a_gateway_error_that_retries_may_take_elsewhere
     assert len(switching.requests()) == 1
     assert sorted(r.url for r in plain.requests()) == [b"/a", b"/b"]
     assert engine.balancer.services["app"].retries == 1
+
+
+@pytest.mark.parametrize("who", ["backend", "client"])
+async def test_a_tunnel_that_ends_is_logged_once_as_a_101_and_closes_the_other_side(
+    scripted, engine_factory, who
+):
+    """Found running h2csmuggler against lbtui: when the backend closed a tunnel, the exchange was failed as if
+    its response had been cut: a second access-log entry with 502, a 5xx on the route, and the client reset
+    (and, when the client was already gone, a traceback from resetting a closed socket)."""
+    closing: list[asyncio.StreamWriter] = []
+
+    async def switch_then_wait(reader, writer, _up):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        await writer.drain()
+        closing.append(writer)
+        await reader.read()  # until the proxy closes its side
+
+    up = await scripted(switch_then_wait)
+    engine = await engine_factory(parse_config(routed(up.address)))
+    reader, writer = await asyncio.open_connection(*engine.address())
+    try:
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        async with asyncio.timeout(T):
+            assert status(await reader.readuntil(b"\r\n\r\n")) == 101
+        await wait_for(lambda: bool(closing), T, "the backend's side of the tunnel")
+        if who == "backend":
+            closing[0].close()
+            async with asyncio.timeout(T):
+                assert await reader.read() == b""  # a close, not a reset (which would raise here)
+        else:
+            writer.close()
+        await wait_for(lambda: not engine.connections, T, "both sides closed")
+    finally:
+        writer.close()
+    assert [entry[4] for entry in engine.access_log] == [101]
+    assert engine.balancer.route_stats["public"].status_classes[5] == 0
+    assert engine.balancer.backends["up"].in_flight == 0
