@@ -176,6 +176,16 @@ async def test_an_ip_literal_host_is_written_in_its_compressed_form(make_site):
         pytest.param(b"http://admin.example/x", (b"Host: a,b",), id="bad-host"),
         pytest.param(b"http://admin.example../x", (b"Host: admin.example",), id="bad-authority"),
         pytest.param(b"http://user@admin.example/x", (b"Host: admin.example",), id="userinfo"),
+        # HAProxy's reg-test of H1 authority validation (h1_host_normalization.vtc) holds these mismatches too:
+        pytest.param(b"http://admin.example:80/x", (b"Host: admin.example:81",), id="port-mismatch"),
+        pytest.param(
+            b"http://admin.example:8080/x", (b"Host: admin.example",), id="non-default-port-missing"
+        ),
+        pytest.param(b"http://admin.example/x", (b"Host: admin.example:81",), id="non-default-port-added"),
+        pytest.param(b"https://admin.example/x", (b"Host: admin.example:80",), id="http-port-on-https"),
+        pytest.param(
+            b"http://admin.example/x", (b"Host: admin.example:80", b"Host: admin.example"), id="two-equal"
+        ),
     ],
 )
 async def test_an_absolute_form_target_must_agree_with_its_host(make_site, target, fields):
@@ -192,6 +202,12 @@ async def test_an_absolute_form_target_must_agree_with_its_host(make_site, targe
         pytest.param(b"http://ADMIN.example./x", b"admin.example", id="same-name"),
         pytest.param(b"http://admin.example/x", b"admin.example:80", id="default-port"),
         pytest.param(b"http://admin.example/x", None, id="no-host-field"),
+        # and the ones it takes as equal (a default port, an empty one):
+        pytest.param(b"http://admin.example:80/x", b"admin.example", id="default-port-in-target"),
+        pytest.param(b"https://admin.example:443/x", b"admin.example", id="https-default-port"),
+        pytest.param(b"http://admin.example:/x", b"admin.example", id="empty-port-in-target"),
+        pytest.param(b"http://admin.example/x", b"admin.example:", id="empty-port-in-host"),
+        pytest.param(b"http://admin.example:80/x", b"admin.example:", id="default-and-empty"),
     ],
 )
 async def test_an_absolute_form_target_that_agrees_with_its_host_is_served(make_site, target, host):
@@ -200,7 +216,7 @@ async def test_an_absolute_form_target_that_agrees_with_its_host_is_served(make_
     name, request = await site.served_by(b"GET " + target + b" HTTP/1.1\r\n" + fields + b"\r\n")
     assert name == "admin"
     assert request.url == b"/x"
-    assert request.values(b"host") == [b"admin.example"]
+    assert request.values(b"host") == [target.split(b"/")[2].lower().rstrip(b".").removesuffix(b":")]
 
 
 # -- an encoded slash in the path ----------------------------------------------------------------------------
