@@ -382,9 +382,8 @@ class Exchange:
         """This exchange's turn: choose a service and a backend (or answer the refusal of its request)."""
         refused = self.refused
         if refused is not None:
-            self.respond_error(
-                *refused, extra=self.response_extra
-            )  # (a redirect's Location: on_headers_complete)
+            # (response_extra: a redirect's Location, see on_headers_complete)
+            self.respond_error(*refused, extra=self.response_extra)
             return
         router = self.client.engine.router
         service = router.single
