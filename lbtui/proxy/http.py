@@ -45,8 +45,9 @@ PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 SET_BY_PROXY: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-consumer", b"http2-settings"})
 
 # A Host already in the form normal_host gives it (the usual case, checked with one match): a lower-case DNS name
-# or IPv4 address and an optional port of at most five digits, not starting with 0.
-NORMAL_HOST: Final = re.compile(rb"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*(?::[1-9][0-9]{0,4})?")
+# or IPv4 address and an optional port of at most four digits, not starting with 0 (five digits may pass 65535:
+# those take the slow path, whose answers are kept).
+NORMAL_HOST: Final = re.compile(rb"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*(?::[1-9][0-9]{0,3})?")
 # A host name once its %-escapes are decoded: dot-separated labels of letters, digits, `-` and `_` (as DNS
 # resolvers and virtual hosts read names; `_` for the service names some use). IPv4 addresses are such names.
 HOST_NAME: Final = re.compile(rb"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
@@ -209,9 +210,7 @@ def normal_host(value: bytes) -> bytes | None:
       (RFC 3986 6.2.3).
     - An empty value stays empty (RFC 9112 3.2: a request whose target has no authority sends `Host:`).
     """
-    if NORMAL_HOST.fullmatch(value) is not None and (
-        value.find(b":") < 0 or int(value.rpartition(b":")[2]) < 65536
-    ):
+    if NORMAL_HOST.fullmatch(value) is not None:
         return value
     known = _HOSTS_SEEN.get(value, b"?")
     if known != b"?":
