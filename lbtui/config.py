@@ -129,6 +129,11 @@ class ListenerConfig:
     tls: TLSConfig | None = None
     # Networks (CIDR) whose X-Forwarded-For is believed; from anyone else it is dropped and replaced.
     trusted_proxies: tuple[str, ...] = ()
+    # The Upgrade protocols tunnelled for routes that do not say (lower case; others are dropped from requests).
+    upgrades: tuple[str, ...] = ("websocket",)
+    escaped_slashes: str = "reject"  # a path with %2F or %5C: one of ESCAPED_SLASHES
+    headers_with_underscores: str = "drop"  # a request header named with `_`: one of HEADERS_WITH_UNDERSCORES
+    forwarded: bool = False  # also send an RFC 7239 Forwarded field of lbtui's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +338,9 @@ class RouteConfig:
     add_query: tuple[tuple[str, str], ...] = ()  # query parameters set on the request (replacing same names)
     ip_allow: tuple[str, ...] = ()  # networks (CIDR); when given, only clients in one may use the route
     ip_deny: tuple[str, ...] = ()  # networks whose clients get 403 (deny wins over allow)
+    upgrades: tuple[str, ...] | None = (
+        None  # the Upgrade protocols tunnelled (None: its listener's `upgrades`)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -816,11 +824,35 @@ def _regex(value: object) -> str:
 
 
 def _route_host(value: object) -> str:
+    """A route's host: a name (`api.example.com`) or a wildcard for its subdomains (`*.example.com`), in lower
+    case with no trailing dot (requests' hosts are compared in that form, proxy/http.normal_host)."""
     text = _nonempty(value).lower()
     if ":" in text:
         raise _Invalid(f"{_q(text)} includes a port", f"match the host name only: {_q(text.split(':')[0])}")
-    _check_host(text[2:] if text.startswith("*.") else text)
-    return text
+    name = text[2:] if text.startswith("*.") else text
+    if "*" in name:
+        raise _Invalid(
+            f"{_q(text)} is not a host pattern",
+            "a wildcard is '*.' before a name, as in '*.example.com' (any subdomain, at any depth)",
+        )
+    if name.endswith(".") and not name.endswith(".."):
+        name = name[:-1]  # `example.com.` names the same host as `example.com`
+    if not name:
+        raise _Invalid(f"{_q(text)} has no name after '*.'", "write e.g. '*.example.com'")
+    _check_host(name)
+    if name.endswith("."):
+        raise _Invalid(f"{_q(text)} is not a valid host name")
+    return "*." + name if text.startswith("*.") else name
+
+
+def _upgrade_protocol(value: object) -> str:
+    """A protocol name a client may ask for in Upgrade (`websocket`, `h2c`), lower case."""
+    text = _string(value)
+    if not _TOKEN_RE.fullmatch(text):
+        raise _Invalid(
+            f"{_q(text)} is not a protocol name", "e.g. 'websocket' (a token: no spaces, '/' or ',')"
+        )
+    return text.lower()
 
 
 def _status_range(value: object) -> tuple[int, int]:
@@ -1066,7 +1098,29 @@ class _Reader:
 # Sections
 
 TOP_KEYS: Final = ("listeners", "admin", "services", "routes", "consumers", "limits", "state", "access_log")
-LISTENER_KEYS: Final = ("name", "bind", "mode", "service", "tls", "trusted_proxies")
+LISTENER_KEYS: Final = (
+    "name",
+    "bind",
+    "mode",
+    "service",
+    "tls",
+    "trusted_proxies",
+    "upgrades",
+    "escaped_slashes",
+    "headers_with_underscores",
+    "forwarded",
+)
+# What a listener does with a request whose path holds %2F or %5C (Envoy's path_with_escaped_slashes_action).
+ESCAPED_SLASHES: Final = ("reject", "keep", "unescape_and_forward", "unescape_and_redirect")
+# What it does with a request header whose name has `_` (Envoy's headers_with_underscores_action).
+HEADERS_WITH_UNDERSCORES: Final = ("drop", "keep", "reject")
+HTTP_ONLY_LISTENER_KEYS: Final = (
+    "trusted_proxies",
+    "upgrades",
+    "escaped_slashes",
+    "headers_with_underscores",
+    "forwarded",
+)
 TLS_KEYS: Final = ("cert", "key")
 ADMIN_KEYS: Final = ("bind", "token_env", "enabled")
 SERVICE_KEYS: Final = (
@@ -1119,6 +1173,7 @@ ROUTE_KEYS: Final = (
     "rewrite",
     "add_query",
     "retries",
+    "upgrades",
 )
 REWRITE_KEYS: Final = ("pattern", "substitution")
 MATCH_KEYS: Final = (
@@ -1197,12 +1252,24 @@ def _parse_listeners(ctx: _Context, root: _Reader) -> list[_Listener]:
             service = None
         tls = _parse_tls(ctx, reader.table("tls", TLS_KEYS), mode)
         trusted = reader.array("trusted_proxies", _network) or ()
-        if mode == "tcp" and "trusted_proxies" in reader:
-            ctx.add(
-                reader.key_path("trusted_proxies"),
-                "only used by http listeners",
-                "a tcp listener passes bytes through and reads no X-Forwarded-For",
-            )
+        upgrades = reader.array("upgrades", _upgrade_protocol)
+        escaped = reader.get(
+            "escaped_slashes", _choice(ESCAPED_SLASHES, "an escaped_slashes action"), "reject"
+        )
+        underscores = reader.get(
+            "headers_with_underscores",
+            _choice(HEADERS_WITH_UNDERSCORES, "a headers_with_underscores action"),
+            "drop",
+        )
+        forwarded = reader.get("forwarded", _boolean, False)
+        if mode == "tcp":
+            for key in HTTP_ONLY_LISTENER_KEYS:
+                if key in reader:
+                    ctx.add(
+                        reader.key_path(key),
+                        "only used by http listeners",
+                        "a tcp listener passes bytes through and reads no HTTP",
+                    )
         if name in names:
             ctx.add(reader.key_path("name"), f"listener name {_q(name)} is already used at {names[name]}")
         else:
@@ -1216,7 +1283,17 @@ def _parse_listeners(ctx: _Context, root: _Reader) -> list[_Listener]:
             else:
                 binds[bind_key] = reader.path
         config = ListenerConfig(
-            name=name, host=host, port=port, mode=mode, service=service, tls=tls, trusted_proxies=trusted
+            name=name,
+            host=host,
+            port=port,
+            mode=mode,
+            service=service,
+            tls=tls,
+            trusted_proxies=trusted,
+            upgrades=upgrades if upgrades is not None else ("websocket",),
+            escaped_slashes=escaped,
+            headers_with_underscores=underscores,
+            forwarded=forwarded,
         )
         listeners.append(_Listener(config, reader.path, reader.key_path("service")))
     return listeners
@@ -1675,6 +1752,12 @@ def _parse_route(
                 ctx.reference(_join(overrides, name), name, known, "consumer")
     if "retries" in reader and "aggregate" in reader:
         ctx.add(reader.key_path("retries"), "only used with 'service'", "aggregate parts are not retried")
+    if "upgrades" in reader and "aggregate" in reader:
+        ctx.add(
+            reader.key_path("upgrades"),
+            "only used with 'service'",
+            "an aggregate answers every request itself",
+        )
     if rate_limit is not None and rate_limit.key == "consumer" and "auth" not in reader:
         ctx.add(
             _join(reader.key_path("rate_limit"), "key"),
@@ -1703,6 +1786,7 @@ def _parse_route(
         cache=_parse_cache(reader.table("cache", CACHE_KEYS)),
         timeout=reader.value("timeout", _positive_duration),
         retries=_parse_retries(retries) if (retries := reader.table("retries", RETRIES_KEYS)) else None,
+        upgrades=reader.array("upgrades", _upgrade_protocol),
     )
 
 
@@ -2058,6 +2142,7 @@ def _build(ctx: _Context, data: object) -> Config | None:
             f"http listeners need routes to choose among {len(services)} services",
             "add [[routes]] with a match and a service; only a config with one service needs none",
         )
+    _check_underscored_headers(ctx, [item.config for item in listeners], routes, services)
     limits = _parse_limits(root)
     state = _parse_state(ctx, root)
     access_log = _parse_access_log(ctx, root)
@@ -2074,6 +2159,39 @@ def _build(ctx: _Context, data: object) -> Config | None:
         state=state,
         access_log=access_log,
     )
+
+
+def _check_underscored_headers(
+    ctx: _Context,
+    listeners: Sequence[ListenerConfig],
+    routes: Sequence[RouteConfig],
+    services: Sequence[ServiceConfig],
+) -> None:
+    """A header named with `_` that a route or a service reads never arrives where every http listener drops
+    (or refuses) such headers: say so, rather than have a match that never matches or a key never found."""
+    http = [listener for listener in listeners if listener.mode == "http"]
+    if not http or any(listener.headers_with_underscores == "keep" for listener in http):
+        return
+    action = http[0].headers_with_underscores
+    named: list[tuple[str, str]] = []
+    for index, route in enumerate(routes):
+        base = f"routes[{index}]"
+        named += [(_join(f"{base}.match.headers", name), name) for name, _ in route.match.headers]
+        if route.auth is not None and route.auth.type == "api_key":
+            named.append((f"{base}.auth.header", route.auth.header))
+        if route.rate_limit is not None and route.rate_limit.key.startswith("header:"):
+            named.append((f"{base}.rate_limit.key", route.rate_limit.key.partition(":")[2]))
+    for service in services:
+        if service.hash_key is not None and service.hash_key.startswith("header:"):
+            named.append((f"services.{service.name}.hash_key", service.hash_key.partition(":")[2]))
+    for key_path, name in named:
+        if "_" in name:
+            ctx.add(
+                key_path,
+                f"header {_q(name)} has '_', and the listeners {'drop' if action == 'drop' else 'refuse'} such"
+                f" headers (headers_with_underscores = {_q(action)})",
+                f"use {_q(name.replace('_', '-'))}, or set headers_with_underscores = 'keep' on the listener",
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------

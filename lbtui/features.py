@@ -1,8 +1,7 @@
-"""What this version of the engine does with a config: keys it refuses, and keys it accepts but ignores.
+"""What the engine will not run with, beyond validation, and keys it accepts that have no effect where they are.
 
-The config schema (ARCHITECTURE section 5) is ahead of the engine. A key that would leave a user unprotected
-if it were silently ignored (authentication, rate limits, CORS, aggregation, routes that rewrite), or a secret
-it names that is not there, makes the engine refuse to start; a key that has no effect where it is (sticky
+A secret that a key names and that is not there (an API key, a JWT key, the admin token, a sticky cookie's
+key) makes the engine refuse to start; a key that has no effect where it is (sticky
 sessions on a service no http route reaches) is reported as a warning.
 """
 
@@ -25,9 +24,6 @@ class Unsupported:
         return f"{self.key_path}: {self.message}"
 
 
-LATER = "not in this version of lbtui yet"
-
-
 def refused(config: Config) -> list[Unsupported]:
     """Keys the engine will not run with: ignoring them would change what reaches a backend or a client."""
     out: list[Unsupported] = []
@@ -46,8 +42,6 @@ def refused(config: Config) -> list[Unsupported]:
             problem = key_problem(route.auth)
             if problem is not None:
                 out.append(Unsupported(f"{base}.auth.{problem[0]}", problem[1]))
-        if route.match.host is not None and route.match.host.startswith("*."):
-            out.append(Unsupported(f"{base}.match.host", f"wildcard hosts are {LATER}"))
     admin = config.admin
     if admin.enabled and admin.token_env is not None and not os.environ.get(admin.token_env):
         out.append(

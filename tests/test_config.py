@@ -1281,3 +1281,122 @@ def test_the_example_configs_in_docs_are_valid() -> None:
     for path in examples:
         config = load_config(path)
         assert refused(config) == [], path
+
+
+# --- a listener's request rules and a route's upgrades (issue 13) ---------------------------------------------
+
+
+def test_listener_request_rules_and_their_defaults() -> None:
+    loaded = parse_config(
+        {
+            **with_service(),
+            "listeners": [
+                {"bind": "127.0.0.1:0"},
+                {
+                    "bind": "127.0.0.1:0",
+                    "upgrades": ["WebSocket", "h2c"],
+                    "escaped_slashes": "unescape_and_redirect",
+                    "headers_with_underscores": "reject",
+                    "forwarded": True,
+                },
+            ],
+            "routes": [
+                {"service": "shop", "upgrades": []},
+                {"service": "shop", "match": {"path": "/ws"}, "upgrades": ["websocket"]},
+                {"service": "shop", "match": {"path": "/x"}},
+            ],
+        }
+    )
+    default, given = loaded.listeners
+    assert (
+        default.upgrades,
+        default.escaped_slashes,
+        default.headers_with_underscores,
+        default.forwarded,
+    ) == (
+        ("websocket",),
+        "reject",
+        "drop",
+        False,
+    )
+    assert (given.upgrades, given.escaped_slashes, given.headers_with_underscores, given.forwarded) == (
+        ("websocket", "h2c"),
+        "unescape_and_redirect",
+        "reject",
+        True,
+    )
+    assert [route.upgrades for route in loaded.routes] == [(), ("websocket",), None]
+
+
+def test_listener_request_rules_are_checked() -> None:
+    issues = issues_of(
+        {
+            **with_service(),
+            "listeners": [
+                {
+                    "bind": "127.0.0.1:0",
+                    "upgrades": ["web socket", "h2c", "h2c", 7],
+                    "escaped_slashes": "unescape",
+                    "headers_with_underscores": "allow",
+                    "forwarded": "yes",
+                },
+                {"bind": "127.0.0.1:0", "mode": "tcp", "service": "shop", "upgrades": [], "forwarded": True},
+            ],
+            "routes": [
+                {"service": "shop", "upgrades": "websocket"},
+                {"aggregate": [{"service": "shop", "path": "/a", "group": "a"}], "upgrades": []},
+            ],
+        }
+    )
+    assert [issue.removeprefix("<config>: ") for issue in issues] == [
+        "listeners[0].upgrades[0]: 'web socket' is not a protocol name; e.g. 'websocket' (a token: no spaces, "
+        "'/' or ',')",
+        "listeners[0].upgrades[2]: 'h2c' is listed twice",
+        "listeners[0].upgrades[3]: expected a string, got integer 7",
+        "listeners[0].escaped_slashes: 'unescape' is not an escaped_slashes action; choose one of: 'reject', "
+        "'keep', 'unescape_and_forward', 'unescape_and_redirect'",
+        "listeners[0].headers_with_underscores: 'allow' is not a headers_with_underscores action; choose one of: "
+        "'drop', 'keep', 'reject'",
+        "listeners[0].forwarded: expected a boolean, got string 'yes'",
+        "listeners[1].upgrades: only used by http listeners; a tcp listener passes bytes through and reads no HTTP",
+        "listeners[1].forwarded: only used by http listeners; a tcp listener passes bytes through and reads no HTTP",
+        "routes[0].upgrades: expected an array, got string 'websocket'",
+        "routes[1].upgrades: only used with 'service'; an aggregate answers every request itself",
+    ]
+
+
+def test_a_header_with_an_underscore_that_no_listener_keeps_cannot_be_named() -> None:
+    routes = [
+        {"service": "shop", "match": {"headers": {"X_Tenant": "a"}}},
+        {
+            "service": "shop",
+            "match": {"path": "/k"},
+            "auth": {"type": "api_key", "header": "X_Api_Key"},
+            "rate_limit": {"rate": 1, "key": "header:X_Client"},
+        },
+    ]
+    data = {
+        "services": {
+            "shop": {
+                "algorithm": "consistent_hash",
+                "hash_key": "header:X_User",
+                "backends": [{"name": "blue-1", "address": "127.0.0.1:9001"}],
+            }
+        },
+        "consumers": [{"name": "c", "api_key_env": "K"}],
+        "routes": routes,
+    }
+    issues = [issue.removeprefix("<config>: ") for issue in issues_of(data)]
+    hint = "or set headers_with_underscores = 'keep' on the listener"
+    assert issues == [
+        f"routes[0].match.headers.X_Tenant: header 'X_Tenant' has '_', and the listeners drop such headers "
+        f"(headers_with_underscores = 'drop'); use 'X-Tenant', {hint}",
+        f"routes[1].auth.header: header 'X_Api_Key' has '_', and the listeners drop such headers "
+        f"(headers_with_underscores = 'drop'); use 'X-Api-Key', {hint}",
+        f"routes[1].rate_limit.key: header 'X_Client' has '_', and the listeners drop such headers "
+        f"(headers_with_underscores = 'drop'); use 'X-Client', {hint}",
+        f"services.shop.hash_key: header 'X_User' has '_', and the listeners drop such headers "
+        f"(headers_with_underscores = 'drop'); use 'X-User', {hint}",
+    ]
+    kept = parse_config({**data, "listeners": [{"bind": "127.0.0.1:0", "headers_with_underscores": "keep"}]})
+    assert kept.routes[0].match.headers == (("X_Tenant", "a"),)

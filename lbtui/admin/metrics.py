@@ -249,6 +249,16 @@ def render(snapshot: Snapshot) -> str:
             "access_log_dropped",
             "Access log lines dropped because the log's queue was full (the disk did not keep up).",
         ),
+        (
+            "lbtui_underscore_headers_dropped_total",
+            "underscore_headers_dropped",
+            "Request header fields named with '_' dropped (listener headers_with_underscores = drop).",
+        ),
+        (
+            "lbtui_underscore_requests_refused_total",
+            "underscore_requests_refused",
+            "Requests refused 400 for a header field named with '_' (headers_with_underscores = reject).",
+        ),
     ):
         out.family(name, "counter", help_text)
         out.sample(name, [], _counter(extra, key))

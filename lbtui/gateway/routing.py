@@ -1,8 +1,14 @@
 """Route matching: which service a request goes to, and what the route changes on the way.
 
-Order (ARCHITECTURE section 5): routes whose `host` matches come before routes without a host; within each,
-exact path, then longest prefix, then regex, then no path; ties keep config order. A config with one service
-and no routes sends everything to that service.
+Order (ARCHITECTURE section 5): routes whose exact `host` matches come first, then routes whose wildcard host
+(`*.example.com`: any name that ends in `.example.com`, at any depth, not `example.com` itself, as nginx's
+`server_name`) matches, the longest wildcard first, then routes without a host; within each, exact path, then
+longest prefix, then regex, then no path; ties keep config order. A config with one service and no routes sends
+everything to that service.
+
+Hosts are compared in the form proxy/http.normal_host gives the request's Host (lower case, escapes decoded,
+no trailing dot; the client proxy refuses a Host that is not one host), which is also what the backend gets, so
+a route's host and the backend cannot disagree about the name.
 
 A request no route matches gets 404; one that a route would match but for its method gets 405 with `Allow`
 (every method the routes that match it otherwise take). A route's transforms (`strip_prefix`,
@@ -44,13 +50,13 @@ class RoutedRequest(Protocol):
 class CompiledRoute:
     config: RouteConfig
     service: Service | None
-    host: bytes | None
+    host: bytes | None  # an exact host
     path: bytes | None
     prefix: bytes | None
     regex: re.Pattern[bytes] | None
     methods: frozenset[bytes]
     headers: tuple[tuple[bytes, bytes], ...]
-    rank: tuple[int, int, int, int]
+    rank: tuple[int, int, int, int, int]
     query: tuple[tuple[bytes, bytes], ...] = ()
     strip: bytes | None = None  # strip_prefix
     request_remove: frozenset[bytes] = frozenset()  # lower-case names dropped (and replaced by request_set)
@@ -74,6 +80,8 @@ class CompiledRoute:
     retries: RetriesConfig | None = None  # the route's retries (None: the service's)
     cache: ResponseCache | None = None
     aggregator: Aggregator | None = None  # aggregate: the route answers from several services' replies
+    host_suffix: bytes | None = None  # a wildcard host `*.example.com` as its suffix `.example.com`
+    upgrades: frozenset[bytes] | None = None  # the Upgrade protocols it tunnels (None: its listener's)
 
     def matches(
         self,
@@ -92,6 +100,9 @@ class CompiledRoute:
     ) -> bool:
         """`folded` is `path` in lower case (what routes that ignore case compare)."""
         if self.host is not None and host != self.host:
+            return False
+        suffix = self.host_suffix
+        if suffix is not None and (host is None or len(host) <= len(suffix) or not host.endswith(suffix)):
             return False
         if self.fold:
             path = folded
@@ -213,11 +224,15 @@ class Router:
                 kind, length = 2, 0
             else:
                 kind, length = 3, 0
+            wildcard = m.host is not None and m.host.startswith("*.")
+            host_tier = 1 if wildcard else 0 if m.host else 2
+            suffix = m.host[1:].encode() if m.host is not None and wildcard else None
             compiled.append(
                 CompiledRoute(
                     config=route,
                     service=services.get(route.service) if route.service else None,
-                    host=m.host.lower().encode() if m.host else None,
+                    host=m.host.lower().encode() if m.host and not wildcard else None,
+                    host_suffix=suffix,
                     path=_folded(m.path, fold),
                     prefix=_folded(m.path_prefix, fold),
                     regex=(
@@ -231,14 +246,15 @@ class Router:
                     query=tuple((k.encode(), v.encode()) for k, v in m.query),
                     stats=stats.get(route.name) if stats is not None else None,
                     timeout=route.timeout or 0.0,
-                    rank=(0 if m.host else 1, kind, -length, index),
+                    rank=(host_tier, -len(suffix or b""), kind, -length, index),
                     aggregator=Aggregate(route, services) if route.aggregate else None,
                     **_transforms(route),
                 )
             )
         self.routes = tuple(sorted(compiled, key=lambda r: r.rank))
         self.fold = any(r.fold for r in self.routes)  # some route compares the path in lower case
-        self.hosts = any(r.host is not None for r in self.routes)  # some route matches on the Host
+        # some route matches on the Host
+        self.hosts = any(r.host is not None or r.host_suffix is not None for r in self.routes)
         self.cors = any(r.cors is not None for r in self.routes)  # some route answers CORS preflights
 
     def route(self, request: RoutedRequest, method: bytes | None = None) -> CompiledRoute | None:
@@ -337,6 +353,7 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
     out["api_key"] = auth.header.lower().encode() if auth is not None and auth.type == "api_key" else None
     out["jwt"] = JwtVerifier(auth) if auth is not None and auth.type == "jwt" else None
     out["retries"] = route.retries
+    out["upgrades"] = frozenset(p.encode() for p in route.upgrades) if route.upgrades is not None else None
     if route.cache is not None:
         out["cache"] = ResponseCache(route.cache, per_consumer=auth is not None)
         out["response_remove"] = out["response_remove"] | {b"x-cache"}

@@ -4,12 +4,21 @@ Invariants:
 - Requests on a connection are answered in the order they arrived (pipelining): one exchange is served at a
   time; later ones are parsed and held, their bodies buffered, until their turn (reading stops while
   PIPELINE_DEPTH requests or PIPELINE_LIMIT body bytes wait).
-- After a request with `Connection: close`, or an Upgrade request, nothing more is parsed as HTTP.
+- After a request with `Connection: close`, or an Upgrade request whose protocol is tunnelled, nothing more is
+  parsed as HTTP. Only the protocols its route allows (listener `upgrades`, route `upgrades`; `websocket` by
+  default) are offered to the backend; an Upgrade with none of them is dropped and the request served as a
+  plain one. A 101 is passed on only for a protocol that was offered; any other is a 502.
+- What reaches a backend about the request's origin is lbtui's: the Host in one normal form (http.normal_host,
+  400 for a Host that is not one host), X-Forwarded-* and Forwarded from a client only through a listener's
+  trusted_proxies, no header named with `_` (listener headers_with_underscores), Content-Length in its
+  canonical digits, and a path with no %2F or %5C unless the listener says keep (escaped_slashes).
 - Bodies stream both ways with backpressure: a full write buffer on one side pauses reading on the other, so
   memory stays flat whatever the body size.
 - A request is retried on another backend only while nothing of its response has reached the client, only
   when what was sent can be sent again (idempotent method, body kept), and never after a POST was sent.
-- Every exchange ends exactly once (`_finish`), which releases its backend's in-flight count and records it.
+- Every exchange ends exactly once (`_finish`, or `upstream_upgraded` for one that becomes a tunnel), which
+  releases its backend's in-flight count and records it. A tunnel ends when either side closes (the other
+  side is closed too) or resets (the other is reset); that end is not a failure of the exchange.
 - Sticky sessions (gateway/sticky.py): the backend a request's cookie names (Service.sticky_backend) is tried
   before any algorithm, the cookie never reaches a backend, and a response from a backend the cookie did not
   name sets it. A session whose backend is at max_connections waits for that backend in the service's queue.
@@ -54,16 +63,21 @@ from lbtui.proxy.http import (
     SET_BY_PROXY,
     TARGET_BYTES,
     UNTIL_CLOSE,
-    VALID_HOST,
     WELL_FORMED_VERSION,
     TrustedProxies,
     chunk_frame,
     connection_tokens,
     error_response,
+    escaped_slash,
     field_value,
+    forwarded_element,
     no_delay,
+    normal_host,
     normalize_target,
+    protocol_names,
     status_line,
+    unescape_slashes,
+    upgrade_offer,
     without_fields,
 )
 from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, UpstreamConnection
@@ -108,7 +122,9 @@ class Exchange:
     method = b""
     version = "1.1"
     keep_alive = True
-    upgrade = False
+    upgrade = False  # the parser took it for an upgrade (cleared when no protocol it asks for is tunnelled)
+    upgrade_offer = b""  # the protocols of its Upgrade that its route tunnels, sent on (b"": none)
+    body_after_upgrade = False  # its Upgrade was dropped, and the parser has yet to read its body
     req_framing = NO_BODY
     request_done = False
     body_pending: tuple[bytes, ...] | list[bytes] = ()  # framed body bytes not yet written upstream
@@ -194,7 +210,13 @@ class Exchange:
         else:
             self.strip_cookie = strip
             middle, has_request_id = self._filter_headers()
-            if cache and not self.upgrade and self.refused is None and self.version == "1.1":
+            if (
+                cache
+                and not self.upgrade
+                and self.refused is None
+                and self.version == "1.1"
+                and self.headers is headers  # (not when its Host was rewritten in normal form)
+            ):
                 client.head_cache = (
                     headers,
                     middle,
@@ -231,25 +253,25 @@ class Exchange:
     def _filter_headers(self) -> tuple[bytes, bool]:
         """The request's headers for the backend (no request line, no final CRLF), and whether it had an id.
 
-        Also sets the request's body framing from Transfer-Encoding and Content-Length.
+        Also sets the request's body framing from Transfer-Encoding and Content-Length, and puts its Host in
+        normal form (http.normal_host) in `headers`, so that routing sees what the backend gets.
         """
         client = self.client
         dropped = HOP_BY_HOP
         parts: list[bytes] = []
         forwarded_for = None
+        forwarded = None
         host = None
         request_id = None
-        upgrade_value = None
         connection = None
+        settings = None
         framing = NO_BODY
         hosts = 0
         strip = self.strip_cookie
         for name, value in self.headers:
             lname = name.lower()
             if lname in dropped:
-                if lname == b"upgrade":
-                    upgrade_value = value
-                elif lname == b"connection":
+                if lname == b"connection":
                     connection = value if connection is None else connection + b"," + value
                 elif lname == b"transfer-encoding":
                     framing = CHUNKED
@@ -259,11 +281,16 @@ class Exchange:
                             501,
                             f"the transfer coding {coding!r} is not supported (only chunked)",
                         )
-                continue
-            if lname == b"content-length" and framing == NO_BODY and value != b"0":
-                framing = LENGTH
-                self.content_length = int(value)  # digits only: the parser refused anything else
+                continue  # (Upgrade too: the protocols its route tunnels are written below, upgrade_offer)
+            if lname == b"content-length":
+                if value[:1] == b"0" and len(value) > 1:
+                    value = b"%d" % int(value)  # `005` is 5: the backend gets the number, not the spelling
+                if framing == NO_BODY and value != b"0":
+                    framing = LENGTH
+                    self.content_length = int(value)  # digits only: the parser refused anything else
             if lname in SET_BY_PROXY:
+                if lname == b"http2-settings":
+                    settings = value
                 continue
             if strip and lname == b"cookie":
                 value = without_cookie(value, strip)  # sticky sessions: the backend never sees ours
@@ -274,13 +301,22 @@ class Exchange:
                 if client.trusted is not None:
                     forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
                 continue
+            if lname == b"forwarded":  # RFC 7239: the same as X-Forwarded-For
+                if client.trusted is not None:
+                    forwarded = value if forwarded is None else forwarded + b", " + value
+                continue
             if lname == b"host":
-                host = value
                 hosts += 1
                 if hosts > 1:
                     self.refused = (400, "more than one Host header field")
-                elif VALID_HOST.fullmatch(value) is None:
-                    self.refused = (400, "the Host header field is not a valid host[:port]")
+                else:
+                    normal = normal_host(value)
+                    if normal is None:
+                        self.refused = (400, "the Host header field is not one valid host[:port]")
+                    elif normal != value:
+                        self.headers = [(n, normal if n.lower() == b"host" else v) for n, v in self.headers]
+                        value = normal
+                host = value
             elif lname == b"x-request-id":
                 request_id = value
             parts += (name, b": ", value, b"\r\n")
@@ -303,11 +339,20 @@ class Exchange:
         if host is not None:
             parts.append(b"\r\nX-Forwarded-Host: ")
             parts.append(host)
+        if client.send_forwarded:
+            own = forwarded_element(peer, client.scheme, host)
+            parts += (b"\r\nForwarded: ", own if forwarded is None else forwarded + b", " + own)
+        elif forwarded is not None:
+            parts += (b"\r\nForwarded: ", forwarded)
         if self.req_framing == CHUNKED:
             parts.append(b"\r\nTransfer-Encoding: chunked")
-        if self.upgrade and upgrade_value is not None:
-            parts.append(b"\r\nConnection: upgrade\r\nUpgrade: ")
-            parts.append(upgrade_value)
+        offer = self.upgrade_offer
+        if offer:
+            if settings is not None and b"h2c" in protocol_names(offer):
+                parts += (b"\r\nConnection: upgrade, HTTP2-Settings\r\nHTTP2-Settings: ", settings)
+            else:
+                parts.append(b"\r\nConnection: upgrade")
+            parts += (b"\r\nUpgrade: ", offer)
         return b"".join(parts), request_id is not None
 
     def request_body(self, data: bytes) -> None:
@@ -360,7 +405,8 @@ class Exchange:
         """This exchange's turn: choose a service and a backend (or answer the refusal of its request)."""
         refused = self.refused
         if refused is not None:
-            self.respond_error(*refused)
+            # (response_extra: a redirect's Location, see on_headers_complete)
+            self.respond_error(*refused, extra=self.response_extra)
             return
         router = self.client.engine.router
         service = router.single
@@ -747,6 +793,9 @@ class Exchange:
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         """The backend closed the connection before the exchange completed."""
+        if self.tunnel:
+            self.client.close()  # the backend ended the tunnel (upstream_upgraded): so does the client's side
+            return
         if self.upstream is not conn:
             return
         self.upstream = None
@@ -756,6 +805,9 @@ class Exchange:
         self._attempt_failed(RESET, "the backend closed the connection", reused=conn.requests > 0)
 
     def upstream_failed(self, kind: str, reason: str) -> None:
+        if self.tunnel:
+            self.client.abort()  # the backend reset the tunnel: the client's side is reset too
+            return
         self.upstream = None
         self._attempt_failed(kind, reason)
 
@@ -843,6 +895,20 @@ class Exchange:
         if self.done:
             return
         client = self.client
+        if status == 101:
+            switched_to = protocol_names(upgrade_value) if upgrade_value is not None else set()
+            if not switched_to or not switched_to <= protocol_names(self.upgrade_offer):
+                # A switch the client did not ask for, or to another protocol: the bytes that follow are not HTTP,
+                # so that connection is closed and nothing of it reaches the client; a gateway error (retried
+                # where retries.on says so, else 502, as HAProxy answers).
+                conn.exchange = None
+                conn.close()
+                asked = self.upgrade_offer.decode("latin-1") or "no upgrade"
+                self.upstream_failed(
+                    BAD_RESPONSE,
+                    f"the backend switched protocols (101) unasked (the request asked for {asked})",
+                )
+                return
         self.head_at = client.engine.now()
         self.deadline = 0.0
         self.status = status
@@ -850,8 +916,8 @@ class Exchange:
         if self.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
             framing = NO_BODY
         if status == 101:
-            if upgrade_value is not None:
-                parts.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
+            assert upgrade_value is not None
+            parts.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
             parts.append(b"\r\n")
             client.write(b"".join(parts))
             return
@@ -1008,6 +1074,9 @@ class Exchange:
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The backend switched protocols (101): from now on, bytes pass through both ways untouched."""
+        if self.done or self.upstream is not conn:
+            conn.close()  # a 101 that upstream_head answered with a 502
+            return
         if self.status != 101 or not self.upgrade:
             conn.close()
             self.upstream = None
@@ -1022,6 +1091,8 @@ class Exchange:
             conn.transport.writelines(list(self.tunnel_pending))  # what the client sent after its request
             self.tunnel_pending = ()
         self._record(self.client.engine.now())
+        # Counted and logged once, as a 101: what ends the tunnel later (either side closing) is no failure.
+        self.done = True
 
     def _response_end(self) -> None:
         if self.chunk_out:
@@ -1207,6 +1278,14 @@ class ClientConnection(asyncio.Protocol):
         self.forwarded_proto = (
             b"\r\nX-Forwarded-Proto: https" if listener.tls else b"\r\nX-Forwarded-Proto: http"
         )
+        self.scheme = b"https" if listener.tls else b"http"
+        # The listener's request rules, as the running config has them (a reload changes them for new connections).
+        settings = engine.listener_configs.get(listener.name) or listener
+        self.upgrades = settings.upgrades  # tunnelled for routes that do not say
+        self.escaped_slashes = settings.escaped_slashes
+        self.underscores = settings.headers_with_underscores
+        self.send_forwarded = settings.forwarded
+        self.in_own_head = False  # the parser reads a head of our own (read_body_after_upgrade)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: Exchange | None = None
@@ -1293,7 +1372,7 @@ class ClientConnection(asyncio.Protocol):
             if sock is not None:
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
-                except OSError:
+                except (OSError, ValueError):  # ValueError: uvloop's socket of a transport already closed
                     pass
             self.transport.abort()
 
@@ -1373,21 +1452,49 @@ class ClientConnection(asyncio.Protocol):
             if not self.head_started:
                 self.head_started = self.last_active  # [limits] header_timeout runs from here (the tick)
             self.head_received += len(data)
-        try:
-            self.parser.feed_data(data)
-            if self.head_received > self.max_header_bytes:
-                self.head_too_large()
-        except StopParsing:
-            pass  # a request was refused (refuse): nothing more is read
-        except httptools.HttpParserUpgrade as upgrade:
-            rest = data[upgrade.args[0] :]
-            exchange = self.upgrading
-            if exchange is not None and rest:
-                exchange.tunnel_pending = (*exchange.tunnel_pending, rest)
-        except httptools.HttpParserError as error:
-            if self.last_request:
-                return  # bytes after the last request of the connection: ignored, not an error
-            self.bad_request(error, data)
+        # Each turn of the loop parses what is left of `data`: more than one only after an Upgrade request that is
+        # served as a plain one (the parser stops at its head and is fed the rest again), so it ends.
+        while True:
+            try:
+                self.parser.feed_data(data)
+                if self.head_received > self.max_header_bytes:
+                    self.head_too_large()
+            except StopParsing:
+                pass  # a request was refused (refuse): nothing more is read
+            except httptools.HttpParserUpgrade as upgrade:
+                rest = data[upgrade.args[0] :]
+                exchange = self.upgrading
+                if exchange is None:  # no protocol it asked for is tunnelled: read on as HTTP
+                    self.read_body_after_upgrade()
+                    # (after `Connection: close` only the request's own body; the parser then stops at its end)
+                    if rest and (not self.last_request or self.parsing is not None):
+                        data = rest
+                        continue
+                elif rest:
+                    exchange.tunnel_pending = (*exchange.tunnel_pending, rest)
+            except httptools.HttpParserError as error:
+                if self.last_request:
+                    return  # bytes after the last request of the connection: ignored, not an error
+                self.bad_request(error, data)
+            return
+
+    def read_body_after_upgrade(self) -> None:
+        """The parser ends an Upgrade request at its head: when that request goes on as a plain one with a body
+        (its Upgrade dropped, on_headers_complete), a head of our own with the same framing makes the parser read
+        that body next; its callbacks are skipped (`in_own_head`), the body goes to the request."""
+        exchange = self.parsing
+        if exchange is None or not exchange.body_after_upgrade:
+            return
+        exchange.body_after_upgrade = False
+        if exchange.req_framing == CHUNKED:
+            framing = b"Transfer-Encoding: chunked"
+        else:
+            framing = b"Content-Length: %d" % exchange.content_length
+        close = b"" if exchange.keep_alive else b"\r\nConnection: close"
+        self.in_own_head = True
+        # A new parser: the old one may be past the end of the connection (an Upgrade request with `close`).
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.feed_data(b"PUT / HTTP/1.1\r\n" + framing + close + b"\r\n\r\n")
 
     def header_timeout(self) -> None:
         """[limits] header_timeout passed before the request head was complete (slowloris): 408, close."""
@@ -1467,6 +1574,8 @@ class ClientConnection(asyncio.Protocol):
 
     # No on_message_begin callback (one Python call less per request): a request starts with its URL.
     def on_url(self, url: bytes) -> None:
+        if self.in_own_head:
+            return  # (read_body_after_upgrade)
         exchange = self.parsing
         if exchange is None:
             self.parsing = exchange = Exchange(self)
@@ -1486,7 +1595,14 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.parsing
         if exchange is not None and not exchange.method:  # after the head (method known): trailers, dropped
             headers = exchange.headers
-            headers.append((name, value))
+            if name.find(b"_") < 0 or self.underscores == "keep":
+                headers.append((name, value))
+            elif self.underscores == "drop":
+                # Some stacks read `_` as `-` (CGI, WSGI, PHP): `Transfer_Encoding` must not reach them as framing.
+                self.engine.underscore_headers_dropped += 1
+            else:
+                self.engine.underscore_requests_refused += 1
+                self.refuse(exchange, 400, "a header field name has '_' (listener headers_with_underscores)")
             size = exchange.head_size = exchange.head_size + len(name) + len(value) + 4
             if size > self.max_header_bytes:
                 self.refuse(
@@ -1498,6 +1614,9 @@ class ClientConnection(asyncio.Protocol):
                 self.refuse(exchange, 431, f"the request has more than {self.max_headers} header fields")
 
     def on_headers_complete(self) -> None:
+        if self.in_own_head:
+            self.in_own_head = False  # (read_body_after_upgrade): the body that follows is the request's
+            return
         exchange = self.parsing
         assert exchange is not None
         parser = self.parser
@@ -1511,11 +1630,24 @@ class ClientConnection(asyncio.Protocol):
         if url[:1] != b"/":
             self.origin_form(exchange)
             url = exchange.url
+        redirect = b""
         if url.find(b"%") >= 0 or url.find(b"/.") >= 0 or url.find(b"//") >= 0:  # http.needs_normalizing
             normal = normalize_target(url)
             if normal is None:
                 self.refuse(exchange, 400, "the request target has a broken %-encoding")
             else:
+                if escaped_slash(normal) and self.escaped_slashes != "keep":
+                    # `/flag%2Fx` is `/flag/x` to servers that decode it (nginx, for one): routing and the
+                    # backend would disagree about the path (Envoy's path_with_escaped_slashes_action).
+                    if self.escaped_slashes == "reject":
+                        self.refuse(
+                            exchange,
+                            400,
+                            "the path has an encoded slash or backslash (%2F, %5C) (listener escaped_slashes)",
+                        )
+                    normal = unescape_slashes(normal)
+                    if self.escaped_slashes == "unescape_and_redirect":
+                        redirect = normal
                 exchange.url = normal
         exchange.build_upstream_head()  # also learns the body's framing, needed before its turn
         self.head_started = 0.0
@@ -1524,17 +1656,31 @@ class ClientConnection(asyncio.Protocol):
             self.refuse(exchange, *exchange.refused)
         if exchange.content_length > self.max_body:
             self.refuse(exchange, 413, f"the request body is larger than {self.max_body} bytes")
+        if redirect:  # answered at its turn, as a refusal, but the connection stays open
+            exchange.refused = (307, "the path had an encoded slash or backslash: ask for it unescaped")
+            exchange.response_extra = ((b"Location", redirect),)
         exchange.started = self.last_active  # when its bytes arrived: queueing behind others counts too
         if exchange.upgrade:
             if exchange.method == b"CONNECT":  # the parser takes every CONNECT for an upgrade
                 # RFC 9110 9.3.6: its target is an authority (refused in origin_form); with a path it is invalid.
                 self.refuse(exchange, 400, "CONNECT needs an authority as its target, and is not served")
-            if exchange.req_framing != NO_BODY:
-                # The parser ends an upgrade request at its head: its body would pass as tunnel bytes while the
-                # backend waits for it (and reads the next client's request as the rest of it).
-                self.refuse(exchange, 400, "an upgrade request with a body is not served")
-            exchange.keep_alive = False
-            self.upgrading = exchange
+            offer = b"" if redirect else self.upgrade_offer_for(exchange)
+            if offer:
+                if exchange.req_framing != NO_BODY:
+                    # The parser ends an upgrade request at its head: its body would pass as tunnel bytes while the
+                    # backend waits for it (and reads the next client's request as the rest of it).
+                    self.refuse(exchange, 400, "an upgrade request with a body is not served")
+                exchange.upgrade_offer = offer
+                exchange.build_upstream_head(cache=False)  # again, now with the Upgrade it sends on
+                exchange.keep_alive = False
+                self.upgrading = exchange
+            else:
+                # Nothing it asks for is tunnelled here (an h2c tunnel would carry requests past every policy):
+                # a plain request, its Upgrade (and HTTP2-Settings) dropped. The parser ended it at its head;
+                # its body is read next (read_body_after_upgrade), and then the requests after it.
+                exchange.upgrade = False
+                if exchange.req_framing != NO_BODY:
+                    exchange.body_after_upgrade = True
         if not exchange.keep_alive:
             self.last_request = True
         if self.current is None:
@@ -1547,6 +1693,21 @@ class ClientConnection(asyncio.Protocol):
             if len(self.pending) >= PIPELINE_DEPTH:
                 self.pause_reading_for(PAUSE_PIPELINE)
 
+    def upgrade_offer_for(self, exchange: Exchange) -> bytes:
+        """What of the request's Upgrade goes to the backend: the protocols its route tunnels (route `upgrades`,
+        else its listener's), b"" for none (and for a request no route takes: it gets its 404 at its turn)."""
+        asked = b", ".join(v for n, v in exchange.headers if n.lower() == b"upgrade")
+        allowed = None
+        router = self.engine.router
+        if router.single is None:
+            route = router.route(exchange)
+            if route is None:
+                return b""
+            allowed = route.upgrades
+        if allowed is None:
+            allowed = frozenset(p.encode() for p in self.upgrades)
+        return upgrade_offer(asked, allowed)
+
     def check_version(self, exchange: Exchange) -> None:
         """HTTP/1.0 is served (as 1.1 to the backend); 0.9 is refused; 2.0 over this text protocol is 505."""
         version = exchange.version
@@ -1557,7 +1718,9 @@ class ClientConnection(asyncio.Protocol):
 
     def origin_form(self, exchange: Exchange) -> None:
         """A request target other than a path (RFC 9112 3.2): absolute-form becomes origin-form, its authority
-        the Host (3.2.2: the Host field is then ignored); `*` only for OPTIONS; anything else is refused."""
+        the Host; `*` only for OPTIONS; anything else is refused. A Host field beside an absolute-form target
+        must name the same host (3.2: a client MUST send the target's authority as Host; HAProxy refuses a
+        mismatch too), else 400: the route and the backend would see different hosts."""
         url = exchange.url
         if url == b"*":
             if exchange.method != b"OPTIONS":
@@ -1568,11 +1731,21 @@ class ClientConnection(asyncio.Protocol):
             self.refuse(exchange, 400, "the request target is neither a path nor an absolute http(s) URL")
         authority, slash, path = rest.partition(b"/")
         authority, question, query = authority.partition(b"?")
-        if not authority or b"@" in authority or VALID_HOST.fullmatch(authority) is None:
+        normal = normal_host(authority) if authority and authority.find(b"@") < 0 else None
+        if not normal:
             self.refuse(exchange, 400, "the request target's authority is not a valid host[:port]")
+            return
+        hosts = [v for n, v in exchange.headers if n.lower() == b"host"]
+        if len(hosts) > 1:
+            self.refuse(exchange, 400, "more than one Host header field")
+        if hosts:
+            default = b":443" if scheme.lower() == b"https" else b":80"
+            given = normal_host(hosts[0])
+            if given is None or given.removesuffix(default) != normal.removesuffix(default):
+                self.refuse(exchange, 400, "the Host header field does not name the request target's host")
         exchange.url = b"/" + path + (b"?" + query if question else b"") if (slash or question) else b"/"
         exchange.headers = [(n, v) for n, v in exchange.headers if n.lower() != b"host"]
-        exchange.headers.append((b"Host", authority))
+        exchange.headers.append((b"Host", normal))
 
     def on_body(self, body: bytes) -> None:
         exchange = self.parsing
@@ -1581,6 +1754,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         exchange = self.parsing
+        if exchange is not None and exchange.body_after_upgrade:
+            return  # the parser's end of an Upgrade request served as a plain one: its body is still to come
         self.parsing = None
         if exchange is not None:
             if exchange.req_framing == NO_BODY and not exchange.done:

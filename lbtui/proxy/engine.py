@@ -103,6 +103,9 @@ class Engine:
         self.connections_refused = 0  # turned away over [limits] max_connections
         self.header_timeouts = 0  # closed with a 408: the request head did not arrive in time
         self.tls_handshake_failures = 0  # closed before any request: the TLS handshake failed or timed out
+        # Request header fields named with `_` (listener headers_with_underscores): dropped, or their request refused.
+        self.underscore_headers_dropped = 0
+        self.underscore_requests_refused = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._ticker: asyncio.Task[None] | None = None
@@ -153,6 +156,8 @@ class Engine:
             "header_timeouts": self.header_timeouts,
             "tls_handshake_failures": self.tls_handshake_failures,
             "access_log_dropped": self.access_log_dropped,
+            "underscore_headers_dropped": self.underscore_headers_dropped,
+            "underscore_requests_refused": self.underscore_requests_refused,
         }
 
     @property

@@ -40,15 +40,18 @@ NEVER_CONNECTION_NAMED: Final = frozenset(
 # Connection header values that name no other header (the usual ones): nothing more to strip.
 PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
-# Request headers the proxy writes itself rather than passing on.
-SET_BY_PROXY: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-consumer"})
+# Request headers the proxy writes itself rather than passing on (HTTP2-Settings only with an h2c upgrade that a
+# route allows: it belongs to the connection the client asked to upgrade).
+SET_BY_PROXY: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-consumer", b"http2-settings"})
 
-# RFC 9112 3.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ]; uri-host an IP literal or a reg-name (or IPv4),
-# whose `%` starts two hex digits. (Written as `char* (escape char*)*`: linear, and as quick as one class.)
-VALID_HOST: Final = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=]*(?:%[0-9A-Fa-f]{2}[A-Za-z0-9\-._~!$&'()*+,;=]*)*)"
-    rb"(?::[0-9]*)?"
-)
+# A Host already in the form normal_host gives it (the usual case, checked with one match): a lower-case DNS name
+# or IPv4 address and an optional port of at most four digits, not starting with 0 (five digits may pass 65535:
+# those take the slow path, whose answers are kept).
+NORMAL_HOST: Final = re.compile(rb"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*(?::[1-9][0-9]{0,3})?")
+# A host name once its %-escapes are decoded: dot-separated labels of letters, digits, `-` and `_` (as DNS
+# resolvers and virtual hosts read names; `_` for the service names some use). IPv4 addresses are such names.
+HOST_NAME: Final = re.compile(rb"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+_HOSTS_SEEN: dict[bytes, bytes | None] = {}
 # The bytes a request target may hold: visible ASCII but the ones RFC 3986 leaves out (`"<>\\^`{|}`), which HAProxy
 # refuses too unless told otherwise. (The parser refuses controls, space and bytes past 0x7E itself; `#`, a
 # fragment, is refused with its own reason.)
@@ -146,6 +149,124 @@ def normalize_target(url: bytes) -> bytes | None:
                 kept.append(b"")  # "/a/." and "/a/b/.." end in a slash: "/a/"
         path = b"/" + b"/".join(kept)
     return path + question + query
+
+
+def escaped_slash(url: bytes) -> bool:
+    """Whether the path of a normalised target (normalize_target: escapes in upper case) has an encoded slash
+    or backslash (`%2F`, `%5C`), which servers behind a proxy may read as a separator."""
+    end = url.find(b"?")
+    path = url if end < 0 else url[:end]
+    return path.find(b"%2F") >= 0 or path.find(b"%5C") >= 0
+
+
+def unescape_slashes(url: bytes) -> bytes:
+    """A normalised target with `%2F` and `%5C` in its path made `/` (a backslash is a separator to WHATWG URL
+    parsers, IIS and Windows), normalised again: `/a%2F..%2Fb` is `/b`. The query is left as it is."""
+    path, question, query = url.partition(b"?")
+    path = path.replace(b"%2F", b"/").replace(b"%5C", b"/")
+    normal = normalize_target(path)
+    assert normal is not None  # its escapes were checked by the first normalize_target
+    return normal + question + query
+
+
+def upgrade_offer(value: bytes, allowed: frozenset[bytes]) -> bytes:
+    """The protocols of a request's Upgrade field (`websocket`, `h2c`, `foo/2`) whose names are in `allowed`
+    (lower case), as the value to send on; b"" when there are none."""
+    kept = []
+    for token in value.split(b","):
+        token = token.strip()
+        if token and token.partition(b"/")[0].lower() in allowed:
+            kept.append(token)
+    return b", ".join(kept)
+
+
+def protocol_names(value: bytes) -> set[bytes]:
+    """The lower-case protocol names of an Upgrade field's value (`WebSocket, foo/2` gives websocket and foo)."""
+    return {t.strip().partition(b"/")[0].lower() for t in value.split(b",") if t.strip()}
+
+
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def forwarded_element(peer: bytes, proto: bytes, host: bytes | None) -> bytes:
+    """lbtui's own element of an RFC 7239 Forwarded field: `for=` the peer, `host=` the request's Host (as
+    normal_host wrote it), `proto=`; an IPv6 address in brackets and quotes (7239 section 6)."""
+    element = b'for="[' + peer + b']"' if peer.find(b":") >= 0 else b"for=" + (peer or b"unknown")
+    if host:
+        element += b";host=" + host if _TOKEN.fullmatch(host) else b';host="' + host + b'"'
+    return element + b";proto=" + proto
+
+
+def normal_host(value: bytes) -> bytes | None:
+    """A Host field (or an absolute-form target's authority) as lbtui routes by it and forwards it, or None
+    when it is not one host (RFC 9110 7.2: `uri-host [ ":" port ]`, answered 400).
+
+    - The name is lower case, its %-escapes decoded (RFC 3986 6.2.2: `admin%2Eexample` is `admin.example`), and
+      one trailing dot removed (`admin.example.` is the same name to a resolver); what is left must be
+      dot-separated labels of letters, digits, `-` and `_`: `a,b`, `a;x`, `a..b`, `%00` or a non-ASCII name
+      are not one host, though RFC 3986's reg-name allows their characters.
+    - An IP literal (`[::1]`) must be an IPv6 address, and is written in its compressed form.
+    - The port is digits, 1 to 65535, written without leading zeros; an empty one (`host:`) is dropped
+      (RFC 3986 6.2.3).
+    - An empty value stays empty (RFC 9112 3.2: a request whose target has no authority sends `Host:`).
+    """
+    if NORMAL_HOST.fullmatch(value) is not None:
+        return value
+    known = _HOSTS_SEEN.get(value, b"?")
+    if known != b"?":
+        return known
+    normal = _normal_host(value)
+    if len(_HOSTS_SEEN) < 4096:
+        _HOSTS_SEEN[value] = normal
+    return normal
+
+
+def _normal_host(value: bytes) -> bytes | None:
+    if not value:
+        return value
+    if value.startswith(b"["):
+        end = value.find(b"]")
+        if end < 0:
+            return None
+        try:
+            address = ipaddress.IPv6Address(value[1:end].decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return None  # not IPv6 (IPvFuture, a zone id, junk)
+        host, rest = b"[" + address.compressed.encode() + b"]", value[end + 1 :]
+        if rest and not rest.startswith(b":"):
+            return None
+        port = rest[1:]
+        colon = bool(rest)
+    else:
+        host, colon_text, port = value.partition(b":")
+        colon = bool(colon_text)
+        if host.find(b"%") >= 0:
+            decoded = unquote_bytes(host)
+            if decoded is None:
+                return None
+            host = decoded
+        host = host.lower()
+        if host.endswith(b"."):
+            host = host[:-1]
+        if HOST_NAME.fullmatch(host) is None or len(host) > 253:
+            return None
+    if not colon or not port:
+        return host
+    if not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
+        return None
+    return b"%s:%d" % (host, int(port))
+
+
+def unquote_bytes(text: bytes) -> bytes | None:
+    """`text` with every %-escape decoded, or None when a `%` does not start two hex digits."""
+    parts = text.split(b"%")
+    out = bytearray(parts[0])
+    for part in parts[1:]:
+        if len(part) < 2 or part[0] not in _HEX or part[1] not in _HEX:
+            return None
+        out.append(int(part[:2], 16))
+        out += part[2:]
+    return bytes(out)
 
 
 def without_fields(parts: list[bytes], names: frozenset[bytes] | set[bytes], first: int = 1) -> list[bytes]:

@@ -23,7 +23,9 @@ What happens to each part (docs/operations.md, "Reload", says the same for opera
   runtime are left alone; config backends removed at runtime stay removed.
 - Routes, consumers (API keys), CORS, rate limits (new buckets), caches (new, empty), trusted proxies and
   [limits]: a new Router is built and swapped in one assignment. A request already routed holds its route
-  and finishes on the old config; route numbers carry over by route name. [limits] apply to new connections.
+  and finishes on the old config; route numbers carry over by route name. [limits] apply to new connections,
+  and so do a kept listener's request rules (upgrades, escaped_slashes, headers_with_underscores, forwarded:
+  a ClientConnection reads them from engine.listener_configs when it is made).
 - [admin], [state] and [access_log] are not changed by a reload: the result says a restart is needed.
 
 Everything runs in one call on the engine's loop with no await, so the data plane never sees half a reload.

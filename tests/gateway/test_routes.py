@@ -62,6 +62,89 @@ async def test_the_most_specific_route_wins(backends, engine_factory, raw_client
     assert json.loads(r.body)["backend"] == "second"  # first takes GET only
 
 
+async def test_wildcard_hosts_come_after_exact_hosts_and_before_routes_without_one(
+    backends, engine_factory, raw_client
+):
+    """nginx's server_name and Envoy's virtual host domains: an exact name first, then the longest wildcard
+    (`*.example.com` takes any name that ends in `.example.com`, at any depth, but not `example.com`), then the
+    routes with no host. Within a host, paths rank as always."""
+    names = ["exact", "wild", "deeper", "wild_path", "none"]
+    bs = {n: await backends(n) for n in names}
+    routes = [
+        {"name": "none", "match": {}, "service": "none"},
+        {"name": "wild", "match": {"host": "*.example.com"}, "service": "wild"},
+        {
+            "name": "wild_path",
+            "match": {"host": "*.example.com", "path_prefix": "/echo/p"},
+            "service": "wild_path",
+        },
+        {"name": "deeper", "match": {"host": "*.b.example.com"}, "service": "deeper"},
+        {"name": "exact", "match": {"host": "api.example.com"}, "service": "exact"},
+    ]
+    engine = await engine_factory(gateway(bs, routes))
+    client = await raw_client(engine.address())
+    cases = [
+        ("api.example.com", "/echo", "exact"),
+        ("api.example.com", "/echo/p", "exact"),  # an exact host before a wildcard with a longer path
+        ("x.example.com", "/echo", "wild"),
+        ("x.y.example.com", "/echo", "wild"),  # more than one label
+        ("x.example.com", "/echo/p/1", "wild_path"),
+        ("a.b.example.com", "/echo", "deeper"),  # the longest wildcard first
+        ("a.b.example.com", "/echo/p", "deeper"),
+        ("b.example.com", "/echo", "wild"),  # `*.b.example.com` needs a label before `b`
+        ("X.Example.COM.", "/echo", "wild"),  # the Host in its normal form
+        ("x.example.com:8080", "/echo", "wild"),  # the port is not part of the name
+        ("example.com", "/echo", "none"),  # the wildcard does not take the bare name
+        ("xexample.com", "/echo", "none"),  # nor a name that only ends the same
+        ("example.com.evil", "/echo", "none"),
+    ]
+    for host, path, expected in cases:
+        r = await ask(client, "GET", path, host)
+        assert r.status == 200, (host, path)
+        assert json.loads(r.body)["backend"] == expected, (host, path)
+
+
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("*", "is not a host pattern"),
+        ("*.", "has no name after"),
+        ("a.*.example.com", "is not a host pattern"),
+        ("*example.com", "is not a host pattern"),
+        ("*.*.example.com", "is not a host pattern"),
+        ("**.example.com", "is not a host pattern"),
+        ("example.*", "is not a host pattern"),
+        ("*.example.com:80", "includes a port"),
+        ("*.exa mple.com", "is not a valid host name"),
+        ("example.com..", "is not a valid host name"),
+    ],
+)
+def test_host_patterns_are_checked(host, problem):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            {
+                "services": {"a": {"backends": [{"name": "a", "address": "127.0.0.1:1"}]}},
+                "routes": [{"match": {"host": host}, "service": "a"}],
+            }
+        )
+    (issue,) = [str(i) for i in caught.value.issues]
+    assert "routes[0].match.host" in issue
+    assert problem in issue
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [("API.Example.com.", "api.example.com"), ("*.Ex.COM", "*.ex.com")]
+)
+def test_route_hosts_are_kept_in_their_normal_form(given, stored):
+    config = parse_config(
+        {
+            "services": {"a": {"backends": [{"name": "a", "address": "127.0.0.1:1"}]}},
+            "routes": [{"match": {"host": given}, "service": "a"}],
+        }
+    )
+    assert config.routes[0].match.host == stored
+
+
 async def test_regex_comes_before_a_route_without_path(backends, engine_factory, raw_client):
     bs = {n: await backends(n) for n in ("regex", "any")}
     routes = [
