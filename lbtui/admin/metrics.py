@@ -23,8 +23,11 @@ from lbtui.core.stats import BUCKETS, bucket_bounds, bucket_value_us
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
-# The `le` bounds (seconds) of every latency histogram: 0.5 ms to 30 s, then +Inf.
+# The `le` bounds (seconds) of every latency histogram: 0.1 ms to 30 s, then +Inf. A request on loopback or a
+# local network takes a few hundred microseconds: below 0.5 ms it needs bounds of its own to be told apart.
 LATENCY_BOUNDS: Final = (
+    0.0001,
+    0.00025,
     0.0005,
     0.001,
     0.0025,
