@@ -118,6 +118,7 @@ def service_json(s: ServiceView) -> dict[str, Any]:
         "panic": s.panic,
         "in_flight": s.in_flight,
         "requests": s.requests,
+        "status_classes": status_classes_json(s.status_classes),
         "unrouted": s.unrouted,
         "retries": s.retries,
         "retries_refused": s.retries_refused,
@@ -306,6 +307,7 @@ def service_from_json(value: dict[str, Any]) -> ServiceView:
         queued=value["queued"],
         queue_length=value["queue_length"],
         queue_full=value["queue_full"],
+        status_classes=_classes(value["status_classes"]),
     )
 
 

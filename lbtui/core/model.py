@@ -8,6 +8,11 @@ Invariants:
 - Every change of eligibility or weight bumps the service's `version`, which is how the algorithms know to
   rebuild what they cache. Only the Controller changes states (see control.py); the data plane only counts.
 - A snapshot is built from counters and windows; its cost grows with backends, not with traffic.
+- Two ways of counting, as HAProxy's server and backend rows: a backend counts every attempt sent to it
+  (Backend.observe: a connect failure that was retried elsewhere is a failure of that backend); a service,
+  like a route, counts every answer its clients got, once (Service.observe: a request that failed on one
+  backend and got a 200 from the next is one 2xx). The service's requests, status classes, window, 5xx %
+  and latency are the clients'; its backends' add up to its attempts.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Final
 from lbtui.config import BackendConfig, OutlierConfig, ServiceConfig
 from lbtui.core.algorithms import DEFAULT_EWMA_TAU as EWMA_TAU
 from lbtui.core.algorithms import Algorithm, ewma_decay, make_algorithm
-from lbtui.core.stats import SlidingWindow, WindowView, merge_views
+from lbtui.core.stats import SlidingWindow, WindowView
 
 
 class AdminState(enum.StrEnum):
@@ -231,9 +236,17 @@ class Service:
         )
         self.queued = 0  # requests that waited in the queue
         self.queue_full = 0  # requests answered 503 at once because the queue was full
+        # What its clients got, one count per answer whatever the attempts (see observe): since start, and lately.
+        self.status_classes = [0, 0, 0, 0, 0, 0]  # as Backend.status_classes
+        self.window = SlidingWindow(now=now)
         self.ramp: Any = (
             None  # the canary ramp under way or last run (lbtui.core.ramp.Ramp), owned by the Controller
         )
+
+    def observe(self, status: int, latency: float, now: float) -> None:
+        """Count one answer to a client of this service (status 0: none came), however many backends it tried."""
+        self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
+        self.window.record(latency, status >= 500 or status == 0, now)
 
     # -- changes (called by the Controller only) -------------------------------------------------------
     def adopt(self, backend: Backend) -> None:
@@ -539,7 +552,9 @@ class ServiceView:
     backup_group: str | None
     backends: tuple[BackendView, ...]
     unrouted: int
-    window: WindowView
+    window: (
+        WindowView  # the answers its clients got (once each, retries or not); its backends' count attempts
+    )
     ramp: RampView | None = None
     panic: bool = False  # too few healthy backends: every ready one takes traffic (panic_threshold)
     retries: int = 0  # requests sent again to another backend
@@ -547,10 +562,15 @@ class ServiceView:
     queued: int = 0  # requests that waited for a backend under max_connections
     queue_length: int = 0  # waiting now
     queue_full: int = 0  # answered 503 at once: the queue was full
+    # The answers its clients got since start, by class as BackendView's: one per request, however many
+    # attempts it took (the backends' status_classes count attempts).
+    status_classes: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
+    latency_counts: tuple[int, ...] = ()  # of those answers, since start, as BackendView's
 
     @property
     def requests(self) -> int:
-        return sum(b.requests for b in self.backends) + self.unrouted
+        """Requests the service answered since start (each once; `unrouted` among them)."""
+        return sum(self.status_classes)
 
     @property
     def in_flight(self) -> int:
@@ -680,6 +700,7 @@ def backend_view(b: Backend, now: float, checked: bool = False) -> BackendView:
 def service_view(s: Service, now: float) -> ServiceView:
     checked = s.config.health is not None
     backends = tuple(backend_view(b, now, checked) for b in s.backends)
+    sc = s.status_classes
     return ServiceView(
         name=s.name,
         algorithm=s.algorithm_name,
@@ -688,7 +709,7 @@ def service_view(s: Service, now: float) -> ServiceView:
         backup_group=s.backup_group,
         backends=backends,
         unrouted=s.unrouted,
-        window=merge_views([b.window for b in backends]),
+        window=s.window.view(now),
         ramp=s.ramp.view(now) if s.ramp is not None else None,
         panic=s.panic,
         retries=s.retries,
@@ -696,4 +717,6 @@ def service_view(s: Service, now: float) -> ServiceView:
         queued=s.queued,
         queue_length=len(s.queue) if s.queue else 0,
         queue_full=s.queue_full,
+        status_classes=(sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]),
+        latency_counts=s.window.totals()[0],
     )

@@ -148,7 +148,9 @@ async def test_latency_of_a_sub_millisecond_backend_is_measured_to_the_microseco
             assert entry["upstream_header"] <= entry["duration"]
         durations = sorted(e["duration"] for e in entries.values())
         median = statistics.median(durations)
-        assert SERVICE_SECONDS <= median < 0.002, durations  # about 0.5 ms; a generous bound for a busy machine
+        assert SERVICE_SECONDS <= median < 0.002, (
+            durations
+        )  # about 0.5 ms; a generous bound for a busy machine
 
         # The admin API: the backend's p50 (from the stats histogram, exact to 1/64) where the requests were.
         async with httpx.AsyncClient(base_url=admin, timeout=10) as http:
