@@ -5,8 +5,14 @@ Invariants:
   (a check is failing but `fall` is not reached yet, as in HAProxy).
 - `drain`: no new traffic; in-flight requests finish; upstream keep-alive connections close after their
   current request. `maint`: no traffic at all; in-flight requests still finish.
-- Every change of eligibility or weight bumps the service's `version`, which is how the algorithms know to
-  rebuild what they cache. Only the Controller changes states (see control.py); the data plane only counts.
+- Every change of eligibility or weight bumps the service's `version` (Service.changed, which also works out
+  at once who is eligible now), which is how the algorithms know to rebuild what they cache. Only the Controller changes states (see control.py); the data plane only counts.
+- A backend that becomes eligible while the service runs (added, maint or drain -> ready, down -> up, an
+  ejection over, a weight from 0) is probed: the next request its group gets goes to it, whatever the
+  algorithm, weights, slow start or load (hashing algorithms excepted: they send it the keys that map to
+  it, at once), and its latency estimate starts unmeasured (Finagle's Peak-EWMA: an endpoint with no
+  sample costs nothing while idle). So it has traffic at once, as Finagle's and Linkerd's balancers probe an
+  endpoint they have not measured, instead of waiting for a seeded or stale estimate to decay.
 - A snapshot is built from counters and windows; its cost grows with backends, not with traffic.
 - Two ways of counting, as HAProxy's server and backend rows: a backend counts every attempt sent to it
   (Backend.observe: a connect failure that was retried elsewhere is a failure of that backend); a service,
@@ -48,9 +54,6 @@ SERVING_HEALTH: Final = frozenset({Health.UP, Health.GOING_DOWN})
 _exp = math.exp
 HASHING: Final = frozenset({"ip_hash", "consistent_hash"})
 
-# Peak-EWMA starts from this guess (seconds) so a new backend is neither shunned nor flooded.
-EWMA_INITIAL: Final = 0.005
-
 
 class Backend:
     """One upstream server: what the operator set, what checks saw, and live counters."""
@@ -83,6 +86,7 @@ class Backend:
         "outlier",
         "pool",
         "port",
+        "probe",
         "remove_deadline",
         "requests",
         "service",
@@ -112,8 +116,11 @@ class Backend:
         self.bytes_out = 0
         self.connect_failures = 0
         self.window = SlidingWindow(now=now)
-        self._ewma = EWMA_INITIAL
+        # Peak-EWMA of latency (seconds); 0.0: no sample yet, which the ewma algorithm treats as free while idle
+        # and as one probe at a time otherwise (algorithms.PeakEwma): a new backend is neither shunned nor flooded.
+        self._ewma = 0.0
         self._ewma_time = now
+        self.probe = False  # eligible lately and no request since: its pool's next pick is it (Service.pick)
         self.drain_since: float | None = now if self.admin_state is AdminState.DRAIN else None
         self.remove_deadline: float | None = None  # set while being removed (draining first)
         self.maint_when_drained = False  # "drain then maint": maint on its own once in-flight is 0
@@ -143,6 +150,11 @@ class Backend:
 
     def ewma_cost(self, now: float) -> float:
         return ewma_decay(self._ewma, self._ewma_time, now)
+
+    def rejoined(self) -> None:
+        """It became eligible again (or for the first time) while its service runs: probe it, unmeasured."""
+        self.probe = True
+        self._ewma = 0.0  # what it was like before it left says little about it now
 
     def observe(self, status: int, latency: float, now: float, bytes_out: int) -> None:
         """Count one finished exchange (status 0: it failed before any response)."""
@@ -227,6 +239,10 @@ class Service:
         self._eligible_version = -1
         self._group_current: dict[str, int] = {}
         self._slow = False  # an eligible backend is in slow start: picks of it are thinned (see pick)
+        # The backends eligible at the last refresh (None before the first, at the end of __init__: those there
+        # at start are not probed), and how many eligible ones outside the backup group wait for a probe (pick).
+        self._was_eligible: frozenset[Backend] | None = None
+        self._probes = 0
         self.panic = False  # too few healthy (panic_threshold): every ready backend takes traffic
         self.retries_in_flight = 0  # exchanges of this service retrying now (the retry budget)
         self.retries = 0  # requests sent again to another backend
@@ -242,6 +258,7 @@ class Service:
         self.ramp: Any = (
             None  # the canary ramp under way or last run (lbtui.core.ramp.Ramp), owned by the Controller
         )
+        self._refresh()  # who is eligible at start: a backend that joins later is probed (_find_probes)
 
     def observe(self, status: int, latency: float, now: float) -> None:
         """Count one answer to a client of this service (status 0: none came), however many backends it tried."""
@@ -256,6 +273,9 @@ class Service:
 
     def changed(self) -> None:
         self.version += 1
+        # At once rather than at the next pick: a backend that leaves and comes back between two requests
+        # (maint, then ready) is seen to have rejoined, and gets its probe (_find_probes).
+        self._refresh()
 
     def set_algorithm(self, name: str) -> None:
         self.algorithm_name = name
@@ -298,11 +318,28 @@ class Service:
                     by_group.setdefault(b.group, []).append(b)
         self._eligible = {g: tuple(bs) for g, bs in by_group.items()}
         self._slow = any(b.slow_since for bs in by_group.values() for b in bs)
+        self._find_probes(by_group)
         self._all_eligible = tuple(
             b for g, bs in self._eligible.items() if g != self.backup_group for b in bs
         )
         self._eligible_version = self.version
         return self._eligible
+
+    def _find_probes(self, by_group: Mapping[str, Sequence[Backend]]) -> None:
+        """Mark the backends that became eligible since the last refresh for a probe; count those waiting."""
+        eligible = frozenset(b for bs in by_group.values() for b in bs)
+        was = self._was_eligible
+        probes = 0
+        for b in self.backends:
+            if b not in eligible:
+                b.probe = False  # it gets one when it comes back
+                continue
+            if was is not None and b not in was:
+                b.rejoined()
+            if b.probe and b.group != self.backup_group:
+                probes += 1
+        self._was_eligible = eligible
+        self._probes = 0 if self.hashing else probes
 
     def _pool_key(self, eligible: Mapping[str, tuple[Backend, ...]]) -> str | None:
         """Which group (or "*" for all non-backup groups together) serves the next request."""
@@ -346,6 +383,7 @@ class Service:
             and self._all_eligible
             and self.config.max_connections is None
             and not self._slow
+            and not self._probes
         ):
             # The common case: no split, nothing to exclude, no limit: one pool of every eligible backend.
             algorithm = self._algorithms.get("*")
@@ -379,6 +417,12 @@ class Service:
                 version = -1 - self.version - 1_000_000 * len(candidates)
             if not candidates:
                 return None
+        if self._probes:
+            for b in candidates:
+                if b.probe:  # eligible lately, no request yet: this one, before any algorithm or slow start
+                    b.probe = False
+                    self._probes -= 1
+                    return b
         # A pick that leaves some out (a retry, slow start's second pick) has an algorithm of its own: shared,
         # its turns would shift the first picks' (round robin would then skip the backend after a dead one).
         slot = pool if not exclude else pool + "\0again"
