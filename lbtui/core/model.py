@@ -239,8 +239,9 @@ class Service:
         self._eligible_version = -1
         self._group_current: dict[str, int] = {}
         self._slow = False  # an eligible backend is in slow start: picks of it are thinned (see pick)
-        # The backends eligible at the last refresh (None before the first, at the end of __init__: those there
-        # at start are not probed), and how many eligible ones outside the backup group wait for a probe (pick).
+        # The backends eligible at the last refresh (None before the first, at the end of __init__, and again in
+        # settle: those there at start are not probed), and how many eligible ones outside the backup group
+        # wait for a probe (pick).
         self._was_eligible: frozenset[Backend] | None = None
         self._probes = 0
         self.panic = False  # too few healthy (panic_threshold): every ready backend takes traffic
@@ -324,6 +325,14 @@ class Service:
         )
         self._eligible_version = self.version
         return self._eligible
+
+    def settle(self) -> None:
+        """Take who is eligible now as the starting set, probing none of them (the engine calls it as it starts
+        serving: backends that a state file restored, added or enabled before then are no newcomers)."""
+        for b in self.backends:
+            b.probe = False
+        self._was_eligible = None
+        self._refresh()
 
     def _find_probes(self, by_group: Mapping[str, Sequence[Backend]]) -> None:
         """Mark the backends that became eligible since the last refresh for a probe; count those waiting."""

@@ -189,6 +189,8 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         for backend in self.balancer.backends.values():
             self.make_pool(backend)
+        for service in self.balancer.services.values():
+            service.settle()  # what a state file restored is the starting set: no backend of it is probed
         try:
             for listener in self.config.listeners:
                 await self._listen(listener)
