@@ -6,9 +6,9 @@ over. Its first proxied request must come within a second. (Seeded or stale late
 trying it for tens of seconds; weighted picks left it to chance.)
 
 For the hashing algorithms a backend gets the keys that map to it, and nothing else: "at once" means the first
-such key goes to it. The requests carry varied keys (a new path, a new client address each time) and the peer's
-weight is only twice the new one's, so a third of the keys are its: the sequence of keys is fixed, so whether
-one of them is in the first second's twenty is decided by the names, the same on every run.
+such key goes to it. The requests cycle through KEYS keys (paths, and client addresses from a trusted proxy)
+and the peer's weight is only twice the new one's: some of the eight map to the new backend (the ring depends
+on the names alone, so that is the same on every run), and one of them comes within eight requests.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tests.conftest import RawClient, wait_for
 RATE = 20.0  # requests a second
 BOUND = 1.0  # seconds: a generous bound for "at once"
 HASHING = ("ip_hash", "consistent_hash")
+KEYS = 8
 
 
 def config(peer: DemoBackend, algorithm: str, **service: Any) -> Any:
@@ -55,7 +56,7 @@ def proxied(backend: DemoBackend) -> int:
 
 
 class Traffic:
-    """GETs at RATE a second, one at a time, each with a key of its own (path and client address); bounded.
+    """GETs at RATE a second, one at a time, cycling through KEYS keys (path and client address); bounded.
     Keeps, for each answer, when it ended (wall clock, as the audit log's events) and which backend gave it."""
 
     def __init__(self, engine: Engine, limit: int = 400) -> None:
@@ -72,8 +73,8 @@ class Traffic:
         next_at = loop.time()
         try:
             for i in range(self.limit):
-                headers = {"X-Forwarded-For": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"}
-                response = await client.request("GET", f"/key/{i}", headers)
+                headers = {"X-Forwarded-For": f"10.0.0.{i % KEYS}"}
+                response = await client.request("GET", f"/key/{i % KEYS}", headers)
                 self.sent += 1
                 self.statuses.append(response.status)
                 self.answers.append((time.time(), response.header("X-Backend") or ""))
