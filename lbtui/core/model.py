@@ -11,8 +11,9 @@ Invariants:
   ejection over, a weight from 0) is probed: the next request its group gets goes to it, whatever the
   algorithm, weights, slow start or load (hashing algorithms excepted: they send it the keys that map to
   it, at once), and its latency estimate starts unmeasured (Finagle's Peak-EWMA: an endpoint with no
-  sample costs nothing while idle). So it has traffic at once, as Finagle's and Linkerd's balancers probe an
-  endpoint they have not measured, instead of waiting for a seeded or stale estimate to decay.
+  sample costs nothing while idle, so it is tried as soon as it is drawn). A seeded estimate that has to
+  decay first (tower's, in Linkerd: a default RTT) or the one it had before it left kept it out for tens
+  of seconds next to a faster peer; a weighted draw left its first request to chance.
 - A snapshot is built from counters and windows; its cost grows with backends, not with traffic.
 - Two ways of counting, as HAProxy's server and backend rows: a backend counts every attempt sent to it
   (Backend.observe: a connect failure that was retried elsewhere is a failure of that backend); a service,
