@@ -291,13 +291,19 @@ def ramp_from_json(value: dict[str, Any]) -> RampView:
 
 def service_from_json(value: dict[str, Any]) -> ServiceView:
     split = value["split"]
+    backends = tuple(backend_from_json(b) for b in value["backends"])
+    if "status_classes" in value:
+        classes = _classes(value["status_classes"])
+    else:  # a server from before services counted answers: its backends' attempts are what it counted
+        a, b, c, d, e, f = (sum(x.status_classes[i] for x in backends) for i in range(6))
+        classes = (a, b, c, d, e, f + value["unrouted"])  # (unrouted: 503s)
     return ServiceView(
         name=value["name"],
         algorithm=value["algorithm"],
         split=tuple(split.items()) if split else None,
         groups=tuple(value["groups"]),
         backup_group=value["backup_group"],
-        backends=tuple(backend_from_json(b) for b in value["backends"]),
+        backends=backends,
         unrouted=value["unrouted"],
         window=window_from_json(value["window"]),
         ramp=ramp_from_json(value["ramp"]) if value["ramp"] is not None else None,
@@ -307,7 +313,7 @@ def service_from_json(value: dict[str, Any]) -> ServiceView:
         queued=value["queued"],
         queue_length=value["queue_length"],
         queue_full=value["queue_full"],
-        status_classes=_classes(value["status_classes"]),
+        status_classes=classes,
     )
 
 

@@ -158,3 +158,18 @@ async def test_an_aggregate_part_is_counted_once_for_its_service(
     assert users.status_classes == (0, 0, 4, 0, 0, 0)
     assert users.window.errors == 0
     assert snapshot.backend("dead").status_classes[0] >= 1
+
+
+async def test_attached_to_a_server_from_before_answers_were_counted(backends, engine_factory) -> None:
+    """Its state has no service status_classes: the service's numbers are its backends' attempts, as it meant."""
+    good = await backends("good")
+    engine = await engine_factory(make_config([("dead", closed_address()), good]))
+    async with httpx.AsyncClient(base_url=engine.url()) as http:
+        for _ in range(4):
+            assert (await http.get("/")).status_code == 200
+    state = snapshot_json(engine.controller.snapshot())
+    older = state["services"][0]
+    del older["status_classes"]
+    service = snapshot_from_json(state).service("app")
+    dead = service.backends[0]
+    assert service.status_classes == (dead.status_classes[0], 0, 4, 0, 0, 0)
