@@ -6,7 +6,8 @@ Invariants:
 - `drain`: no new traffic; in-flight requests finish; upstream keep-alive connections close after their
   current request. `maint`: no traffic at all; in-flight requests still finish.
 - Every change of eligibility or weight bumps the service's `version` (Service.changed, which also works out
-  at once who is eligible now), which is how the algorithms know to rebuild what they cache. Only the Controller changes states (see control.py); the data plane only counts.
+  at once who is eligible now), which is how the algorithms know to rebuild what they cache. Only the
+  Controller changes states (see control.py); the data plane only counts.
 - A backend that becomes eligible while the service runs (added, maint or drain -> ready, down -> up, an
   ejection over, a weight from 0) is probed: the next request its group gets goes to it, whatever the
   algorithm, weights, slow start or load (hashing algorithms excepted: they send it the keys that map to
@@ -254,7 +255,7 @@ class Service:
         )
         self.queued = 0  # requests that waited in the queue
         self.queue_full = 0  # requests answered 503 at once because the queue was full
-        # What its clients got, one count per answer whatever the attempts (see observe): since start, and lately.
+        # What its clients got, one count per answer whatever the attempts (see observe): since start, lately.
         self.status_classes = [0, 0, 0, 0, 0, 0]  # as Backend.status_classes
         self.window = SlidingWindow(now=now)
         self.ramp: Any = (
@@ -263,7 +264,7 @@ class Service:
         self._refresh()  # who is eligible at start: a backend that joins later is probed (_find_probes)
 
     def observe(self, status: int, latency: float, now: float) -> None:
-        """Count one answer to a client of this service (status 0: none came), however many backends it tried."""
+        """Count one answer to a client of this service (status 0: none came), however many backends it took."""
         self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
         self.window.record(latency, status >= 500 or status == 0, now)
 
@@ -606,9 +607,9 @@ class ServiceView:
     backup_group: str | None
     backends: tuple[BackendView, ...]
     unrouted: int
-    window: (
-        WindowView  # the answers its clients got (once each, retries or not); its backends' count attempts
-    )
+    # The answers its clients got (once each, retries or not), as its status_classes; its backends' windows
+    # count attempts.
+    window: WindowView
     ramp: RampView | None = None
     panic: bool = False  # too few healthy backends: every ready one takes traffic (panic_threshold)
     retries: int = 0  # requests sent again to another backend
