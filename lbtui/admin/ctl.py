@@ -52,7 +52,15 @@ def describe(event: dict[str, Any]) -> str:
 
 
 def _ms(value: Any) -> str:
-    return f"{value:.1f} ms" if isinstance(value, (int, float)) else "-"
+    text = _milliseconds(value)
+    return f"{text} ms" if text != "-" else text
+
+
+def _milliseconds(value: Any) -> str:
+    """A duration in ms, to 10 us below 10 ms (a request on loopback takes a few hundred us), else to 0.1 ms."""
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.2f}" if value < 10.0 else f"{value:.1f}"
 
 
 def _rate(value: Any) -> str:
@@ -130,7 +138,7 @@ def format_requests(requests: Sequence[dict[str, Any]]) -> str:
                 str(r.get("route") or "-"),
                 str(r.get("consumer") or "-"),
                 str(r.get("backend") or "-"),
-                f"{duration:.1f}" if isinstance(duration, (int, float)) else "-",
+                _milliseconds(duration),
             ]
         )
     return "\n".join(_table(rows, indent=""))

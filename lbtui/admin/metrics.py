@@ -23,8 +23,11 @@ from lbtui.core.stats import BUCKETS, bucket_bounds, bucket_value_us
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
-# The `le` bounds (seconds) of every latency histogram: 0.5 ms to 30 s, then +Inf.
+# The `le` bounds (seconds) of every latency histogram: 0.1 ms to 30 s, then +Inf. A request on loopback or a
+# local network takes a few hundred microseconds: below 0.5 ms it needs bounds of its own to be told apart.
 LATENCY_BOUNDS: Final = (
+    0.0001,
+    0.00025,
     0.0005,
     0.001,
     0.0025,
@@ -275,6 +278,22 @@ def render(snapshot: Snapshot) -> str:
     _backend_families(out, [b for s in snapshot.services for b in s.backends])
 
     services = snapshot.services
+    out.family(
+        "lbtui_service_requests_total",
+        "counter",
+        "Requests a service answered, by status class, once each however many backends were tried "
+        '(code="none": no answer at all).',
+    )
+    for s in services:
+        for code, n in zip(STATUS_CLASSES, s.status_classes, strict=True):
+            out.sample("lbtui_service_requests_total", [("service", s.name), ("code", code)], n)
+    out.family(
+        "lbtui_service_latency_seconds",
+        "histogram",
+        "Time from a request's arrival to its answer's end, per service (retries included), since start.",
+    )
+    for s in services:
+        out.histogram("lbtui_service_latency_seconds", [("service", s.name)], s.latency_counts)
     for name, kind, help_text, attribute in (
         ("lbtui_service_retries_total", "counter", "Requests sent again to another backend.", "retries"),
         (

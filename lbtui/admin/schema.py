@@ -120,6 +120,7 @@ def service_json(s: ServiceView) -> dict[str, Any]:
         "panic": s.panic,
         "in_flight": s.in_flight,
         "requests": s.requests,
+        "status_classes": status_classes_json(s.status_classes),
         "unrouted": s.unrouted,
         "retries": s.retries,
         "retries_refused": s.retries_refused,
@@ -297,13 +298,19 @@ def ramp_from_json(value: dict[str, Any]) -> RampView:
 
 def service_from_json(value: dict[str, Any]) -> ServiceView:
     split = value["split"]
+    backends = tuple(backend_from_json(b) for b in value["backends"])
+    if "status_classes" in value:
+        classes = _classes(value["status_classes"])
+    else:  # a server from before services counted answers: its backends' attempts are what it counted
+        a, b, c, d, e, f = (sum(x.status_classes[i] for x in backends) for i in range(6))
+        classes = (a, b, c, d, e, f + value["unrouted"])  # (unrouted: 503s)
     return ServiceView(
         name=value["name"],
         algorithm=value["algorithm"],
         split=tuple(split.items()) if split else None,
         groups=tuple(value["groups"]),
         backup_group=value["backup_group"],
-        backends=tuple(backend_from_json(b) for b in value["backends"]),
+        backends=backends,
         unrouted=value["unrouted"],
         window=window_from_json(value["window"]),
         ramp=ramp_from_json(value["ramp"]) if value["ramp"] is not None else None,
@@ -316,6 +323,7 @@ def service_from_json(value: dict[str, Any]) -> ServiceView:
         sticky=value.get("sticky_cookie"),
         sticky_moved=value.get("sticky_moved", 0),
         sticky_unknown=value.get("sticky_unknown", 0),
+        status_classes=classes,
     )
 
 

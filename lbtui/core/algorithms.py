@@ -350,7 +350,9 @@ class PeakEwma(_WeightedSampler[C]):
 
     name = "ewma"
 
-    def __init__(self, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         super().__init__(rng)
         self._clock = clock
 

@@ -27,7 +27,8 @@ Passive outlier detection (Envoy's), with the service's `outlier` limits:
 Slow start (HAProxy's `slowstart`, Envoy's slow_start_config): a backend that comes back (a health check
 brings it up, an ejection ends, it leaves maint, or it is added at runtime) takes a share of its traffic
 that grows linearly from SLOW_START_FLOOR to all of it over the service's `slow_start`. Service.pick keeps a
-pick of it with the chance of its share; hashing algorithms are left alone (a share would move keys).
+pick of it with the chance of its share; hashing algorithms are left alone (a share would move keys). Its
+first request after it came back is not thinned: Service.pick probes a backend that joins (model.py).
 """
 
 from __future__ import annotations

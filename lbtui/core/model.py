@@ -5,14 +5,27 @@ Invariants:
   (a check is failing but `fall` is not reached yet, as in HAProxy).
 - `drain`: no new traffic; in-flight requests finish; upstream keep-alive connections close after their
   current request. `maint`: no traffic at all; in-flight requests still finish.
-- Every change of eligibility or weight bumps the service's `version`, which is how the algorithms know to
-  rebuild what they cache. Only the Controller changes states (see control.py); the data plane only counts.
+- Every change of eligibility or weight bumps the service's `version` (Service.changed, which also works out
+  at once who is eligible now), which is how the algorithms know to rebuild what they cache. Only the
+  Controller changes states (see control.py); the data plane only counts.
+- A backend that becomes eligible while the service runs (added, maint or drain -> ready, down -> up, an
+  ejection over, a weight from 0) is probed: the next request its group gets goes to it, whatever the
+  algorithm, weights, slow start or load (hashing algorithms excepted: they send it the keys that map to
+  it, at once), and its latency estimate starts unmeasured (Finagle's Peak-EWMA: an endpoint with no
+  sample costs nothing while idle, so it is tried as soon as it is drawn). A seeded estimate that has to
+  decay first (tower's, in Linkerd: a default RTT) or the one it had before it left kept it out for tens
+  of seconds next to a faster peer; a weighted draw left its first request to chance.
 - A snapshot is built from counters and windows; its cost grows with backends, not with traffic.
 - Sticky sessions (`sticky`): a cookie's value is an HMAC of the service, the backend's name and address,
   under the service's `secret_env` key or else a random key of this process; it names one backend and reveals
   nothing of it. The backend a cookie names takes the request, before any algorithm, while it is `ready` or
   `drain` (what a drain is for), healthy (or `ready` in panic), not being removed, and its group has a share of
   the split now (see Service.keeps); otherwise the request is picked as any other.
+- Two ways of counting, as HAProxy's server and backend rows: a backend counts every attempt sent to it
+  (Backend.observe: a connect failure that was retried elsewhere is a failure of that backend); a service,
+  like a route, counts every answer its clients got, once (Service.observe: a request that failed on one
+  backend and got a 200 from the next is one 2xx). The service's requests, status classes, window, 5xx %
+  and latency are the clients'; its backends' add up to its attempts.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ from typing import Any, Final
 from lbtui.config import BackendConfig, OutlierConfig, ServiceConfig, StickyConfig
 from lbtui.core.algorithms import DEFAULT_EWMA_TAU as EWMA_TAU
 from lbtui.core.algorithms import Algorithm, ewma_decay, make_algorithm
-from lbtui.core.stats import SlidingWindow, WindowView, merge_views
+from lbtui.core.stats import SlidingWindow, WindowView
 
 
 class AdminState(enum.StrEnum):
@@ -50,9 +63,6 @@ class Health(enum.StrEnum):
 SERVING_HEALTH: Final = frozenset({Health.UP, Health.GOING_DOWN})
 _exp = math.exp
 HASHING: Final = frozenset({"ip_hash", "consistent_hash"})
-
-# Peak-EWMA starts from this guess (seconds) so a new backend is neither shunned nor flooded.
-EWMA_INITIAL: Final = 0.005
 
 # The key of sticky cookie values for services without `secret_env`: sessions last as long as the process
 # (reloads keep them; a restart moves each client once).
@@ -103,6 +113,7 @@ class Backend:
         "outlier",
         "pool",
         "port",
+        "probe",
         "remove_deadline",
         "requests",
         "service",
@@ -134,8 +145,11 @@ class Backend:
         self.bytes_out = 0
         self.connect_failures = 0
         self.window = SlidingWindow(now=now)
-        self._ewma = EWMA_INITIAL
+        # Peak-EWMA of latency (seconds); 0.0: no sample yet, which the ewma algorithm treats as free while idle
+        # and as one probe at a time otherwise (algorithms.PeakEwma): a new backend is neither shunned nor flooded.
+        self._ewma = 0.0
         self._ewma_time = now
+        self.probe = False  # eligible lately and no request since: its pool's next pick is it (Service.pick)
         self.drain_since: float | None = now if self.admin_state is AdminState.DRAIN else None
         self.remove_deadline: float | None = None  # set while being removed (draining first)
         self.maint_when_drained = False  # "drain then maint": maint on its own once in-flight is 0
@@ -167,6 +181,11 @@ class Backend:
 
     def ewma_cost(self, now: float) -> float:
         return ewma_decay(self._ewma, self._ewma_time, now)
+
+    def rejoined(self) -> None:
+        """It became eligible again (or for the first time) while its service runs: probe it, unmeasured."""
+        self.probe = True
+        self._ewma = 0.0  # what it was like before it left says little about it now
 
     def observe(self, status: int, latency: float, now: float, bytes_out: int) -> None:
         """Count one finished exchange (status 0: it failed before any response)."""
@@ -251,6 +270,11 @@ class Service:
         self._eligible_version = -1
         self._group_current: dict[str, int] = {}
         self._slow = False  # an eligible backend is in slow start: picks of it are thinned (see pick)
+        # The backends eligible at the last refresh (None before the first, at the end of __init__, and again in
+        # settle: those there at start are not probed), and how many eligible ones outside the backup group
+        # wait for a probe (pick).
+        self._was_eligible: frozenset[Backend] | None = None
+        self._probes = 0
         self.panic = False  # too few healthy (panic_threshold): every ready backend takes traffic
         self.retries_in_flight = 0  # exchanges of this service retrying now (the retry budget)
         self.retries = 0  # requests sent again to another backend
@@ -260,6 +284,9 @@ class Service:
         )
         self.queued = 0  # requests that waited in the queue
         self.queue_full = 0  # requests answered 503 at once because the queue was full
+        # What its clients got, one count per answer whatever the attempts (see observe): since start, lately.
+        self.status_classes = [0, 0, 0, 0, 0, 0]  # as Backend.status_classes
+        self.window = SlidingWindow(now=now)
         self.ramp: Any = (
             None  # the canary ramp under way or last run (lbtui.core.ramp.Ramp), owned by the Controller
         )
@@ -272,6 +299,12 @@ class Service:
         self._sticky_key = b""
         self._sticky_config: StickyConfig | None = None  # whose cookie name _sticky_name is
         self._sticky_name = b""
+        self._refresh()  # who is eligible at start: a backend that joins later is probed (_find_probes)
+
+    def observe(self, status: int, latency: float, now: float) -> None:
+        """Count one answer to a client of this service (status 0: none came), however many backends it took."""
+        self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
+        self.window.record(latency, status >= 500 or status == 0, now)
 
     # -- changes (called by the Controller only) -------------------------------------------------------
     def adopt(self, backend: Backend) -> None:
@@ -281,6 +314,9 @@ class Service:
 
     def changed(self) -> None:
         self.version += 1
+        # At once rather than at the next pick: a backend that leaves and comes back between two requests
+        # (maint, then ready) is seen to have rejoined, and gets its probe (_find_probes).
+        self._refresh()
 
     def set_algorithm(self, name: str) -> None:
         self.algorithm_name = name
@@ -323,11 +359,36 @@ class Service:
                     by_group.setdefault(b.group, []).append(b)
         self._eligible = {g: tuple(bs) for g, bs in by_group.items()}
         self._slow = any(b.slow_since for bs in by_group.values() for b in bs)
+        self._find_probes(by_group)
         self._all_eligible = tuple(
             b for g, bs in self._eligible.items() if g != self.backup_group for b in bs
         )
         self._eligible_version = self.version
         return self._eligible
+
+    def settle(self) -> None:
+        """Take who is eligible now as the starting set, probing none of them (the engine calls it as it starts
+        serving: backends that a state file restored, added or enabled before then are no newcomers)."""
+        for b in self.backends:
+            b.probe = False
+        self._was_eligible = None
+        self._refresh()
+
+    def _find_probes(self, by_group: Mapping[str, Sequence[Backend]]) -> None:
+        """Mark the backends that became eligible since the last refresh for a probe; count those waiting."""
+        eligible = frozenset(b for bs in by_group.values() for b in bs)
+        was = self._was_eligible
+        probes = 0
+        for b in self.backends:
+            if b not in eligible:
+                b.probe = False  # it gets one when it comes back
+                continue
+            if was is not None and b not in was:
+                b.rejoined()
+            if b.probe and b.group != self.backup_group:
+                probes += 1
+        self._was_eligible = eligible
+        self._probes = 0 if self.hashing else probes
 
     def _pool_key(self, eligible: Mapping[str, tuple[Backend, ...]]) -> str | None:
         """Which group (or "*" for all non-backup groups together) serves the next request."""
@@ -371,6 +432,7 @@ class Service:
             and self._all_eligible
             and self.config.max_connections is None
             and not self._slow
+            and not self._probes
         ):
             # The common case: no split, nothing to exclude, no limit: one pool of every eligible backend.
             algorithm = self._algorithms.get("*")
@@ -404,6 +466,12 @@ class Service:
                 version = -1 - self.version - 1_000_000 * len(candidates)
             if not candidates:
                 return None
+        if self._probes:
+            for b in candidates:
+                if b.probe:  # eligible lately, no request yet: this one, before any algorithm or slow start
+                    b.probe = False
+                    self._probes -= 1
+                    return b
         # A pick that leaves some out (a retry, slow start's second pick) has an algorithm of its own: shared,
         # its turns would shift the first picks' (round robin would then skip the backend after a dead one).
         slot = pool if not exclude else pool + "\0again"
@@ -658,6 +726,8 @@ class ServiceView:
     backup_group: str | None
     backends: tuple[BackendView, ...]
     unrouted: int
+    # The answers its clients got (once each, retries or not), as its status_classes; its backends' windows
+    # count attempts.
     window: WindowView
     ramp: RampView | None = None
     panic: bool = False  # too few healthy backends: every ready one takes traffic (panic_threshold)
@@ -669,10 +739,15 @@ class ServiceView:
     sticky: str | None = None  # the sticky cookie's name (None: no sticky sessions)
     sticky_moved: int = 0  # sticky requests whose backend could not take them: picked anew (cookie set again)
     sticky_unknown: int = 0  # sticky cookies that named no backend of the service (forged, stale, removed)
+    # The answers its clients got since start, by class as BackendView's: one per request, however many
+    # attempts it took (the backends' status_classes count attempts).
+    status_classes: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
+    latency_counts: tuple[int, ...] = ()  # of those answers, since start, as BackendView's
 
     @property
     def requests(self) -> int:
-        return sum(b.requests for b in self.backends) + self.unrouted
+        """Requests the service answered since start (each once; `unrouted` among them)."""
+        return sum(self.status_classes)
 
     @property
     def in_flight(self) -> int:
@@ -804,6 +879,7 @@ def backend_view(b: Backend, now: float, checked: bool = False) -> BackendView:
 def service_view(s: Service, now: float) -> ServiceView:
     checked = s.config.health is not None
     backends = tuple(backend_view(b, now, checked) for b in s.backends)
+    sc = s.status_classes
     return ServiceView(
         name=s.name,
         algorithm=s.algorithm_name,
@@ -812,7 +888,7 @@ def service_view(s: Service, now: float) -> ServiceView:
         backup_group=s.backup_group,
         backends=backends,
         unrouted=s.unrouted,
-        window=merge_views([b.window for b in backends]),
+        window=s.window.view(now),
         ramp=s.ramp.view(now) if s.ramp is not None else None,
         panic=s.panic,
         retries=s.retries,
@@ -823,4 +899,6 @@ def service_view(s: Service, now: float) -> ServiceView:
         sticky=s.config.sticky.cookie if s.config.sticky is not None else None,
         sticky_moved=s.sticky_moved,
         sticky_unknown=s.sticky_unknown,
+        status_classes=(sc[0], sc[1], sc[2], sc[3], sc[4], sc[5]),
+        latency_counts=s.window.totals()[0],
     )

@@ -271,43 +271,60 @@ class Aggregate:
         )
         timeouts = service.config.timeouts
         tried: list[Backend] = []
-        while True:
-            backend = service.pick(key, tried)
-            if backend is None:
-                if not tried:
-                    service.unrouted += 1
-                    raise PartFailed(f"no backend of service {service.name!r} is available")
-                raise PartFailed(f"no backend of service {service.name!r} could be reached")
-            request = b"".join(
-                (b"GET ", target, b" HTTP/1.1\r\nHost: ", backend.address.encode(), b"\r\n", headers, b"\r\n")
-            )
-            status = 0
-            size = 0
-            started = engine.now()
-            backend.in_flight += 1
-            try:
-                reply = await engine.call_pool.request(
-                    backend.host,
-                    backend.port,
-                    request,
-                    max_body=MAX_BODY,
-                    connect_timeout=timeouts.connect,
-                    reply_timeout=service.response_timeout if own_timeout else None,
-                    idle_timeout=timeouts.idle,
+        status = 0
+        asked = engine.now()
+        try:
+            while True:
+                backend = service.pick(key, tried)
+                if backend is None:
+                    status = 503
+                    if not tried:
+                        service.unrouted += 1
+                        raise PartFailed(f"no backend of service {service.name!r} is available")
+                    raise PartFailed(f"no backend of service {service.name!r} could be reached")
+                request = b"".join(
+                    (
+                        b"GET ",
+                        target,
+                        b" HTTP/1.1\r\nHost: ",
+                        backend.address.encode(),
+                        b"\r\n",
+                        headers,
+                        b"\r\n",
+                    )
                 )
-                status = reply.status
-                size = len(reply.body)
-            except ConnectFailed:
-                backend.connect_failed()
-                tried.append(backend)
-                continue  # nothing was sent: the next backend, as the proxy does
-            except asyncio.CancelledError:
-                if exchange.done:
-                    status = 499  # the client left (a deadline counts as a failure: 0)
-                raise
-            finally:
-                _count(service, backend, status, started, engine.now(), size)
-            break
+                status = 0
+                size = 0
+                started = engine.now()
+                backend.in_flight += 1
+                try:
+                    reply = await engine.call_pool.request(
+                        backend.host,
+                        backend.port,
+                        request,
+                        max_body=MAX_BODY,
+                        connect_timeout=timeouts.connect,
+                        reply_timeout=service.response_timeout if own_timeout else None,
+                        idle_timeout=timeouts.idle,
+                    )
+                    status = reply.status
+                    size = len(reply.body)
+                except ConnectFailed:
+                    backend.connect_failed()
+                    tried.append(backend)
+                    continue  # nothing was sent: the next backend, as the proxy does
+                except asyncio.CancelledError:
+                    if exchange.done:
+                        status = 499  # the client left (a deadline counts as a failure: 0)
+                    raise
+                finally:
+                    _count(service, backend, status, started, engine.now(), size)
+                break
+        finally:
+            now = (
+                engine.now()
+            )  # the part's answer, counted once for its service however many backends it tried
+            service.observe(status, now - asked, now)
         if not 200 <= status < 300:
             raise PartFailed(f"{backend.name} answered {status}")
         try:

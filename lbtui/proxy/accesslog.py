@@ -118,8 +118,10 @@ def combined_line(f: dict[str, Any]) -> str:
     status = f["status"] or "-"
 
     def seconds(key: str) -> str:
-        value = _seconds(f[key], 3)
-        return "-" if value is None else f"{value:.3f}"
+        value = _seconds(
+            f[key], 6
+        )  # to the microsecond (Apache's %D): a loopback request takes a few hundred
+        return "-" if value is None else f"{value:.6f}"
 
     return (
         f"{f['client']} - {_bare(f['consumer'])} [{stamp}] "

@@ -1159,7 +1159,8 @@ class Exchange:
         self._finish()
 
     def _record(self, now: float) -> None:
-        """Count the exchange's outcome for its backend, and keep it in the tail of recent requests."""
+        """Count the exchange's outcome for its backend (this attempt), its service and its route (the client's
+        answer), and keep it in the tail of recent requests."""
         backend = self.backend
         if backend is not None:
             self.backend = None
@@ -1172,6 +1173,9 @@ class Exchange:
         stats = self.route_stats
         if stats is not None:
             stats.observe(self.status, now - self.started, now)
+        answered = self.service
+        if answered is not None:
+            answered.observe(self.status, now - self.started, now)
         if self.retrying:
             self.retrying = False
             self.service.retries_in_flight -= 1  # type: ignore[union-attr]

@@ -112,7 +112,11 @@ class Engine:
         self._next_sweep = 0.0  # when the rate-limit buckets are next swept
         # Responses under way at the last tick: bytes moved and since when (see _watch_stall).
         self._progress: dict[Exchange, tuple[int, float]] = {}
-        self.now: Callable[[], float] = time.monotonic  # the loop's clock once started
+        # The clock of every time the data plane keeps (latencies, deadlines the tick checks, idle times): the
+        # balancer's (time.perf_counter), never the loop's, whose ticks uvloop counts in whole milliseconds.
+        # Only timers (call_at, call_later, asyncio.sleep, asyncio.timeout) use loop.time(); no value of one
+        # clock is ever compared with the other.
+        self.now: Callable[[], float] = self.balancer.clock
         self.tick_interval = self.tick_interval_for(config)
         self.access_log = self.balancer.access_log  # the data plane appends one tuple per finished request
         # [access_log]: the file's queue (None: no file), which the request path appends to and the tick drains.
@@ -188,9 +192,10 @@ class Engine:
     async def start(self) -> None:
         self.open_file_limit = raise_open_file_limit(self.config.limits.max_connections)
         self._loop = asyncio.get_running_loop()
-        self.now = self._loop.time
         for backend in self.balancer.backends.values():
             self.make_pool(backend)
+        for service in self.balancer.services.values():
+            service.settle()  # what a state file restored is the starting set: no backend of it is probed
         try:
             for listener in self.config.listeners:
                 await self._listen(listener)
@@ -312,7 +317,7 @@ class Engine:
 
     def tick(self) -> None:
         self.balancer.tick()
-        now = self.loop.time()
+        now = self.now()
         if self.access_file is not None:
             self._write_access_log(now)
         if now >= self._next_sweep:
@@ -470,6 +475,6 @@ class Engine:
         # Let the transports run their close callbacks.
         await asyncio.sleep(0)
         if self.access_file is not None:  # the last lines, written before shutdown returns
-            offset = time.time() - self.loop.time()
+            offset = time.time() - self.now()
             await asyncio.to_thread(self.access_file.close, offset)
         return finished

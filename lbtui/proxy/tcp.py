@@ -34,9 +34,11 @@ What the per-backend counters mean for tcp (the dashboard shows them as it shows
        operator (removal, shutdown deadline): the backend did its part;
   502  the backend reset the connection (counted as an error, like a gateway error in http);
   0    a connect attempt failed (also in connect_failures): an error on the backend tried.
+- the service counts each client connection once (Service.observe), with the status the access log gets:
+  a connect refused by one backend and taken by the next is that backend's failure, the service's success.
 - the access log (the dashboard's requests view) gets one line per connection: method `TCP`, target the
   listener's name, the status above, or 503 when no backend could be connected (the service's `unrouted`),
-  or 499 when the client left while its backend was being connected (counted nowhere else).
+  or 499 when the client left while its backend was being connected (on no backend's row).
 """
 
 from __future__ import annotations
@@ -413,6 +415,9 @@ class TcpConnection(asyncio.Protocol):
                 status = CLIENT_LEFT
         else:
             status = NO_BACKEND
+        service = self.service
+        if service is not None:  # once per connection, whatever the connect attempts (as an http answer)
+            service.observe(status, now - self.started, now)
         engine.access_log.append(
             (
                 now,

@@ -245,6 +245,8 @@ def test_histogram_buckets_put_each_latency_under_its_bound() -> None:
         return value(samples, "lbtui_backend_latency_seconds_bucket", le=bound, **b1)
 
     # 0.2, 0.7, 3, 40, 700 and 60000 ms
+    assert le("0.0001") == 0
+    assert le("0.00025") == 1
     assert le("0.0005") == 1
     assert le("0.001") == 2
     assert le("0.005") == 3
