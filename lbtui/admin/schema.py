@@ -82,6 +82,7 @@ def backend_json(b: BackendView) -> dict[str, Any]:
         "ejected_seconds_left": None if b.ejected_left is None else _number(b.ejected_left),
         "slow_share": None if b.slow_share is None else _number(b.slow_share),
         "ejections_total": b.ejections_total,
+        "aborted": b.aborted,
         "checks": [
             {"time": round(c.time, 3), "ok": c.ok, "detail": c.detail, "duration_ms": _number(c.duration_ms)}
             for c in b.checks
@@ -271,6 +272,7 @@ def backend_from_json(value: dict[str, Any]) -> BackendView:
         ejected_left=_optional(value["ejected_seconds_left"]),
         slow_share=_optional(value["slow_share"]),
         ejections_total=value.get("ejections_total", 0),
+        aborted=value.get("aborted", 0),
     )
 
 

@@ -53,6 +53,7 @@ class Backend:
     __slots__ = (
         "_ewma",
         "_ewma_time",
+        "aborted",
         "admin_state",
         "bytes_in",
         "bytes_out",
@@ -106,6 +107,7 @@ class Backend:
         self.bytes_in = 0
         self.bytes_out = 0
         self.connect_failures = 0
+        self.aborted = 0  # responses cut after their head was forwarded (the client's connection was reset)
         self.window = SlidingWindow(now=now)
         self._ewma = EWMA_INITIAL
         self._ewma_time = now
@@ -471,6 +473,7 @@ class BackendView:
     ejected_left: float | None = None  # seconds until an outlier ejection ends
     slow_share: float | None = None  # the share of its traffic it takes while in slow start (0-1)
     ejections_total: int = 0  # times outlier detection ejected it since start
+    aborted: int = 0  # responses cut after their head reached the client (its connection was reset)
     # Latency bucket counts since start (core.stats: BUCKETS long, bucket_bounds); () in views made without one.
     latency_counts: tuple[int, ...] = ()
 
@@ -673,6 +676,7 @@ def backend_view(b: Backend, now: float, checked: bool = False) -> BackendView:
         ejected_left=max(0.0, b.ejected_until - now) if b.ejected_until else None,
         slow_share=b.slow_share if b.slow_since else None,
         ejections_total=b.ejections_total,
+        aborted=b.aborted,
         latency_counts=b.window.totals()[0],
     )
 

@@ -298,7 +298,7 @@ def detail_text(snapshot: Snapshot, name: str) -> str:
         f"state {b.admin_state}, health {b.health_label}, weight {b.weight}, in flight {b.in_flight}",
         f"requests {b.requests}   connect failures {b.connect_failures}   EWMA {b.ewma_ms:.2f} ms",
         f"status: 1xx {sc[1]}  2xx {sc[2]}  3xx {sc[3]}  4xx {sc[4]}  5xx {sc[5]}  failed {sc[0]}",
-        f"bytes in {b.bytes_in}  out {b.bytes_out}",
+        f"bytes in {b.bytes_in}  out {b.bytes_out}   responses cut mid-way {b.aborted}",
         "",
         f"last {w.seconds:.0f} s: {w.requests} requests, {w.rps:.1f} req/s, "
         f"p50 {w.p50_ms:.2f}  p90 {w.p90_ms:.2f}  p99 {w.p99_ms:.2f}  p99.9 {w.p999_ms:.2f} ms",
