@@ -279,6 +279,7 @@ class Chaos:
         idle: float = 0.5,
         close_share: float = 0.0,
         retries: dict[str, Any] | None = None,
+        settle: bool = False,
     ) -> None:
         self.workdir = workdir
         self.kills = kills
@@ -288,6 +289,9 @@ class Chaos:
         self.rng = random.Random(seed)
         self.idle = idle
         self.retries = retries
+        self.settle = (
+            settle  # kill only once the survivor's slow start is over (else at once after its restore)
+        )
         self.post_share = 0.1
         self.slow_share = 0.05
         self.outcome = Outcome()
@@ -451,6 +455,9 @@ class Chaos:
                 served = len(victim.lines())
                 await self.wait(lambda v=victim, n=served: len(v.lines()) > n + 20, f"{victim.name} to serve")
                 await self.traffic(self.rng.randrange(0, 50), "a moment of traffic")
+                if self.settle:
+                    survivor_backend = engine.balancer.backends[survivor.name]
+                    await self.wait(lambda b=survivor_backend: not b.slow_since, "the survivor's slow start")
                 self.mark(f"kill {victim.name}")
                 await victim.kill()
                 self.outcome.kills += 1
@@ -556,6 +563,7 @@ def main() -> None:
     parser.add_argument(
         "--close", type=float, default=0.0, help="share of responses that close their connection"
     )
+    parser.add_argument("--settle", action="store_true", help="kill once the survivor's slow start is over")
     parser.add_argument("--show", type=int, default=20, help="failures shown per run")
     parser.add_argument("--retries", type=json.loads, default=None, help="the app service's retries, as JSON")
     args = parser.parse_args()
@@ -574,6 +582,7 @@ def main() -> None:
                     deadline=args.deadline,
                     idle=args.idle,
                     close_share=args.close,
+                    settle=args.settle,
                     retries=args.retries,
                     seed=run,
                 )

@@ -1187,7 +1187,8 @@ class Exchange:
         if self.done:
             return
         self.close_after = True
-        self.termination = "client-closed"
+        if self.termination != "client-timeout":  # (body_timeout cut it: that says more)
+            self.termination = "client-closed"
         if not self.response_started:
             self.status = 499  # nginx's "client closed request"
         self._finish()
@@ -1424,6 +1425,8 @@ class ClientConnection(asyncio.Protocol):
         was sent yet, and close either way (its backend connection, holding half a body, is closed too)."""
         self.last_request = True
         current = self.current
+        if current is not None and not current.done:
+            current.termination = "client-timeout"
         if current is not None and not current.response_started and not current.done:
             current.respond_error(408, "the request body stopped arriving")
         else:

@@ -279,7 +279,7 @@ async def test_a_5xx_for_head_and_one_whose_body_comes_late_are_retried(scripted
                 continue
             writer.write(b"HTTP/1.1 500 X\r\nContent-Length: 9\r\n\r\nbro")
             await writer.drain()
-            await asyncio.sleep(0.05)  # the rest of the body comes later than the head
+            await asyncio.sleep(0.5)  # the rest of the body comes much later than the head
             writer.write(b"ken body")
             await writer.drain()
 
@@ -368,8 +368,13 @@ async def test_a_post_is_not_sent_on_a_kept_alive_connection_the_backend_has_clo
     async def answer_then_close(reader, writer, up):
         head, _ = await read_head_and_body(reader)
         up.received.append(head)
+        # The response and the connection's end leave in one segment (corked: the FIN rides on the data), so
+        # both are in the proxy's socket when it reads the response.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
+        writer.write_eof()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
     up = await scripted(answer_then_close)
     engine = await engine_factory(config([("only", up.address)]))
@@ -380,3 +385,45 @@ async def test_a_post_is_not_sent_on_a_kept_alive_connection_the_backend_has_clo
         assert (await s.response()).status == 200, i
     assert len(up.received) == 10  # each request reached the backend once
     assert up.connections == 10
+
+
+async def test_the_access_log_names_the_client_side_too(scripted, engine_factory, stream, tmp_path):
+    """A client whose body stops arriving (408: client-timeout), one that leaves while its backend thinks
+    (499: client-closed), and one that gets a response whole (no termination)."""
+    gate = asyncio.Event()
+
+    async def slow(reader, writer, up):
+        for _ in range(10):
+            head, _ = await read_head_and_body(reader)
+            up.received.append(head)
+            if b"/wait" in head:
+                await gate.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    up = await scripted(slow)
+    path = tmp_path / "access.log"
+    data = {
+        "listeners": [{"name": "web", "bind": "127.0.0.1:0"}],
+        "limits": {"client_idle_timeout": "300ms"},
+        "services": {"app": {"backends": [{"name": "b", "address": up.address}]}},
+        "access_log": {"path": str(path), "format": "json"},
+    }
+    engine = await engine_factory(parse_config(data, source="<test>"))
+    s = await stream(engine.address())
+    await s.send(
+        b"POST /stalled HTTP/1.1\r\nHost: h\r\nX-Request-ID: stalled\r\nContent-Length: 10\r\n\r\nabc"
+    )
+    assert (await s.response()).status == 408
+    leaving = await stream(engine.address())
+    await leaving.send(get("/wait", "X-Request-ID: leaving\r\n"))
+    await wait_for(lambda: len(up.received) == 1, T, "the request at the backend")
+    leaving.close()
+    await wait_for(lambda: len(log_lines(path)) == 2, T, "two access log lines")
+    gate.set()
+    whole = await stream(engine.address())
+    await whole.send(get("/fine", "X-Request-ID: fine\r\n"))
+    assert (await whole.response()).status == 200
+    await wait_for(lambda: len(log_lines(path)) == 3, T, "three access log lines")
+    ended = {e["request_id"]: (e["status"], e["termination"]) for e in log_lines(path)}
+    assert ended == {"stalled": (408, "client-timeout"), "leaving": (499, "client-closed"), "fine": (200, "")}
