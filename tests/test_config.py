@@ -560,6 +560,17 @@ def test_bad_duration(problems: Callable[[str], list[str]]) -> None:
     ]
 
 
+def test_retry_conditions_take_5xx_and_name_what_is_wrong(problems: Callable[[str], list[str]]) -> None:
+    config = parse_config(with_service(retries={"attempts": 1, "on": ["reset", "5xx"]}))
+    assert config.services[0].retries == RetriesConfig(attempts=1, on=("reset", "5xx"))
+    assert problems(MINIMAL + '[services.shop.retries]\non = ["5XX", "500", "5xx", "5xx"]\n') == [
+        "lbtui.toml: services.shop.retries.on[0]: '5XX' is not a retry condition; did you mean '5xx'?",
+        "lbtui.toml: services.shop.retries.on[1]: '500' is not a retry condition; choose one of: "
+        "'connect-failure', 'reset', 'gateway-error', '5xx', 'timeout'",
+        "lbtui.toml: services.shop.retries.on[3]: '5xx' is listed twice",
+    ]
+
+
 def test_duration_must_be_positive_where_zero_makes_no_sense(problems: Callable[[str], list[str]]) -> None:
     assert problems(MINIMAL + '[services.shop.timeouts]\nconnect = "0s"\nresponse = -1\n') == [
         "lbtui.toml: services.shop.timeouts.connect: must be greater than zero; "

@@ -201,6 +201,12 @@ def _backend_families(out: _Writer, backends: Sequence[BackendView]) -> None:
         ((b, b.connect_failures) for b in backends),
     )
     each(
+        "lbtui_backend_responses_aborted_total",
+        "counter",
+        "Responses from a backend cut after their head was forwarded (the client's connection was reset).",
+        ((b, b.aborted) for b in backends),
+    )
+    each(
         "lbtui_backend_request_bytes_total",
         "counter",
         "Request body bytes clients sent through to a backend.",

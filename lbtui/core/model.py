@@ -88,6 +88,7 @@ class Backend:
     __slots__ = (
         "_ewma",
         "_ewma_time",
+        "aborted",
         "admin_state",
         "bytes_in",
         "bytes_out",
@@ -144,6 +145,7 @@ class Backend:
         self.bytes_in = 0
         self.bytes_out = 0
         self.connect_failures = 0
+        self.aborted = 0  # responses cut after their head was forwarded (the client's connection was reset)
         self.window = SlidingWindow(now=now)
         # Peak-EWMA of latency (seconds); 0.0: no sample yet, which the ewma algorithm treats as free while idle
         # and as one probe at a time otherwise (algorithms.PeakEwma): a new backend is neither shunned nor flooded.
@@ -656,6 +658,7 @@ class BackendView:
     ejected_left: float | None = None  # seconds until an outlier ejection ends
     slow_share: float | None = None  # the share of its traffic it takes while in slow start (0-1)
     ejections_total: int = 0  # times outlier detection ejected it since start
+    aborted: int = 0  # responses cut after their head reached the client (its connection was reset)
     # Latency bucket counts since start (core.stats: BUCKETS long, bucket_bounds); () in views made without one.
     latency_counts: tuple[int, ...] = ()
     sticky_requests: int = 0  # requests it took because their sticky cookie named it, since start
@@ -870,6 +873,7 @@ def backend_view(b: Backend, now: float, checked: bool = False) -> BackendView:
         ejected_left=max(0.0, b.ejected_until - now) if b.ejected_until else None,
         slow_share=b.slow_share if b.slow_since else None,
         ejections_total=b.ejections_total,
+        aborted=b.aborted,
         latency_counts=b.window.totals()[0],
         sticky_requests=b.sticky_requests,
         sticky_cookies=b.sticky_cookies,

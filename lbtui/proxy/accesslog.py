@@ -51,6 +51,7 @@ def fields(entry: tuple[Any, ...], exchange: Exchange, wall_offset: float) -> di
     request_id = exchange.request_id or _header(exchange.headers, b"x-request-id") or b""
     attached = exchange.attempts > 0  # a backend was sent the request
     head_at = exchange.head_at
+    service = exchange.service  # (its last attempt failed: no backend in the entry, its service still)
     return {
         "time": at + wall_offset,
         "client": _text(client),
@@ -61,7 +62,7 @@ def fields(entry: tuple[Any, ...], exchange: Exchange, wall_offset: float) -> di
         "bytes_sent": size,
         "route": stats.name if stats is not None else "",
         "consumer": consumer.decode("utf-8", "replace"),
-        "service": backend.service if backend is not None else "",
+        "service": backend.service if backend is not None else service.name if service is not None else "",
         "backend": backend.name if backend is not None else "",
         "request_id": _text(request_id),
         # Seconds: connecting to the backend (0 on a kept-alive connection), from the request's arrival to
@@ -71,6 +72,13 @@ def fields(entry: tuple[Any, ...], exchange: Exchange, wall_offset: float) -> di
         "duration": seconds,
         "referer": _text(_header(exchange.headers, b"referer") or b""),
         "user_agent": _text(_header(exchange.headers, b"user-agent") or b""),
+        # Why it did not end well, as HAProxy's termination state says it: how it ended ("" when a response
+        # was passed on whole), why the last failure was not tried again, the requests sent to backends, and
+        # each failed attempt as backend:cause.
+        "termination": exchange.termination,
+        "retry": exchange.retry_verdict,
+        "attempts": exchange.attempts,
+        "failed_attempts": list(exchange.failed_tries),
     }
 
 
@@ -129,7 +137,9 @@ def combined_line(f: dict[str, Any]) -> str:
         f'"{_quoted(f["referer"]) or "-"}" "{_quoted(f["user_agent"]) or "-"}" '
         f"route={_bare(f['route'])} service={_bare(f['service'])} backend={_bare(f['backend'])} "
         f"request_id={_bare(f['request_id'])} upstream_connect={seconds('upstream_connect')} "
-        f"upstream_header={seconds('upstream_header')} duration={seconds('duration')}"
+        f"upstream_header={seconds('upstream_header')} duration={seconds('duration')} "
+        f"termination={_bare(f['termination'])} retry={_bare(f['retry'])} attempts={f['attempts']} "
+        f"failed_attempts={_bare(','.join(f['failed_attempts']))}"
     )
 
 

@@ -15,7 +15,14 @@ Invariants:
 - Bodies stream both ways with backpressure: a full write buffer on one side pauses reading on the other, so
   memory stays flat whatever the body size.
 - A request is retried on another backend only while nothing of its response has reached the client, only
-  when what was sent can be sent again (idempotent method, body kept), and never after a POST was sent.
+  when what was sent can be sent again (idempotent method, body kept), and never after a POST was sent. A
+  retry after a bad or late answer (gateway-error, timeout, a 5xx with retries.on "5xx") needs room in the
+  service's retry budget; one after a connection closed or reset before any byte of a response (a backend
+  dying) or a failed connect does not. A 5xx that is retried never reaches the client; the last attempt's
+  answer always does. A request that cannot be sent again is never written on a pooled connection whose end
+  already waits in its socket (UpstreamConnection.still_open).
+- A response cut after its head was forwarded is aborted (the client's connection is reset) and counted for its
+  backend (`aborted`); every failed attempt is kept for the access log (failed_tries, termination).
 - Every exchange ends exactly once (`_finish`, or `upstream_upgraded` for one that becomes a tunnel), which
   releases its backend's in-flight count and records it. A tunnel ends when either side closes (the other
   side is closed too) or resets (the other is reset); that end is not a failure of the exchange.
@@ -141,6 +148,14 @@ class Exchange:
     tried: tuple[Backend, ...] = ()
     attempts = 0  # requests written to a backend so far (a retry resends the kept body)
     fresh_retry = False
+    # For the access log, why it did not end well (proxy/accesslog.py): each failed attempt as "backend:cause"
+    # (cause: connect-refused, closed-before-head, reset-mid-body, 503, ...; "/reused" on a kept-alive
+    # connection), how the exchange ended ("": a response passed on whole), and why its last failure was not
+    # tried again (retries exhausted, budget refused, not idempotent, ...).
+    failed_tries: tuple[str, ...] = ()
+    termination = ""
+    retry_verdict = ""
+    informed = False  # a 1xx went to the client: something reached it (no retry on a 5xx after that)
     response_started = False
     resp_framing = NO_BODY
     chunk_out = False  # frame the response body in chunks for the client
@@ -651,16 +666,27 @@ class Exchange:
         assert service is not None
         return service.hash_key_of(self.client_addr or self.client.peer_host, self.url, self.headers)
 
-    def attempt(self, same_backend: Backend | None = None) -> None:
+    def attempt(self, same_backend: Backend | None = None, picked: Backend | None = None) -> None:
+        """Send the request to a backend: `same_backend` on a new connection (after a kept-alive one was found
+        dead), `picked` (chosen already) or the one the service picks, on a kept-alive connection if one is idle.
+        """
         service = self.service
         assert service is not None
         bound = self.bound
-        if bound is not None and same_backend is None and not self._bound_takes_it(service, bound):
+        if (
+            bound is not None
+            and same_backend is None
+            and picked is None
+            and not self._bound_takes_it(service, bound)
+        ):
             if self.bound is not None:
                 return  # it waits in the queue for its own backend
             bound = None
         backend = (
-            same_backend or bound or service.pick(self.hash_key() if service.hashing else None, self.tried)
+            same_backend
+            or picked
+            or bound
+            or service.pick(self.hash_key() if service.hashing else None, self.tried)
         )
         if backend is None:
             if service.config.max_connections is not None and service.has_eligible(self.tried):
@@ -668,9 +694,11 @@ class Exchange:
                 return
             failure = self.failure
             if failure is not None:  # a retry found no backend left: answer as the last attempt failed
+                self.retry_verdict = "no-backend-left"
                 self.respond_error(failure[0], failure[1], retry_after=failure[0] == 503)
                 return
             service.unrouted += 1
+            self.termination = "no-backend"
             self.respond_error(503, f"no backend of service {service.name!r} is available", retry_after=True)
             return
         self.backend = backend
@@ -682,10 +710,14 @@ class Exchange:
             idle = pool.idle
             while idle:  # the newest idle connection first (LIFO keeps few connections warm)
                 conn = idle.pop()
-                if not conn.closed:
-                    pool.active.add(conn)
-                    self.attach(conn, reused=True)
-                    return
+                if conn.closed:
+                    continue
+                if self.method not in IDEMPOTENT_METHODS and not conn.still_open():
+                    conn.close()  # found dead: what could not be sent again is not sent on it
+                    continue
+                pool.active.add(conn)
+                self.attach(conn, reused=True)
+                return
         self.connect_started = self.client.engine.now()
         pool.connect(self)
 
@@ -719,6 +751,7 @@ class Exchange:
         if len(queue) >= service.config.max_queue:
             service.queue_full += 1
             service.unrouted += 1
+            self.termination = "queue-full"
             self.respond_error(503, "every backend is at max_connections and the queue is full", True)
             return
         queue.append(self)
@@ -731,6 +764,7 @@ class Exchange:
         service = self.service
         if service is not None:
             service.unrouted += 1
+        self.termination = "queue-timeout"
         self.respond_error(503, "no backend had room in time (max_connections)", retry_after=True)
 
     def service_config_timeouts(self) -> TimeoutsConfig:
@@ -775,49 +809,71 @@ class Exchange:
             )
         # else: the response timeout starts when the body has been sent whole (request_complete)
 
-    def connect_failed(self, backend: Backend, reason: str) -> None:
+    def connect_failed(self, backend: Backend, reason: str, cause: str = "connect-failure") -> None:
         if self.done or self.backend is not backend:
             return
         backend.connect_failed()
-        self._attempt_failed(CONNECT_FAILURE, reason)
+        self._attempt_failed(CONNECT_FAILURE, reason, cause)
 
     def expire(self) -> None:
-        """The backend's response head did not come in time (called by the engine's tick)."""
+        """The backend's response head did not come in time, or its body stopped moving (the engine's tick)."""
         self.deadline = 0.0
         conn = self.upstream
         if conn is not None:
             self.upstream = None
             conn.exchange = None
             conn.close()
-        self._attempt_failed(TIMEOUT, "the backend did not answer in time")
+        if self.response_started:
+            self._attempt_failed(TIMEOUT, "the backend's response stopped moving", "stalled-mid-body")
+        else:
+            self._attempt_failed(TIMEOUT, "the backend did not answer in time", "timeout-before-head")
 
-    def upstream_lost(self, conn: UpstreamConnection) -> None:
-        """The backend closed the connection before the exchange completed."""
+    def upstream_lost(self, conn: UpstreamConnection, reset: bool = False) -> None:
+        """The backend closed the connection (`reset`: reset it) before the exchange completed."""
         if self.tunnel:
             self.client.close()  # the backend ended the tunnel (upstream_upgraded): so does the client's side
             return
         if self.upstream is not conn:
             return
         self.upstream = None
-        if self.response_started and self.resp_framing == UNTIL_CLOSE:
-            self._response_end()
+        if self.response_started:
+            if self.resp_framing == UNTIL_CLOSE and not reset:
+                self._response_end()  # a body that ends with the connection: whole
+                return
+            # Reset, or closed short of its framing: cut, never passed off as whole.
+            how = "reset" if reset else "closed"
+            self._attempt_failed(RESET, f"the backend {how} the connection mid-response", f"{how}-mid-body")
             return
-        self._attempt_failed(RESET, "the backend closed the connection", reused=conn.requests > 0)
+        how = "reset" if reset else "closed"
+        # A kept-alive connection that ends before any byte of its response: most likely the backend closed it
+        # while it sat idle in the pool, at the moment it was taken (see _attempt_failed).
+        reused = conn.requests > 0 and not conn.received
+        self._attempt_failed(RESET, f"the backend {how} the connection", f"{how}-before-head", reused)
 
-    def upstream_failed(self, kind: str, reason: str) -> None:
+    def upstream_failed(self, kind: str, reason: str, cause: str) -> None:
         if self.tunnel:
             self.client.abort()  # the backend reset the tunnel: the client's side is reset too
             return
         self.upstream = None
-        self._attempt_failed(kind, reason)
+        self._attempt_failed(kind, reason, cause)
 
-    def _attempt_failed(self, kind: str, reason: str, reused: bool = False) -> None:
+    def _attempt_failed(self, kind: str, reason: str, cause: str, reused: bool = False) -> None:
+        """An attempt failed: `kind` as retries.on names it, `cause` for the access log (failed_tries).
+
+        Where nothing of a response reached the client, the request goes to another backend as far as the rules
+        allow (the module's invariants; docs/config.md, retries), else the failure is answered. A response cut
+        after its head was forwarded can only be aborted."""
         if self.done:
             return
         self._cancel_timer()
         backend = self.backend
+        name = backend.name if backend is not None else "-"
+        self.failed_tries = (*self.failed_tries, f"{name}:{cause}/reused" if reused else f"{name}:{cause}")
+        self.termination = cause
         if self.response_started:
             # Part of the response reached the client: it cannot be replaced, and must not look whole.
+            if backend is not None:
+                backend.aborted += 1
             self.status = 502
             self.close_after = True
             self.client.abort()
@@ -826,14 +882,21 @@ class Exchange:
         self.failure = (503 if kind == CONNECT_FAILURE else 504 if kind == TIMEOUT else 502, reason)
         service = self.service
         assert service is not None
+        retries = self.retries_config or service.config.retries
+        resendable = self.method in IDEMPOTENT_METHODS and self.replay is not None
+        # A kept-alive connection that ends before any byte of a response is most often the pool's race with
+        # the backend's keep-alive timeout (it closed the connection while it sat idle): the request goes to
+        # the same backend once more on a new connection, and only that attempt counts for the backend (counted
+        # twice, a race would count as a failure, and outlier detection would eject a healthy backend).
+        stale = reused and kind == RESET and not self.fresh_retry and resendable
         if backend is not None:
             backend.in_flight -= 1
-            backend.observe(0, self.client.engine.now() - self.started, self.client.engine.now(), 0)
+            if not stale:
+                now = self.client.engine.now()
+                backend.observe(0, now - self.started, now, 0)
             self.backend = None
             if service.queue:
                 serve_queue(service)
-        retries = self.retries_config or service.config.retries
-        resendable = self.method in IDEMPOTENT_METHODS and self.replay is not None
         if kind == CONNECT_FAILURE:
             # Nothing was sent: any method may go to the next backend.
             if backend is not None:
@@ -841,25 +904,82 @@ class Exchange:
             if len(self.tried) <= max(len(service.backends), retries.attempts):
                 self.attempt()
                 return
+            self.retry_verdict = "attempts-exhausted"
             self.respond_error(503, reason, retry_after=True)
             return
-        if kind == RESET and reused and resendable and backend is not None and not self.fresh_retry:
-            # A pooled connection found dead on reuse: once more on a fresh connection to the same backend.
+        if stale and backend is not None:
+            # Once more on a fresh connection to the same backend (not counted against attempts).
             self.fresh_retry = True
             self.attempt(same_backend=backend)
             return
         if backend is not None:
             self.tried = (*self.tried, backend)
-        if resendable and kind in retries.on and len(self.tried) <= retries.attempts:
-            if self.retrying or self._retry_budget(service):
-                service.retries += 1
-                self.attempt()
-                return
+        if not resendable:
+            self.retry_verdict = (
+                "not-idempotent" if self.method not in IDEMPOTENT_METHODS else "body-not-kept"
+            )
+        elif kind not in retries.on:
+            self.retry_verdict = f"{kind}-not-in-retries-on"
+        elif len(self.tried) > retries.attempts:
+            self.retry_verdict = "attempts-exhausted"
+        elif kind == RESET or self.retrying or self._retry_budget(service):
+            # A connection closed or reset before any byte of a response is how a backend's death looks (and
+            # the request cost the dead backend nothing): retried like a connect failure, outside the budget,
+            # within attempts. The budget holds back retries of answers that came bad or late.
+            service.retries += 1
+            self.attempt()
+            return
+        else:
             service.retries_refused += 1
+            self.retry_verdict = "budget-refused"
         if kind == TIMEOUT:
             self.respond_error(504, reason)
         else:
             self.respond_error(502, reason)
+
+    def retry_5xx(self, conn: UpstreamConnection, status: int) -> bool:
+        """A 5xx head from the backend, before anything reached the client: with "5xx" in retries.on an
+        idempotent request goes to another backend, within attempts and the budget, and this response is
+        dropped (True: `conn` reads the rest of it on its own). The last attempt's 5xx is passed on (False)."""
+        service = self.service
+        backend = self.backend
+        if (
+            service is None
+            or backend is None
+            or self.done
+            or self.informed
+            or self.upgrade
+            or self.method not in IDEMPOTENT_METHODS
+            or self.replay is None
+        ):
+            return False
+        retries = self.retries_config or service.config.retries
+        if "5xx" not in retries.on:
+            return False
+        tried = (*self.tried, backend)
+        if len(tried) > retries.attempts:
+            return False
+        following = service.pick(self.hash_key() if service.hashing else None, tried)
+        if following is None:
+            return False  # no backend left to try: this 5xx is the answer
+        if not (self.retrying or self._retry_budget(service)):
+            service.retries_refused += 1
+            self.retry_verdict = "budget-refused"
+            return False
+        self._cancel_timer()
+        self.failed_tries = (*self.failed_tries, f"{backend.name}:{status}")
+        self.failure = (502, f"{backend.name} answered {status}")
+        self.tried = tried
+        self.upstream = None
+        now = self.client.engine.now()
+        backend.in_flight -= 1
+        backend.observe(status, now - self.started, now, 0)
+        self.backend = None
+        if service.queue:
+            serve_queue(service)
+        service.retries += 1
+        self.attempt(picked=following)
+        return True
 
     def _retry_budget(self, service: Service) -> bool:
         """Envoy's retry budget: retries under way stay within budget_percent of the service's requests in
@@ -880,6 +1000,7 @@ class Exchange:
     def upstream_informational(self, parts: list[bytes]) -> None:
         if self.version == "1.0" or self.done:
             return  # HTTP/1.0 clients do not understand 1xx
+        self.informed = True
         parts.append(b"\r\n")
         self.client.write(b"".join(parts))
 
@@ -907,12 +1028,15 @@ class Exchange:
                 self.upstream_failed(
                     BAD_RESPONSE,
                     f"the backend switched protocols (101) unasked (the request asked for {asked})",
+                    "unasked-101",
                 )
                 return
         self.head_at = client.engine.now()
         self.deadline = 0.0
         self.status = status
         self.response_started = True
+        if self.termination:
+            self.termination = ""  # an attempt failed before this one: this response is the answer
         if self.method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
             framing = NO_BODY
         if status == 101:
@@ -1080,7 +1204,7 @@ class Exchange:
         if self.status != 101 or not self.upgrade:
             conn.close()
             self.upstream = None
-            self._attempt_failed(BAD_RESPONSE, "the backend switched protocols unasked")
+            self._attempt_failed(BAD_RESPONSE, "the backend switched protocols unasked", "unasked-101")
             return
         self.tunnel = True
         conn.pool.active.discard(conn)
@@ -1231,6 +1355,8 @@ class Exchange:
         if self.done:
             return
         self.close_after = True
+        if self.termination != "client-timeout":  # (body_timeout cut it: that says more)
+            self.termination = "client-closed"
         if not self.response_started:
             self.status = 499  # nginx's "client closed request"
         self._finish()
@@ -1512,6 +1638,8 @@ class ClientConnection(asyncio.Protocol):
         was sent yet, and close either way (its backend connection, holding half a body, is closed too)."""
         self.last_request = True
         current = self.current
+        if current is not None and not current.done:
+            current.termination = "client-timeout"
         if current is not None and not current.response_started and not current.done:
             current.respond_error(408, "the request body stopped arriving")
         else:

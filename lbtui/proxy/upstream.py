@@ -4,6 +4,9 @@ Invariants:
 - A connection serves one exchange at a time (no pipelining upstream) and goes back to the pool only when its
   response was read whole, the request was sent whole, both sides allow keep-alive and the backend is `ready`.
 - A connection that receives bytes while idle, fails to parse, or is closed by the peer is never reused.
+- A 5xx response that its exchange retries elsewhere (retries.on "5xx", Exchange.retry_5xx) is read to its end
+  and dropped; the connection goes back to the pool only when that end came in the same read as its head
+  (and the request was sent whole): otherwise it is closed, never waited on.
 - A response is passed on whole or visibly cut, never cut and passed off as whole: a body that ends with the
   connection ends there only when the backend closed it (FIN); a reset (RST) cuts it. A response framed in a
   way we cannot pass on (a transfer coding other than chunked, chunked twice) is refused as a bad gateway.
@@ -15,15 +18,18 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
+from lbtui.core.model import AdminState
 from lbtui.proxy.http import (
     CHUNKED,
     HOP_BY_HOP,
     LENGTH,
     NEVER_CONNECTION_NAMED,
+    NO_BODY,
     PLAIN_CONNECTION,
     SPECIAL_LENGTHS,
     STATUS_LINES,
@@ -58,6 +64,8 @@ RESET: Final = "reset"
 BAD_RESPONSE: Final = "gateway-error"
 TIMEOUT: Final = "timeout"
 
+READY: Final = AdminState.READY
+
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
@@ -68,6 +76,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_skip_body",
         "closed",
         "connection",
+        "drain_reuse",
+        "draining",
         "exchange",
         "framing",
         "idle_since",
@@ -95,6 +105,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False
         self._skip_body = False
         self.closed = False
+        self.draining = False  # reading the rest of a 5xx response its exchange dropped (retried elsewhere)
+        self.drain_reuse = False  # the request was sent whole: the connection may be kept once drained
         self.received = False  # any byte of the current response seen
         self.requests = 0  # exchanges served, 0 while the first is under way
         self.idle_since = 0.0
@@ -111,11 +123,32 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
-            if exc is not None and exchange.response_started and exchange.upstream is self:
-                # Reset, not closed: even a body that ends with the connection is cut here, not whole.
-                exchange.upstream_failed(RESET, f"the backend reset the connection mid-response: {exc}")
-            else:
-                exchange.upstream_lost(self)
+            # Reset (exc), not closed: even a body that ends with the connection is cut then, not whole.
+            exchange.upstream_lost(self, exc is not None)
+
+    def still_open(self) -> bool:
+        """Whether the backend has not closed or reset this idle connection, by a look at its socket: the end
+        of a connection can be there before the event loop has read it (a backend killed, or closing for its
+        keep-alive timeout, at that moment). Checked before a request that could not be sent again."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            probe = socket.socket(fileno=sock.fileno())
+        except OSError:
+            return False  # no socket behind it any more
+        try:
+            probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing to read: still open
+        except OSError:
+            return False  # reset
+        finally:
+            probe.detach()  # the socket stays the transport's
+        return False  # its end (or bytes nobody asked for): not to be used
 
     def close(self) -> None:
         if not self.closed:
@@ -137,7 +170,8 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None:
-            # Bytes while idle: the peer is out of step with us. Never reuse this connection.
+            # Bytes while idle (or after a dropped 5xx was read: see on_headers_complete): the peer is out of
+            # step with us. Never reuse this connection.
             self.close()
             return
         if exchange.tunnel:
@@ -164,7 +198,9 @@ class UpstreamConnection(asyncio.Protocol):
             elif isinstance(error.__context__, _BadFraming):
                 self.close()
                 self.exchange = None
-                exchange.upstream_failed(BAD_RESPONSE, f"invalid response from backend: {error.__context__}")
+                exchange.upstream_failed(
+                    BAD_RESPONSE, f"invalid response from backend: {error.__context__}", "bad-head"
+                )
             else:
                 raise
         except httptools.HttpParserError as error:
@@ -172,17 +208,38 @@ class UpstreamConnection(asyncio.Protocol):
                 self._keep_alive = (
                     False  # garbage after a whole response: keep the response, drop the connection
                 )
+            elif self.draining:
+                self.draining = False
+                self.close()  # junk in a dropped 5xx: its exchange went on elsewhere
             else:
                 self.close()
                 self.exchange = None
-                exchange.upstream_failed(BAD_RESPONSE, f"invalid response from backend: {error}")
+                cause = "bad-body" if exchange.response_started else "bad-head"
+                exchange.upstream_failed(BAD_RESPONSE, f"invalid response from backend: {error}", cause)
         finally:
             if self._complete:
                 self._complete = False
                 self.exchange = None
-                exchange.upstream_complete(self, self._keep_alive)
+                if self.draining:
+                    self._drained()
+                else:
+                    exchange.upstream_complete(self, self._keep_alive)
+            elif self.draining:
+                # The rest of a dropped 5xx did not come with its head: not waited for.
+                self.draining = False
+                self.close()
             if corked:
                 client.uncork()
+
+    def _drained(self) -> None:
+        """A dropped 5xx was read to its end: the connection is kept if it may be (as after any response)."""
+        self.draining = False
+        backend = self.pool.backend
+        engine = self.pool.engine
+        if self._keep_alive and self.drain_reuse and backend.admin_state is READY and not engine.closing:
+            self.pool.release(self, engine.now())
+        else:
+            self.close()
 
     def on_message_begin(self) -> None:
         if self._complete:
@@ -237,6 +294,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._informational = True
             exchange.upstream_informational(parts)
             return
+        if status >= 500:
+            reusable = exchange.request_done or exchange.req_framing == NO_BODY
+            if exchange.retry_5xx(self, status):
+                # Retried elsewhere: the rest of this response is read and dropped (see data_received).
+                self.exchange = None
+                self.draining = True
+                self.drain_reuse = reusable
+                if self._skip_body:
+                    raise _HeadersDone
+                return
         exchange.upstream_head(self, status, parts, self.framing, self.upgrade_value)
         if self._skip_body and status not in (204, 304):
             raise _HeadersDone
@@ -257,7 +324,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._informational:
             self._informational = False
             self.reset_head()
-        elif self.exchange is not None:
+        elif self.exchange is not None or self.draining:
             self._complete = True
             # Read now: the parser forgets it once the message is over.
             self._keep_alive = self.parser.should_keep_alive()
@@ -306,14 +373,18 @@ class Pool:
                     lambda: UpstreamConnection(self), backend.host, backend.port
                 )
         except (OSError, TimeoutError) as error:
-            reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+            if isinstance(error, TimeoutError):
+                reason, cause = "timed out", "connect-timeout"
+            else:
+                reason = error.strerror or str(error)
+                cause = "connect-refused" if isinstance(error, ConnectionRefusedError) else "connect-error"
             exchange.connect_failed(
-                backend, f"cannot connect to {backend.name} ({backend.address}): {reason}"
+                backend, f"cannot connect to {backend.name} ({backend.address}): {reason}", cause
             )
             return
         if conn.closed:
             exchange.connect_failed(
-                backend, f"{backend.name} ({backend.address}) closed the connection at once"
+                backend, f"{backend.name} ({backend.address}) closed the connection at once", "connect-closed"
             )
             return
         self.active.add(conn)

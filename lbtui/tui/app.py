@@ -329,7 +329,7 @@ def detail_text(snapshot: Snapshot, name: str) -> str:
         f"state {b.admin_state}, health {b.health_label}, weight {b.weight}, in flight {b.in_flight}",
         f"requests {b.requests}   connect failures {b.connect_failures}   EWMA {b.ewma_ms:.2f} ms",
         f"status: 1xx {sc[1]}  2xx {sc[2]}  3xx {sc[3]}  4xx {sc[4]}  5xx {sc[5]}  failed {sc[0]}",
-        f"bytes in {b.bytes_in}  out {b.bytes_out}",
+        f"bytes in {b.bytes_in}  out {b.bytes_out}   responses cut mid-way {b.aborted}",
         *sticky_lines(snapshot, b),
         "",
         f"last {w.seconds:.0f} s: {w.requests} requests, {w.rps:.1f} req/s, "

@@ -35,6 +35,10 @@ FIELDS = {
     "duration",
     "referer",
     "user_agent",
+    "termination",
+    "retry",
+    "attempts",
+    "failed_attempts",
 }
 
 
@@ -155,8 +159,14 @@ async def test_combined_format(scripted, engine_factory, tmp_path) -> None:  # t
         "upstream_connect",
         "upstream_header",
         "duration",
+        "termination",
+        "retry",
+        "attempts",
+        "failed_attempts",
     }
     assert (rest["route"], rest["service"], rest["backend"]) == ("api", "app", "b1")
+    ended = (rest["termination"], rest["retry"], rest["attempts"], rest["failed_attempts"])
+    assert ended == ("-", "-", "1", "-")  # passed on whole, at the first attempt
     assert rest["request_id"] != "-"
     assert float(rest["upstream_connect"]) <= float(rest["upstream_header"]) <= float(rest["duration"])
     m = pattern.match(missing)

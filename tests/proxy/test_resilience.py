@@ -113,11 +113,12 @@ async def test_a_client_that_leaves_the_queue_frees_its_place(backends, engine_f
 
 
 async def test_retry_budget_refuses_retries_beyond_it(scripted, backends, engine_factory):
-    async def reset(reader, writer, upstream):
+    async def junk(reader, writer, upstream):
         await upstream.read_request(reader)
-        writer.transport.abort()  # reset after the request was sent
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")  # a bad answer (gateway-error): its retry is budgeted
+        await writer.drain()
 
-    broken = await scripted(reset)
+    broken = await scripted(junk)
     good = await backends("good")
     tight = make_config(
         [("broken", broken.address), good],
