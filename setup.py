@@ -30,6 +30,7 @@ import os
 import runpy
 import sys
 import tempfile
+import time
 from typing import Any
 
 from setuptools import build_meta
@@ -179,7 +180,7 @@ def _one_line(text: str) -> str:
 
 
 def probe_compiler() -> None:
-    """Compile a file that includes Python.h, as the build will: raises if there is no compiler that can."""
+    """Compile a file that includes Python.h, as the build will: raises (one line) if the compiler cannot."""
     import sysconfig
 
     from setuptools._distutils import ccompiler
@@ -191,7 +192,12 @@ def probe_compiler() -> None:
         source = os.path.join(scratch, "probe.c")
         with open(source, "w") as file:
             file.write("#include <Python.h>\nint lbtui_probe(void) { return Py_IsInitialized(); }\n")
-        compiler.compile([source], output_dir=scratch, include_dirs=[sysconfig.get_paths()["include"]])
+        try:
+            compiler.compile([source], output_dir=scratch, include_dirs=[sysconfig.get_paths()["include"]])
+        except Exception as error:
+            raise RuntimeError(
+                f"{compiler.compiler_so[0]} cannot compile a file that includes Python.h"
+            ) from error
 
 
 def mypyc_extensions() -> list[Any]:
@@ -199,7 +205,7 @@ def mypyc_extensions() -> list[Any]:
     try:
         probe_compiler()
     except Exception as error:
-        say(f"no working C compiler ({_one_line(str(error))}): installing pure Python")
+        say(f"no working C compiler ({error}): installing pure Python")
         return []
     try:
         from mypyc.build import mypycify
@@ -207,6 +213,7 @@ def mypyc_extensions() -> list[Any]:
         say(f"mypyc is not available ({error}): installing pure Python")
         return []
     messages = io.StringIO()
+    started = time.monotonic()
     try:
         with contextlib.redirect_stdout(messages):
             extensions = mypycify(
@@ -221,6 +228,7 @@ def mypyc_extensions() -> list[Any]:
         detail = errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "") if errors else ""
         say(f"mypyc failed ({_one_line(detail or repr(error))}): installing pure Python")
         return []
+    say(f"mypyc type-checked the group and wrote its C in {time.monotonic() - started:.1f} s")
     # mypyc puts the group's headers next to its C file (build/lbtui/), which the per-module files include.
     for extension in extensions:
         if extension.name == f"{GROUP}__mypyc":
@@ -234,6 +242,8 @@ def _compile_in_parallel(compiler: Any, workers: int) -> None:
     distutils compiles them one after another; the group's C is one file per module, the largest a quarter of it.
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    from setuptools._distutils.errors import CompileError
 
     def compile(
         sources: list[str],
@@ -255,8 +265,13 @@ def _compile_in_parallel(compiler: Any, workers: int) -> None:
                 pool.submit(compiler._compile, obj, src, ext, cc_args, extra_postargs, pp_opts)
                 for obj, (src, ext) in jobs
             ]
-            for job in done:
-                job.result()  # the first failure raises (CompileError)
+            for (_, (src, _)), job in zip(jobs, done, strict=True):
+                try:
+                    job.result()
+                except Exception as error:  # the compiler's own messages are above, in the build's output
+                    for waiting in done:
+                        waiting.cancel()
+                    raise CompileError(f"{compiler.compiler_so[0]} failed on {src}") from error
         return objects
 
     compiler.compile = compile
@@ -299,9 +314,11 @@ def main() -> None:
 
         def build_extensions(self) -> None:
             _compile_in_parallel(self.compiler, _cpus())
+            self.parallel = self.parallel or _cpus()  # the small shims of the modules, side by side too
             super().build_extensions()
 
         def run(self) -> None:
+            started = time.monotonic()
             try:
                 super().run()
             except Exception as error:
@@ -319,7 +336,10 @@ def main() -> None:
             for root in (self.build_lib, HERE) if self.inplace else (self.build_lib,):
                 with open(os.path.join(root, "lbtui", MANIFEST), "w") as file:
                     file.write(text)
-            say(f"compiled the data plane with mypyc ({len(MODULES)} modules)")
+            say(
+                f"compiled the data plane ({len(MODULES)} modules) in {time.monotonic() - started:.1f} s, "
+                f"{_cpus()} files at a time"
+            )
 
     building = bool(BUILD_COMMANDS & set(sys.argv[1:]))
     extensions: list[Any] = []

@@ -1,15 +1,34 @@
-"""The data plane's hot path is compiled with mypyc where a C compiler exists, and loads as one group."""
+"""The build: pure Python by default, the data plane compiled with LBTUI_COMPILE=1, and loaded as one group.
+
+The compiled run of .ci/run keeps LBTUI_COMPILE=1 set: there the compiled build must be what runs (a build that
+silently fell back to pure Python fails here), and the wheel test builds its wheel compiled. The pure run
+(LBTUI_PURE=1) builds the default wheel, the one `pip install .` makes.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import os
+import re
+import runpy
 import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lbtui._compiled import COMPILED_MODULES
+import lbtui
+from lbtui._compiled import COMPILED_MODULES, MANIFEST
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUP: dict[str, Any] = runpy.run_path(str(ROOT / "setup.py"))  # the build backend's functions; nothing runs
+COMPILE_RUN = os.environ.get("LBTUI_COMPILE", "") not in ("", "0") and not os.environ.get("LBTUI_PURE")
+PURE_RUN = bool(os.environ.get("LBTUI_PURE"))
 
 CODE = (
     "import importlib, lbtui\n"
@@ -18,25 +37,322 @@ CODE = (
 )
 
 
-def run(env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=60)
+def run(code: str, env: dict[str, str], cwd: Path | None = None) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("LBTUI_PURE")) or (shutil.which("gcc") is None and shutil.which("cc") is None),
-    reason="pure Python asked for, or no C compiler here",
-)
-def test_installed_with_a_compiler_runs_the_compiled_data_plane():
-    env = {k: v for k, v in os.environ.items() if k != "LBTUI_PURE"}
-    assert run(env) == "compiled [True]"  # all of the group compiled, none from source
+def without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
 
 
 def test_lbtui_pure_loads_the_whole_group_from_source():
-    assert run({**os.environ, "LBTUI_PURE": "1"}) == "pure Python [False]"
+    assert run(CODE, {**os.environ, "LBTUI_PURE": "1"}) == "pure Python [False]"
+
+
+@pytest.mark.skipif(not COMPILE_RUN, reason="not a compiled run (.ci/run's first run sets LBTUI_COMPILE=1)")
+def test_the_compiled_run_runs_the_compiled_data_plane():
+    # All of the group compiled, none from source. Fails when the install fell back to pure Python (its line in
+    # the install's output says why) or a source file changed since it was built (reinstall).
+    assert run(CODE, without("LBTUI_PURE")) == "compiled [True]", run(
+        "import lbtui; print(lbtui.data_plane_line())", without("LBTUI_PURE")
+    )
 
 
 def test_the_group_is_what_setup_compiles():
+    assert SETUP["MODULES"] == COMPILED_MODULES
     assert "lbtui.proxy.client" in COMPILED_MODULES
     assert all(m.startswith("lbtui.") for m in COMPILED_MODULES)
+
+
+# ------------------------------------------------------------------------ the stale-source check (MANIFEST)
+
+
+def package_copy(tmp_path: Path) -> Path:
+    """A copy of the lbtui package this test imports (compiled files included), in tmp_path/lbtui."""
+    source = Path(lbtui.__file__).parent
+    shutil.copytree(source, tmp_path / "lbtui", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def test_the_closure_is_every_lbtui_module_the_group_imports():
+    closure = SETUP["closure"](str(ROOT))
+    for must in ("config.py", "proxy/miniclient.py", "gateway/aggregate.py", "gateway/jwt_auth.py"):
+        assert must in closure
+    assert "__init__.py" in closure
+    assert "proxy/__init__.py" in closure
+    assert all(f"{m.replace('.', '/')[len('lbtui/') :]}.py" in closure for m in COMPILED_MODULES)
+    # What the group's modules load when imported, from source: all of it must be in the closure (the closure
+    # also holds what is imported only for type checking, which the compiled code relies on as well).
+    code = (
+        "import importlib, sys, lbtui\n"
+        "for m in lbtui.COMPILED_MODULES: importlib.import_module(m)\n"
+        "print('\\n'.join(sorted(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'lbtui')))\n"
+    )
+    loaded = run(code, {**os.environ, "LBTUI_PURE": "1", "PYTHONPATH": str(ROOT)}, cwd=ROOT).splitlines()
+    package = ROOT / "lbtui"
+    assert loaded
+    assert {Path(f).relative_to(package).as_posix() for f in loaded} <= set(closure)
+
+
+def test_an_edit_to_anything_the_group_imports_makes_the_compiled_build_stale(tmp_path):
+    # On a copy of the source with a manifest as a compiled build writes it (no compiled files: the check itself).
+    root = package_copy(tmp_path)
+    (root / "lbtui" / MANIFEST).write_text(SETUP["manifest_text"]([], str(root)))
+    why = "import lbtui; print(lbtui._WHY_SOURCE)"
+    env = {**without("LBTUI_PURE"), "PYTHONPATH": str(root)}
+    assert run(why, env, cwd=root) == "None"
+    config = root / "lbtui" / "config.py"
+    config.write_text(config.read_text() + "\n# an edit\n")
+    assert run(why, env, cwd=root) == "lbtui/config.py changed since it was compiled"
+    (root / "lbtui" / MANIFEST).write_text(SETUP["manifest_text"](["proxy/client.so"], str(root)))
+    assert run(why, env, cwd=root) == "proxy/client.so is missing"
+    (root / "lbtui" / MANIFEST).unlink()
+    assert run(why, env, cwd=root) == "not compiled"
+
+
+def installed_manifest() -> Path | None:
+    """The MANIFEST of the compiled build this test imports, if there is one and it is current."""
+    path = Path(lbtui.__file__).parent / MANIFEST
+    if not path.exists():
+        return None
+    why = run("import lbtui; print(lbtui._WHY_SOURCE)", without("LBTUI_PURE"))
+    return path if why == "None" else None
+
+
+@pytest.mark.skipif(installed_manifest() is None, reason="no current compiled build here")
+def test_an_edit_to_a_copy_of_the_compiled_build_loads_the_group_from_source(tmp_path):
+    root = package_copy(tmp_path)
+    env = {**without("LBTUI_PURE"), "PYTHONPATH": str(root)}
+    assert run(CODE, env, cwd=root) == "compiled [True]"
+    for name in ("config.py", "proxy/miniclient.py"):  # imported by the group, not compiled
+        path = root / "lbtui" / name
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# an edit\n")
+        assert run(CODE, env, cwd=root) == "pure Python [False]"
+        path.write_bytes(original)
+    assert run(CODE, env, cwd=root) == "compiled [True]"
+
+
+@pytest.mark.skipif(installed_manifest() is None, reason="no current compiled build here")
+def test_the_build_recorded_the_closure_an_ast_walk_finds_now():
+    manifest = installed_manifest()
+    assert manifest is not None
+    recorded = [line.split()[2] for line in manifest.read_text().splitlines() if line.startswith("source ")]
+    assert recorded == SETUP["closure"](str(ROOT))
+
+
+# ------------------------------------------------------------------------------------ build requirements
+
+
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_one_mypy_pin_lints_and_compiles():
+    requirements = SETUP["compile_requirements"]()
+    mypy = [r for r in requirements if r.startswith("mypy")]
+    assert mypy == [
+        r for r in pyproject()["project"]["optional-dependencies"]["test"] if r.startswith("mypy")
+    ]
+    assert mypy[0] == f"mypy=={importlib.metadata.version('mypy')}"  # the mypy installed here, which lints
+    assert "mypy" not in " ".join(pyproject()["build-system"]["requires"])  # only when compiling
+
+
+def test_the_compile_requirements_cover_what_the_group_imports():
+    """Every third-party module the group's closure imports is typed by a compile requirement, or ignored."""
+    imported: set[str] = set()
+    for name in SETUP["closure"](str(ROOT)):
+        tree = ast.parse((ROOT / "lbtui" / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"lbtui", "__future__"}
+    assert {"jwt", "cryptography", "httptools"} <= third_party
+
+    def distribution(requirement: str) -> tuple[str, set[str]]:
+        match = re.match(r"([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?", requirement)
+        assert match
+        return match[1], {e.strip() for e in (match[2] or "").split(",") if e.strip()}
+
+    provided: set[str] = set()  # the top-level modules the compile requirements install
+    for requirement in SETUP["compile_requirements"]():
+        name, extras = distribution(requirement)
+        dists = {name}
+        for dependency in importlib.metadata.requires(name) or []:
+            marker = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", dependency)
+            if marker is None or marker[1] in extras:
+                dists.add(distribution(dependency)[0])
+        for dist in dists:
+            try:
+                files = importlib.metadata.files(dist) or []
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            provided |= {f.parts[0].removesuffix(".py") for f in files if f.parts}
+    ignored = {
+        module.removesuffix(".*")
+        for override in pyproject()["tool"]["mypy"]["overrides"]
+        if override.get("ignore_missing_imports")
+        for module in override["module"]
+    }
+    assert third_party - provided - ignored == set()
+
+
+# ---------------------------------------------------------------------------------------- wheels, for real
+
+
+def project_copy(tmp_path: Path) -> Path:
+    """The project's files as a fresh clone has them (no build output, no caches), in tmp_path/project."""
+    junk = shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "*.so", MANIFEST
+    )
+    return Path(shutil.copytree(ROOT, tmp_path / "project", ignore=junk))
+
+
+def new_venv(path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=120)
+    return path / "bin"
+
+
+def pip(bin_dir: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    out = subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else without("PYTHONPATH"),
+        cwd=cwd,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out.stdout + out.stderr
+
+
+def build_lines(log: str) -> list[str]:
+    return [line.strip() for line in log.splitlines() if line.strip().startswith("lbtui build:")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_wheel_built_in_a_new_venv_holds_everything_and_runs(tmp_path):
+    """`pip wheel` in a brand-new venv (the build isolated, as for a new user): compiled in the compiled run."""
+    project = project_copy(tmp_path)
+    bin_dir = new_venv(tmp_path / "venv")
+    env = without("PYTHONPATH", "LBTUI_COMPILE", "LBTUI_PURE")
+    if COMPILE_RUN:
+        env["LBTUI_COMPILE"] = "1"
+    log = pip(bin_dir, "wheel", "-v", "--no-deps", "-w", str(tmp_path / "dist"), ".", env=env, cwd=project)
+    (wheel,) = (tmp_path / "dist").glob("lbtui-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    themes = {f"lbtui/themes/{p.name}" for p in (ROOT / "themes").glob("*.toml")}
+    assert themes
+    assert themes <= names
+    styles = {f"lbtui/tui/{p.name}" for p in (ROOT / "lbtui" / "tui").glob("*.tcss")}
+    assert styles
+    assert styles <= names
+    assert "lbtui/py.typed" in names
+    compiled = {n for n in names if n.endswith(".so")}
+    # Build requirements: pip installs them in two steps (setuptools, then what the backend asks for).
+    installed = " ".join(line for line in log.splitlines() if "Successfully installed" in line)
+    if COMPILE_RUN:
+        shims = {f"{m.replace('.', '/')}.cpython" for m in COMPILED_MODULES}
+        assert {n.split("-")[0] for n in compiled} >= shims, compiled
+        assert any(n.startswith("lbtui/data_plane__mypyc.") for n in compiled)
+        assert f"lbtui/{MANIFEST}" in names
+        assert "mypy-" in installed
+        assert "PyJWT-" in installed
+        # mypyc ran once, while the wheel was built: not while pip asked for requirements or metadata.
+        building = log.index("Building wheel for lbtui")
+        assert [log.index(line) > building for line in build_lines(log) if "mypyc" in line] == [True]
+    else:
+        assert compiled == set()
+        assert f"lbtui/{MANIFEST}" not in names
+        assert "mypy" not in installed
+        assert build_lines(log) == [
+            "lbtui build: pure Python (LBTUI_COMPILE=1 compiles the data plane with mypyc: about twice as fast)"
+        ]
+    pip(bin_dir, "install", str(wheel))  # its dependencies from the configured indexes
+    version = subprocess.run(
+        [str(bin_dir / "lbtui"), "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert version.returncode == 0, version.stderr
+    expected = "compiled" if COMPILE_RUN else "pure Python"
+    assert version.stdout.startswith(f"lbtui {lbtui.__version__}; data plane: {expected} ("), version.stdout
+
+
+# ------------------------------------------------------------------------------ a failed compile, for real
+
+
+@pytest.fixture(scope="module")
+def build_venv(tmp_path_factory):
+    """A brand-new venv with what a compiling build needs (setup.py's compile requirements), built without
+    isolation: each case below then costs its build alone."""
+    bin_dir = new_venv(tmp_path_factory.mktemp("build-venv") / "venv")
+    pip(bin_dir, "install", "setuptools>=77", *SETUP["compile_requirements"]())
+    return bin_dir
+
+
+def broken_type(project: Path) -> dict[str, str]:
+    config = project / "lbtui" / "config.py"
+    config.write_text(config.read_text() + '\nNOT_AN_INT: int = "a str"\n')
+    return {}
+
+
+def failing_compiler(project: Path) -> dict[str, str]:
+    # A compiler that compiles the probe but fails on mypyc's C, as a compiler crash or out-of-memory would.
+    script = project.parent / "failing-cc"
+    script.write_text('#!/bin/sh\ncase "$*" in *__native_*) exit 1;; esac\nexec "${REAL_CC:-cc}" "$@"\n')
+    script.chmod(0o755)
+    return {"CC": str(script), "REAL_CC": shutil.which("gcc") or "cc"}
+
+
+def no_compiler(project: Path) -> dict[str, str]:
+    return {"CC": "false"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(PURE_RUN, reason="the compiled run covers it (LBTUI_PURE=1 would skip the compile)")
+@pytest.mark.parametrize(
+    ("case", "line"),
+    [
+        (broken_type, "mypyc failed (lbtui/config.py:"),
+        (failing_compiler, "compiling failed ("),
+        (no_compiler, "no working C compiler (false cannot compile a file that includes Python.h)"),
+    ],
+)
+def test_a_compile_that_fails_installs_pure_python_and_says_why_in_one_line(tmp_path, build_venv, case, line):
+    if case is not no_compiler and shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("needs a C compiler")
+    project = project_copy(tmp_path)
+    env = {**without("PYTHONPATH", "LBTUI_PURE"), "LBTUI_COMPILE": "1", **case(project)}
+    dist = tmp_path / "dist"
+    log = pip(
+        build_venv,
+        "wheel",
+        "-v",
+        "--no-build-isolation",
+        "--no-deps",
+        "-w",
+        str(dist),
+        ".",
+        env=env,
+        cwd=project,
+    )
+    failures = [entry for entry in build_lines(log) if "installing pure Python" in entry]
+    assert len(failures) == 1, build_lines(log)
+    assert failures[0].startswith(f"lbtui build: {line}"), failures
+    (wheel,) = dist.glob("lbtui-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.endswith(".so")]
+    assert f"lbtui/{MANIFEST}" not in names
+    assert "lbtui/proxy/client.py" in names
