@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import os
 import re
 import runpy
@@ -160,6 +161,9 @@ def test_one_mypy_pin_lints_and_compiles():
     ]
     assert mypy[0] == f"mypy=={importlib.metadata.version('mypy')}"  # the mypy installed here, which lints
     assert "mypy" not in " ".join(pyproject()["build-system"]["requires"])  # only when compiling
+    # The setuptools the test extra installs for the builds of these tests is the one the build requires.
+    (setuptools,) = pyproject()["build-system"]["requires"]
+    assert setuptools in pyproject()["project"]["optional-dependencies"]["test"]
 
 
 def test_the_compile_requirements_cover_what_the_group_imports():
@@ -204,6 +208,15 @@ def test_the_compile_requirements_cover_what_the_group_imports():
 
 
 # ---------------------------------------------------------------------------------------- wheels, for real
+# The pure run builds the wheel `pip install .` builds: in a brand-new venv, its build isolated (setuptools alone).
+# The compiled run builds it compiled, and the failing compiles, with this environment's mypy and setuptools
+# (--no-build-isolation: .ci/run made this venv from scratch and its own install already went through the
+# isolated compiled build; a second isolated build environment would only cost time).
+
+needs_compiled_run = pytest.mark.skipif(
+    not COMPILE_RUN,
+    reason="the compiled run (LBTUI_COMPILE=1, with the test extra's setuptools) builds these",
+)
 
 
 def project_copy(tmp_path: Path) -> Path:
@@ -219,9 +232,9 @@ def new_venv(path: Path) -> Path:
     return path / "bin"
 
 
-def pip(bin_dir: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+def pip(python: Path | str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
     out = subprocess.run(
-        [str(bin_dir / "python"), "-m", "pip", *args],
+        [str(python), "-m", "pip", *args],
         capture_output=True,
         text=True,
         env=env if env is not None else without("PYTHONPATH"),
@@ -236,17 +249,37 @@ def build_lines(log: str) -> list[str]:
     return [line.strip() for line in log.splitlines() if line.strip().startswith("lbtui build:")]
 
 
+def build_wheel(project: Path, dist: Path, env: dict[str, str]) -> tuple[Path, str]:
+    """Build the project's wheel into `dist`: (the wheel, pip's verbose log)."""
+    if COMPILE_RUN:
+        log = pip(
+            sys.executable,
+            "wheel",
+            "-v",
+            "--no-build-isolation",
+            "--no-deps",
+            "-w",
+            str(dist),
+            ".",
+            env=env,
+            cwd=project,
+        )
+    else:
+        bin_dir = new_venv(dist.parent / "build-venv")
+        log = pip(bin_dir / "python", "wheel", "-v", "--no-deps", "-w", str(dist), ".", env=env, cwd=project)
+    (wheel,) = dist.glob("lbtui-*.whl")
+    return wheel, log
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_wheel_built_in_a_new_venv_holds_everything_and_runs(tmp_path):
-    """`pip wheel` in a brand-new venv (the build isolated, as for a new user): compiled in the compiled run."""
+def test_a_wheel_holds_everything_and_runs_from_a_new_venv(tmp_path):
+    """The wheel: pure in the pure run (built as a new user's `pip install .` builds it), compiled in the compiled run."""
     project = project_copy(tmp_path)
-    bin_dir = new_venv(tmp_path / "venv")
     env = without("PYTHONPATH", "LBTUI_COMPILE", "LBTUI_PURE")
     if COMPILE_RUN:
         env["LBTUI_COMPILE"] = "1"
-    log = pip(bin_dir, "wheel", "-v", "--no-deps", "-w", str(tmp_path / "dist"), ".", env=env, cwd=project)
-    (wheel,) = (tmp_path / "dist").glob("lbtui-*.whl")
+    wheel, log = build_wheel(project, tmp_path / "dist", env)
     names = set(zipfile.ZipFile(wheel).namelist())
     themes = {f"lbtui/themes/{p.name}" for p in (ROOT / "themes").glob("*.toml")}
     assert themes
@@ -256,26 +289,28 @@ def test_a_wheel_built_in_a_new_venv_holds_everything_and_runs(tmp_path):
     assert styles <= names
     assert "lbtui/py.typed" in names
     compiled = {n for n in names if n.endswith(".so")}
-    # Build requirements: pip installs them in two steps (setuptools, then what the backend asks for).
-    installed = " ".join(line for line in log.splitlines() if "Successfully installed" in line)
     if COMPILE_RUN:
         shims = {f"{m.replace('.', '/')}.cpython" for m in COMPILED_MODULES}
         assert {n.split("-")[0] for n in compiled} >= shims, compiled
         assert any(n.startswith("lbtui/data_plane__mypyc.") for n in compiled)
         assert f"lbtui/{MANIFEST}" in names
-        assert "mypy-" in installed
-        assert "PyJWT-" in installed
-        # mypyc ran once, while the wheel was built: not while pip asked for requirements or metadata.
+        # mypyc ran once, while the wheel was built: not while pip asked for the metadata.
         building = log.index("Building wheel for lbtui")
         assert [log.index(line) > building for line in build_lines(log) if "mypyc" in line] == [True]
     else:
         assert compiled == set()
         assert f"lbtui/{MANIFEST}" not in names
-        assert "mypy" not in installed
+        # The build environment got setuptools, and nothing else (no mypy): that is all a pure build needs.
+        installed = [line for line in log.splitlines() if "Successfully installed" in line]
+        assert installed
+        assert all(
+            re.fullmatch(r"\s*Successfully installed setuptools-[0-9.]+", line) for line in installed
+        ), installed
         assert build_lines(log) == [
             "lbtui build: pure Python (LBTUI_COMPILE=1 compiles the data plane with mypyc: about twice as fast)"
         ]
-    pip(bin_dir, "install", str(wheel))  # its dependencies from the configured indexes
+    bin_dir = new_venv(tmp_path / "venv")
+    pip(bin_dir / "python", "install", str(wheel))  # its dependencies from the configured indexes
     version = subprocess.run(
         [str(bin_dir / "lbtui"), "--version"],
         capture_output=True,
@@ -289,16 +324,58 @@ def test_a_wheel_built_in_a_new_venv_holds_everything_and_runs(tmp_path):
     assert version.stdout.startswith(f"lbtui {lbtui.__version__}; data plane: {expected} ("), version.stdout
 
 
+def setuptools_version() -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in importlib.metadata.version("setuptools").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return (0,)
+
+
+NO_MYPYC = """
+import json, os, sys
+class NoMypyc:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split(".")[0] == "mypyc":
+            raise AssertionError("mypyc imported while " + STEP)
+sys.meta_path.insert(0, NoMypyc)
+sys.path.insert(0, os.getcwd())  # as pip's backend-path does
+import setup
+STEP = "asking for the build requirements"
+requires = setup.get_requires_for_build_wheel()
+STEP = "preparing the metadata"
+setup.prepare_metadata_for_build_wheel("metadata")
+print(json.dumps(requires))
+"""
+
+
+@pytest.mark.skipif(setuptools_version() < (77,), reason="needs setuptools 77+ here (the test extra has it)")
+def test_mypyc_runs_only_while_building_and_is_required_only_to_compile(tmp_path):
+    project = project_copy(tmp_path)
+    env = without("PYTHONPATH", "LBTUI_COMPILE", "LBTUI_PURE")
+    requirements = SETUP["compile_requirements"]()
+    for extra, expected in (
+        ({}, []),
+        ({"LBTUI_COMPILE": "1"}, requirements),
+        ({"LBTUI_COMPILE": "1", "LBTUI_PURE": "1"}, []),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", NO_MYPYC],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            cwd=project,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        requires = json.loads(out.stdout.strip().splitlines()[-1])
+        assert [r for r in requires if not r.startswith("setuptools")] == expected
+        assert "lbtui build:" not in out.stderr
+    assert any(r.startswith("mypy==") for r in requirements)
+    assert any(r.startswith("PyJWT[crypto]") for r in requirements)
+
+
 # ------------------------------------------------------------------------------ a failed compile, for real
-
-
-@pytest.fixture(scope="module")
-def build_venv(tmp_path_factory):
-    """A brand-new venv with what a compiling build needs (setup.py's compile requirements), built without
-    isolation: each case below then costs its build alone."""
-    bin_dir = new_venv(tmp_path_factory.mktemp("build-venv") / "venv")
-    pip(bin_dir, "install", "setuptools>=77", *SETUP["compile_requirements"]())
-    return bin_dir
 
 
 def broken_type(project: Path) -> dict[str, str]:
@@ -310,9 +387,9 @@ def broken_type(project: Path) -> dict[str, str]:
 def failing_compiler(project: Path) -> dict[str, str]:
     # A compiler that compiles the probe but fails on mypyc's C, as a compiler crash or out-of-memory would.
     script = project.parent / "failing-cc"
-    script.write_text('#!/bin/sh\ncase "$*" in *__native_*) exit 1;; esac\nexec "${REAL_CC:-cc}" "$@"\n')
+    script.write_text('#!/bin/sh\ncase "$*" in *__native_*) exit 1;; esac\nexec "$REAL_CC" "$@"\n')
     script.chmod(0o755)
-    return {"CC": str(script), "REAL_CC": shutil.which("gcc") or "cc"}
+    return {"CC": str(script), "REAL_CC": shutil.which("gcc") or shutil.which("cc") or "cc"}
 
 
 def no_compiler(project: Path) -> dict[str, str]:
@@ -321,7 +398,7 @@ def no_compiler(project: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(PURE_RUN, reason="the compiled run covers it (LBTUI_PURE=1 would skip the compile)")
+@needs_compiled_run
 @pytest.mark.parametrize(
     ("case", "line"),
     [
@@ -330,28 +407,13 @@ def no_compiler(project: Path) -> dict[str, str]:
         (no_compiler, "no working C compiler (false cannot compile a file that includes Python.h)"),
     ],
 )
-def test_a_compile_that_fails_installs_pure_python_and_says_why_in_one_line(tmp_path, build_venv, case, line):
-    if case is not no_compiler and shutil.which("gcc") is None and shutil.which("cc") is None:
-        pytest.skip("needs a C compiler")
+def test_a_compile_that_fails_installs_pure_python_and_says_why_in_one_line(tmp_path, case, line):
     project = project_copy(tmp_path)
     env = {**without("PYTHONPATH", "LBTUI_PURE"), "LBTUI_COMPILE": "1", **case(project)}
-    dist = tmp_path / "dist"
-    log = pip(
-        build_venv,
-        "wheel",
-        "-v",
-        "--no-build-isolation",
-        "--no-deps",
-        "-w",
-        str(dist),
-        ".",
-        env=env,
-        cwd=project,
-    )
+    wheel, log = build_wheel(project, tmp_path / "dist", env)
     failures = [entry for entry in build_lines(log) if "installing pure Python" in entry]
     assert len(failures) == 1, build_lines(log)
     assert failures[0].startswith(f"lbtui build: {line}"), failures
-    (wheel,) = dist.glob("lbtui-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.endswith(".so")]
     assert f"lbtui/{MANIFEST}" not in names
