@@ -344,6 +344,7 @@ import setup
 STEP = "asking for the build requirements"
 requires = setup.get_requires_for_build_wheel()
 STEP = "preparing the metadata"
+os.makedirs("metadata")
 setup.prepare_metadata_for_build_wheel("metadata")
 print(json.dumps(requires))
 """
