@@ -332,7 +332,7 @@ def setuptools_version() -> tuple[int, ...]:
 
 
 NO_MYPYC = """
-import json, os, sys
+import json, os, sys, tempfile
 class NoMypyc:
     @staticmethod
     def find_spec(name, path=None, target=None):
@@ -344,8 +344,7 @@ import setup
 STEP = "asking for the build requirements"
 requires = setup.get_requires_for_build_wheel()
 STEP = "preparing the metadata"
-os.makedirs("metadata")
-setup.prepare_metadata_for_build_wheel("metadata")
+setup.prepare_metadata_for_build_wheel(tempfile.mkdtemp())
 print(json.dumps(requires))
 """
 
