@@ -166,38 +166,47 @@ def test_one_mypy_pin_lints_and_compiles():
     assert setuptools in pyproject()["project"]["optional-dependencies"]["test"]
 
 
-def test_the_compile_requirements_cover_what_the_group_imports():
-    """Every third-party module the group's closure imports is typed by a compile requirement, or ignored."""
+def third_party_imports(files: list[Path]) -> set[str]:
+    """The top-level modules outside lbtui and the standard library that `files` import."""
     imported: set[str] = set()
-    for name in SETUP["closure"](str(ROOT)):
-        tree = ast.parse((ROOT / "lbtui" / name).read_text())
-        for node in ast.walk(tree):
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names) - {"lbtui", "__future__"}
+    return imported - set(sys.stdlib_module_names) - {"lbtui", "__future__"}
+
+
+def distribution(requirement: str) -> tuple[str, set[str]]:
+    """("PyJWT", {"crypto"}) for "PyJWT[crypto]>=2.8"."""
+    match = re.match(r"([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?", requirement)
+    assert match
+    return match[1], {e.strip() for e in (match[2] or "").split(",") if e.strip()}
+
+
+def provided_modules(requirement: str) -> set[str]:
+    """The top-level modules that installing `requirement` brings: its own, and its extras' dependencies'."""
+    name, extras = distribution(requirement)
+    dists = {name}
+    for dependency in importlib.metadata.requires(name) or []:
+        marker = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", dependency)
+        if marker is not None and marker[1] in extras:
+            dists.add(distribution(dependency)[0])
+    modules: set[str] = set()
+    for dist in dists:
+        files = importlib.metadata.files(dist) or []
+        modules |= {
+            f.parts[0].removesuffix(".py") for f in files if f.parts and not f.parts[0].endswith("-info")
+        }
+    return modules
+
+
+def test_the_compile_requirements_cover_what_the_group_imports():
+    """Every third-party module the group's closure imports is typed by a compile requirement, or ignored."""
+    third_party = third_party_imports([ROOT / "lbtui" / name for name in SETUP["closure"](str(ROOT))])
     assert {"jwt", "cryptography", "httptools"} <= third_party
-
-    def distribution(requirement: str) -> tuple[str, set[str]]:
-        match = re.match(r"([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?", requirement)
-        assert match
-        return match[1], {e.strip() for e in (match[2] or "").split(",") if e.strip()}
-
-    provided: set[str] = set()  # the top-level modules the compile requirements install
-    for requirement in SETUP["compile_requirements"]():
-        name, extras = distribution(requirement)
-        dists = {name}
-        for dependency in importlib.metadata.requires(name) or []:
-            marker = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", dependency)
-            if marker is None or marker[1] in extras:
-                dists.add(distribution(dependency)[0])
-        for dist in dists:
-            try:
-                files = importlib.metadata.files(dist) or []
-            except importlib.metadata.PackageNotFoundError:
-                continue
-            provided |= {f.parts[0].removesuffix(".py") for f in files if f.parts}
+    provided = set().union(*(provided_modules(r) for r in SETUP["compile_requirements"]()))
     ignored = {
         module.removesuffix(".*")
         for override in pyproject()["tool"]["mypy"]["overrides"]
@@ -205,6 +214,19 @@ def test_the_compile_requirements_cover_what_the_group_imports():
         for module in override["module"]
     }
     assert third_party - provided - ignored == set()
+
+
+def test_the_declared_dependencies_are_what_lbtui_imports():
+    """Each runtime dependency is imported by lbtui (httpx and sniffio are the tests'), and nothing else is."""
+    imported = third_party_imports(sorted((ROOT / "lbtui").rglob("*.py")))
+    assert "httpx" not in imported
+    assert "sniffio" not in imported
+    declared = [
+        r for r in pyproject()["project"]["dependencies"] if "win32" not in r or sys.platform != "win32"
+    ]
+    by_requirement = {r: provided_modules(r) for r in declared}
+    assert [r for r, modules in by_requirement.items() if not modules & imported] == []  # each one is used
+    assert imported - set().union(*by_requirement.values()) == set()  # and nothing is missing
 
 
 # ---------------------------------------------------------------------------------------- wheels, for real
