@@ -58,10 +58,9 @@ def say(message: str) -> None:
 
 
 def compile_asked() -> bool:
-    def on(name: str) -> bool:
-        return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
-
-    return on("LBTUI_COMPILE") and not on("LBTUI_PURE")
+    """LBTUI_COMPILE is set (not to 0, false or no), and LBTUI_PURE is not (set at all: as lbtui reads it)."""
+    compile_it = os.environ.get("LBTUI_COMPILE", "").strip().lower() not in ("", "0", "false", "no")
+    return compile_it and not os.environ.get("LBTUI_PURE")
 
 
 # ------------------------------------------------------------------------------------ the build backend
@@ -352,6 +351,8 @@ def main() -> None:
     if building:
         if compile_asked():
             extensions = mypyc_extensions()
+        elif os.environ.get("LBTUI_PURE"):
+            say("pure Python (LBTUI_PURE is set)")
         else:
             say("pure Python (LBTUI_COMPILE=1 compiles the data plane with mypyc: about twice as fast)")
         if not extensions and "editable_wheel" in sys.argv[1:]:

@@ -28,7 +28,7 @@ from lbtui._compiled import COMPILED_MODULES, MANIFEST
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP: dict[str, Any] = runpy.run_path(str(ROOT / "setup.py"))  # the build backend's functions; nothing runs
-COMPILE_RUN = os.environ.get("LBTUI_COMPILE", "") not in ("", "0") and not os.environ.get("LBTUI_PURE")
+COMPILE_RUN: bool = SETUP["compile_asked"]()
 PURE_RUN = bool(os.environ.get("LBTUI_PURE"))
 
 CODE = (
