@@ -16,8 +16,8 @@ This file is also the project's PEP 517 build backend (pyproject.toml: build-bac
 - A compiled build writes MANIFEST (lbtui/_compiled.py) next to the compiled modules: the compiled files, and the
   sha256 of every lbtui source file the group imports, directly or not (an AST walk of the imports, `closure`).
   lbtui/__init__.py loads the whole group from source when any of them differs or is missing.
-- A build that does not compile in place (pip install -e) removes what an earlier compiled build left in place,
-  so the build one asked for is the one that runs.
+- An editable install (pip install -e) that does not compile removes the compiled modules an earlier one left in
+  lbtui/, so the build one asked for is the one that runs.
 """
 
 from __future__ import annotations
