@@ -1,7 +1,8 @@
-"""The modules that `pip install` compiles with mypyc when it can (see setup.py): the data plane's hot path.
+"""The modules that `LBTUI_COMPILE=1 pip install .` compiles with mypyc (see setup.py): the data plane's hot path.
 
-They are compiled as one group, so they are loaded as one: all compiled, or (when any source file is newer
-than its compiled module, or LBTUI_PURE=1 is set) all from source. Nothing may be imported here.
+They are compiled as one group, so they are loaded as one (lbtui/__init__.py): all compiled, or all from source
+when LBTUI_PURE=1 is set or any file MANIFEST lists is missing or differs (an edit to a module of the group or to
+one it imports, directly or not). Nothing may be imported here: setup.py reads this file before lbtui exists.
 """
 
 COMPILED_MODULES = (
@@ -18,3 +19,10 @@ COMPILED_MODULES = (
     "lbtui.gateway.cache",
     "lbtui.gateway.sticky",
 )
+
+# The group's shared library is lbtui/data_plane__mypyc.*.so; each module of the group gets a small shim next to
+# its .py file that loads it.
+GROUP = "lbtui.data_plane"
+
+# Written next to the compiled modules by a compiled build (lbtui/_compiled_build.txt): see setup.py.
+MANIFEST = "_compiled_build.txt"

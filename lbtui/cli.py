@@ -33,12 +33,27 @@ def _timeout(text: str) -> float:
     return seconds
 
 
+class _Version(argparse.Action):
+    """--version: the version, and which data plane this install runs (known only by importing it)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from lbtui import data_plane_line
+
+        print(f"lbtui {__version__}; {data_plane_line()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lbtui",
         description="A load balancer and API gateway that lives in your terminal.",
     )
-    parser.add_argument("--version", action="version", version=f"lbtui {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, help="print the version and which data plane runs, then exit"
+    )
     parser.add_argument(
         "--config",
         "-c",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from lbtui import data_plane_build
+from lbtui import data_plane_line
 from lbtui.admin.api import AdminServer, AdminSetupError
 from lbtui.config import Config, ConfigError, ConfigIssue, load_config
 from lbtui.core.persist import StateFile
@@ -172,7 +172,7 @@ class Runtime:
             self.say(f"listener {name} on {engine.url(name)}")
         if self.admin is not None:
             self.say(f"admin API on {self.admin.url}")
-        self.say(f"data plane: {data_plane_build()}")
+        self.say(data_plane_line())
         if self.demo:
             self.say(
                 "demo: service 'shop', backends "
