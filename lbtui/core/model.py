@@ -22,7 +22,8 @@ Invariants:
   `drain` (what a drain is for), healthy (or `ready` in panic), not being removed, and its group has a share of
   the split now (see Service.keeps); otherwise the request is picked as any other.
 - Two ways of counting, as HAProxy's server and backend rows: a backend counts every attempt sent to it
-  (Backend.observe: a connect failure that was retried elsewhere is a failure of that backend); a service,
+  (Backend.observe: a connect failure that was retried elsewhere is a failure of that backend), with the
+  latency of that attempt alone (not the queue, not other backends' attempts before it); a service,
   like a route, counts every answer its clients got, once (Service.observe: a request that failed on one
   backend and got a 200 from the next is one 2xx). The service's requests, status classes, window, 5xx %
   and latency are the clients'; its backends' add up to its attempts.

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import socket
-import struct
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -87,7 +86,14 @@ from lbtui.proxy.http import (
     upgrade_offer,
     without_fields,
 )
-from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, UpstreamConnection
+from lbtui.proxy.upstream import (
+    BAD_RESPONSE,
+    CONNECT_FAILURE,
+    LINGER_ZERO,
+    RESET,
+    TIMEOUT,
+    UpstreamConnection,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -106,9 +112,6 @@ PIPELINE_LIMIT: Final = 64 * 1024
 PIPELINE_DEPTH: Final = 16
 
 READY: Final = AdminState.READY
-LINGER_ZERO: Final = struct.pack(
-    "ii", 1, 0
-)  # struct linger {l_onoff = 1, l_linger = 0}: a close sends an RST
 RETRY_AFTER: Final = ((b"Retry-After", b"1"),)
 
 PAUSE_UPSTREAM: Final = 1  # the upstream's write buffer is full
@@ -184,6 +187,7 @@ class Exchange:
     # attempt waited for its connection (0.0 when it reused one), and when the response head came (0.0: none).
     connect_started = 0.0
     connect_time = 0.0
+    attempt_started = 0.0  # when its current backend was chosen: what that backend's latency counts from
     head_at = 0.0
     response_timeout = 0.0  # its route's `timeout`, when it has one (else the service's timeouts.response)
     task: asyncio.Task[None] | None = (
@@ -703,6 +707,10 @@ class Exchange:
             return
         self.backend = backend
         backend.in_flight += 1
+        # A backend's latency is its own attempt's (from here), never the time the request spent queued or on
+        # other backends before: a retry after another's timeout or slow 5xx would make the healthy one look slow
+        # (Peak-EWMA takes a slower sample at once), and send traffic to the failing one.
+        now = self.attempt_started = self.client.engine.now()
         pool = backend.pool
         if pool is None:
             pool = self.client.engine.make_pool(backend)
@@ -718,7 +726,7 @@ class Exchange:
                 pool.active.add(conn)
                 self.attach(conn, reused=True)
                 return
-        self.connect_started = self.client.engine.now()
+        self.connect_started = now
         pool.connect(self)
 
     def _bound_takes_it(self, service: Service, bound: Backend) -> bool:
@@ -831,7 +839,11 @@ class Exchange:
     def upstream_lost(self, conn: UpstreamConnection, reset: bool = False) -> None:
         """The backend closed the connection (`reset`: reset it) before the exchange completed."""
         if self.tunnel:
-            self.client.close()  # the backend ended the tunnel (upstream_upgraded): so does the client's side
+            # The backend ended the tunnel (upstream_upgraded): so does the client's side, the same way.
+            if reset:
+                self.client.abort()
+            else:
+                self.client.close()
             return
         if self.upstream is not conn:
             return
@@ -893,7 +905,7 @@ class Exchange:
             backend.in_flight -= 1
             if not stale:
                 now = self.client.engine.now()
-                backend.observe(0, now - self.started, now, 0)
+                backend.observe(0, now - self.attempt_started, now, 0)
             self.backend = None
             if service.queue:
                 serve_queue(service)
@@ -959,13 +971,18 @@ class Exchange:
         tried = (*self.tried, backend)
         if len(tried) > retries.attempts:
             return False
+        # The budget is asked before a backend is picked: a pick is a turn of the algorithm, and it may be a
+        # joining backend's probe (Service.pick), which a retry the budget then refused would use up.
+        if not self.retrying and not self._budget_room(service):
+            if service.has_eligible(tried):
+                service.retries_refused += 1
+                self.retry_verdict = "budget-refused"
+            return False
         following = service.pick(self.hash_key() if service.hashing else None, tried)
         if following is None:
             return False  # no backend left to try: this 5xx is the answer
-        if not (self.retrying or self._retry_budget(service)):
-            service.retries_refused += 1
-            self.retry_verdict = "budget-refused"
-            return False
+        if not self.retrying:
+            self._retry_budget(service)  # (room was checked above)
         self._cancel_timer()
         self.failed_tries = (*self.failed_tries, f"{backend.name}:{status}")
         self.failure = (502, f"{backend.name} answered {status}")
@@ -973,7 +990,7 @@ class Exchange:
         self.upstream = None
         now = self.client.engine.now()
         backend.in_flight -= 1
-        backend.observe(status, now - self.started, now, 0)
+        backend.observe(status, now - self.attempt_started, now, 0)
         self.backend = None
         if service.queue:
             serve_queue(service)
@@ -984,14 +1001,18 @@ class Exchange:
     def _retry_budget(self, service: Service) -> bool:
         """Envoy's retry budget: retries under way stay within budget_percent of the service's requests in
         flight (but min_retry_concurrency are always allowed), so a failing backend is not hit by a storm."""
-        retries = self.retries_config or service.config.retries
-        active = sum(b.in_flight for b in service.backends) + 1  # + this one, between attempts
-        allowed = max(retries.min_retry_concurrency, retries.budget_percent * active / 100.0)
-        if service.retries_in_flight >= allowed:
+        if not self._budget_room(service):
             return False
         service.retries_in_flight += 1
         self.retrying = True
         return True
+
+    def _budget_room(self, service: Service) -> bool:
+        """Whether the retry budget (_retry_budget) has room for one more retry now; takes nothing."""
+        retries = self.retries_config or service.config.retries
+        active = sum(b.in_flight for b in service.backends) + 1  # + this one, between attempts
+        allowed = max(retries.min_retry_concurrency, retries.budget_percent * active / 100.0)
+        return service.retries_in_flight < allowed
 
     def _cancel_timer(self) -> None:
         self.deadline = 0.0
@@ -1041,6 +1062,8 @@ class Exchange:
             framing = NO_BODY
         if status == 101:
             assert upgrade_value is not None
+            if self.sticky is not None:  # a handshake's answer too: its session is the backend that switched
+                parts = self._sticky_cookie(parts)
             parts.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
             parts.append(b"\r\n")
             client.write(b"".join(parts))
@@ -1290,7 +1313,7 @@ class Exchange:
             self.backend = None
             backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
-            backend.observe(self.status, now - self.started, now, self.bytes_out)
+            backend.observe(self.status, now - self.attempt_started, now, self.bytes_out)
             service = self.service
             if service is not None and service.queue:
                 serve_queue(service)
@@ -1478,7 +1501,10 @@ class ClientConnection(asyncio.Protocol):
         tunnel = self.tunnel_to
         if tunnel is not None:
             self.tunnel_to = None
-            tunnel.close()
+            if exc is not None:
+                tunnel.abort()  # the client reset the tunnel: so is the backend's side
+            else:
+                tunnel.close()
         if self.current is not None:
             self.current.client_lost()
         for exchange in self.pending:
