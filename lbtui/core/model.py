@@ -9,8 +9,9 @@ Invariants:
   at once who is eligible now), which is how the algorithms know to rebuild what they cache. Only the
   Controller changes states (see control.py); the data plane only counts.
 - A backend that becomes eligible while the service runs (added, maint or drain -> ready, down -> up, an
-  ejection over, a weight from 0) is probed: the next request its group gets goes to it, whatever the
-  algorithm, weights, slow start or load (hashing algorithms excepted: they send it the keys that map to
+  ejection over, a weight from 0) is probed: the next request its group picks a backend for goes to it (a
+  request a sticky cookie binds goes to its own backend; a retry the budget refuses picks none), whatever
+  the algorithm, weights, slow start or load (hashing algorithms excepted: they send it the keys that map to
   it, at once), and its latency estimate starts unmeasured (Finagle's Peak-EWMA: an endpoint with no
   sample costs nothing while idle, so it is tried as soon as it is drawn). A seeded estimate that has to
   decay first (tower's, in Linkerd: a default RTT) or the one it had before it left kept it out for tens

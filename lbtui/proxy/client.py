@@ -7,7 +7,8 @@ Invariants:
 - After a request with `Connection: close`, or an Upgrade request whose protocol is tunnelled, nothing more is
   parsed as HTTP. Only the protocols its route allows (listener `upgrades`, route `upgrades`; `websocket` by
   default) are offered to the backend; an Upgrade with none of them is dropped and the request served as a
-  plain one. A 101 is passed on only for a protocol that was offered; any other is a 502.
+  plain one. A 101 is passed on only for a protocol that was offered; any other is a gateway error (retried
+  where retries.on says so, else 502).
 - What reaches a backend about the request's origin is lbtui's: the Host in one normal form (http.normal_host,
   400 for a Host that is not one host), X-Forwarded-* and Forwarded from a client only through a listener's
   trusted_proxies, no header named with `_` (listener headers_with_underscores), Content-Length in its
@@ -23,9 +24,11 @@ Invariants:
   already waits in its socket (UpstreamConnection.still_open).
 - A response cut after its head was forwarded is aborted (the client's connection is reset) and counted for its
   backend (`aborted`); every failed attempt is kept for the access log (failed_tries, termination).
-- Every exchange ends exactly once (`_finish`, or `upstream_upgraded` for one that becomes a tunnel), which
-  releases its backend's in-flight count and records it. A tunnel ends when either side closes (the other
-  side is closed too) or resets (the other is reset); that end is not a failure of the exchange.
+- Every exchange ends exactly once (`_finish`; `upstream_complete`, its short form for a response read whole;
+  or `upstream_upgraded` for one that becomes a tunnel), which releases its backend's in-flight count and
+  records it: the backend its last attempt (with that attempt's latency), the service and route the answer.
+  A tunnel ends when either side closes (the other side is closed too) or resets (the other is reset); that
+  end is not a failure of the exchange.
 - Sticky sessions (gateway/sticky.py): the backend a request's cookie names (Service.sticky_backend) is tried
   before any algorithm, the cookie never reaches a backend, and a response from a backend the cookie did not
   name sets it. A session whose backend is at max_connections waits for that backend in the service's queue.

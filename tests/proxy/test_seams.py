@@ -275,3 +275,115 @@ async def test_a_websocket_upgrade_to_a_sticky_service_gets_its_cookie(scripted,
         lambda: len([h for h in up.received if h.startswith(b"GET")]) == 2, T, "both at one backend"
     )
     assert all(COOKIE.encode() + b"=" not in h for h in up.received)  # and never saw the cookie
+
+
+# == sticky x retries (these held at the merge; kept as guards of the seam) ======================================
+
+
+def values(engine: Any, *names: str) -> list[str]:
+    service = engine.balancer.services["app"]
+    out = []
+    for name in names:
+        value = service.sticky_value_of(engine.balancer.backends[name])
+        assert value is not None
+        out.append(value.decode())
+    return out
+
+
+def set_cookie(response: Any) -> str | None:
+    for name, value in response.headers:
+        if name.lower() == "set-cookie" and value.startswith(COOKIE + "="):
+            return value.split("=", 1)[1].split(";", 1)[0]
+    return None
+
+
+def resetting():
+    async def script(reader, writer, up):
+        up.received.append((await read_head_and_body(reader))[0])
+        reset(writer)
+
+    return script
+
+
+async def test_a_session_whose_backend_dies_or_fails_moves_and_gets_the_new_cookie(
+    scripted, engine_factory, stream
+):
+    """A GET bound to a backend that resets (retried outside the budget) or answers 503 (retries.on "5xx") is
+    answered by the other backend, whose cookie the response sets; a POST bound to the resetting one gets 502
+    and no cookie (it was sent: never again), on an open connection."""
+    dying = await scripted(resetting())
+    failing = await scripted(answering(503, "failing"))
+    good = await scripted(answering(200, "good"))
+    engine = await engine_factory(
+        config(
+            [
+                {"name": "dying", "address": dying.address},
+                {"name": "failing", "address": failing.address},
+                {"name": "good", "address": good.address},
+            ],
+            sticky={"cookie": COOKIE},
+            retries={"attempts": 2, "on": ["reset", "5xx"], "budget_percent": 0, "min_retry_concurrency": 1},
+        )
+    )
+    on_dying, on_failing, on_good = values(engine, "dying", "failing", "good")
+    s = await stream(engine.address())
+    for bound in (on_dying, on_failing):
+        await s.send(get("/g", f"Cookie: a=1; {COOKIE}={bound}\r\n"))
+        r = await s.response()
+        assert (r.status, r.header("X-Who"), set_cookie(r)) == (200, "good", on_good)
+    await s.send(get("/g", f"Cookie: {COOKIE}={on_good}\r\n"))
+    r = await s.response()
+    assert (r.status, r.header("X-Who"), set_cookie(r)) == (200, "good", None)
+    await s.send(
+        f"POST /p HTTP/1.1\r\nHost: h\r\nCookie: {COOKIE}={on_dying}\r\nContent-Length: 4\r\n\r\nbody".encode()
+    )
+    r = await s.response()
+    assert (r.status, set_cookie(r)) == (502, None)
+    await s.send(get("/after", f"Cookie: {COOKIE}={on_good}\r\n"))
+    assert (await s.response()).status == 200  # the same connection
+    assert [h.split(b" ")[0] for h in dying.received] == [b"GET", b"POST"]  # each sent once
+    assert all(COOKIE.encode() + b"=" not in h for up in (dying, failing, good) for h in up.received)
+    service = engine.balancer.services["app"]
+    assert service.retries >= 2  # (the reset's retry may meet failing's 503 first: round robin's turn)
+    assert service.retries_in_flight == 0
+
+
+async def test_a_session_waiting_for_its_full_backend_goes_elsewhere_when_that_backend_dies(
+    scripted, engine_factory, stream
+):
+    """max_connections = 1: a session waits in the queue for its own backend, which is busy; that backend is then
+    killed (its in-flight GET reset, new connections refused). The GET in flight is retried on the other
+    backend, the waiting one is tried on its own (refused) and then goes to the other too: both 200 with the
+    other's cookie, nothing left in flight."""
+    gate = asyncio.Event()
+
+    async def busy_then_reset(reader, writer, up):
+        up.received.append((await read_head_and_body(reader))[0])
+        await gate.wait()
+        reset(writer)
+
+    a = await scripted(busy_then_reset)
+    b = await scripted(answering(200, "b"))
+    engine = await engine_factory(
+        config(
+            [{"name": "a", "address": a.address}, {"name": "b", "address": b.address}],
+            sticky={"cookie": COOKIE},
+            max_connections=1,
+        )
+    )
+    on_a, on_b = values(engine, "a", "b")
+    service = engine.balancer.services["app"]
+    first = await stream(engine.address())
+    await first.send(get("/long", f"Cookie: {COOKIE}={on_a}\r\n"))
+    await wait_for(lambda: engine.balancer.backends["a"].in_flight == 1, T, "the first GET at a")
+    waiting = await stream(engine.address())
+    await waiting.send(get("/queued", f"Cookie: {COOKIE}={on_a}\r\n"))
+    await wait_for(lambda: bool(service.queue), T, "the session to wait for a")
+    assert a.server is not None
+    a.server.close()  # a dies: no new connections ...
+    gate.set()  # ... and its request in flight is reset
+    for s in (first, waiting):
+        r = await s.response()
+        assert (r.status, r.header("X-Who"), set_cookie(r)) == (200, "b", on_b)
+    assert [b_.in_flight for b_ in service.backends] == [0, 0]
+    assert not service.queue
