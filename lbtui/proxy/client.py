@@ -229,6 +229,10 @@ class Exchange:
         cached = client.head_cache
         if cache and cached is not None and cached[0] == headers and cached[5] == strip and not self.upgrade:
             middle, has_request_id, self.req_framing, self.content_length = cached[1:5]
+            # The client address its X-Forwarded-For gave (trusted peers): that request's, not the address of
+            # whatever request was filtered last on this connection without being kept (a Host rewritten in
+            # normal form, HTTP/1.0): a trusted proxy sends many clients' requests on one connection.
+            client.forwarded_client = cached[6]
         else:
             self.strip_cookie = strip
             middle, has_request_id = self._filter_headers()
@@ -246,6 +250,7 @@ class Exchange:
                     self.req_framing,
                     self.content_length,
                     strip,
+                    client.forwarded_client,
                 )
         if client.trusted is not None:
             self.client_addr = client.forwarded_client
@@ -1459,8 +1464,9 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_to: UpstreamConnection | None = None
         self.upgrading: Exchange | None = None  # an Upgrade request waiting for its 101
         self.last_request = False  # a request said `Connection: close` (or the parser failed): read no more
-        # The last request's headers and what they became for the backend (see build_upstream_head).
-        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int, int, bytes] | None = None
+        # The last request's headers and what they became for the backend (see build_upstream_head): filtered
+        # headers, had an id, body framing, Content-Length, the sticky cookie stripped, the forwarded client.
+        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int, int, bytes, bytes] | None = None
         # The same for a route's rewrite (Exchange._rewrite_for): route, headers, rewritten, filtered, had an id.
         self.rewrite_cache: (
             tuple[CompiledRoute, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes, bool] | None

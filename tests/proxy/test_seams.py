@@ -387,3 +387,39 @@ async def test_a_session_waiting_for_its_full_backend_goes_elsewhere_when_that_b
         assert (r.status, r.header("X-Who"), set_cookie(r)) == (200, "b", on_b)
     assert [b_.in_flight for b_ in service.backends] == [0, 0]
     assert not service.queue
+
+
+# == hostile x the per-connection head cache =======================================================================
+
+
+async def test_a_client_address_from_a_trusted_proxy_is_never_another_requests(
+    scripted, engine_factory, stream
+):
+    """A trusted proxy (a CDN, another balancer) sends many clients' requests on one kept-alive connection. The
+    head cache reuses the filtered headers of a request equal to the previous cached one, and took the client
+    address from the connection's last *filtered* request: a request in between that was filtered but not
+    cached (its Host rewritten in normal form, since issue 13; or HTTP/1.0) left its address there, and the next
+    cached request got it. Here that let a denied client past the route's ip_allow."""
+    up = await scripted(answering(200, "up"))
+    data = {
+        "listeners": [{"name": "web", "bind": "127.0.0.1:0", "trusted_proxies": ["127.0.0.1"]}],
+        "services": {"app": {"backends": [{"name": "up", "address": up.address}]}},
+        "routes": [{"match": {"path_prefix": "/"}, "service": "app", "ip_allow": ["10.1.1.1"]}],
+    }
+    engine = await engine_factory(parse_config(data, source="<test>"))
+    s = await stream(engine.address())
+    denied = b"GET /admin HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 192.0.2.9\r\n\r\n"
+    allowed_other_host_spelling = b"GET /admin HTTP/1.1\r\nHost: H.\r\nX-Forwarded-For: 10.1.1.1\r\n\r\n"
+    allowed_http10 = (
+        b"GET /admin HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\nX-Forwarded-For: 10.1.1.1\r\n\r\n"
+    )
+    for between in (allowed_other_host_spelling, allowed_http10):
+        await s.send(denied)
+        assert (await s.response()).status == 403
+        await s.send(between)
+        assert (await s.response()).status == 200
+        await s.send(denied)  # the same bytes as the first: its head is the cached one
+        assert (await s.response()).status == 403
+    assert len(up.received) == 2
+    clients = [entry[1] for entry in engine.access_log]
+    assert clients == [b"192.0.2.9", b"10.1.1.1", b"192.0.2.9"] * 2
