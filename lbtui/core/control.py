@@ -187,6 +187,11 @@ class InProcessController(Controller):
             del self._undo[:-100]
         for listener in self.listeners:
             listener(event)
+        if action != "panic":
+            # What changed may have moved a service in or out of panic: audited now, right after its cause,
+            # rather than at the next tick (the services line would show PANIC before the events did).
+            for service in self.balancer.services.values():
+                self._audit_panic(service)
         return event
 
     def _on_tick_change(self, backend: Backend, before: str, after: str) -> None:
@@ -277,21 +282,27 @@ class InProcessController(Controller):
                     if share >= 1.0:
                         b.slow_since = 0.0
                         s.changed()
-            if s.config.panic_threshold:
-                s.eligible_now()
-                if s.panic != self._panic.get(s.name, False):
-                    self._panic[s.name] = s.panic
-                    self.record(
-                        "engine",
-                        "panic",
-                        s.name,
-                        "off" if s.panic else "on",
-                        "on" if s.panic else "off",
-                        undoable=False,
-                        note=f"under {s.config.panic_threshold}% healthy: every ready backend takes traffic"
-                        if s.panic
-                        else "enough healthy again",
-                    )
+            self._audit_panic(s)
+
+    def _audit_panic(self, s: Service) -> None:
+        """Record a change of the service's panic mode since the last audit (each tick, and after each event:
+        Service.changed works panic out at once, and the dashboard shows it as soon as it is on)."""
+        if not s.config.panic_threshold:
+            return
+        s.eligible_now()
+        if s.panic != self._panic.get(s.name, False):
+            self._panic[s.name] = s.panic
+            self.record(
+                "engine",
+                "panic",
+                s.name,
+                "off" if s.panic else "on",
+                "on" if s.panic else "off",
+                undoable=False,
+                note=f"under {s.config.panic_threshold}% healthy: every ready backend takes traffic"
+                if s.panic
+                else "enough healthy again",
+            )
 
     # -- the interface -------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

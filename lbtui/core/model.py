@@ -9,8 +9,9 @@ Invariants:
   at once who is eligible now), which is how the algorithms know to rebuild what they cache. Only the
   Controller changes states (see control.py); the data plane only counts.
 - A backend that becomes eligible while the service runs (added, maint or drain -> ready, down -> up, an
-  ejection over, a weight from 0) is probed: the next request its group gets goes to it, whatever the
-  algorithm, weights, slow start or load (hashing algorithms excepted: they send it the keys that map to
+  ejection over, a weight from 0) is probed: the next request its group picks a backend for goes to it (a
+  request a sticky cookie binds goes to its own backend; a retry the budget refuses picks none), whatever
+  the algorithm, weights, slow start or load (hashing algorithms excepted: they send it the keys that map to
   it, at once), and its latency estimate starts unmeasured (Finagle's Peak-EWMA: an endpoint with no
   sample costs nothing while idle, so it is tried as soon as it is drawn). A seeded estimate that has to
   decay first (tower's, in Linkerd: a default RTT) or the one it had before it left kept it out for tens
@@ -22,7 +23,8 @@ Invariants:
   `drain` (what a drain is for), healthy (or `ready` in panic), not being removed, and its group has a share of
   the split now (see Service.keeps); otherwise the request is picked as any other.
 - Two ways of counting, as HAProxy's server and backend rows: a backend counts every attempt sent to it
-  (Backend.observe: a connect failure that was retried elsewhere is a failure of that backend); a service,
+  (Backend.observe: a connect failure that was retried elsewhere is a failure of that backend), with the
+  latency of that attempt alone (not the queue, not other backends' attempts before it); a service,
   like a route, counts every answer its clients got, once (Service.observe: a request that failed on one
   backend and got a 200 from the next is one 2xx). The service's requests, status classes, window, 5xx %
   and latency are the clients'; its backends' add up to its attempts.

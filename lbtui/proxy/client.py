@@ -7,7 +7,8 @@ Invariants:
 - After a request with `Connection: close`, or an Upgrade request whose protocol is tunnelled, nothing more is
   parsed as HTTP. Only the protocols its route allows (listener `upgrades`, route `upgrades`; `websocket` by
   default) are offered to the backend; an Upgrade with none of them is dropped and the request served as a
-  plain one. A 101 is passed on only for a protocol that was offered; any other is a 502.
+  plain one. A 101 is passed on only for a protocol that was offered; any other is a gateway error (retried
+  where retries.on says so, else 502).
 - What reaches a backend about the request's origin is lbtui's: the Host in one normal form (http.normal_host,
   400 for a Host that is not one host), X-Forwarded-* and Forwarded from a client only through a listener's
   trusted_proxies, no header named with `_` (listener headers_with_underscores), Content-Length in its
@@ -23,9 +24,11 @@ Invariants:
   already waits in its socket (UpstreamConnection.still_open).
 - A response cut after its head was forwarded is aborted (the client's connection is reset) and counted for its
   backend (`aborted`); every failed attempt is kept for the access log (failed_tries, termination).
-- Every exchange ends exactly once (`_finish`, or `upstream_upgraded` for one that becomes a tunnel), which
-  releases its backend's in-flight count and records it. A tunnel ends when either side closes (the other
-  side is closed too) or resets (the other is reset); that end is not a failure of the exchange.
+- Every exchange ends exactly once (`_finish`; `upstream_complete`, its short form for a response read whole;
+  or `upstream_upgraded` for one that becomes a tunnel), which releases its backend's in-flight count and
+  records it: the backend its last attempt (with that attempt's latency), the service and route the answer.
+  A tunnel ends when either side closes (the other side is closed too) or resets (the other is reset); that
+  end is not a failure of the exchange.
 - Sticky sessions (gateway/sticky.py): the backend a request's cookie names (Service.sticky_backend) is tried
   before any algorithm, the cookie never reaches a backend, and a response from a backend the cookie did not
   name sets it. A session whose backend is at max_connections waits for that backend in the service's queue.
@@ -36,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import socket
-import struct
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
@@ -87,7 +89,14 @@ from lbtui.proxy.http import (
     upgrade_offer,
     without_fields,
 )
-from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, UpstreamConnection
+from lbtui.proxy.upstream import (
+    BAD_RESPONSE,
+    CONNECT_FAILURE,
+    LINGER_ZERO,
+    RESET,
+    TIMEOUT,
+    UpstreamConnection,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -106,9 +115,6 @@ PIPELINE_LIMIT: Final = 64 * 1024
 PIPELINE_DEPTH: Final = 16
 
 READY: Final = AdminState.READY
-LINGER_ZERO: Final = struct.pack(
-    "ii", 1, 0
-)  # struct linger {l_onoff = 1, l_linger = 0}: a close sends an RST
 RETRY_AFTER: Final = ((b"Retry-After", b"1"),)
 
 PAUSE_UPSTREAM: Final = 1  # the upstream's write buffer is full
@@ -184,6 +190,7 @@ class Exchange:
     # attempt waited for its connection (0.0 when it reused one), and when the response head came (0.0: none).
     connect_started = 0.0
     connect_time = 0.0
+    attempt_started = 0.0  # when its current backend was chosen: what that backend's latency counts from
     head_at = 0.0
     response_timeout = 0.0  # its route's `timeout`, when it has one (else the service's timeouts.response)
     task: asyncio.Task[None] | None = (
@@ -222,6 +229,10 @@ class Exchange:
         cached = client.head_cache
         if cache and cached is not None and cached[0] == headers and cached[5] == strip and not self.upgrade:
             middle, has_request_id, self.req_framing, self.content_length = cached[1:5]
+            # The client address its X-Forwarded-For gave (trusted peers): that request's, not the address of
+            # whatever request was filtered last on this connection without being kept (a Host rewritten in
+            # normal form, HTTP/1.0): a trusted proxy sends many clients' requests on one connection.
+            client.forwarded_client = cached[6]
         else:
             self.strip_cookie = strip
             middle, has_request_id = self._filter_headers()
@@ -239,6 +250,7 @@ class Exchange:
                     self.req_framing,
                     self.content_length,
                     strip,
+                    client.forwarded_client,
                 )
         if client.trusted is not None:
             self.client_addr = client.forwarded_client
@@ -703,6 +715,10 @@ class Exchange:
             return
         self.backend = backend
         backend.in_flight += 1
+        # A backend's latency is its own attempt's (from here), never the time the request spent queued or on
+        # other backends before: a retry after another's timeout or slow 5xx would make the healthy one look slow
+        # (Peak-EWMA takes a slower sample at once), and send traffic to the failing one.
+        now = self.attempt_started = self.client.engine.now()
         pool = backend.pool
         if pool is None:
             pool = self.client.engine.make_pool(backend)
@@ -718,7 +734,7 @@ class Exchange:
                 pool.active.add(conn)
                 self.attach(conn, reused=True)
                 return
-        self.connect_started = self.client.engine.now()
+        self.connect_started = now
         pool.connect(self)
 
     def _bound_takes_it(self, service: Service, bound: Backend) -> bool:
@@ -831,7 +847,11 @@ class Exchange:
     def upstream_lost(self, conn: UpstreamConnection, reset: bool = False) -> None:
         """The backend closed the connection (`reset`: reset it) before the exchange completed."""
         if self.tunnel:
-            self.client.close()  # the backend ended the tunnel (upstream_upgraded): so does the client's side
+            # The backend ended the tunnel (upstream_upgraded): so does the client's side, the same way.
+            if reset:
+                self.client.abort()
+            else:
+                self.client.close()
             return
         if self.upstream is not conn:
             return
@@ -893,7 +913,7 @@ class Exchange:
             backend.in_flight -= 1
             if not stale:
                 now = self.client.engine.now()
-                backend.observe(0, now - self.started, now, 0)
+                backend.observe(0, now - self.attempt_started, now, 0)
             self.backend = None
             if service.queue:
                 serve_queue(service)
@@ -959,13 +979,18 @@ class Exchange:
         tried = (*self.tried, backend)
         if len(tried) > retries.attempts:
             return False
+        # The budget is asked before a backend is picked: a pick is a turn of the algorithm, and it may be a
+        # joining backend's probe (Service.pick), which a retry the budget then refused would use up.
+        if not self.retrying and not self._budget_room(service):
+            if service.has_eligible(tried):
+                service.retries_refused += 1
+                self.retry_verdict = "budget-refused"
+            return False
         following = service.pick(self.hash_key() if service.hashing else None, tried)
         if following is None:
             return False  # no backend left to try: this 5xx is the answer
-        if not (self.retrying or self._retry_budget(service)):
-            service.retries_refused += 1
-            self.retry_verdict = "budget-refused"
-            return False
+        if not self.retrying:
+            self._retry_budget(service)  # (room was checked above)
         self._cancel_timer()
         self.failed_tries = (*self.failed_tries, f"{backend.name}:{status}")
         self.failure = (502, f"{backend.name} answered {status}")
@@ -973,7 +998,7 @@ class Exchange:
         self.upstream = None
         now = self.client.engine.now()
         backend.in_flight -= 1
-        backend.observe(status, now - self.started, now, 0)
+        backend.observe(status, now - self.attempt_started, now, 0)
         self.backend = None
         if service.queue:
             serve_queue(service)
@@ -984,14 +1009,18 @@ class Exchange:
     def _retry_budget(self, service: Service) -> bool:
         """Envoy's retry budget: retries under way stay within budget_percent of the service's requests in
         flight (but min_retry_concurrency are always allowed), so a failing backend is not hit by a storm."""
-        retries = self.retries_config or service.config.retries
-        active = sum(b.in_flight for b in service.backends) + 1  # + this one, between attempts
-        allowed = max(retries.min_retry_concurrency, retries.budget_percent * active / 100.0)
-        if service.retries_in_flight >= allowed:
+        if not self._budget_room(service):
             return False
         service.retries_in_flight += 1
         self.retrying = True
         return True
+
+    def _budget_room(self, service: Service) -> bool:
+        """Whether the retry budget (_retry_budget) has room for one more retry now; takes nothing."""
+        retries = self.retries_config or service.config.retries
+        active = sum(b.in_flight for b in service.backends) + 1  # + this one, between attempts
+        allowed = max(retries.min_retry_concurrency, retries.budget_percent * active / 100.0)
+        return service.retries_in_flight < allowed
 
     def _cancel_timer(self) -> None:
         self.deadline = 0.0
@@ -1041,6 +1070,8 @@ class Exchange:
             framing = NO_BODY
         if status == 101:
             assert upgrade_value is not None
+            if self.sticky is not None:  # a handshake's answer too: its session is the backend that switched
+                parts = self._sticky_cookie(parts)
             parts.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
             parts.append(b"\r\n")
             client.write(b"".join(parts))
@@ -1290,7 +1321,7 @@ class Exchange:
             self.backend = None
             backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
-            backend.observe(self.status, now - self.started, now, self.bytes_out)
+            backend.observe(self.status, now - self.attempt_started, now, self.bytes_out)
             service = self.service
             if service is not None and service.queue:
                 serve_queue(service)
@@ -1433,8 +1464,9 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_to: UpstreamConnection | None = None
         self.upgrading: Exchange | None = None  # an Upgrade request waiting for its 101
         self.last_request = False  # a request said `Connection: close` (or the parser failed): read no more
-        # The last request's headers and what they became for the backend (see build_upstream_head).
-        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int, int, bytes] | None = None
+        # The last request's headers and what they became for the backend (see build_upstream_head): filtered
+        # headers, had an id, body framing, Content-Length, the sticky cookie stripped, the forwarded client.
+        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int, int, bytes, bytes] | None = None
         # The same for a route's rewrite (Exchange._rewrite_for): route, headers, rewritten, filtered, had an id.
         self.rewrite_cache: (
             tuple[CompiledRoute, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes, bool] | None
@@ -1478,7 +1510,10 @@ class ClientConnection(asyncio.Protocol):
         tunnel = self.tunnel_to
         if tunnel is not None:
             self.tunnel_to = None
-            tunnel.close()
+            if exc is not None:
+                tunnel.abort()  # the client reset the tunnel: so is the backend's side
+            else:
+                tunnel.close()
         if self.current is not None:
             self.current.client_lost()
         for exchange in self.pending:

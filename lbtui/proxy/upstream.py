@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
@@ -65,6 +66,9 @@ BAD_RESPONSE: Final = "gateway-error"
 TIMEOUT: Final = "timeout"
 
 READY: Final = AdminState.READY
+LINGER_ZERO: Final = struct.pack(
+    "ii", 1, 0
+)  # struct linger {l_onoff = 1, l_linger = 0}: a close sends an RST
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -156,6 +160,21 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.forget(self)
             if self.transport is not None:
                 self.transport.close()
+
+    def abort(self) -> None:
+        """Close with a reset (RST), not a close: the end of a tunnel whose client reset its side."""
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+            transport = self.transport
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+                    except (OSError, ValueError):  # ValueError: uvloop's socket of a transport already closed
+                        pass
+                transport.abort()
 
     # -- flow control: the client is slower than the backend, or the reverse ------------------------------
     def pause_writing(self) -> None:

@@ -260,13 +260,27 @@ def test_panic_mode_balances_over_every_ready_backend_when_too_few_are_healthy()
     assert set(picks(c, 40)) == {"b0", "b1", "b2"}  # 0 of 3 ready are healthy: all ready ones serve
     c.balancer.tick()
     assert c.snapshot().service("shop").panic
-    event = c.events(1)[0]
+    event = next(e for e in c.events() if e.action == "panic")  # (audited with b2's failure, its cause)
     assert (event.action, event.before, event.after) == ("panic", "off", "on")
     for name in ("b0", "b1", "b2"):
         c.health_check(name, CheckView(1.0, True, "200", 1.0))
     c.balancer.tick()
     assert not c.snapshot().service("shop").panic
-    assert c.events(1)[0].after == "off"
+    assert next(e for e in c.events() if e.action == "panic").after == "off"
+
+
+def test_panic_is_audited_right_after_the_change_that_caused_it() -> None:
+    """Service.changed works panic out at once (the dashboard's services line shows it at its next refresh), so
+    the event is recorded at once too, after its cause: it came only at the controller's next tick, and the
+    dashboard could show PANIC with no panic in its events view (test_views' flaky panic test)."""
+    c, _ = make(n=2, panic_threshold=100, outlier={"consecutive_5xx": 1, "max_ejected_percent": 50})
+    fail(c, "b0", 500)  # ejected: 1 of 2 healthy, under 100%
+    assert c.snapshot().service("shop").panic
+    panic, cause = c.events(2)  # (newest first)
+    assert (cause.action, cause.target, cause.actor) == ("health", "b0", "outlier")
+    assert (panic.action, panic.before, panic.after) == ("panic", "off", "on")
+    c.balancer.tick()
+    assert c.events(1)[0] == panic  # not audited twice
 
 
 def test_without_panic_threshold_down_backends_get_nothing() -> None:
