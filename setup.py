@@ -11,8 +11,8 @@ This file is also the project's PEP 517 build backend (pyproject.toml: build-bac
   requirements or the metadata.
 - An optional compile never fails an install. Whatever goes wrong (no working C compiler or Python.h, no mypyc,
   type errors, which mypyc reports as a SystemExit, any exception, a failing C compile), the package is built as
-  pure Python and one line on stderr says why (pip shows it with -v; `lbtui serve` and `lbtui --version` say
-  which data plane runs).
+  pure Python and one line on stderr says why (pip shows it with -v). The same reason is written into the
+  package (MANIFEST: `failed REASON`), so `lbtui serve` and `lbtui --version` say it too.
 - A compiled build writes MANIFEST (lbtui/_compiled.py) next to the compiled modules: the compiled files, and the
   sha256 of every lbtui source file the group imports, directly or not (an AST walk of the imports, `closure`).
   lbtui/__init__.py loads the whole group from source when any of them differs or is missing.
@@ -55,6 +55,30 @@ def opt_level() -> str:
 
 def say(message: str) -> None:
     print(f"lbtui build: {message}", file=sys.stderr, flush=True)
+
+
+# Why a compile that was asked for fell back to pure Python: written into the package (MANIFEST, `failed ...`),
+# so that `lbtui --version` and `lbtui serve` can say it long after pip hid the build's output.
+_failed: list[str] = []
+
+
+def fall_back(reason: str) -> None:
+    """The one line of a compile that cannot be done; the build goes on as pure Python."""
+    _failed[:] = [_one_line(reason)]
+    say(f"{_failed[0]}: installing pure Python")
+
+
+def write_failure(*roots: str) -> None:
+    """Record in each root's lbtui/ why the compile asked for did not happen (see lbtui/__init__.py)."""
+    if not _failed:
+        return
+    for root in roots:
+        folder = os.path.join(root, "lbtui")
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, MANIFEST), "w") as file:
+                file.write(
+                    f"# LBTUI_COMPILE=1 was asked for; this build is pure Python.\nfailed {_failed[0]}\n"
+                )
 
 
 def compile_asked() -> bool:
@@ -210,12 +234,12 @@ def mypyc_extensions() -> list[Any]:
     try:
         probe_compiler()
     except Exception as error:
-        say(f"no working C compiler ({error}): installing pure Python")
+        fall_back(f"no working C compiler ({error})")
         return []
     try:
         from mypyc.build import mypycify
     except ImportError as error:
-        say(f"mypyc is not available ({error}): installing pure Python")
+        fall_back(f"mypyc is not available ({error})")
         return []
     messages = io.StringIO()
     started = time.monotonic()
@@ -231,7 +255,7 @@ def mypyc_extensions() -> list[Any]:
     except (Exception, SystemExit) as error:  # type errors end mypyc with SystemExit
         errors = [line for line in messages.getvalue().splitlines() if ": error:" in line]
         detail = errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "") if errors else ""
-        say(f"mypyc failed ({_one_line(detail or repr(error))}): installing pure Python")
+        fall_back(f"mypyc failed ({_one_line(detail or repr(error))})")
         return []
     say(f"mypyc type-checked the group and wrote its C in {time.monotonic() - started:.1f} s")
     # mypyc puts the group's headers next to its C file (build/lbtui/), which the per-module files include.
@@ -313,6 +337,14 @@ def remove_inplace_build(root: str = HERE) -> None:
 def main() -> None:
     from setuptools import find_namespace_packages, setup
     from setuptools.command.build_ext import build_ext
+    from setuptools.command.build_py import build_py
+
+    class BuildPy(build_py):
+        """The package's files, plus the note of a compile that was asked for and fell back (write_failure)."""
+
+        def run(self) -> None:
+            super().run()
+            write_failure(HERE if getattr(self, "editable_mode", False) else self.build_lib)
 
     class CompileDataPlane(build_ext):
         """Build the compiled modules in parallel, or none of them: a half-built group would not import."""
@@ -327,12 +359,13 @@ def main() -> None:
             try:
                 super().run()
             except Exception as error:
-                say(f"compiling failed ({_one_line(str(error))}): installing pure Python")
+                fall_back(f"compiling failed ({_one_line(str(error))})")
                 for path in self.get_outputs():
                     for candidate in (path, os.path.join(HERE, os.path.relpath(path, self.build_lib))):
                         if os.path.exists(candidate):
                             os.remove(candidate)
                 self.extensions = []
+                write_failure(*((self.build_lib, HERE) if self.inplace else (self.build_lib,)))
                 return
             if not self.extensions:
                 return
@@ -363,7 +396,7 @@ def main() -> None:
         packages=[*find_namespace_packages(include=["lbtui*"]), "lbtui.themes"],
         package_dir={"lbtui.themes": "themes"},
         ext_modules=extensions,
-        cmdclass={"build_ext": CompileDataPlane},
+        cmdclass={"build_ext": CompileDataPlane, "build_py": BuildPy},
     )
 
 

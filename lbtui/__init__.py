@@ -48,6 +48,8 @@ def _why_source() -> str | None:
 
     for line in lines:
         kind, _, rest = line.partition(" ")
+        if kind == "failed":  # LBTUI_COMPILE=1 was asked for and could not be done (setup.py, write_failure)
+            return f"the compile at install failed: {rest}"
         if kind == "compiled" and not os.path.exists(os.path.join(_HERE, rest)):
             return f"{rest} is missing"
         if kind == "source":

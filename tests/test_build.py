@@ -115,6 +115,19 @@ def test_an_edit_to_anything_the_group_imports_makes_the_compiled_build_stale(tm
     assert run(why, env, cwd=root) == "not compiled"
 
 
+def test_a_compile_that_failed_at_install_is_named_by_version_and_serve(tmp_path):
+    # What a build that was asked to compile and could not leaves in the package (setup.py, write_failure): pip
+    # hides the build's output, so the data plane line says it.
+    root = package_copy(tmp_path)
+    (root / "lbtui" / MANIFEST).write_text("# (comment)\nfailed no working C compiler (cc is missing)\n")
+    line = "import lbtui; print(lbtui.data_plane_line())"
+    env = {**without("LBTUI_PURE"), "PYTHONPATH": str(root)}
+    assert run(line, env, cwd=root) == (
+        "data plane: pure Python (the compile at install failed: no working C compiler (cc is missing): "
+        "LBTUI_COMPILE=1 pip install . compiles it again)"
+    )
+
+
 def installed_manifest() -> Path | None:
     """The MANIFEST of the compiled build this test imports, if there is one and it is current."""
     path = Path(lbtui.__file__).parent / MANIFEST
@@ -440,5 +453,8 @@ def test_a_compile_that_fails_installs_pure_python_and_says_why_in_one_line(tmp_
     assert failures[0].startswith(f"lbtui build: {line}"), failures
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.endswith(".so")]
-    assert f"lbtui/{MANIFEST}" not in names
+    note = zipfile.ZipFile(wheel).read(f"lbtui/{MANIFEST}").decode().splitlines()[-1]
+    assert (
+        note == f"failed {failures[0].removeprefix('lbtui build: ').removesuffix(': installing pure Python')}"
+    )
     assert "lbtui/proxy/client.py" in names
