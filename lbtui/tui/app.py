@@ -668,7 +668,8 @@ class Dashboard(App[int]):
         self.action_view(names[(names.index(self.view) + 1) % len(names)])
 
     def refresh_view(self) -> None:
-        if self.controller is None or self.paused:
+        # The refresh timer runs in its own task: it can tick while the app shuts down and its widgets go.
+        if self.controller is None or self.paused or not self.is_running:
             return
         status = self.query_one("#status", Static)
         try:

@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 
@@ -188,7 +189,14 @@ class DetailScreen(ModalScreen[None]):
         self.set_interval(0.5, self.refresh_text)
 
     def refresh_text(self) -> None:
-        self.query_one("#detail", Static).update(self.render_text(self.backend))
+        # The timer runs in its own task: it can tick while the screen is dismissed and its widget goes.
+        if not self.app.is_running:
+            return
+        try:
+            detail = self.query_one("#detail", Static)
+        except NoMatches:
+            return
+        detail.update(self.render_text(self.backend))
 
     def action_close(self) -> None:
         self.dismiss(None)
