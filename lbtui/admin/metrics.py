@@ -116,6 +116,23 @@ class _Writer:
         self.sample(f"{name}_sum", labels, total)
         self.sample(f"{name}_count", labels, count)
 
+    def by_status_class(
+        self, name: str, help_text: str, rows: Iterable[tuple[Sequence[tuple[str, str]], Sequence[int]]]
+    ) -> None:
+        """A counter family by status class (label `code`): one row per (labels, status class counts)."""
+        self.family(name, "counter", help_text)
+        for labels, classes in rows:
+            for code, n in zip(STATUS_CLASSES, classes, strict=True):
+                self.sample(name, [*labels, ("code", code)], n)
+
+    def histograms(
+        self, name: str, help_text: str, rows: Iterable[tuple[Sequence[tuple[str, str]], Sequence[int]]]
+    ) -> None:
+        """A histogram family: one row per (labels, latency bucket counts)."""
+        self.family(name, "histogram", help_text)
+        for labels, counts in rows:
+            self.histogram(name, labels, counts)
+
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
 
@@ -130,27 +147,22 @@ def _backend_families(out: _Writer, backends: Sequence[BackendView]) -> None:
         for b, v in value:
             out.sample(name, _backend_labels(b), v)
 
-    out.family(
+    out.by_status_class(
         "lbtui_backend_requests_total",
-        "counter",
         'Requests a backend finished, by status class (code="none": failed with no response).',
+        ((_backend_labels(b), b.status_classes) for b in backends),
     )
-    for b in backends:
-        for code, n in zip(STATUS_CLASSES, b.status_classes, strict=True):
-            out.sample("lbtui_backend_requests_total", [*_backend_labels(b), ("code", code)], n)
     each(
         "lbtui_backend_in_flight",
         "gauge",
         "Requests a backend is serving now.",
         ((b, b.in_flight) for b in backends),
     )
-    out.family(
+    out.histograms(
         "lbtui_backend_latency_seconds",
-        "histogram",
         "Time from a request's arrival to its response's end (or failure), per backend, since start.",
+        ((_backend_labels(b), b.latency_counts) for b in backends),
     )
-    for b in backends:
-        out.histogram("lbtui_backend_latency_seconds", _backend_labels(b), b.latency_counts)
     each(
         "lbtui_backend_up",
         "gauge",
@@ -284,22 +296,17 @@ def render(snapshot: Snapshot) -> str:
     _backend_families(out, [b for s in snapshot.services for b in s.backends])
 
     services = snapshot.services
-    out.family(
+    out.by_status_class(
         "lbtui_service_requests_total",
-        "counter",
         "Requests a service answered, by status class, once each however many backends were tried "
         '(code="none": no answer at all).',
+        (((("service", s.name),), s.status_classes) for s in services),
     )
-    for s in services:
-        for code, n in zip(STATUS_CLASSES, s.status_classes, strict=True):
-            out.sample("lbtui_service_requests_total", [("service", s.name), ("code", code)], n)
-    out.family(
+    out.histograms(
         "lbtui_service_latency_seconds",
-        "histogram",
         "Time from a request's arrival to its answer's end, per service (retries included), since start.",
+        (((("service", s.name),), s.latency_counts) for s in services),
     )
-    for s in services:
-        out.histogram("lbtui_service_latency_seconds", [("service", s.name)], s.latency_counts)
     for name, kind, help_text, attribute in (
         ("lbtui_service_retries_total", "counter", "Requests sent again to another backend.", "retries"),
         (
@@ -347,10 +354,11 @@ def render(snapshot: Snapshot) -> str:
             out.sample(name, [("service", s.name)], getattr(s, attribute))
 
     routes = snapshot.routes
-    out.family("lbtui_route_requests_total", "counter", "Requests a route answered, by status class.")
-    for r in routes:
-        for code, n in zip(STATUS_CLASSES, r.status_classes, strict=True):
-            out.sample("lbtui_route_requests_total", [("route", r.name), ("code", code)], n)
+    out.by_status_class(
+        "lbtui_route_requests_total",
+        "Requests a route answered, by status class.",
+        (((("route", r.name),), r.status_classes) for r in routes),
+    )
     out.family(
         "lbtui_route_rejections_total",
         "counter",
@@ -359,13 +367,11 @@ def render(snapshot: Snapshot) -> str:
     for r in routes:
         for reason, n in r.rejected:
             out.sample("lbtui_route_rejections_total", [("route", r.name), ("reason", reason)], n)
-    out.family(
+    out.histograms(
         "lbtui_route_latency_seconds",
-        "histogram",
         "Time from a request's arrival to its response's end, per route (rejections included), since start.",
+        (((("route", r.name),), r.latency_counts) for r in routes),
     )
-    for r in routes:
-        out.histogram("lbtui_route_latency_seconds", [("route", r.name)], r.latency_counts)
     out.family("lbtui_route_cache_hits_total", "counter", "Responses a route's cache answered.")
     for r in routes:
         out.sample("lbtui_route_cache_hits_total", [("route", r.name)], r.cache[0])

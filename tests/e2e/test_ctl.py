@@ -25,6 +25,26 @@ from tests.impostors import NGINX_STATIC, impostors, nginx, silent
 ROOT = Path(__file__).resolve().parents[2]
 
 
+async def run_ctl(admin: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """`lbtui ctl --admin ADMIN ARGS...` as a process: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lbtui",
+        "ctl",
+        "--admin",
+        admin,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,22 +60,7 @@ class Served:
 
     async def ctl(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
         """`lbtui ctl --admin URL ARGS...`: (exit code, stdout, stderr). Async: the test's backends go on."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "lbtui",
-            "ctl",
-            "--admin",
-            self.admin,
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env or self.env,
-            cwd=ROOT,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        return await run_ctl(self.admin, *args, env=env or self.env)
 
 
 async def read_lines_until(

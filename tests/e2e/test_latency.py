@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import RawClient, wait_for
-from tests.e2e.test_ctl import ROOT, free_port, read_lines_until, start_serve
+from tests.e2e.test_ctl import free_port, read_lines_until, run_ctl, start_serve
 from tests.e2e.test_serve import stop
 
 SERVICE_SECONDS = 0.0003  # the backend busy-waits this long before it answers: a known 300 us
@@ -81,21 +81,9 @@ async def timed_backend() -> AsyncIterator[tuple[str, dict[str, float]]]:
 
 
 async def ctl(admin: str, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lbtui",
-        "ctl",
-        "--admin",
-        admin,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    code, out, err = await run_ctl(admin, *args)
+    assert code == 0, err
+    return out
 
 
 async def test_latency_of_a_sub_millisecond_backend_is_measured_to_the_microsecond(
