@@ -27,7 +27,7 @@ import httpx
 from lbtui.admin.api import AdminServer
 from lbtui.config import AdminConfig, parse_config
 from tests.conftest import wait_for
-from tests.proxy.test_review import get, post, read_head_and_body
+from tests.proxy.test_framing import get, post, read_head_and_body
 
 T = 5.0
 
