@@ -9,7 +9,7 @@ import resource
 from lbtui.config import parse_config
 from lbtui.proxy.engine import files_for, raise_open_file_limit
 from tests.conftest import wait_for
-from tests.proxy.test_framing import get, post, post_chunked
+from tests.proxy.wire import get, post, post_chunked
 
 
 def limits_config(backend, **limits):

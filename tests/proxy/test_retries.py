@@ -4,7 +4,9 @@
 What is promised (docs/config.md, retries; proxy/client.py's invariants):
 - An idempotent request whose backend closes or resets its connection before any byte of a response reached the
   client goes to another backend, whatever the budget says, within `attempts`; the client's connection stays open.
-- A non-idempotent request that was sent is never sent again: 502 on an open connection.
+- A non-idempotent request that was sent is never sent again: 502 on an open connection. A PUT's body is kept
+  for another backend up to a size; past it, a PUT that was sent is not sent again either.
+- An idempotent request is tried at most `attempts` + 1 times, each time on another backend.
 - A kept-alive connection found closed when it is reused is the pool's race with the backend's keep-alive
   timeout: the request goes once more to the same backend on a new connection, and only that attempt counts for
   the backend (outlier detection never ejects a healthy backend for it).
@@ -16,6 +18,7 @@ What is promised (docs/config.md, retries; proxy/client.py's invariants):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import struct
@@ -23,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from lbtui.admin.api import AdminServer
 from lbtui.config import AdminConfig, parse_config
-from tests.conftest import wait_for
-from tests.proxy.test_framing import get, post, read_head_and_body
+from tests.conftest import make_config, wait_for
+from tests.proxy.wire import get, post, post_chunked, read_head_and_body, sha
 
 T = 5.0
 
@@ -427,3 +431,130 @@ async def test_the_access_log_names_the_client_side_too(scripted, engine_factory
     await wait_for(lambda: len(log_lines(path)) == 3, T, "three access log lines")
     ended = {e["request_id"]: (e["status"], e["termination"]) for e in log_lines(path)}
     assert ended == {"stalled": (408, "client-timeout"), "leaving": (499, "client-closed"), "fine": (200, "")}
+
+
+# == a backend that closes or resets: which methods go elsewhere, how often, and with which bodies ===========
+
+
+def close_without_answer(when: str):
+    async def script(reader, writer, up):
+        if when == "after-request":
+            head, body = await read_head_and_body(reader)
+            up.received.append(head + body)
+        # returning closes the connection (FIN), no answer
+
+    return script
+
+
+@pytest.mark.parametrize("when", ["after-request", "on-accept"])
+async def test_get_retried_and_post_not_when_backend_closes_without_answering(
+    scripted, backends, engine_factory, stream, when
+):
+    up = await scripted(close_without_answer(when))
+    good = await backends("good")
+    engine = await engine_factory(make_config([("rude", up.address), good]))
+    s = await stream(engine.address())
+    for i in range(6):
+        await s.send(get(f"/g{i}"))
+        r = await s.response()
+        assert (r.status, r.json()["path"]) == (200, f"/g{i}")
+    assert up.connections >= 3  # the rude backend got its turns, and each GET went on to the good one
+    assert good.requests == 6
+    statuses = []
+    for _ in range(4):
+        await s.send(post("/echo", b"once"))
+        r = await s.response()
+        statuses.append(r.status)
+        if r.status == 200:
+            assert r.json()["body_sha256"] == sha(b"once")
+    if when == "after-request":
+        assert sorted(statuses) == [200, 200, 502, 502]  # a POST that was sent is never sent twice
+    else:  # closed before the request was written: the proxy may see it as a failed connect, and retry
+        assert set(statuses) <= {200, 502}
+        assert statuses.count(200) >= 2
+    assert good.requests == 6 + statuses.count(200)
+    snap = engine.controller.snapshot()
+    assert snap.backend("rude").in_flight == 0
+    assert snap.backend("good").in_flight == 0
+    assert snap.backend("rude").status_classes[0] == snap.backend("rude").requests == up.connections
+
+
+async def test_get_retried_on_reset_after_request_post_is_not(scripted, backends, engine_factory, stream):
+    async def rude(reader, writer, up):
+        head, body = await read_head_and_body(reader)
+        up.received.append(head + body)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()  # RST
+
+    up = await scripted(rude)
+    good = await backends("good")
+    engine = await engine_factory(make_config([("rude", up.address), good]))
+    s = await stream(engine.address())
+    for i in range(4):
+        await s.send(get(f"/g{i}"))
+        assert (await s.response()).json()["path"] == f"/g{i}"
+    statuses = []
+    for _ in range(4):
+        await s.send(post("/echo", b"once"))
+        statuses.append((await s.response()).status)
+    assert sorted(statuses) == [200, 200, 502, 502]
+    assert good.requests == 6  # 4 GETs + 2 POSTs; no POST sent twice
+    assert len(up.received) == 4
+
+
+@pytest.mark.parametrize(("size", "replayed"), [(10_000, True), (100_000, False)])
+async def test_put_body_is_replayed_on_another_backend_only_when_kept(
+    scripted, backends, engine_factory, stream, size, replayed
+):
+    async def rude(reader, writer, up):
+        head, body = await read_head_and_body(reader)
+        up.received.append(head + body)
+        writer.transport.abort()
+
+    up = await scripted(rude)
+    good = await backends("good")
+    engine = await engine_factory(make_config([("rude", up.address), good], algorithm="round_robin"))
+    s = await stream(engine.address())
+    body = hashlib.sha256(b"put").digest() * (size // 32)
+    statuses = []
+    for _ in range(2):  # round robin: one of the two goes to the rude backend first
+        for framed in (post("/echo", body), post_chunked("/echo", body, piece=3000)):
+            await s.send(framed.replace(b"POST", b"PUT", 1))
+            r = await s.response()
+            statuses.append(r.status)
+            if r.status == 200:
+                assert (r.json()["method"], r.json()["body_sha256"]) == ("PUT", sha(body))
+    assert len(up.received) >= 2
+    assert all(sha(x.split(b"\r\n\r\n", 1)[1]) == sha(body) for x in up.received)
+    if replayed:
+        assert statuses == [200] * 4
+    else:  # too big to keep: a PUT that was sent cannot be sent again
+        assert statuses.count(502) == len(up.received)
+        assert statuses.count(200) == 4 - len(up.received)
+    snap = engine.controller.snapshot()
+    assert snap.backend("rude").in_flight == snap.backend("good").in_flight == 0
+
+
+@pytest.mark.parametrize("attempts", [0, 1, 2])
+async def test_retries_are_bounded_by_attempts(scripted, engine_factory, stream, attempts):
+    seen: list[bytes] = []
+
+    async def rude(reader, writer, up):
+        head, _ = await read_head_and_body(reader)
+        seen.append(head)
+        writer.transport.abort()
+
+    ups = [await scripted(rude) for _ in range(4)]
+    engine = await engine_factory(
+        make_config([(f"r{i}", u.address) for i, u in enumerate(ups)], retries={"attempts": attempts})
+    )
+    s = await stream(engine.address())
+    await s.send(get("/"))
+    r = await s.response()
+    assert r.status == 502
+    assert len(seen) == attempts + 1
+    assert len({u.port for u in ups if u.connections}) == attempts + 1  # each try on another backend
+    snap = engine.controller.snapshot().service("app")
+    assert sum(b.status_classes[0] for b in snap.backends) == attempts + 1
+    assert snap.in_flight == 0

@@ -14,7 +14,7 @@ from typing import Any
 
 from lbtui.config import parse_config
 from tests.conftest import wait_for
-from tests.proxy.test_framing import get, read_head_and_body
+from tests.proxy.wire import get, read_head_and_body
 
 T = 5.0
 COOKIE = "srv"

@@ -31,7 +31,7 @@ import pytest
 
 from tests.conftest import make_config, wait_for
 from tests.faultproxy import UPSTREAM
-from tests.proxy.test_framing import Stream, get, post, read_head_and_body
+from tests.proxy.wire import Stream, get, post, read_head_and_body
 
 T = 5.0  # the bound on any single wait in this file
 RESPONSE_TIMEOUT = 0.3
