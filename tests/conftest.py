@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,29 @@ async def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE, wha
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def closed_port() -> Iterator[Callable[[], int]]:
+    """`closed_port()`: a port on 127.0.0.1 where every TCP connect is refused until the test ends.
+
+    Each port is held by a socket bound without SO_REUSEADDR that never listens: Linux answers a SYN to it with a
+    reset (ECONNREFUSED), no other socket can bind the port (SO_REUSEADDR, which asyncio's servers set, needs both
+    sides to have it), and no connect picks it as its source port. Binding a port and closing the socket at once
+    left it free for a parallel test to take before the test used it.
+    """
+    held: list[socket.socket] = []
+
+    def take() -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.append(sock)
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+    yield take
+    for sock in held:
+        sock.close()
 
 
 def make_config(

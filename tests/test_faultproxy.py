@@ -361,11 +361,8 @@ async def test_down_with_existing_reset_cuts_open_connections(fault_proxy, echo,
     assert proxy.open_links == 0
 
 
-async def test_a_target_that_refuses_resets_the_client(fault_proxy, connect):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once the socket is closed
-    proxy = await fault_proxy(("127.0.0.1", port))
+async def test_a_target_that_refuses_resets_the_client(fault_proxy, connect, closed_port):
+    proxy = await fault_proxy(("127.0.0.1", closed_port()))
     conn = await connect(proxy)
     assert await conn.ending(T) == "reset"
     assert proxy.accepted == 1

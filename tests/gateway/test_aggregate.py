@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import socket
 from typing import Any
 
 import pytest
@@ -47,13 +46,6 @@ async def ask(client, method: str = "GET", path: str = "/agg", headers: dict[str
     ]
     await client.send(("\r\n".join(lines) + "\r\n\r\n").encode())
     return await client.read_response(head=method == "HEAD")
-
-
-def closed_port() -> str:
-    """An address where nothing listens (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 async def silent_upstream(scripted):
@@ -137,7 +129,7 @@ async def test_allow_deny_and_rename(backends, engine_factory, raw_client):
 
 
 async def test_failing_parts_are_left_out(
-    backends, engine_factory, raw_client, scripted, fault_proxy, caplog
+    backends, engine_factory, raw_client, scripted, fault_proxy, caplog, closed_port
 ):
     caplog.set_level(logging.DEBUG, logger="lbtui")
 
@@ -151,7 +143,12 @@ async def test_failing_parts_are_left_out(
     odd = await scripted(text_and_scalar)
     hole = await fault_proxy(good)
     hole.blackhole()  # accepts, takes the request, never answers
-    services = {"good": good.address, "odd": odd.address, "refused": closed_port(), "hole": hole.address}
+    services = {
+        "good": good.address,
+        "odd": odd.address,
+        "refused": f"127.0.0.1:{closed_port()}",
+        "hole": hole.address,
+    }
     parts = [
         {"service": "good", "path": "/echo", "group": "good"},
         {"service": "good", "path": "/status/500", "group": "error"},
@@ -187,12 +184,14 @@ async def test_failing_parts_are_left_out(
     await wait_for(lambda: hole.open_links == 0, what="the blackholed connection to be closed")
 
 
-async def test_every_part_failing_is_502(engine_factory, raw_client):
+async def test_every_part_failing_is_502(engine_factory, raw_client, closed_port):
     parts = [
         {"service": "a", "path": "/", "group": "a"},
         {"service": "b", "path": "/", "group": "b"},
     ]
-    engine = await engine_factory(aggregate_config({"a": closed_port(), "b": closed_port()}, parts))
+    engine = await engine_factory(
+        aggregate_config({"a": f"127.0.0.1:{closed_port()}", "b": f"127.0.0.1:{closed_port()}"}, parts)
+    )
     client = await raw_client(engine.address())
     r = await ask(client)
     assert r.status == 502
@@ -542,13 +541,15 @@ async def test_a_cached_aggregate_is_answered_from_the_cache(backends, engine_fa
     assert [engine.balancer.backends[n].requests for n in bs] == [1, 1]
 
 
-async def test_a_partial_aggregate_is_never_cached(backends, engine_factory, raw_client):
+async def test_a_partial_aggregate_is_never_cached(backends, engine_factory, raw_client, closed_port):
     users = await backends("users")
     parts = [
         {"service": "users", "path": "/echo/user/1", "group": "user"},
         {"service": "orders", "path": "/echo/orders", "group": "orders"},
     ]
-    config = aggregate_config({"users": users.address, "orders": closed_port()}, parts, cache={"ttl": "30s"})
+    config = aggregate_config(
+        {"users": users.address, "orders": f"127.0.0.1:{closed_port()}"}, parts, cache={"ttl": "30s"}
+    )
     engine = await engine_factory(config)
     client = await raw_client(engine.address())
     for _ in range(2):

@@ -12,19 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
 
 import pytest
 
 from tests.conftest import make_config, wait_for
 from tests.proxy.wire import SMUGGLE, Keeper, T, get, ok, post, post_chunked, read_head_and_body, sha
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # == chunked bodies and trailers =============================================================================
 
@@ -205,7 +197,9 @@ async def test_malformed_chunk_mid_body_never_returns_the_upstream_connection_to
 # == a body pending when the connect fails ===================================================================
 
 
-async def test_large_post_after_connect_failure_keeps_the_connection_usable(engine_factory, stream):
+async def test_large_post_after_connect_failure_keeps_the_connection_usable(
+    engine_factory, stream, closed_port
+):
     engine = await engine_factory(make_config([("dead", f"127.0.0.1:{closed_port()}")]))
     s = await stream(engine.address())
     await s.send(post("/", b"p" * 70_000))
@@ -219,7 +213,9 @@ async def test_large_post_after_connect_failure_keeps_the_connection_usable(engi
     assert r.status == 503
 
 
-async def test_small_post_after_connect_failure_keeps_the_connection_usable(engine_factory, stream):
+async def test_small_post_after_connect_failure_keeps_the_connection_usable(
+    engine_factory, stream, closed_port
+):
     engine = await engine_factory(make_config([("dead", f"127.0.0.1:{closed_port()}")]))
     s = await stream(engine.address())
     await s.send(post("/", b"p" * 1000))

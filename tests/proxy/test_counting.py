@@ -4,7 +4,6 @@ the service's success: the service's 5xx % is what its clients saw."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import httpx
@@ -20,13 +19,6 @@ from tests.proxy.test_tcp import Client, EchoServer, tcp_config
 REQUESTS = 20
 
 
-def closed_address() -> str:
-    """An address on 127.0.0.1 where nothing listens (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 def sample(text: str, name: str, **labels: str) -> float:
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in text.splitlines():
@@ -35,9 +27,13 @@ def sample(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no {name}{{{wanted}}} in the metrics")
 
 
-async def test_retried_connect_failures_are_the_backends_not_the_services(backends, engine_factory) -> None:
+async def test_retried_connect_failures_are_the_backends_not_the_services(
+    backends, engine_factory, closed_port
+) -> None:
     good = await backends("good")
-    config = make_config([("dead", closed_address()), good])  # round robin: every other request tries dead
+    config = make_config(
+        [("dead", f"127.0.0.1:{closed_port()}"), good]
+    )  # round robin: every other request tries dead
     engine = await engine_factory(config)
     async with httpx.AsyncClient(base_url=engine.url()) as http:
         for _ in range(REQUESTS):
@@ -73,7 +69,7 @@ async def test_retried_connect_failures_are_the_backends_not_the_services(backen
     assert sample(metrics, "lbtui_backend_requests_total", **labels, code="none") == dead.requests
 
 
-async def test_a_service_counts_what_its_clients_got(backends, engine_factory) -> None:
+async def test_a_service_counts_what_its_clients_got(backends, engine_factory, closed_port) -> None:
     """5xx from a backend, a 503 with no backend left, and a route's numbers: each answer once."""
     good = await backends("good")
     data: dict[str, Any] = {
@@ -81,11 +77,11 @@ async def test_a_service_counts_what_its_clients_got(backends, engine_factory) -
         "services": {
             "app": {
                 "backends": [
-                    {"name": "dead", "address": closed_address()},
+                    {"name": "dead", "address": f"127.0.0.1:{closed_port()}"},
                     {"name": "good", "address": good.address},
                 ]
             },
-            "gone": {"backends": [{"name": "d2", "address": closed_address()}]},
+            "gone": {"backends": [{"name": "d2", "address": f"127.0.0.1:{closed_port()}"}]},
         },
         "routes": [
             {"name": "gone", "match": {"path_prefix": "/gone"}, "service": "gone"},
@@ -109,10 +105,12 @@ async def test_a_service_counts_what_its_clients_got(backends, engine_factory) -
     assert route.status_classes == app.status_classes  # a route counts answers too
 
 
-async def test_a_tcp_service_counts_each_connection_once(engine_factory) -> None:
+async def test_a_tcp_service_counts_each_connection_once(engine_factory, closed_port) -> None:
     echo = await EchoServer("e").start()
     try:
-        engine = await engine_factory(tcp_config([("dead", closed_address()), ("e", echo.address)]))
+        engine = await engine_factory(
+            tcp_config([("dead", f"127.0.0.1:{closed_port()}"), ("e", echo.address)])
+        )
         for _ in range(4):
             client = await Client.connect(engine)
             assert await client.greeting() == "e"
@@ -128,7 +126,7 @@ async def test_a_tcp_service_counts_each_connection_once(engine_factory) -> None
 
 
 async def test_an_aggregate_part_is_counted_once_for_its_service(
-    backends, engine_factory, raw_client
+    backends, engine_factory, raw_client, closed_port
 ) -> None:
     good = await backends("good")
     data: dict[str, Any] = {
@@ -136,7 +134,7 @@ async def test_an_aggregate_part_is_counted_once_for_its_service(
         "services": {
             "users": {
                 "backends": [
-                    {"name": "dead", "address": closed_address()},
+                    {"name": "dead", "address": f"127.0.0.1:{closed_port()}"},
                     {"name": "good", "address": good.address},
                 ]
             }
@@ -160,10 +158,12 @@ async def test_an_aggregate_part_is_counted_once_for_its_service(
     assert snapshot.backend("dead").status_classes[0] >= 1
 
 
-async def test_attached_to_a_server_from_before_answers_were_counted(backends, engine_factory) -> None:
+async def test_attached_to_a_server_from_before_answers_were_counted(
+    backends, engine_factory, closed_port
+) -> None:
     """Its state has no service status_classes: the service's numbers are its backends' attempts, as it meant."""
     good = await backends("good")
-    engine = await engine_factory(make_config([("dead", closed_address()), good]))
+    engine = await engine_factory(make_config([("dead", f"127.0.0.1:{closed_port()}"), good]))
     async with httpx.AsyncClient(base_url=engine.url()) as http:
         for _ in range(4):
             assert (await http.get("/")).status_code == 200

@@ -10,14 +10,7 @@ import httpx
 from tests.conftest import make_config, wait_for
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def test_refused_backend_is_skipped_for_any_method(backends, engine_factory):
+async def test_refused_backend_is_skipped_for_any_method(backends, engine_factory, closed_port):
     good = await backends("good")
     dead = f"127.0.0.1:{closed_port()}"
     engine = await engine_factory(make_config([("dead", dead), good]))
@@ -29,7 +22,7 @@ async def test_refused_backend_is_skipped_for_any_method(backends, engine_factor
     assert engine.controller.snapshot().backend("dead").connect_failures >= 5
 
 
-async def test_all_backends_refused_gives_503_with_retry_after(engine_factory, raw_client):
+async def test_all_backends_refused_gives_503_with_retry_after(engine_factory, raw_client, closed_port):
     engine = await engine_factory(
         make_config([("d1", f"127.0.0.1:{closed_port()}"), ("d2", f"127.0.0.1:{closed_port()}")])
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import httpx
 
@@ -13,12 +12,6 @@ from lbtui.proxy.health import parse_status_line, probe
 from tests.conftest import make_config, wait_for
 
 FAST = {"path": "/healthz", "interval": "100ms", "timeout": "100ms", "rise": 2, "fall": 3}
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def health_checks(backend) -> int:
@@ -114,7 +107,7 @@ async def test_the_check_request(backends, engine_factory):
     assert sent[b"connection"] == b"close"
 
 
-async def test_tcp_check_marks_a_closed_port_down(backends, engine_factory):
+async def test_tcp_check_marks_a_closed_port_down(backends, engine_factory, closed_port):
     a = await backends("a")
     tcp = {"type": "tcp", "interval": "100ms", "timeout": "100ms", "fall": 2}
     engine = await engine_factory(make_config([a, ("dead", f"127.0.0.1:{closed_port()}")], health=tcp))
@@ -251,7 +244,7 @@ async def test_probe_reports_garbage_and_status_ranges(scripted):
     assert check.detail.startswith("418 in ")
 
 
-async def test_probe_reports_a_refused_connect():
+async def test_probe_reports_a_refused_connect(closed_port):
     port = closed_port()
     check = await probe("127.0.0.1", port, f"127.0.0.1:{port}", health_config())
     assert (check.ok, check.detail) == (False, "connect refused")

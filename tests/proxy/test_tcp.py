@@ -91,13 +91,6 @@ async def echo() -> AsyncIterator[Callable[[str], Awaitable[EchoServer]]]:
         await server.stop()
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def tcp_config(
     backends: list[tuple[str, str] | dict[str, Any]],
     algorithm: str = "round_robin",
@@ -193,7 +186,7 @@ async def test_ip_hash_sticks_to_one_backend(echo, engine_factory, connect):
     assert len(seen) == 1  # every connection comes from 127.0.0.1
 
 
-async def test_refused_backend_is_skipped(echo, engine_factory, connect):
+async def test_refused_backend_is_skipped(echo, engine_factory, connect, closed_port):
     good = await echo("good")
     engine = await engine_factory(
         tcp_config([("dead", f"127.0.0.1:{closed_port()}"), ("good", good.address)])
@@ -210,7 +203,7 @@ async def test_refused_backend_is_skipped(echo, engine_factory, connect):
     assert engine.balancer.services["db"].unrouted == 0
 
 
-async def test_a_refusing_backend_is_ejected_by_outlier_detection(echo, engine_factory, connect):
+async def test_a_refusing_backend_is_ejected_by_outlier_detection(echo, engine_factory, connect, closed_port):
     good = await echo("good")
     engine = await engine_factory(
         tcp_config(
@@ -254,7 +247,7 @@ async def test_connect_timeout_moves_on_to_the_next_backend(echo, engine_factory
         stuck.close()
 
 
-async def test_every_backend_refusing_closes_the_client(engine_factory, connect):
+async def test_every_backend_refusing_closes_the_client(engine_factory, connect, closed_port):
     ports = [closed_port(), closed_port()]
     engine = await engine_factory(
         tcp_config([("x", f"127.0.0.1:{ports[0]}"), ("y", f"127.0.0.1:{ports[1]}")])
