@@ -136,9 +136,8 @@ async def test_latency_of_a_sub_millisecond_backend_is_measured_to_the_microseco
             assert entry["upstream_header"] <= entry["duration"]
         durations = sorted(e["duration"] for e in entries.values())
         median = statistics.median(durations)
-        assert SERVICE_SECONDS <= median < 0.002, (
-            durations
-        )  # about 0.5 ms; a generous bound for a busy machine
+        # About 0.5 ms; 10 ms is a generous bound for a busy machine (the bounds above are the exact ones).
+        assert SERVICE_SECONDS <= median < 0.010, durations
 
         # The admin API: the backend's p50 (from the stats histogram, exact to 1/64) where the requests were.
         async with httpx.AsyncClient(base_url=admin, timeout=10) as http:
@@ -147,7 +146,8 @@ async def test_latency_of_a_sub_millisecond_backend_is_measured_to_the_microseco
         p50_ms = b1["window"]["p50_ms"]
         client_median = statistics.median(round_trips.values())
         assert SERVICE_SECONDS * 1000 * (1 - 1 / 64) <= p50_ms <= client_median * 1000 * (1 + 1 / 64)
-        assert p50_ms < 2.0, (p50_ms, client_median)  # (about 0.5 ms here: 0.3 in the backend, the rest ours)
+        # About 0.5 ms here (0.3 in the backend, the rest ours); 10 ms: generous for a busy machine.
+        assert p50_ms < 10.0, (p50_ms, client_median)
         # The health checks ran against the same backend: their durations are real, not whole milliseconds.
         checks = [c["duration_ms"] for c in b1["checks"]]
         assert checks
@@ -160,6 +160,6 @@ async def test_latency_of_a_sub_millisecond_backend_is_measured_to_the_microseco
         assert rows
         shown = [float(row[-1]) for row in rows]
         assert all(ms >= SERVICE_SECONDS * 1000 - 0.01 for ms in shown), out
-        assert statistics.median(shown) < 2.0, out
+        assert statistics.median(shown) < 10.0, out
     finally:
         stop(proc)

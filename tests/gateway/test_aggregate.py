@@ -49,13 +49,16 @@ async def ask(client, method: str = "GET", path: str = "/agg", headers: dict[str
 
 
 async def silent_upstream(scripted):
-    """A backend that reads a request and never answers; `closed` is set when the caller hangs up."""
+    """A backend that reads a request and never answers; `closed` is set when the caller hangs up, whole request
+    or not (a part cut at its deadline on a loaded machine may be cut before its request was written)."""
     closed = asyncio.Event()
 
     async def script(reader, writer, up):
-        await up.read_request(reader)
-        await reader.read()  # until the caller closes
-        closed.set()
+        try:
+            await up.read_request(reader)
+            await reader.read()  # until the caller closes
+        finally:
+            closed.set()
 
     up = await scripted(script)
     up.closed = closed
@@ -163,7 +166,8 @@ async def test_failing_parts_are_left_out(
     loop = asyncio.get_running_loop()
     started = loop.time()
     r = await ask(client)
-    assert loop.time() - started < 2.0  # the route's timeout, not the services' 30 s
+    # The route's 500 ms, not the services' 30 s (10 s: generous for a busy machine).
+    assert loop.time() - started < 10.0
     assert r.status == 200
     assert r.header("x-aggregate-completed") == "false"
     assert list(json.loads(r.body)) == ["good"]
@@ -224,7 +228,8 @@ async def test_the_client_leaving_cancels_the_parts(engine_factory, raw_client, 
     backend = engine.balancer.backends["silent"]
     assert backend.in_flight == 1
     await client.close()
-    await asyncio.wait_for(silent.closed.wait(), 2.0)  # long before the route's 30 s
+    # Within wait_for's 10 s: long before the route's 30 s.
+    await wait_for(silent.closed.is_set, what="the part's connection to close")
     await wait_for(lambda: backend.in_flight == 0, what="the part to be counted")
     assert backend.status_classes[4] == 1  # 499, as the proxy counts a client that left
     assert engine.balancer.route_stats["agg"].status_classes[4] == 1
@@ -242,7 +247,8 @@ async def test_a_silent_backend_is_let_go_at_the_timeout(engine_factory, raw_cli
     client = await raw_client(engine.address())
     r = await ask(client)
     assert r.header("x-aggregate-completed") == "false"
-    await asyncio.wait_for(silent.closed.wait(), 2.0)
+    # Only the route's 200 ms lets it go (with a route timeout, the part has no reply timeout of its own).
+    await wait_for(silent.closed.is_set, what="the silent part's connection to close")
     assert engine.balancer.backends["silent"].in_flight == 0
 
 

@@ -37,7 +37,9 @@ async def test_a_failing_backend_is_ejected_and_traffic_goes_to_the_others(backe
     view = engine.controller.snapshot().backend("bad")
     assert view.health == "ejected"
     assert view.ejected_left is not None
-    assert 29 < view.ejected_left <= 30
+    assert (
+        20 < view.ejected_left <= 30
+    )  # base_ejection, less the little time since (generous: a busy machine)
     assert any(e.actor == "outlier" and e.target == "bad" for e in engine.controller.events())
 
 
@@ -68,31 +70,59 @@ async def test_max_connections_queues_then_serves_in_order(backends, engine_fact
     assert service.queue_full == 0
 
 
-async def test_a_full_queue_answers_503_at_once(backends, engine_factory):
-    slow = await backends("slow")
-    engine = await engine_factory(make_config([slow], max_connections=1, max_queue=1))
-    first = asyncio.ensure_future(get(engine.address(), "/delay/400"))
+async def held_backend(scripted, gate: asyncio.Event):
+    """A backend whose answers wait for `gate`: while it is closed, the one place (max_connections = 1) stays
+    taken, whatever the machine's speed."""
+
+    async def script(reader, writer, upstream):
+        await upstream.read_request(reader)
+        await gate.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    return await scripted(script)
+
+
+async def test_a_full_queue_answers_503_at_once(scripted, engine_factory):
+    gate = asyncio.Event()
+    slow = await held_backend(scripted, gate)
+    engine = await engine_factory(make_config([("slow", slow.address)], max_connections=1, max_queue=1))
+    first = asyncio.ensure_future(get(engine.address(), "/first"))
     await wait_for(lambda: engine.balancer.backends["slow"].in_flight == 1)
-    second = asyncio.ensure_future(get(engine.address(), "/delay/10"))
+    second = asyncio.ensure_future(get(engine.address(), "/second"))
     await wait_for(lambda: engine.balancer.services["app"].queued == 1)
-    status, body, seconds = await get(engine.address(), "/")
-    assert status == 503
-    assert b"queue is full" in body
-    assert seconds < 0.3  # at once, not after the queue timeout
+    try:
+        status, body, seconds = await get(engine.address(), "/")
+        assert status == 503
+        assert b"queue is full" in body
+        # At once: while the place is still taken, and long before the queue timeout (2 s by default).
+        assert not first.done()
+        assert not second.done()
+        assert seconds < 1.0
+    finally:
+        gate.set()
     assert (await first)[0] == 200
     assert (await second)[0] == 200
     assert engine.controller.snapshot().service("app").queue_full == 1
 
 
-async def test_waiting_past_the_queue_timeout_is_503(backends, engine_factory):
-    slow = await backends("slow")
-    engine = await engine_factory(make_config([slow], max_connections=1, timeouts={"queue": "100ms"}))
-    first = asyncio.ensure_future(get(engine.address(), "/delay/800"))
+async def test_waiting_past_the_queue_timeout_is_503(scripted, engine_factory):
+    gate = asyncio.Event()
+    slow = await held_backend(scripted, gate)
+    engine = await engine_factory(
+        make_config([("slow", slow.address)], max_connections=1, timeouts={"queue": "100ms"})
+    )
+    first = asyncio.ensure_future(get(engine.address(), "/first"))
     await wait_for(lambda: engine.balancer.backends["slow"].in_flight == 1)
-    status, body, seconds = await get(engine.address(), "/")
-    assert status == 503
-    assert b"in time" in body
-    assert 0.09 < seconds < 0.7
+    try:
+        status, body, seconds = await get(engine.address(), "/")
+        assert status == 503
+        assert b"in time" in body
+        # The queue timeout's 100 ms, not the place coming free (it has not) nor a longer timeout.
+        assert not first.done()
+        assert 0.09 < seconds < 1.0
+    finally:
+        gate.set()
     assert (await first)[0] == 200
 
 

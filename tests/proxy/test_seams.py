@@ -70,12 +70,12 @@ def header(head: bytes, name: bytes) -> list[bytes]:
 async def test_a_retried_request_is_not_charged_to_the_backend_that_answered_it(
     scripted, engine_factory, stream
 ):
-    """A GET answered 503 after 300 ms by one backend and retried (retries.on "5xx") on a healthy one that answers
+    """A GET answered 503 after 1 s by one backend and retried (retries.on "5xx") on a healthy one that answers
     at once: the healthy backend's latency (its window, its Peak-EWMA) is its own attempt's, not the request's
     whole time. Before, each backend was charged from the request's arrival: the healthy one got the failing
-    one's 300 ms, and ewma (which takes a slower sample at once) steered traffic away from it, to the failing one.
+    one's 1 s, and ewma (which takes a slower sample at once) steered traffic away from it, to the failing one.
     The service and the client's access log entry keep the whole time."""
-    slow = await scripted(answering(503, "slow", delay=0.3))
+    slow = await scripted(answering(503, "slow", delay=1.0))
     good = await scripted(answering(200, "good"))
     engine = await engine_factory(
         config(
@@ -91,17 +91,18 @@ async def test_a_retried_request_is_not_charged_to_the_backend_that_answered_it(
     assert len(slow.received) == 1
     snap = engine.controller.snapshot()
     assert snap.backend("good").window.requests == 2
-    assert snap.backend("good").window.p99_ms < 150.0, snap.backend("good").window
-    assert snap.backend("slow").window.p99_ms >= 250.0  # its own 300 ms
-    assert snap.service("app").window.p99_ms >= 250.0  # the client waited that long
+    # Half the slow one's 1 s: a generous bound for a quick answer on a busy machine.
+    assert snap.backend("good").window.p99_ms < 500.0, snap.backend("good").window
+    assert snap.backend("slow").window.p99_ms >= 950.0  # its own 1 s
+    assert snap.service("app").window.p99_ms >= 950.0  # the client waited that long
     backend = engine.balancer.backends["good"]
-    assert backend.ewma_cost(engine.now()) < 0.15
+    assert backend.ewma_cost(engine.now()) < 0.5
 
 
 async def test_a_response_timeout_elsewhere_is_not_charged_to_the_backend_that_answered(
     scripted, engine_factory, stream
 ):
-    """The same for a response timeout: 300 ms waiting for a silent backend, then the retry's quick answer. The
+    """The same for a response timeout: 1 s waiting for a silent backend, then the retry's quick answer. The
     answering backend's latency is its own."""
 
     async def silent(reader, writer, up):
@@ -113,7 +114,7 @@ async def test_a_response_timeout_elsewhere_is_not_charged_to_the_backend_that_a
     engine = await engine_factory(
         config(
             [{"name": "mute", "address": mute.address}, {"name": "good", "address": good.address}],
-            timeouts={"response": "300ms"},
+            timeouts={"response": "1s"},
             retries={"attempts": 1, "on": ["timeout"]},
         )
     )
@@ -123,8 +124,8 @@ async def test_a_response_timeout_elsewhere_is_not_charged_to_the_backend_that_a
         r = await s.response()
         assert (r.status, r.header("X-Who")) == (200, "good")
     snap = engine.controller.snapshot()
-    assert snap.backend("good").window.p99_ms < 150.0, snap.backend("good").window
-    assert snap.service("app").window.p99_ms >= 250.0
+    assert snap.backend("good").window.p99_ms < 500.0, snap.backend("good").window  # half the timeout
+    assert snap.service("app").window.p99_ms >= 950.0
 
 
 # == probes x retries x sticky ==================================================================================
