@@ -201,19 +201,57 @@ async def test_ctl_steers_a_running_serve(serve: Callable[..., Awaitable[Served]
     assert "Traceback" not in err
 
 
+async def held_backend(scripted: Any, gate: asyncio.Event) -> Any:
+    """A backend that answers each request once `gate` is set: the request stays in flight until the test says."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: Any) -> None:
+        for _ in range(100):
+            await upstream.read_request(reader)
+            await gate.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    return await scripted(script)
+
+
 async def test_drain_wait_returns_once_the_slow_request_finishes(
-    serve: Callable[..., Awaitable[Served]], backends: Any
+    serve: Callable[..., Awaitable[Served]], scripted: Any
 ) -> None:
-    slow = await backends("slow")
+    gate = asyncio.Event()
+    slow = await held_backend(scripted, gate)
     served = await serve({"slow": (slow.address, "blue")})
     async with httpx.AsyncClient(base_url=served.url, timeout=20) as http:
-        request = asyncio.create_task(http.get("/delay/1200"))
-        await wait_for(lambda: slow.in_flight == 1, what="the slow request to reach the backend")
-        code, out, err = await served.ctl("drain", "slow", "--wait", "--timeout", "15s")
+        request = asyncio.create_task(http.get("/"))
+        await wait_for(lambda: slow.received, what="the slow request to reach the backend")
+        ctl = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "lbtui", "ctl", "--admin", served.admin],
+            *["drain", "slow", "--wait", "--timeout", "15s"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=served.env,
+            cwd=ROOT,
+        )
+        try:
+            assert ctl.stdout is not None
+            lines = []
+            async with asyncio.timeout(30):
+                while "slow: 1 in flight\n" not in lines:  # ctl is waiting: now the request may end
+                    line = (await ctl.stdout.readline()).decode()
+                    assert line, f"ctl ended early: {lines}"
+                    lines.append(line)
+            assert not request.done()
+            gate.set()
+            async with asyncio.timeout(30):
+                out, err = await ctl.communicate()
+        finally:
+            gate.set()
+            if ctl.returncode is None:
+                ctl.kill()
+                await ctl.wait()
         assert request.done()  # ctl returned only after the request had its answer
         assert (await request).status_code == 200
-    assert (code, err) == (0, "")
-    assert out.splitlines() == [
+    assert (ctl.returncode, err.decode()) == (0, "")
+    assert "".join(lines).splitlines() + out.decode().splitlines() == [
         "slow: state ready -> drain",
         "slow: 1 in flight",
         "slow: 0 in flight",
@@ -222,19 +260,23 @@ async def test_drain_wait_returns_once_the_slow_request_finishes(
 
 
 async def test_drain_wait_times_out_with_exit_3(
-    serve: Callable[..., Awaitable[Served]], backends: Any
+    serve: Callable[..., Awaitable[Served]], scripted: Any
 ) -> None:
-    slow = await backends("slow")
+    gate = asyncio.Event()
+    slow = await held_backend(scripted, gate)
     served = await serve({"slow": (slow.address, "blue")})
     async with httpx.AsyncClient(base_url=served.url, timeout=20) as http:
-        request = asyncio.create_task(http.get("/delay/2500"))
-        await wait_for(lambda: slow.in_flight == 1, what="the slow request to reach the backend")
-        code, out, err = await served.ctl("drain", "slow", "--wait", "--timeout", "300ms")
-        assert not request.done()
+        request = asyncio.create_task(http.get("/"))
+        await wait_for(lambda: slow.received, what="the slow request to reach the backend")
+        try:
+            code, out, err = await served.ctl("drain", "slow", "--wait", "--timeout", "300ms")
+            assert not request.done()  # held by the backend until the gate opens
+        finally:
+            gate.set()
         assert code == 3
         assert out.splitlines() == ["slow: state ready -> drain", "slow: 1 in flight"]
         assert err == "lbtui ctl: slow: still 1 in flight after 0.3s\n"
-        request.cancel()
+        assert (await request).status_code == 200  # the drained backend still finishes what it had
 
 
 async def test_ctl_sends_the_token(serve: Callable[..., Awaitable[Served]]) -> None:
