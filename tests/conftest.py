@@ -26,6 +26,13 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile("fuzz", deadline=None, print_blob=True)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` run first. On several workers (pytest-xdist: .ci/run's `-n 3`), a long test that starts
+    near the end keeps one worker busy while the others are done; started first, the short ones fill in around
+    it. (`-m "not slow"` leaves them out of a quick run.)"""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the order stays otherwise
+
+
 async def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE, what: str = "condition") -> None:
     """Wait until `condition()` is true, polling; fail after `timeout` seconds. Never a bare sleep."""
     loop = asyncio.get_running_loop()

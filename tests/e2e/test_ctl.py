@@ -132,6 +132,7 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Served]
         stop(proc)
 
 
+@pytest.mark.slow
 async def test_ctl_steers_a_running_serve(serve: Callable[..., Awaitable[Served]], backends: Any) -> None:
     blue = await backends("blue-1")
     green = await backends("green-1")
@@ -322,6 +323,7 @@ async def test_ramp_undo_and_requests(serve: Callable[..., Awaitable[Served]], b
     assert err.startswith("lbtui ctl: no service named 'nope'")
 
 
+@pytest.mark.slow
 async def test_ctl_and_attach_refuse_what_is_not_the_admin_api(
     serve: Callable[..., Awaitable[Served]], backends: Any, tmp_path: Path
 ) -> None:

@@ -12,12 +12,15 @@ refused by the retry budget (502s).
 
 from __future__ import annotations
 
+import pytest
+
 from tests.chaos import HOSTILE, Chaos
 
 KILLS = 5
 DEADLINE = 30.0  # seconds of kills; a round started before it finishes (each wait is bounded too)
 
 
+@pytest.mark.slow
 async def test_killed_backends_cost_get_clients_nothing_and_posts_are_never_sent_twice(tmp_path):
     chaos = Chaos(tmp_path, kills=KILLS, clients=10, deadline=DEADLINE, seed=13, idle=0.02, close_share=0.5)
     outcome = await chaos.run()

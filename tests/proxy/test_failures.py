@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 import httpx
+import pytest
 
 from tests.conftest import make_config, wait_for
 
@@ -153,6 +154,7 @@ async def test_truncated_body_is_never_passed_off_as_whole(scripted, engine_fact
     assert data.endswith(b"only-some")  # and then the connection was cut: the client knows it is short
 
 
+@pytest.mark.slow
 async def test_killed_backend_costs_get_clients_nothing(backends, engine_factory):
     """Under steady GET traffic, kill one of three backends: not one request fails."""
     bs = [await backends(f"b{i}", latency=0.002) for i in range(3)]

@@ -1213,12 +1213,14 @@ def test_random_bytes(harness: Harness, delivery: Delivery) -> None:
     harness.run(fuzz_one(harness, delivery))
 
 
+@pytest.mark.slow
 @fuzz_settings(250)
 @given(delivery=deliveries(pipelines(valid=False)))
 def test_requests_from_the_grammar(harness: Harness, delivery: Delivery) -> None:
     harness.run(fuzz_one(harness, delivery))
 
 
+@pytest.mark.slow
 @fuzz_settings(250)
 @given(delivery=deliveries(mutated()))
 def test_mutated_requests(harness: Harness, delivery: Delivery) -> None:

@@ -27,6 +27,7 @@ def engine_state(s: Served) -> Snapshot:
     return s.engine.call(s.controller.snapshot)
 
 
+@pytest.mark.slow
 async def test_the_keys_steer_the_server(backends):
     blue, green = await backends("blue-1"), await backends("green-1")
     async with served(canary_config(blue, green)) as s:

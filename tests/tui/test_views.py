@@ -272,6 +272,7 @@ async def type_keys(app, *keys: str, until, what: str) -> None:
     await wait_for(until, what=what)
 
 
+@pytest.mark.slow
 async def test_every_key_under_load_fails_no_request(backends):
     """The keys, pressed in the dashboard while traffic flows: drain, enable, weights, algorithm, split,
     flip, ramp and its abort, add and remove. Not one request may fail."""
