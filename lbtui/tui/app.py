@@ -19,12 +19,10 @@ from textual.css.query import NoMatches
 from textual.theme import Theme
 from textual.widgets import ContentSwitcher, Footer, Static
 
-from lbtui.config import ConfigError
 from lbtui.core.algorithms import ALGORITHMS
-from lbtui.core.control import ControlError, Controller, Event
+from lbtui.core.control import ControlError, Controller, Event, ReloadRefused, ReloadResult
 from lbtui.core.model import BackendView, RampView, RequestView, RouteView, ServiceView, Snapshot
 from lbtui.core.stats import bucket_bounds
-from lbtui.proxy.reload import ReloadRefused
 from lbtui.serve import Runtime, ServeOptions, tune_gc
 from lbtui.threaded import EngineThread, ThreadedController
 from lbtui.tui import themes
@@ -966,27 +964,21 @@ class Dashboard(App[int]):
         )
 
     def action_reload(self) -> None:
-        """Re-read the config file on the engine's thread (Runtime.reload) and say what came of it."""
-        engine = self.engine
-        if engine is None or engine.runtime.engine is None:
-            remote = getattr(self.controller, "reload", None)  # an attached dashboard (admin/remote.py)
-            if remote is None:
-                self.say("reload: this dashboard has no engine to reload")
-                return
-            try:
-                self.say(remote(actor="key"))
-            except ControlError as error:
-                self.say(str(error))
-            self.refresh_view()
+        """Re-read the config file (Controller.reload) and say what came of it."""
+        controller = self.controller
+        if controller is None:
             return
         try:
-            result = engine.call(engine.runtime.reload)
-        except (ConfigError, ReloadRefused) as error:
+            result: ReloadResult = controller.reload(actor="key")
+        except ReloadRefused as error:
             count = len(error.issues)
             first = f": {error.issues[0]}" if error.issues else ""
             self.say(
                 f"reload refused, the running config stays ({count} problem{'s' if count != 1 else ''}){first}"
             )
+            return
+        except ControlError as error:
+            self.say(str(error))
             return
         shown = "; ".join(result.changes[:3]) + (" …" if len(result.changes) > 3 else "")
         self.say(f"{result.summary()}: {shown}" if shown else result.summary())
