@@ -10,7 +10,8 @@ import pytest
 from lbtui.core.model import BackendView, Snapshot
 from lbtui.core.stats import window_view
 from lbtui.serve import ServeOptions
-from lbtui.tui.app import Dashboard, backend_cells, latency_histogram, split_bar, status_line
+from lbtui.tui.app import Dashboard
+from lbtui.tui.format import backend_cells, latency_histogram, split_bar, status_line
 from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, DetailScreen, HelpScreen
 from lbtui.tui.table import Table
 from tests.conftest import make_config, wait_for
@@ -294,7 +295,7 @@ async def test_status_bar_turns_warning_then_error_colour(backends):
 
 
 def test_sparkline_scales_to_the_largest_value():
-    from lbtui.tui.app import sparkline
+    from lbtui.tui.format import sparkline
 
     assert sparkline([0, 0]) == "▁▁"
     assert sparkline([1, 2, 4, 8]) == "▂▃▅█"
