@@ -3,6 +3,12 @@
 Two layers. `AdminApi.handle` is a pure function of one whole request (method, target, headers, body) to one
 response, and does no I/O: tests and other transports call it directly. `AdminServer` is the socket: an
 asyncio Protocol fed by httptools, as the proxy's own, on a listening socket of its own (never a listener).
+`start_admin_server` starts it for a runtime: the command line hands it to lbtui/serve.py, which never imports
+this package.
+
+Over 700 lines, as one thing: the API's contract (its checks, its endpoints, its limits) and the one socket
+that serves it, whose limits are part of that contract. The socket half (`_Connection`, `AdminServer`) is the
+part that could stand alone, once the HTTP helpers it shares with the proxy have settled in a leaf module.
 
 Invariants:
 - State changes only through the Controller interface: a mutation's answer is the audit event it made.

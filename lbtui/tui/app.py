@@ -52,7 +52,7 @@ from lbtui.tui.views.text import TextPane
 
 
 class Dashboard(App[int]):
-    """lbtui's dashboard, with the engine running in the same event loop."""
+    """lbtui's dashboard: the engine runs on a thread of its own inside it, or it steers the controller given."""
 
     CSS_PATH = Path(__file__).with_name("lbtui.tcss")  # absolute: subclasses elsewhere find it too
     refresh_seconds = REFRESH_SECONDS
