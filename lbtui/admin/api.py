@@ -6,10 +6,6 @@ asyncio Protocol fed by httptools, as the proxy's own, on a listening socket of 
 `start_admin_server` starts it for a runtime: the command line hands it to lbtui/serve.py, which never imports
 this package.
 
-Over 700 lines, as one thing: the API's contract (its checks, its endpoints, its limits) and the one socket
-that serves it, whose limits are part of that contract. The socket half (`_Connection`, `AdminServer`) is the
-part that could stand alone, once the HTTP helpers it shares with the proxy have settled in a leaf module.
-
 Invariants:
 - State changes only through the Controller interface: a mutation's answer is the audit event it made.
 - Mutations are POST, PUT or DELETE; a known path asked with another method is 405 with `Allow`.
@@ -19,9 +15,7 @@ Invariants:
 - Every answer, errors included, carries `X-Lbtui-Admin` (the API versions spoken), and `GET /api/v1/` says
   who answers (admin/identity.py): a client tells this API from anything else before it reads an answer.
 - Checks come in this order, before any routing: Host (403), Origin (403), token (401). A browser page on
-  another site cannot use the API: its requests carry its own origin (refused), and a DNS-rebound name in
-  Host is refused as well; only a loopback name or address, the bind address, or (on a wildcard bind) an IP
-  address is taken, since a rebinding attack needs a DNS name it controls.
+  another site cannot use the API (admin/hosts.py says which Host and Origin are taken, and why).
 - Bounded: a request's head (16 KiB, 431), its body (64 KiB, 413), the time to send a whole request
   (`header_timeout`, 408), and the number of connections. A body must say it is JSON (415).
 """
@@ -31,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -48,6 +41,7 @@ from lbtui.config import AdminConfig, Config
 from lbtui.core.control import Conflict, ControlError, Controller, Event, Invalid, NotFound, ReloadRefused
 from lbtui.proxy.http import no_delay
 
+from .hosts import HostPolicy, same_origin, split_host
 from .identity import HEADER, HEADER_VALUE, identity_json
 from .schema import backend_json, event_json, refusal_json, request_json, service_json, snapshot_json
 
@@ -98,73 +92,6 @@ class _Refused(Exception):
 
 def _refuse(status: int, message: str) -> _Refused:
     return _Refused(error(status, message))
-
-
-# -- Host and Origin ---------------------------------------------------------------------------------------
-
-
-def split_host(value: str) -> tuple[str, int | None] | None:
-    """`name`, `name:80`, `1.2.3.4:80`, `[::1]:80` -> (host, port); None when it is not a host."""
-    value = value.strip()
-    if not value:
-        return None
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            return None
-        host, rest = value[1:end], value[end + 1 :]
-        if rest and not rest.startswith(":"):
-            return None
-        port_text = rest[1:] if rest else ""
-    else:
-        host, _, port_text = value.partition(":")
-        if ":" in port_text:
-            return None
-    if port_text:
-        if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
-            return None
-        return host.lower().rstrip("."), int(port_text)
-    return host.lower().rstrip("."), None
-
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    ip = _ip(host)
-    return ip is not None and ip.is_loopback
-
-
-class HostPolicy:
-    """Which Host headers the API answers (its DNS-rebinding defence)."""
-
-    def __init__(self, bind_host: str) -> None:
-        self.bind_host = bind_host.lower()
-        bind_ip = _ip(self.bind_host)
-        self.wildcard = bind_ip is not None and bind_ip.is_unspecified
-
-    def allows(self, host: str) -> bool:
-        if is_loopback(host) or host == self.bind_host:
-            return True
-        return self.wildcard and _ip(host) is not None
-
-
-def same_origin(origin: str, host: tuple[str, int | None]) -> bool:
-    """Whether a browser's `Origin` is the API's own (http, the Host's name and port)."""
-    try:
-        parts = urlsplit(origin)
-        port = parts.port
-    except ValueError:
-        return False
-    if parts.scheme != "http" or not parts.hostname:
-        return False
-    return (parts.hostname.lower().rstrip("."), port or 80) == (host[0], host[1] or 80)
 
 
 # -- the API -----------------------------------------------------------------------------------------------
