@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lbtui.admin.api import start_admin_server
 from lbtui.cli import _load
 from lbtui.serve import Runtime, ServeOptions, event_loop, tune_gc
 from lbtui.tui.app import Dashboard
@@ -51,7 +52,7 @@ def main() -> int:
     config = _load(args.config, "not started")
     if isinstance(config, int):
         return config
-    app = SharedLoopDashboard(ServeOptions(config=config))
+    app = SharedLoopDashboard(ServeOptions(config=config, admin_server=start_admin_server))
     code = app.run(loop=event_loop())
     return code if isinstance(code, int) else (app.return_code or 0)
 

@@ -1,4 +1,9 @@
-"""The command line (ARCHITECTURE section 6). No traceback ever reaches the user."""
+"""The command line (ARCHITECTURE section 6). No traceback ever reaches the user.
+
+The one place that wires the faces to the runtime: it hands the runtime the admin API's starter
+(ServeOptions.admin_server), for `serve` and for the dashboard that hosts the engine, and hands `attach`'s
+dashboard a RemoteController; the dashboard and the admin API never import each other.
+"""
 
 from __future__ import annotations
 
@@ -248,6 +253,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from lbtui.admin.api import start_admin_server
     from lbtui.serve import ServeOptions, run
 
     config: Config | None = None
@@ -266,7 +272,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if isinstance(loaded, int):
             return loaded
         config = loaded
-    return run(ServeOptions(config=config, grace=args.grace, traffic_rate=args.traffic, fresh=args.fresh))
+    options = ServeOptions(
+        config=config,
+        grace=args.grace,
+        traffic_rate=args.traffic,
+        fresh=args.fresh,
+        admin_server=start_admin_server,
+    )
+    return run(options)
 
 
 def _dashboard_theme(args: argparse.Namespace) -> Theme | int:
@@ -293,6 +306,7 @@ def _dashboard_theme(args: argparse.Namespace) -> Theme | int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """`lbtui`: the dashboard with the engine inside (the UI is imported only here)."""
+    from lbtui.admin.api import start_admin_server
     from lbtui.serve import ServeOptions
     from lbtui.tui import themes
 
@@ -309,7 +323,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from lbtui.tui.app import Dashboard
 
     try:
-        app = Dashboard(ServeOptions(config=config, fresh=args.fresh), read_only=args.read_only, theme=theme)
+        options = ServeOptions(config=config, fresh=args.fresh, admin_server=start_admin_server)
+        app = Dashboard(options, read_only=args.read_only, theme=theme)
     except themes.ThemeError as error:  # one of the themes that come with lbtui was edited in place
         print(str(error), file=sys.stderr)
         return 1

@@ -1,4 +1,8 @@
-"""`lbtui serve`: the engine headless, with the demo when asked; SIGTERM drains and exits."""
+"""`lbtui serve`: the engine headless, with the demo when asked; SIGTERM drains and exits.
+
+The runtime knows no face: the admin API is started through `ServeOptions.admin_server`, which the command line
+fills in (lbtui/cli.py), so that this module never imports lbtui.admin (docs/architecture.md, the layers).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,34 @@ import contextlib
 import gc
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 
 from lbtui import data_plane_line
-from lbtui.admin.api import AdminServer, AdminSetupError
 from lbtui.config import Config, ConfigError, ConfigIssue, load_config
+from lbtui.core.control import Controller, ReloadRefused, ReloadResult
 from lbtui.core.persist import StateFile
 from lbtui.demo.backends import DemoBackend
 from lbtui.demo.scenario import DEMO_LISTEN, demo_backends, demo_config
 from lbtui.demo.traffic import TrafficGenerator
 from lbtui.proxy.engine import Engine, format_address
-from lbtui.proxy.reload import ReloadRefused, ReloadResult
+
+
+class AdminServing(Protocol):
+    """What the runtime needs of a running admin API (lbtui/admin/api.py's AdminServer)."""
+
+    @property
+    def url(self) -> str: ...
+
+    async def stop(self) -> None: ...
+
+
+# Starts the admin API over the engine's controller, as the config's [admin] says: the server, or None after
+# saying (through the callable given) why it cannot start.
+StartAdmin = Callable[[Controller, Config, Callable[[str], None]], Awaitable[AdminServing | None]]
 
 
 @dataclass
@@ -30,6 +48,9 @@ class ServeOptions:
     traffic_rate: float = 20.0
     demo_bind: str = DEMO_LISTEN
     fresh: bool = False  # start from the config alone: [state].file is not read (it is written after changes)
+    # How to start the admin API when [admin] enables it (cli passes lbtui.admin.api.start_admin_server);
+    # None: a config that enables it is not started, and says why.
+    admin_server: StartAdmin | None = None
 
 
 def _say(message: str) -> None:
@@ -63,7 +84,7 @@ class Runtime:
         self.engine: Engine | None = None
         self.traffic: TrafficGenerator | None = None
         self.state: StateFile | None = None  # [state].file: restored before the listeners accept
-        self.admin: AdminServer | None = None  # the admin API, when [admin] enables it
+        self.admin: AdminServing | None = None  # the admin API, when [admin] enables it
 
     async def start(self) -> bool:
         """Start everything; False (after saying why) when it cannot listen."""
@@ -106,6 +127,7 @@ class Runtime:
                 await self.stop_demo()
                 return False
         self.engine = engine
+        engine.controller.reloader = self.reload  # Controller.reload: the dashboard's r, the admin API's
         if engine.config.admin.enabled and not await self.start_admin(engine):
             await engine.shutdown(0.0)
             self.engine = None
@@ -117,25 +139,18 @@ class Runtime:
 
     async def start_admin(self, engine: Engine) -> bool:
         """The admin API on [admin].bind, over the engine's controller; False (after saying why) if it cannot."""
-        config = engine.config.admin
-        try:
-            admin = AdminServer(engine.controller, config, engine.config.limits.header_timeout)
-            await admin.start()
-        except AdminSetupError as error:
-            self.say(f"cannot start the admin API: {error}")
+        start = self.options.admin_server
+        if start is None:
+            self.say("cannot start the admin API: this program runs the engine without one ([admin] is set)")
             return False
-        except OSError as error:
-            where = format_address(config.host, config.port)
-            self.say(f"cannot listen for the admin API on {where}: {error.strerror or error}")
-            return False
-        admin.api.reloader = self.reload_json
-        self.admin = admin
-        return True
+        self.admin = await start(engine.controller, engine.config, self.say)
+        return self.admin is not None
 
-    # -- reload (SIGHUP, POST /api/v1/reload, `lbtui ctl reload`, the dashboard's key) ----------------------
+    # -- reload (SIGHUP, and Controller.reload: POST /api/v1/reload, `lbtui ctl reload`, the dashboard's r) ----
     def reload(self) -> ReloadResult:
-        """Re-read the config file and apply it (on the engine's loop), saying what changed. ConfigError or
-        ReloadRefused when it cannot be applied: nothing changed, the running config goes on."""
+        """Re-read the config file and apply it (on the engine's loop), saying what changed. ReloadRefused when
+        it cannot be applied (the file's problems, or what the engine could not do): nothing changed, the
+        running config goes on."""
         engine = self.engine
         if engine is None or self.options.config is None:
             raise ReloadRefused(
@@ -152,18 +167,13 @@ class Runtime:
             self.say(f"reload refused: {source}: {len(error.issues)} problem(s); the running config stays")
             for issue in error.issues:
                 self.say(f"  {issue}")
+            if isinstance(error, ConfigError):
+                raise ReloadRefused(error.issues) from None
             raise
         self.say(result.summary())
         for line in [*result.changes, *result.warnings, *result.restart_needed]:
             self.say(f"  {line}")
         return result
-
-    def reload_json(self) -> tuple[int, dict[str, object]]:
-        """`reload` as the admin API answers it: 200 and what changed, or 400 and the issues."""
-        try:
-            return 200, self.reload().json()
-        except (ConfigError, ReloadRefused) as error:
-            return 400, refusal_json(error)
 
     def announce(self) -> None:
         engine = self.engine
@@ -199,18 +209,6 @@ class Runtime:
             await backend.stop()
 
 
-def refusal_json(error: ConfigError | ReloadRefused) -> dict[str, object]:
-    issues = error.issues
-    source = issues[0].file if issues else "the config"
-    return {
-        "error": f"{source}: {len(issues)} problem(s); nothing changed, the running config stays",
-        "issues": [
-            {"file": issue.file, "key_path": issue.key_path, "message": issue.message, "hint": issue.hint}
-            for issue in issues
-        ],
-    }
-
-
 async def serve(options: ServeOptions, say: Callable[[str], None] = _say) -> int:
     runtime = Runtime(options, say)
     if not await runtime.start():
@@ -227,7 +225,7 @@ async def serve(options: ServeOptions, say: Callable[[str], None] = _say) -> int
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     say("SIGHUP: reloading the config")
-                    with contextlib.suppress(ConfigError, ReloadRefused):
+                    with contextlib.suppress(ReloadRefused):
                         runtime.reload()  # says what changed, or why nothing did
                     continue
                 say(f"{signal.Signals(signum).name}: draining (up to {options.grace:g}s), then exiting")

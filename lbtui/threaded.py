@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from lbtui.core.control import Controller, Event
+from lbtui.core.control import Controller, Event, ReloadResult
 from lbtui.core.model import RequestView, Snapshot
 from lbtui.serve import Runtime, ServeOptions, event_loop
 
@@ -182,3 +182,6 @@ class ThreadedController(Controller):
 
     def undo(self, actor: str = "api") -> Event:
         return self._engine.call(self._inner.undo, actor)
+
+    def reload(self, actor: str = "api") -> ReloadResult:
+        return self._engine.call(self._inner.reload, actor)

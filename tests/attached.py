@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+from lbtui.admin.api import start_admin_server
 from lbtui.admin.remote import RemoteController
 from lbtui.config import AdminConfig, Config
 from lbtui.core.control import Controller
@@ -50,7 +51,8 @@ class Served:
 async def served(config: Config) -> AsyncIterator[Served]:
     config = dataclasses.replace(config, admin=AdminConfig(host="127.0.0.1", port=0, enabled=True))
     messages: list[str] = []
-    engine = EngineThread(ServeOptions(config=config, grace=1.0), messages.append)
+    options = ServeOptions(config=config, grace=1.0, admin_server=start_admin_server)
+    engine = EngineThread(options, messages.append)
     assert await engine.start(), messages
     runtime = engine.runtime
     assert runtime.admin is not None

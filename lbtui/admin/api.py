@@ -3,18 +3,19 @@
 Two layers. `AdminApi.handle` is a pure function of one whole request (method, target, headers, body) to one
 response, and does no I/O: tests and other transports call it directly. `AdminServer` is the socket: an
 asyncio Protocol fed by httptools, as the proxy's own, on a listening socket of its own (never a listener).
+`start_admin_server` starts it for a runtime: the command line hands it to lbtui/serve.py, which never imports
+this package.
 
 Invariants:
 - State changes only through the Controller interface: a mutation's answer is the audit event it made.
 - Mutations are POST, PUT or DELETE; a known path asked with another method is 405 with `Allow`.
 - Every error is JSON `{"error": "..."}`; an unexpected exception is logged and answered 500 with
-  `{"error": "internal error"}`, never a traceback.
+  `{"error": "internal error"}`, never a traceback. A Controller's refusal is answered by its class
+  (core/control.py): NotFound 404, Conflict 409 (not now), Invalid 400, ReloadRefused 400 with its issues.
 - Every answer, errors included, carries `X-Lbtui-Admin` (the API versions spoken), and `GET /api/v1/` says
   who answers (admin/identity.py): a client tells this API from anything else before it reads an answer.
 - Checks come in this order, before any routing: Host (403), Origin (403), token (401). A browser page on
-  another site cannot use the API: its requests carry its own origin (refused), and a DNS-rebound name in
-  Host is refused as well; only a loopback name or address, the bind address, or (on a wildcard bind) an IP
-  address is taken, since a rebinding attack needs a DNS name it controls.
+  another site cannot use the API (admin/hosts.py says which Host and Origin are taken, and why).
 - Bounded: a request's head (16 KiB, 431), its body (64 KiB, 413), the time to send a whole request
   (`header_timeout`, 408), and the number of connections. A body must say it is JSON (415).
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -37,12 +37,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httptools
 
 import lbtui
-from lbtui.config import AdminConfig
-from lbtui.core.control import ControlError, Controller, Event
+from lbtui.config import AdminConfig, Config
+from lbtui.core.control import Conflict, ControlError, Controller, Event, Invalid, NotFound, ReloadRefused
 from lbtui.proxy.http import no_delay
 
+from .hosts import HostPolicy, same_origin, split_host
 from .identity import HEADER, HEADER_VALUE, identity_json
-from .schema import backend_json, event_json, request_json, service_json, snapshot_json
+from .schema import backend_json, event_json, refusal_json, request_json, service_json, snapshot_json
 
 log = logging.getLogger("lbtui.admin")
 
@@ -93,73 +94,6 @@ def _refuse(status: int, message: str) -> _Refused:
     return _Refused(error(status, message))
 
 
-# -- Host and Origin ---------------------------------------------------------------------------------------
-
-
-def split_host(value: str) -> tuple[str, int | None] | None:
-    """`name`, `name:80`, `1.2.3.4:80`, `[::1]:80` -> (host, port); None when it is not a host."""
-    value = value.strip()
-    if not value:
-        return None
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            return None
-        host, rest = value[1:end], value[end + 1 :]
-        if rest and not rest.startswith(":"):
-            return None
-        port_text = rest[1:] if rest else ""
-    else:
-        host, _, port_text = value.partition(":")
-        if ":" in port_text:
-            return None
-    if port_text:
-        if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
-            return None
-        return host.lower().rstrip("."), int(port_text)
-    return host.lower().rstrip("."), None
-
-
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    ip = _ip(host)
-    return ip is not None and ip.is_loopback
-
-
-class HostPolicy:
-    """Which Host headers the API answers (its DNS-rebinding defence)."""
-
-    def __init__(self, bind_host: str) -> None:
-        self.bind_host = bind_host.lower()
-        bind_ip = _ip(self.bind_host)
-        self.wildcard = bind_ip is not None and bind_ip.is_unspecified
-
-    def allows(self, host: str) -> bool:
-        if is_loopback(host) or host == self.bind_host:
-            return True
-        return self.wildcard and _ip(host) is not None
-
-
-def same_origin(origin: str, host: tuple[str, int | None]) -> bool:
-    """Whether a browser's `Origin` is the API's own (http, the Host's name and port)."""
-    try:
-        parts = urlsplit(origin)
-        port = parts.port
-    except ValueError:
-        return False
-    if parts.scheme != "http" or not parts.hostname:
-        return False
-    return (parts.hostname.lower().rstrip("."), port or 80) == (host[0], host[1] or 80)
-
-
 # -- the API -----------------------------------------------------------------------------------------------
 
 
@@ -202,8 +136,13 @@ def _routes() -> list[tuple[tuple[str, ...], dict[str, Handler]]]:
     ]
 
 
-# ControlError messages that mean "not now" (409) rather than "not valid" (400). Unknown names are 404.
-_CONFLICTS: Final = ("already", "being removed", "needs a split", "under way")
+# A Controller's refusals by class: an unknown name, "not now", "not valid" (any other refusal: 400).
+_STATUSES: Final = ((NotFound, 404), (Conflict, 409), (Invalid, 400))
+
+
+def refusal_status(refusal: ControlError) -> int:
+    """The HTTP status that answers a Controller's refusal."""
+    return next((status for kind, status in _STATUSES if isinstance(refusal, kind)), 400)
 
 
 class AdminApi:
@@ -214,8 +153,6 @@ class AdminApi:
         self.hosts = HostPolicy(bind_host)
         self._token = token.encode() if token is not None else None
         self._routes = _routes()
-        # Re-reads the config file and applies it: (status, JSON). Set by the runtime that has a file (serve).
-        self.reloader: Callable[[], tuple[int, dict[str, Any]]] | None = None
 
     # -- entry ---------------------------------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
@@ -296,30 +233,15 @@ class AdminApi:
             raise _refuse(400, f"the body must be a JSON object, not {_json_kind(value)}")
         return value
 
-    def _change(
-        self, target_kind: str, target: str, change: Callable[[], Event], status: int = 200
-    ) -> Response:
+    def _change(self, change: Callable[[], Event], status: int = 200) -> Response:
         try:
             event = change()
         except ControlError as e:
-            message = str(e)
-            if not self._exists(target_kind, target):
-                return error(
-                    404, message if message.startswith("no ") else f"no {target_kind} named {target!r}"
-                )
-            if any(word in message for word in _CONFLICTS):
-                return error(409, message)
-            return error(400, message)
+            return error(refusal_status(e), str(e))
         headers = []
         if event.action == "add":
             headers.append(("Location", f"/api/v1/backends/{event.target}"))
         return json_response(status, event_json(event), headers)
-
-    def _exists(self, kind: str, name: str) -> bool:
-        snapshot = self.controller.snapshot()
-        if kind == "service":
-            return any(s.name == name for s in snapshot.services)
-        return any(b.name == name for s in snapshot.services for b in s.backends)
 
     # -- reads -----------------------------------------------------------------------------------------------
     def get_identity(self, request: Request, args: list[str], query: str) -> Response:
@@ -369,7 +291,7 @@ class AdminApi:
     def _state(self, request: Request, name: str, state: str) -> Response:
         self.body(request, required=False)
         actor = self.actor(request)
-        return self._change("backend", name, lambda: self.controller.set_state(name, state, actor))
+        return self._change(lambda: self.controller.set_state(name, state, actor))
 
     def drain(self, request: Request, args: list[str], query: str) -> Response:
         return self._state(request, args[0], "drain")
@@ -383,18 +305,18 @@ class AdminApi:
     def drain_then_maint(self, request: Request, args: list[str], query: str) -> Response:
         self.body(request, required=False)
         name, actor = args[0], self.actor(request)
-        return self._change("backend", name, lambda: self.controller.drain_then_maint(name, actor))
+        return self._change(lambda: self.controller.drain_then_maint(name, actor))
 
     def set_weight(self, request: Request, args: list[str], query: str) -> Response:
         body = self.body(request)
         weight = _field(body, "weight", int)
         name, actor = args[0], self.actor(request)
-        return self._change("backend", name, lambda: self.controller.set_weight(name, weight, actor))
+        return self._change(lambda: self.controller.set_weight(name, weight, actor))
 
     def remove_backend(self, request: Request, args: list[str], query: str) -> Response:
         self.body(request, required=False)
         name, actor = args[0], self.actor(request)
-        return self._change("backend", name, lambda: self.controller.remove_backend(name, actor))
+        return self._change(lambda: self.controller.remove_backend(name, actor))
 
     def add_backend(self, request: Request, args: list[str], query: str) -> Response:
         body = self.body(request)
@@ -405,8 +327,6 @@ class AdminApi:
         weight = _field(body, "weight", int, 1)
         service, actor = args[0], self.actor(request)
         return self._change(
-            "service",
-            service,
             lambda: self.controller.add_backend(service, name, address, group, weight, actor),
             status=201,
         )
@@ -416,9 +336,7 @@ class AdminApi:
         _only(body, ("algorithm",))
         algorithm = _field(body, "algorithm", str)
         service, actor = args[0], self.actor(request)
-        return self._change(
-            "service", service, lambda: self.controller.set_algorithm(service, algorithm, actor)
-        )
+        return self._change(lambda: self.controller.set_algorithm(service, algorithm, actor))
 
     def set_split(self, request: Request, args: list[str], query: str) -> Response:
         body = self.body(request)
@@ -428,30 +346,33 @@ class AdminApi:
                     400, f"split weight for {group!r} must be a whole number, not {_json_kind(weight)}"
                 )
         service, actor = args[0], self.actor(request)
-        return self._change("service", service, lambda: self.controller.set_split(service, body, actor))
+        return self._change(lambda: self.controller.set_split(service, body, actor))
 
     def flip(self, request: Request, args: list[str], query: str) -> Response:
         self.body(request, required=False)
         service, actor = args[0], self.actor(request)
-        return self._change("service", service, lambda: self.controller.flip(service, actor))
+        return self._change(lambda: self.controller.flip(service, actor))
 
     def reload(self, request: Request, args: list[str], query: str) -> Response:
         """Re-read the config file and apply it (actor "reload"); a bad file: 400 with its issues, no change."""
         self.body(request, required=False)
-        if self.reloader is None:
-            return error(409, "this instance has no config file to reload")
-        status, value = self.reloader()
-        return json_response(status, value)
+        try:
+            result = self.controller.reload(self.actor(request))
+        except ReloadRefused as refused:
+            return json_response(400, refusal_json(refused))
+        except ControlError as e:  # no file to reload
+            return error(refusal_status(e), str(e))
+        return json_response(200, result.json())
 
     def start_ramp(self, request: Request, args: list[str], query: str) -> Response:
         self.body(request, required=False)
         service, actor = args[0], self.actor(request)
-        return self._change("service", service, lambda: self.controller.start_ramp(service, actor))
+        return self._change(lambda: self.controller.start_ramp(service, actor))
 
     def abort_ramp(self, request: Request, args: list[str], query: str) -> Response:
         self.body(request, required=False)
         service, actor = args[0], self.actor(request)
-        return self._change("service", service, lambda: self.controller.abort_ramp(service, actor))
+        return self._change(lambda: self.controller.abort_ramp(service, actor))
 
     def undo(self, request: Request, args: list[str], query: str) -> Response:
         self.body(request, required=False)
@@ -459,7 +380,7 @@ class AdminApi:
         try:
             event = self.controller.undo(actor)
         except ControlError as e:
-            return error(409, str(e))  # nothing to undo: not now, rather than not valid
+            return error(refusal_status(e), str(e))  # nothing to undo: a Conflict, 409
         return json_response(200, event_json(event))
 
 
@@ -751,3 +672,24 @@ class AdminServer:
                 connection.transport.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5.0)
+
+
+async def start_admin_server(
+    controller: Controller, config: Config, say: Callable[[str], None]
+) -> AdminServer | None:
+    """The admin API on [admin].bind over `controller`, started; None after saying why it cannot start.
+
+    lbtui/serve.py's StartAdmin: the command line hands it to the runtime (ServeOptions.admin_server).
+    """
+    admin = config.admin
+    try:
+        server = AdminServer(controller, admin, config.limits.header_timeout)
+        await server.start()
+    except AdminSetupError as e:
+        say(f"cannot start the admin API: {e}")
+        return None
+    except OSError as e:
+        where = f"[{admin.host}]:{admin.port}" if ":" in admin.host else f"{admin.host}:{admin.port}"
+        say(f"cannot listen for the admin API on {where}: {e.strerror or e}")
+        return None
+    return server

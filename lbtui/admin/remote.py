@@ -4,8 +4,9 @@ The dashboard calls a Controller synchronously, several times a second, from its
 answers each call with one request on one kept-alive connection (admin/client.py, stdlib only), so the dashboard
 runs unchanged against a remote engine.
 
-- A change answers its audit Event; the API's refusal is a ControlError with the server's message, as the
-  in-process controller's would be; an unreachable server is a ControlError too.
+- A change answers its audit Event; the API's refusal is the ControlError the in-process controller would
+  raise, with the server's message, of the class its status says (404 NotFound, 409 Conflict, 400 Invalid; a
+  refused reload is ReloadRefused with the file's issues); an unreachable server is a plain ControlError.
 - The first request identifies the API (admin/client.py): against anything that is not lbtui's admin API (or
   not its version), the first snapshot raises ControlError with one line that says what answered, and
   `lbtui attach` exits with it before drawing anything.
@@ -27,11 +28,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Final, TypeVar
 
-from lbtui.core.control import ControlError, Controller, Event
+from lbtui.core.control import (
+    Conflict,
+    ControlError,
+    Controller,
+    Event,
+    Invalid,
+    NotFound,
+    ReloadResult,
+)
 from lbtui.core.model import RequestView, Snapshot
 
 from .client import AdminClient, ApiError, ClientError, segment
-from .schema import event_from_json, request_from_json, snapshot_from_json
+from .schema import (
+    event_from_json,
+    refusal_from_json,
+    reload_from_json,
+    request_from_json,
+    snapshot_from_json,
+)
 
 TIMEOUT: Final = 3.0  # a redraw waits this long at most for a server that does not answer
 RETRY_SECONDS: Final = (
@@ -43,6 +58,9 @@ EVENTS_FRESH: Final = 0.1  # events() asks the server again only after this long
 MAX_EVENTS: Final = 1000  # the API's limit
 
 T = TypeVar("T")
+
+# The API's refusals back into the classes the in-process controller raises (admin/api.py maps them there).
+_REFUSALS: Final[dict[int, type[ControlError]]] = {404: NotFound, 409: Conflict, 400: Invalid}
 
 
 def _event(value: Any) -> Event:
@@ -88,7 +106,7 @@ class RemoteController(Controller):
             value = self._client.request(method, path, body)
         except ApiError as error:
             self._last_used = time.monotonic()
-            raise ControlError(str(error)) from None
+            raise _REFUSALS.get(error.status, ControlError)(str(error)) from None
         except ClientError as error:
             self._failed_at = time.monotonic()
             self._lost = str(error)
@@ -239,7 +257,7 @@ class RemoteController(Controller):
     def set_state(self, backend: str, state: str, actor: str = "api") -> Event:
         action = {"ready": "enable", "drain": "drain", "maint": "maint"}.get(state)
         if action is None:
-            raise ControlError(f"{state!r} is not a state (ready, drain, maint)")
+            raise Invalid(f"{state!r} is not a state (ready, drain, maint)")
         return self._change("POST", f"/api/v1/backends/{segment(backend)}/{action}", actor)
 
     def drain_then_maint(self, backend: str, actor: str = "api") -> Event:
@@ -283,9 +301,9 @@ class RemoteController(Controller):
     def undo(self, actor: str = "api") -> Event:
         return self._change("POST", "/api/v1/undo", actor)
 
-    def reload(self, actor: str = "key") -> str:
-        """Have the server re-read its config file (POST /api/v1/reload): what came of it, in one line.
-        A refused file raises ControlError with its first problem and how many there are."""
+    def reload(self, actor: str = "api") -> ReloadResult:
+        """Have the server re-read its config file (POST /api/v1/reload): what changed, with the events of it
+        that the server still keeps. A refused file raises ReloadRefused with the file's issues."""
         now = time.monotonic()
         if now - self._last_used > IDLE_SECONDS:
             self._client.close()
@@ -294,20 +312,20 @@ class RemoteController(Controller):
             answer = self._client.reload()
         except ApiError as error:
             self._last_used = time.monotonic()
-            issues = error.body.get("issues") if isinstance(error.body, dict) else None
-            if isinstance(issues, list) and issues and isinstance(issues[0], dict):
-                first = issues[0]
-                where = first.get("key_path") or first.get("file") or ""
-                count = len(issues)
-                raise ControlError(
-                    f"reload refused, the running config stays ({count} problem{'s' if count != 1 else ''}): "
-                    f"{where}: {first.get('message')}"
-                ) from None
-            raise ControlError(f"reload refused: {error}") from None
+            body = error.body
+            if error.status == 400 and isinstance(body, dict) and isinstance(body.get("issues"), list):
+                try:
+                    refused = refusal_from_json(body)
+                except (KeyError, TypeError, ValueError):
+                    raise ControlError(f"reload refused: {error}") from None
+                raise refused from None
+            raise _REFUSALS.get(error.status, ControlError)(str(error)) from None
         except ClientError as error:
             raise ControlError(str(error)) from None
         self._last_used = time.monotonic()
-        changes = [str(line) for line in answer.get("changes", [])]
-        shown = "; ".join(changes[:3]) + (" …" if len(changes) > 3 else "")
-        summary = str(answer.get("summary", "reloaded"))
-        return f"{summary}: {shown}" if shown else summary
+        self._events_at = -1.0  # the reload's own events: asked for now
+        events = self.events(MAX_EVENTS)
+        try:
+            return reload_from_json(answer, events)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ControlError(f"POST /api/v1/reload: an answer of another shape ({error})") from None

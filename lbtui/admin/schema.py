@@ -15,7 +15,8 @@ import math
 import time
 from typing import Any
 
-from lbtui.core.control import Event
+from lbtui.config import ConfigIssue
+from lbtui.core.control import Event, ReloadRefused, ReloadResult
 from lbtui.core.model import (
     BackendView,
     CheckView,
@@ -385,3 +386,39 @@ def request_from_json(value: dict[str, Any]) -> RequestView:
         route=value["route"],
         consumer=value["consumer"],
     )
+
+
+def refusal_json(refused: ReloadRefused) -> dict[str, Any]:
+    """A refused reload: what the file's problems are; nothing changed."""
+    issues = refused.issues
+    source = issues[0].file if issues else "the config"
+    return {
+        "error": f"{source}: {len(issues)} problem(s); nothing changed, the running config stays",
+        "issues": [
+            {"file": issue.file, "key_path": issue.key_path, "message": issue.message, "hint": issue.hint}
+            for issue in issues
+        ],
+    }
+
+
+def refusal_from_json(value: dict[str, Any]) -> ReloadRefused:
+    return ReloadRefused(
+        ConfigIssue(str(i["file"]), str(i["key_path"]), str(i["message"]), _text_or_none(i.get("hint")))
+        for i in value["issues"]
+    )
+
+
+def reload_from_json(value: dict[str, Any], events: list[Event]) -> ReloadResult:
+    """A reload's answer (ReloadResult.json()) read back; `events` are those of its event ids that are known."""
+    wanted = {int(i) for i in value.get("events", [])}
+    return ReloadResult(
+        source=str(value["source"]),
+        changes=[str(line) for line in value.get("changes", [])],
+        events=[event for event in events if event.id in wanted],
+        restart_needed=[str(line) for line in value.get("restart_needed", [])],
+        warnings=[str(line) for line in value.get("warnings", [])],
+    )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,8 +1,14 @@
 """The Controller: the only way state changes, and the audit log of every change.
 
 The interface speaks in names, states, weights, splits and algorithms, never in engine objects, so that the
-same dashboard and keys can steer the embedded balancer (InProcessController), a running `lbtui serve`
-through its admin API, or later another engine.
+same dashboard and keys can steer the embedded balancer (InProcessController), the engine on its own thread
+(lbtui/threaded.py), a running `lbtui serve` through its admin API (lbtui/admin/remote.py), or later another
+engine.
+
+A refusal is a ControlError whose message says why, of the class that says what kind of refusal it is:
+NotFound (no such backend or service), Conflict (not now: under way, already so, being removed), Invalid (a
+value that is never right here), ReloadRefused (a config that cannot be applied; its `issues` say where). The
+admin API answers each with its HTTP status (404, 409, 400) by class, never by reading the message.
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ import abc
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from lbtui.config import ALGORITHMS, ConfigError, parse_backend
+from lbtui.config import ALGORITHMS, ConfigError, ConfigIssue, parse_backend
 from lbtui.core.balancer import REMOVE_DEADLINE, Balancer
 from lbtui.core.health import HealthState, ejection_time, may_eject, next_state, remember, slow_share
 from lbtui.core.model import (
@@ -32,7 +38,28 @@ from lbtui.core.ramp import ABORTED, RUNNING, Ramp
 
 
 class ControlError(Exception):
-    """A request the controller refuses (unknown name, bad value); the message says why."""
+    """A request the controller refuses; the message says why, the subclass what kind of refusal it is."""
+
+
+class NotFound(ControlError):
+    """No backend or service of that name."""
+
+
+class Conflict(ControlError):
+    """Not now, though it may be later: a ramp under way, a backend being removed, nothing left to undo."""
+
+
+class Invalid(ControlError):
+    """A value that is not right for its target (a state, a weight, an algorithm, a split)."""
+
+
+class ReloadRefused(Invalid):
+    """The new config cannot be applied (a bad file, a socket that cannot be bound, a TLS file that cannot be
+    loaded): nothing changed. `issues` name the file and key path, as a ConfigError's do."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues = tuple(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +78,35 @@ class Event:
     def describe(self) -> str:
         text = f"{self.actor}: {self.action} {self.target}: {self.before} -> {self.after}"
         return f"{text} ({self.note})" if self.note else text
+
+
+@dataclass
+class ReloadResult:
+    """What a reload of the config file changed (proxy/reload.py makes it; the API, ctl and the UI show it)."""
+
+    source: str
+    changes: list[str] = field(default_factory=list)  # one line per change, for the API, ctl and the UI
+    events: list[Event] = field(default_factory=list)  # the audit events the reload made
+    restart_needed: list[str] = field(default_factory=list)  # what only a restart applies
+    warnings: list[str] = field(default_factory=list)  # changes that could not be made (and why)
+
+    def summary(self) -> str:
+        if not self.changes and not self.restart_needed:
+            return f"reloaded {self.source}: nothing changed"
+        text = f"reloaded {self.source}: {len(self.changes)} change{'s' if len(self.changes) != 1 else ''}"
+        if self.restart_needed:
+            text += f"; restart needed for {', '.join(r.split(':', 1)[0] for r in self.restart_needed)}"
+        return text
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "summary": self.summary(),
+            "changes": list(self.changes),
+            "restart_needed": list(self.restart_needed),
+            "warnings": list(self.warnings),
+            "events": [event.id for event in self.events],
+        }
 
 
 class Controller(abc.ABC):
@@ -125,6 +181,12 @@ class Controller(abc.ABC):
     def undo(self, actor: str = "api") -> Event:
         """Revert the newest change not yet undone."""
 
+    @abc.abstractmethod
+    def reload(self, actor: str = "api") -> ReloadResult:
+        """Re-read the config file the engine started with and apply it: what changed. ReloadRefused, with
+        nothing changed, when it cannot be applied. `actor` is who asked; the changes are audited as actor
+        "reload", whoever asked (as a SIGHUP's are)."""
+
 
 class InProcessController(Controller):
     """The Controller of the embedded balancer. Call it from the event loop that runs the data plane."""
@@ -143,19 +205,22 @@ class InProcessController(Controller):
             backend.on_outlier = self._outlier
         self._panic: dict[str, bool] = {}  # the panic mode last audited, per service
         self._note = ""  # added to the note of every event recorded now (see noting)
+        # Re-reads the config file and applies it (ReloadRefused when it cannot): set by the runtime that runs
+        # this engine (lbtui/serve.py's Runtime.reload), which knows the file; None: there is nothing to reload.
+        self.reloader: Callable[[], ReloadResult] | None = None
 
     # -- helpers -------------------------------------------------------------------------------------
     def _backend(self, name: str) -> Backend:
         backend = self.balancer.backends.get(name)
         if backend is None:
-            raise ControlError(f"no backend named {name!r}")
+            raise NotFound(f"no backend named {name!r}")
         return backend
 
     def _service(self, name: str) -> Service:
         service = self.balancer.services.get(name)
         if service is None:
             known = ", ".join(sorted(self.balancer.services)) or "none"
-            raise ControlError(f"no service named {name!r} (services: {known})")
+            raise NotFound(f"no service named {name!r} (services: {known})")
         return service
 
     @contextlib.contextmanager
@@ -207,7 +272,7 @@ class InProcessController(Controller):
         service = self.balancer.service_of(b)
         config = service.config.health
         if config is None:
-            raise ControlError(f"service {service.name!r} has no health check")
+            raise Invalid(f"service {service.name!r} has no health check")
         b.checks = remember(b.checks, check)
         before = HealthState(b.health, b.health_count, b.health_of)
         after = next_state(before, check.ok, config.rise, config.fall)
@@ -316,9 +381,9 @@ class InProcessController(Controller):
         try:
             new = AdminState(state)
         except ValueError:
-            raise ControlError(f"{state!r} is not a state (ready, drain, maint)") from None
+            raise Invalid(f"{state!r} is not a state (ready, drain, maint)") from None
         if b.remove_deadline is not None:
-            raise ControlError(f"backend {backend!r} is being removed")
+            raise Conflict(f"backend {backend!r} is being removed")
         before = b.admin_state.value
         self.balancer.set_admin_state(b, new)
         if before == AdminState.MAINT.value and new is AdminState.READY:
@@ -336,7 +401,7 @@ class InProcessController(Controller):
     def set_weight(self, backend: str, weight: int, actor: str = "api") -> Event:
         b = self._backend(backend)
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 1000:
-            raise ControlError(f"weight must be an integer from 0 to 1000, got {weight!r}")
+            raise Invalid(f"weight must be an integer from 0 to 1000, got {weight!r}")
         before = b.weight
         b.weight = weight
         self.balancer.service_of(b).changed()
@@ -357,11 +422,13 @@ class InProcessController(Controller):
                 {"name": name, "address": address, "group": group, "weight": weight}, s.config, "<runtime>"
             )
         except ConfigError as e:
-            raise ControlError(
+            # A name that a backend of the service's config has is taken (not now, as a runtime backend's is).
+            taken = any(other.name == name for other in s.config.backends)
+            raise (Conflict if taken else Invalid)(
                 "; ".join(f"{i.key_path.removeprefix('backend.')}: {i.message}" for i in e.issues)
             ) from None
         if config.name in self.balancer.backends:
-            raise ControlError(f"a backend named {config.name!r} exists already")
+            raise Conflict(f"a backend named {config.name!r} exists already")
         backend = Backend(config, s.name, self.balancer.clock())
         s.adopt(backend)
         backend.on_outlier = self._outlier
@@ -381,7 +448,7 @@ class InProcessController(Controller):
     def remove_backend(self, backend: str, actor: str = "api") -> Event:
         b = self._backend(backend)
         if b.remove_deadline is not None:
-            raise ControlError(f"backend {backend!r} is being removed already")
+            raise Conflict(f"backend {backend!r} is being removed already")
         before = {
             "service": b.service,
             "address": b.address,
@@ -399,9 +466,9 @@ class InProcessController(Controller):
     def set_algorithm(self, service: str, algorithm: str, actor: str = "api") -> Event:
         s = self._service(service)
         if algorithm not in ALGORITHMS:
-            raise ControlError(f"{algorithm!r} is not an algorithm ({', '.join(ALGORITHMS)})")
+            raise Invalid(f"{algorithm!r} is not an algorithm ({', '.join(ALGORITHMS)})")
         if algorithm == "consistent_hash" and not s.config.hash_key:
-            raise ControlError(f"service {service!r} has no hash_key, which consistent_hash needs")
+            raise Invalid(f"service {service!r} has no hash_key, which consistent_hash needs")
         before = s.algorithm_name
         s.set_algorithm(algorithm)
         return self.record(actor, "algorithm", service, before, algorithm)
@@ -413,14 +480,12 @@ class InProcessController(Controller):
         clean: dict[str, int] = {}
         for group, weight in split.items():
             if group not in groups:
-                raise ControlError(
-                    f"service {service!r} has no group {group!r} (groups: {', '.join(s.groups)})"
-                )
+                raise Invalid(f"service {service!r} has no group {group!r} (groups: {', '.join(s.groups)})")
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-                raise ControlError(f"split weight for {group!r} must be an integer >= 0, got {weight!r}")
+                raise Invalid(f"split weight for {group!r} must be an integer >= 0, got {weight!r}")
             clean[group] = weight
         if clean and not any(clean.values()):
-            raise ControlError("a split needs at least one group with a weight above 0")
+            raise Invalid("a split needs at least one group with a weight above 0")
         before = dict(s.split) if s.split else None
         s.split = clean or None
         s.changed()
@@ -429,7 +494,7 @@ class InProcessController(Controller):
     def flip(self, service: str, actor: str = "api") -> Event:
         s = self._service(service)
         if not s.split or len(s.split) != 2:
-            raise ControlError(f"service {service!r} needs a split of exactly two groups to flip")
+            raise Conflict(f"service {service!r} needs a split of exactly two groups to flip")
         (a, wa), (b, wb) = s.split.items()
         self._stop_ramp_for(s, actor)
         before = dict(s.split)
@@ -441,16 +506,16 @@ class InProcessController(Controller):
     def start_ramp(self, service: str, actor: str = "api") -> Event:
         s = self._service(service)
         if s.ramp is not None and s.ramp.state == RUNNING:
-            raise ControlError(f"a canary ramp is under way on {service!r} (R aborts it)")
+            raise Conflict(f"a canary ramp is under way on {service!r} (R aborts it)")
         if not s.split or len(s.split) != 2:
-            raise ControlError(f"service {service!r} needs a split of exactly two groups to ramp")
+            raise Conflict(f"service {service!r} needs a split of exactly two groups to ramp")
         (stable, stable_weight), (canary, canary_weight) = s.split.items()
         total = stable_weight + canary_weight
         share = 100.0 * canary_weight / total if total else 0.0
         config = s.config.ramp
         first = next((i for i, percent in enumerate(config.steps) if percent > share), None)
         if first is None:
-            raise ControlError(f"{canary} has {share:.0f}% of {service!r} already: no step above it")
+            raise Conflict(f"{canary} has {share:.0f}% of {service!r} already: no step above it")
         now = self.balancer.clock()
         requests = sum(b.requests for b in s.backends if b.group == canary)
         ramp = Ramp(config, stable, canary, dict(s.split), first, now, requests)
@@ -464,7 +529,7 @@ class InProcessController(Controller):
         s = self._service(service)
         ramp = s.ramp
         if ramp is None or ramp.state != RUNNING:
-            raise ControlError(f"no canary ramp is under way on {service!r}")
+            raise Conflict(f"no canary ramp is under way on {service!r}")
         ramp.finish(ABORTED, f"by {actor}")
         return self._ramp_split(s, ramp.before or {}, actor, "aborted: split as before the ramp")
 
@@ -525,6 +590,12 @@ class InProcessController(Controller):
             )
         return out
 
+    def reload(self, actor: str = "api") -> ReloadResult:
+        del actor  # the reload's changes are audited as "reload", whoever asked
+        if self.reloader is None:
+            raise Conflict("this instance has no config file to reload")
+        return self.reloader()
+
     def undo(self, actor: str = "api") -> Event:
         while self._undo:
             event = self._undo.pop()
@@ -532,7 +603,7 @@ class InProcessController(Controller):
                 return self._revert(event)
             except ControlError:
                 continue  # the target is gone (removed since): nothing to revert, try the one before
-        raise ControlError("nothing to undo")
+        raise Conflict("nothing to undo")
 
     def _revert(self, event: Event) -> Event:
         if event.action == "state":
@@ -553,4 +624,4 @@ class InProcessController(Controller):
             return self.set_algorithm(event.target, event.before, "undo")
         if event.action in ("split", "flip"):
             return self.set_split(event.target, event.before or {}, "undo")
-        raise ControlError(f"cannot undo {event.action}")
+        raise Invalid(f"cannot undo {event.action}")

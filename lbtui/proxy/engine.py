@@ -31,8 +31,8 @@ from lbtui.proxy.upstream import Pool
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from lbtui.core.control import ReloadResult
     from lbtui.proxy.client import Exchange
-    from lbtui.proxy.reload import ReloadResult
 
 log = logging.getLogger("lbtui")
 

@@ -37,12 +37,11 @@ import asyncio
 import dataclasses
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lbtui.config import BackendConfig, Config, ConfigIssue, ListenerConfig, ServiceConfig
 from lbtui.core.balancer import route_view
-from lbtui.core.control import ControlError, Event
+from lbtui.core.control import ControlError, Event, ReloadRefused, ReloadResult
 from lbtui.core.model import AdminState, Health, RouteStats, Service
 from lbtui.core.persist import capture
 from lbtui.features import missing_sticky_secrets
@@ -61,42 +60,6 @@ _SETTINGS = tuple(
     for f in dataclasses.fields(ServiceConfig)
     if f.name not in ("name", "backends", "algorithm", "split")
 )
-
-
-class ReloadRefused(Exception):
-    """The new config cannot be applied (a socket cannot be bound, a TLS file cannot be loaded): nothing
-    changed. `issues` name the file and key path, as a ConfigError's do."""
-
-    def __init__(self, issues: list[ConfigIssue]) -> None:
-        self.issues = tuple(issues)
-        super().__init__("\n".join(str(issue) for issue in self.issues))
-
-
-@dataclass
-class ReloadResult:
-    source: str
-    changes: list[str] = field(default_factory=list)  # one line per change, for the API, ctl and the UI
-    events: list[Event] = field(default_factory=list)  # the audit events the reload made
-    restart_needed: list[str] = field(default_factory=list)  # what only a restart applies
-    warnings: list[str] = field(default_factory=list)  # changes that could not be made (and why)
-
-    def summary(self) -> str:
-        if not self.changes and not self.restart_needed:
-            return f"reloaded {self.source}: nothing changed"
-        text = f"reloaded {self.source}: {len(self.changes)} change{'s' if len(self.changes) != 1 else ''}"
-        if self.restart_needed:
-            text += f"; restart needed for {', '.join(r.split(':', 1)[0] for r in self.restart_needed)}"
-        return text
-
-    def json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "summary": self.summary(),
-            "changes": list(self.changes),
-            "restart_needed": list(self.restart_needed),
-            "warnings": list(self.warnings),
-            "events": [event.id for event in self.events],
-        }
 
 
 def listener_key(listener: ListenerConfig) -> tuple[Any, ...]:

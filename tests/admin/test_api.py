@@ -21,9 +21,10 @@ from lbtui.admin.api import (
     Request,
     same_origin,
     split_host,
+    start_admin_server,
 )
-from lbtui.config import AdminConfig, Config, parse_config
-from lbtui.core.control import Controller
+from lbtui.config import AdminConfig, Config, ConfigIssue, parse_config
+from lbtui.core.control import Controller, ReloadRefused, ReloadResult
 from lbtui.proxy.engine import Engine
 from lbtui.serve import Runtime, ServeOptions
 from tests.conftest import RawClient, wait_for
@@ -665,7 +666,8 @@ def _with_admin(bind: str, **admin: Any) -> Config:
 
 async def test_the_runtime_runs_the_admin_api_when_configured() -> None:
     said: list[str] = []
-    runtime = Runtime(ServeOptions(config=_with_admin("127.0.0.1:0"), grace=1.0), said.append)
+    options = ServeOptions(config=_with_admin("127.0.0.1:0"), grace=1.0, admin_server=start_admin_server)
+    runtime = Runtime(options, said.append)
     assert await runtime.start()
     try:
         assert runtime.admin is not None
@@ -688,12 +690,22 @@ async def test_the_runtime_says_why_when_the_admin_port_is_taken() -> None:
     port = taken.sockets[0].getsockname()[1]
     said: list[str] = []
     try:
-        runtime = Runtime(ServeOptions(config=_with_admin(f"127.0.0.1:{port}")), said.append)
+        options = ServeOptions(config=_with_admin(f"127.0.0.1:{port}"), admin_server=start_admin_server)
+        runtime = Runtime(options, said.append)
         assert not await runtime.start()
         assert runtime.engine is None
         assert any(m.startswith(f"cannot listen for the admin API on 127.0.0.1:{port}") for m in said), said
     finally:
         taken.close()
+
+
+async def test_a_runtime_given_no_admin_api_says_so_rather_than_run_without_it() -> None:
+    """lbtui.serve never imports the admin API: the command line hands it in (ServeOptions.admin_server)."""
+    said: list[str] = []
+    runtime = Runtime(ServeOptions(config=_with_admin("127.0.0.1:0")), said.append)
+    assert not await runtime.start()
+    assert runtime.engine is None
+    assert any(m.startswith("cannot start the admin API: ") for m in said), said
 
 
 async def test_no_admin_section_no_admin_api() -> None:
@@ -770,12 +782,23 @@ async def test_reload_answers_what_the_runtime_says(admin: Admin) -> None:
             {"file": "lbtui.toml", "key_path": "services.app.algorithm", "message": "no", "hint": None}
         ],
     }
-    admin.server.api.reloader = lambda: (400, refused)
+
+    def refuse() -> ReloadResult:
+        raise ReloadRefused([ConfigIssue("lbtui.toml", "services.app.algorithm", "no")])
+
+    admin.engine.controller.reloader = refuse  # what the runtime sets (lbtui/serve.py)
     assert (await admin.ask("POST", "/api/v1/reload"))[:2] == (400, refused)
-    admin.server.api.reloader = lambda: (200, {"summary": "reloaded lbtui.toml: nothing changed"})
+    admin.engine.controller.reloader = lambda: ReloadResult("lbtui.toml", changes=["backend b: added"])
     assert (await admin.ask("POST", "/api/v1/reload"))[:2] == (
         200,
-        {"summary": "reloaded lbtui.toml: nothing changed"},
+        {
+            "source": "lbtui.toml",
+            "summary": "reloaded lbtui.toml: 1 change",
+            "changes": ["backend b: added"],
+            "restart_needed": [],
+            "warnings": [],
+            "events": [],
+        },
     )
 
 

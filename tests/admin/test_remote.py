@@ -16,7 +16,7 @@ from lbtui.admin.schema import (
     snapshot_from_json,
     snapshot_json,
 )
-from lbtui.core.control import ControlError, Event
+from lbtui.core.control import Conflict, ControlError, Event, Invalid, NotFound, ReloadRefused
 from lbtui.core.model import Snapshot
 from tests.attached import Served, canary_config, served
 from tests.conftest import wait_for
@@ -139,19 +139,22 @@ async def test_every_change_goes_through_and_answers_its_event(server: Served) -
 
 
 async def test_refusals_are_control_errors_with_the_servers_message(server: Served) -> None:
+    """Of the class the in-process controller raises (the API's status says which)."""
     remote = server.remote
-    with pytest.raises(ControlError, match="nothing to undo"):
+    with pytest.raises(Conflict, match="nothing to undo"):
         remote.undo()
-    with pytest.raises(ControlError, match="no backend named 'nope'"):
+    with pytest.raises(NotFound, match="no backend named 'nope'"):
         remote.drain("nope")
-    with pytest.raises(ControlError, match="weight must be an integer from 0 to 1000"):
+    with pytest.raises(Invalid, match="weight must be an integer from 0 to 1000"):
         remote.set_weight("blue-1", 5000)
-    with pytest.raises(ControlError, match="is not an algorithm"):
+    with pytest.raises(Invalid, match="is not an algorithm"):
         remote.set_algorithm("app", "fastest")
-    with pytest.raises(ControlError, match="no canary ramp is under way"):
+    with pytest.raises(Conflict, match="no canary ramp is under way"):
         remote.abort_ramp("app")
-    with pytest.raises(ControlError, match="'blue-1' is already used"):
+    with pytest.raises(Conflict, match="'blue-1' is already used"):
         remote.add_backend("app", "blue-1", "127.0.0.1:9")
+    with pytest.raises(Invalid, match="is not a state"):
+        remote.set_state("blue-1", "asleep")
 
 
 async def test_subscribe_hands_over_each_new_event_once_in_order(server: Served) -> None:
@@ -211,13 +214,16 @@ async def test_reload_from_an_attached_dashboard_goes_to_the_server(backends, tm
     path.write_text(base + backend.format("one", one.address))
     async with served(load_config(str(path))) as s:
         path.write_text(base + backend.format("one", one.address) + backend.format("two", two.address))
-        said = s.remote.reload()
-        assert said.startswith("reloaded")
-        assert "two" in said
+        result = s.remote.reload()
+        assert result.summary().startswith(f"reloaded {path}: 1 change")
+        assert any("two" in line for line in result.changes)
+        assert [(e.actor, e.action, e.target) for e in result.events] == [("reload", "add", "two")]
         assert [b.name for b in s.remote.snapshot().services[0].backends] == ["one", "two"]
         path.write_text(base + "[[services.app.backends]]\nname = 3\n")
-        with pytest.raises(ControlError, match=r"reload refused, the running config stays \(\d+ problems?\)"):
+        with pytest.raises(ReloadRefused) as refused:
             s.remote.reload()
+        assert refused.value.issues
+        assert all(issue.file == str(path) for issue in refused.value.issues)
         assert [b.name for b in s.remote.snapshot().services[0].backends] == ["one", "two"]
         assert any(e.actor == "reload" for e in s.remote.events())
 

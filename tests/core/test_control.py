@@ -10,7 +10,7 @@ import pytest
 
 from lbtui.config import parse_config
 from lbtui.core.balancer import Balancer
-from lbtui.core.control import ControlError, InProcessController
+from lbtui.core.control import Conflict, ControlError, InProcessController, Invalid, NotFound
 from tests.conftest import make_config, wait_for
 
 
@@ -120,6 +120,38 @@ def test_add_and_remove_backend():
         c.add_backend("shop", "x", "not-an-address")
     c.remove_backend("green-2")  # nothing in flight: gone at once
     assert "green-2" not in c.balancer.backends
+
+
+@pytest.mark.parametrize(
+    ("change", "kind"),
+    [
+        (lambda c: c.drain("nope"), NotFound),
+        (lambda c: c.flip("nope"), NotFound),
+        (lambda c: c.add_backend("nope", "x", "127.0.0.1:1"), NotFound),
+        (lambda c: c.set_state("blue-1", "asleep"), Invalid),
+        (lambda c: c.set_weight("blue-1", 5000), Invalid),
+        (lambda c: c.set_algorithm("shop", "fastest"), Invalid),
+        (lambda c: c.set_split("shop", {"red": 1}), Invalid),
+        (lambda c: c.add_backend("shop", "x", "not-an-address"), Invalid),
+        (lambda c: c.add_backend("shop", "blue-1", "127.0.0.1:1"), Conflict),  # a name of the config's
+        (lambda c: c.flip("shop"), Conflict),  # no split yet
+        (lambda c: c.start_ramp("shop"), Conflict),
+        (lambda c: c.abort_ramp("shop"), Conflict),
+        (lambda c: c.undo(), Conflict),
+        (lambda c: c.reload(), Conflict),  # no runtime set a config file to reload
+    ],
+)
+def test_each_refusal_says_its_kind_by_class(change, kind):
+    """The admin API answers by class (404, 409, 400), never by reading the message."""
+    with pytest.raises(kind):
+        change(controller())
+
+
+def test_a_name_taken_at_runtime_is_a_conflict_too():
+    c = controller()
+    c.add_backend("shop", "green-2", "127.0.0.1:9004")
+    with pytest.raises(Conflict, match="exists already"):
+        c.add_backend("shop", "green-2", "127.0.0.1:9005")
 
 
 def test_remove_drains_first_then_drops_when_idle():

@@ -12,7 +12,7 @@ import pytest
 from lbtui.admin.metrics import render
 from lbtui.admin.schema import snapshot_from_json, snapshot_json
 from lbtui.config import parse_config
-from lbtui.tui.app import status_line
+from lbtui.tui.format import status_line
 from tests.conftest import make_config, wait_for
 from tests.proxy.test_tcp import Client, EchoServer, tcp_config
 

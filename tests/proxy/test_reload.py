@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from lbtui.config import Config, parse_config
+from lbtui.core.control import ReloadRefused
 from lbtui.demo.backends import DemoBackend
 from lbtui.proxy.engine import Engine
-from lbtui.proxy.reload import ReloadRefused
 from tests.conftest import RawClient, wait_for
 
 Backends = Callable[..., Awaitable[DemoBackend]]

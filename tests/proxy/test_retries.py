@@ -352,7 +352,7 @@ async def test_a_response_cut_after_its_head_is_counted_shown_and_logged(
             metrics = (await http.get("/metrics")).text
     finally:
         await admin.stop()
-    from lbtui.tui.app import detail_text
+    from lbtui.tui.format import detail_text
 
     (backend,) = [b for s_ in state["services"] for b in s_["backends"] if b["name"] == "cutter"]
     assert backend["aborted"] == 1

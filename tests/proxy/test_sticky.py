@@ -19,9 +19,9 @@ from lbtui.admin.api import AdminServer
 from lbtui.admin.schema import snapshot_from_json, snapshot_json
 from lbtui.config import AdminConfig, Config, parse_config
 from lbtui.core.algorithms import ALGORITHMS
+from lbtui.core.control import ReloadRefused
 from lbtui.core.model import sticky_value
 from lbtui.proxy.engine import Engine
-from lbtui.proxy.reload import ReloadRefused
 from tests.conftest import RawClient, RawResponse, wait_for
 
 COOKIE = "lbtui_srv"

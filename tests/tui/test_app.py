@@ -10,7 +10,8 @@ import pytest
 from lbtui.core.model import BackendView, Snapshot
 from lbtui.core.stats import window_view
 from lbtui.serve import ServeOptions
-from lbtui.tui.app import Dashboard, backend_cells, latency_histogram, split_bar, status_line
+from lbtui.tui.app import Dashboard
+from lbtui.tui.format import backend_cells, latency_histogram, split_bar, status_line
 from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, DetailScreen, HelpScreen
 from lbtui.tui.table import Table
 from tests.conftest import make_config, wait_for
@@ -294,7 +295,7 @@ async def test_status_bar_turns_warning_then_error_colour(backends):
 
 
 def test_sparkline_scales_to_the_largest_value():
-    from lbtui.tui.app import sparkline
+    from lbtui.tui.format import sparkline
 
     assert sparkline([0, 0]) == "▁▁"
     assert sparkline([1, 2, 4, 8]) == "▂▃▅█"
@@ -331,3 +332,17 @@ def test_status_line_names_each_listener_by_its_scheme():
     )
     line = status_line(Snapshot(time=0.0, uptime=1.0, listeners=listeners, services=(), connections=0))
     assert "web http://127.0.0.1:8080  secure https://127.0.0.1:8443  db tcp://127.0.0.1:5433" in line
+
+
+@pytest.mark.parametrize("module", ["lbtui.tui.app", "lbtui.serve", "lbtui.threaded"])
+def test_the_dashboard_and_the_runtime_never_import_the_admin_api(module: str) -> None:
+    """The command line wires the admin API in (ServeOptions.admin_server, a RemoteController for attach)."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import importlib, sys; importlib.import_module({module!r}); "
+        "print(sorted(m for m in sys.modules if m.startswith('lbtui.admin')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

@@ -173,7 +173,7 @@ class FixedController(Controller):
         raise ControlError("fixed data: nothing changes")
 
     set_state = drain_then_maint = set_weight = remove_backend = set_algorithm = flip = _refuse  # type: ignore[assignment]
-    undo = start_ramp = abort_ramp = _refuse  # type: ignore[assignment]
+    undo = start_ramp = abort_ramp = reload = _refuse  # type: ignore[assignment]
 
     def add_backend(
         self,

@@ -16,7 +16,8 @@ from lbtui.core.model import BackendView
 from lbtui.core.stats import BUCKETS, bucket_index, window_view
 from lbtui.serve import ServeOptions
 from lbtui.tui import themes
-from lbtui.tui.app import Dashboard, backend_cells
+from lbtui.tui.app import Dashboard
+from lbtui.tui.format import backend_cells
 from lbtui.tui.table import Table
 from tests.conftest import make_config, wait_for
 from tests.tui.test_app import SIZE, quit_app
