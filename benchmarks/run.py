@@ -16,12 +16,7 @@ same engine headless (`lbtui serve --config FILE`), same load, same pinning:
     python benchmarks/run.py --dashboard [--rounds 3] [--duration 10] [--pty-size 160x45]
 """
 
-from __future__ import annotations
-
 import argparse
-import fcntl
-import hashlib
-import http.client
 import json
 import os
 import platform
@@ -29,653 +24,69 @@ import re
 import shlex
 import shutil
 import signal
-import socket
-import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
-import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-BODY = b"hello, world\n"
-# The dashboard targets: `lbtui --config FILE` (the engine inside the dashboard) on a pseudo-terminal, pinned
-# exactly like `lbtui serve` (the whole process on the proxy CPU), and, for information, not pinned at all.
-DASHBOARDS = ("dashboard", "dashboard-unpinned")
-# The gateway target: `lbtui serve` like `lbtui`, same backends, same pinning, with one route (path_prefix)
-# that asks for an API key and rate-limits per consumer; wrk sends the key and a path the route takes. The
-# limit is far above what one CPU can serve, so it is never hit (a 429 would be a non-2xx error).
-GATEWAY = "lbtui-gateway"
-GATEWAY_PREFIX = "/api"
-GATEWAY_PATH = "/api/bench"
-GATEWAY_KEY_HEADER = "X-API-Key"
-GATEWAY_KEY = "lbtui-bench-key"  # not a secret: the config holds its SHA-256, as a real one would
-GATEWAY_RATE = 1_000_000  # requests per second for the one consumer (and the burst)
-TARGETS = ("direct", "haproxy", "lbtui", GATEWAY, *DASHBOARDS)
-DEFAULT_TARGETS = ("direct", "haproxy", "lbtui", GATEWAY)
-DASHBOARD_MODE_TARGETS = ("lbtui", *DASHBOARDS)  # --dashboard
-VARIANT = "variant:"  # --variant NAME=CMD adds the target "variant:NAME": CMD pinned like `dashboard`
+if __package__ in (None, ""):  # run as a script (python benchmarks/run.py): its package is benchmarks
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def is_dashboard(target: str) -> bool:
-    return target in DASHBOARDS or target.startswith(VARIANT)
-
-
-def target_request(target: str) -> tuple[str, dict[str, str]]:
-    """The path every request to a target asks for, and the headers it carries (beyond wrk's own)."""
-    if target == GATEWAY:
-        return GATEWAY_PATH, {GATEWAY_KEY_HEADER: GATEWAY_KEY}
-    return "/", {}
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-READY_DEADLINE_S = 10.0
-WARMUP_S = 1
-WRK_TIMEOUT = "5s"  # per request, inside wrk; a slower answer counts as a timeout error
-
-# The bars (README.md). Concurrent levels (c > 1) compare lbtui with HAProxy; c = 1 compares with direct.
-BAR_RPS_MIN = 0.5  # lbtui req/s >= 0.5x HAProxy's
-BAR_CPU_MAX = 1.6  # lbtui CPU time per request <= 1.6x HAProxy's
-BAR_P99_MAX = 2.5  # lbtui p99 <= 2.5x HAProxy's
-BAR_P50_DELTA_US = 100.0  # at one connection: lbtui p50 <= direct p50 + 100 us
-# The dashboard bars (ARCHITECTURE section 2): the dashboard (pinned like `lbtui serve`) against headless lbtui.
-BAR_DASH_RPS_MIN = 0.90  # dashboard req/s >= 0.90x headless
-BAR_DASH_P99_DELTA_MS = 2.0  # dashboard p99 <= headless p99 + 2 ms
-# The gateway bar (issue 5): route + API key + rate limit (not hit) keeps req/s within 25% of plain lbtui's.
-BAR_GW_RPS_MIN = 0.75
+from benchmarks.configs import gateway_toml, haproxy_cfg, lbtui_toml, nginx_conf
+from benchmarks.cpu import cpu_busy_seconds, others_pct, tree_cpu_seconds
+from benchmarks.errors import Interrupted, StartError
+from benchmarks.procs import (
+    Proc,
+    PtyProc,
+    check_gateway,
+    free_ports,
+    lbtui_build,
+    process_build,
+    set_tree_affinity,
+    tool_version,
+    wait_ready,
+)
+from benchmarks.report import (
+    BAR_DASH_P99_DELTA_MS,
+    BAR_DASH_RPS_MIN,
+    BAR_GW_RPS_MIN,
+    Run,
+    fmt_pct,
+    fmt_us,
+    json_document,
+    report,
+)
+from benchmarks.targets import (
+    DASHBOARD_MODE_TARGETS,
+    DASHBOARDS,
+    DEFAULT_TARGETS,
+    GATEWAY,
+    GATEWAY_KEY_HEADER,
+    GATEWAY_PREFIX,
+    GATEWAY_RATE,
+    REPO,
+    TARGETS,
+    VARIANT,
+    is_dashboard,
+    target_request,
+)
+from benchmarks.wrk import WARMUP_S, WrkResult, run_wrk, wrk_argv
 
 # Dashboard runs: the pseudo-terminal, how long the dashboard may idle before the load (its first layout
-# and paints are done by then), how long its idle CPU is sampled, and how long `q` then `y` may take.
+# and paints are done by then), and how long its idle CPU is sampled (procs.py: how long `q` then `y` may take).
 PTY_SIZE = "160x45"
 DASH_SETTLE_S = 1.0
 IDLE_SAMPLE_S = 2.0
-DASH_QUIT_DEADLINE_S = 10.0
 # --retry-disturbed: measure a run at most this many times, pausing in between.
 RETRY_ATTEMPTS = 3
 RETRY_PAUSE_S = 5.0
 
 
-class StartError(Exception):
-    """Something could not be started (or died): exit 2 with the message."""
-
-
-class Interrupted(Exception):
-    """SIGTERM: treated like Ctrl-C."""
-
-
-# --------------------------------------------------------------------------------------------- processes
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (bind to port 0, read it, close; all held open until the end)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Proc:
-    """A child process in its own session (so Ctrl-C reaches us, not it); output to a log file."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, **popen: Any) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        try:
-            self.popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **popen,
-            )
-        except OSError as e:
-            self._log.close()
-            raise StartError(f"{name}: could not run {' '.join(argv)}: {e}") from e
-        self.pid = self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        tail = text.splitlines()[-lines:]
-        return "\n".join("    | " + line for line in tail) if tail else "    | (empty log)"
-
-    def died_message(self, when: str) -> str:
-        return (
-            f"{self.name} exited with code {self.popen.returncode} {when}.\n"
-            f"  command: {' '.join(self.argv)}\n  last lines of its output ({self.log_path.name}):\n"
-            f"{self.log_tail()}"
-        )
-
-    def stop(self) -> None:
-        """SIGTERM to the process group we created (pgid == our child's pid), then SIGKILL after 5 s."""
-        for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                break
-            try:
-                self.popen.wait(timeout=wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-            # The leader is gone; make sure nothing it left in its group (e.g. an nginx worker) survives.
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            break
-        if self.popen.returncode is None:
-            try:
-                self.popen.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
-        self._log.close()
-
-
-# Escape sequences (CSI, OSC, DCS/APC/PM/SOS, charset selection, single-character ones) in terminal output.
-_ESCAPES = re.compile(
-    rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|[()][0-9A-Za-z]|.)"
-)
-
-
-class PtyProc:
-    """A dashboard on a pseudo-terminal of a fixed size, the terminal of its own session (as in a real one).
-
-    A thread of this script reads (drains) the terminal's master side all the time, as a terminal emulator
-    would, so the dashboard never blocks on its output; it counts the bytes and keeps the last ones for the
-    log. Keys are written to the master side. Same interface as Proc (stop() quits the dashboard with its
-    own keys first).
-    """
-
-    KEEP_BYTES = 256 * 1024
-
-    def __init__(
-        self, name: str, argv: list[str], log_path: Path, cols: int, rows: int, env: dict[str, str], cwd: Path
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.bytes_out = 0
-        self.quit_clean: bool | None = None
-        self._tail = bytearray()
-        self._lock = threading.Lock()
-        master, slave = os.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        # `setsid -c`: a new session whose controlling terminal is the pty (so the dashboard gets SIGHUP if
-        # this script vanishes, as with a closed terminal window); it execs, so the pid stays the dashboard's.
-        setsid = shutil.which("setsid")
-        full = [setsid, "-c", *argv] if setsid else argv
-        try:
-            self.popen = subprocess.Popen(
-                full,
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                start_new_session=setsid is None,
-                env=env,
-                cwd=cwd,
-            )
-        except OSError as e:
-            os.close(master)
-            raise StartError(f"{name}: could not run {' '.join(full)}: {e}") from e
-        finally:
-            os.close(slave)
-        self.master = master
-        self.pid = self.popen.pid
-        self._reader = threading.Thread(target=self._drain, name=f"{name}-pty", daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 65536)
-            except OSError:  # EIO: every slave side is closed (the dashboard exited)
-                return
-            if not data:
-                return
-            with self._lock:
-                self.bytes_out += len(data)
-                self._tail += data
-                if len(self._tail) > 2 * self.KEEP_BYTES:
-                    del self._tail[: -self.KEEP_BYTES]
-
-    def output_bytes(self) -> int:
-        with self._lock:
-            return self.bytes_out
-
-    def send(self, keys: bytes) -> None:
-        os.write(self.master, keys)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 25) -> str:
-        """The last lines of its output as text (escape sequences removed): e.g. an error before the UI."""
-        with self._lock:
-            raw = bytes(self._tail[-16384:])
-        text = _ESCAPES.sub(b"", raw).decode("utf-8", "replace").replace("\r", "\n")
-        tail = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
-        return "\n".join("    | " + line for line in tail) if tail else "    | (no output)"
-
-    def died_message(self, when: str) -> str:
-        return (
-            f"{self.name} exited with code {self.popen.returncode} {when}.\n"
-            f"  command: {' '.join(self.argv)}\n  last lines of its terminal:\n{self.log_tail()}"
-        )
-
-    def stop(self) -> None:
-        """Quit as a user does (`q`, then `y` to confirm; twice if need be), else SIGTERM, then SIGKILL."""
-        if self.alive():
-            t0 = time.monotonic()
-            clean = False
-            while not clean and time.monotonic() - t0 < DASH_QUIT_DEADLINE_S:
-                try:
-                    self.send(b"q")
-                    time.sleep(0.5)  # the confirmation screen is up by then
-                    self.send(b"y")
-                except OSError:
-                    break
-                try:
-                    self.popen.wait(timeout=max(0.1, DASH_QUIT_DEADLINE_S / 2 - 0.5))
-                    clean = self.popen.returncode == 0
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            self.quit_clean = clean
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self.popen.returncode is not None:
-                break
-            try:
-                os.killpg(self.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                break
-            try:
-                self.popen.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # nothing it started may survive it
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._reader.join(timeout=2.0)
-        try:
-            os.close(self.master)
-        except OSError:
-            pass
-        with self._lock:
-            self.log_path.write_bytes(bytes(self._tail))
-
-
-def http_get(
-    port: int, timeout: float = 1.0, path: str = "/", headers: dict[str, str] | None = None
-) -> tuple[int, bytes, http.client.HTTPMessage]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read(), resp.headers
-    finally:
-        conn.close()
-
-
-def wait_ready(
-    proc: Proc | PtyProc,
-    port: int,
-    deadline_s: float = READY_DEADLINE_S,
-    successes: int = 2,
-    path: str = "/",
-    headers: dict[str, str] | None = None,
-) -> float:
-    """Poll with real HTTP GETs until `successes` consecutive 200s with the expected body; return seconds."""
-    t0 = time.monotonic()
-    last = "no answer yet"
-    ok = 0
-    while time.monotonic() - t0 < deadline_s:
-        if not proc.alive():
-            raise StartError(proc.died_message("before it was ready"))
-        try:
-            status, body, _ = http_get(port, path=path, headers=headers)
-            if status == 200 and body == BODY:
-                ok += 1
-                if ok >= successes:
-                    return time.monotonic() - t0
-                continue
-            last = f"HTTP {status}, body {body[:80]!r}"
-        except (OSError, http.client.HTTPException) as e:
-            last = f"{type(e).__name__}: {e}"
-        ok = 0
-        time.sleep(0.05)
-    raise StartError(
-        f"{proc.name} did not answer GET http://127.0.0.1:{port}{path} with 200 {BODY!r} "
-        f"within {deadline_s:.0f} s "
-        f"(last: {last}).\n  command: {' '.join(proc.argv)}\n  last lines of its output:\n{proc.log_tail()}"
-    )
-
-
-def check_gateway(port: int) -> None:
-    """The gateway's policies are on the measured path: without the key 401; with it 200, the backend's body
-    and the rate limit's `RateLimit-Limit` header with the configured limit."""
-    url = f"GET http://127.0.0.1:{port}{GATEWAY_PATH}"
-    try:
-        status, _, _ = http_get(port, path=GATEWAY_PATH)
-        if status != 401:
-            raise StartError(f"{GATEWAY}: {url} without {GATEWAY_KEY_HEADER} answered {status}, not 401")
-        status, body, headers = http_get(port, path=GATEWAY_PATH, headers=target_request(GATEWAY)[1])
-    except (OSError, http.client.HTTPException) as e:
-        raise StartError(f"{GATEWAY}: {url} failed: {type(e).__name__}: {e}") from e
-    limit = headers.get("RateLimit-Limit")
-    if status != 200 or body != BODY or limit != str(GATEWAY_RATE):
-        raise StartError(
-            f"{GATEWAY}: {url} with the key answered {status}, body {body[:80]!r}, RateLimit-Limit {limit!r} "
-            f"(expected 200, {BODY!r}, {GATEWAY_RATE})"
-        )
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, utime + stime in clock ticks) for every process we can read."""
-    table: dict[int, tuple[int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        rest = raw[raw.rfind(b")") + 2 :].split()
-        # rest[0] is field 3 (state); ppid is field 4, utime field 14, stime field 15 (proc(5)).
-        try:
-            table[int(entry)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
-        except (IndexError, ValueError):
-            continue
-    return table
-
-
-def tree_pids(root: int) -> list[int]:
-    """`root` and its live descendants."""
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(children.get(pid, ()))
-    return out
-
-
-def set_tree_affinity(root: int, cpus: set[int]) -> None:
-    """Move every thread of `root` and its descendants to `cpus` (what `taskset -a -p -c CPUS PID` does)."""
-    for pid in tree_pids(root):
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                os.sched_setaffinity(tid, cpus)
-            except OSError:
-                pass
-
-
-def process_build(pid: int) -> str:
-    """Which data plane a running lbtui process loaded: the compiled module mapped in its memory, or not."""
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            maps = f.read()
-    except OSError:
-        return "unknown"
-    return "compiled" if re.search(r"lbtui/proxy/client\.[^/\s]*\.so", maps) else "pure Python"
-
-
-def cpu_busy_seconds(cpu: int) -> tuple[float, float]:
-    """(busy, steal) seconds of one CPU since boot, from /proc/stat (busy: user nice system irq softirq)."""
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith(f"cpu{cpu} "):
-                v = [int(x) for x in line.split()[1:9]]
-                return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK, v[7] / CLK_TCK
-    return 0.0, 0.0
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """utime + stime of `root` and all its live descendants (all threads included), in seconds."""
-    table = _proc_table()
-    if root not in table:
-        raise StartError(f"process {root} is gone")
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += table[pid][1]
-        stack.extend(children.get(pid, ()))
-    return total / CLK_TCK
-
-
-# ------------------------------------------------------------------------------------------------- wrk
-
-
-def parse_time_us(text: str) -> float:
-    """wrk's time format ('85.00us', '1.23ms', '2.00s', '1.00m', '1.00h') to microseconds."""
-    for unit, factor in (("us", 1.0), ("ms", 1e3), ("s", 1e6), ("m", 60e6), ("h", 3600e6)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * factor
-    return float(text)  # pragma: no cover - wrk always prints a unit
-
-
-@dataclass
-class WrkResult:
-    rps: float
-    p50_us: float
-    p99_us: float
-    requests: int
-    seconds: float
-    socket_errors: dict[str, int] = field(default_factory=dict)
-    non_2xx_3xx: int = 0
-
-    @property
-    def errors(self) -> int:
-        return sum(self.socket_errors.values()) + self.non_2xx_3xx
-
-
-def parse_wrk(out: str) -> WrkResult:
-    rps = p50 = p99 = seconds = None
-    requests = None
-    sock: dict[str, int] = {}
-    non2xx = 0
-    for line in out.splitlines():
-        s = line.strip()
-        parts = s.split()
-        if s.startswith("50%") and len(parts) == 2:
-            p50 = parse_time_us(parts[1])
-        elif s.startswith("99%") and len(parts) == 2:
-            p99 = parse_time_us(parts[1])
-        elif " requests in " in s:
-            # "123456 requests in 5.00s, 12.34MB read"
-            requests = int(parts[0])
-            seconds = parse_time_us(parts[3].rstrip(",")) / 1e6
-        elif s.startswith("Socket errors:"):
-            # "Socket errors: connect 0, read 0, write 0, timeout 0"
-            for item in s.split(":", 1)[1].split(","):
-                kind, n = item.split()
-                sock[kind] = int(n)
-        elif s.startswith("Non-2xx or 3xx responses:"):
-            non2xx = int(parts[-1])
-        elif s.startswith("Requests/sec:"):
-            rps = float(parts[1])
-    if rps is None or p50 is None or p99 is None or requests is None or seconds is None:
-        raise ValueError("could not parse wrk output:\n" + out)
-    return WrkResult(rps, p50, p99, requests, seconds, {k: v for k, v in sock.items() if v}, non2xx)
-
-
-# ---------------------------------------------------------------------------------------------- configs
-
-
-def nginx_conf(tmp: Path, ports: list[int]) -> str:
-    servers = "\n".join(
-        f"""    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 200 "hello, world\\n"; }}
-    }}"""
-        for port in ports
-    )
-    return f"""# generated by benchmarks/run.py
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-{"user root;" if os.geteuid() == 0 else ""}
-events {{
-    worker_connections 4096;
-}}
-http {{
-    access_log off;
-    default_type text/plain;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {tmp}/nginx-body;
-    proxy_temp_path {tmp}/nginx-proxy;
-    fastcgi_temp_path {tmp}/nginx-fastcgi;
-    uwsgi_temp_path {tmp}/nginx-uwsgi;
-    scgi_temp_path {tmp}/nginx-scgi;
-{servers}
-}}
-"""
-
-
-def haproxy_cfg(port: int, backends: list[int]) -> str:
-    servers = "\n".join(f"    server b{i} 127.0.0.1:{p}" for i, p in enumerate(backends, 1))
-    return f"""# generated by benchmarks/run.py
-global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-
-frontend web
-    bind 127.0.0.1:{port}
-    default_backend bench
-
-backend bench
-    balance roundrobin
-{servers}
-"""
-
-
-def lbtui_toml(tmp: Path, port: int, admin_port: int, backends: list[int]) -> str:
-    out = [
-        "# generated by benchmarks/run.py",
-        "[[listeners]]",
-        'name = "web"',
-        f'bind = "127.0.0.1:{port}"',
-        'mode = "http"',
-        "",
-        "[admin]  # explicit free port: never collide with another instance on the default",
-        f'bind = "127.0.0.1:{admin_port}"',
-        "",
-        "[state]  # keep runtime state inside the temp dir",
-        f"file = {json.dumps(str(tmp / 'lbtui.state.json'))}",
-        "",
-        "[services.bench]",
-        'algorithm = "round_robin"',
-    ]
-    for i, p in enumerate(backends, 1):
-        out += ["", "[[services.bench.backends]]", f'name = "b{i}"', f'address = "127.0.0.1:{p}"']
-    return "\n".join(out) + "\n"
-
-
-def gateway_toml(tmp: Path, port: int, admin_port: int, backends: list[int]) -> str:
-    """lbtui_toml's config plus a consumer and one route over the same service: API key, rate limit."""
-    digest = hashlib.sha256(GATEWAY_KEY.encode()).hexdigest()
-    out = [
-        "",
-        "[[consumers]]",
-        'name = "bench"',
-        f'api_key_sha256 = "{digest}"  # the key wrk sends in {GATEWAY_KEY_HEADER}',
-        "",
-        "[[routes]]",
-        'name = "api"',
-        f'match = {{ path_prefix = "{GATEWAY_PREFIX}" }}',
-        'service = "bench"',
-        f'auth = {{ type = "api_key", header = "{GATEWAY_KEY_HEADER}" }}',
-        f'rate_limit = {{ rate = {GATEWAY_RATE}, per = "1s", key = "consumer" }}  # never hit',
-    ]
-    return lbtui_toml(tmp, port, admin_port, backends) + "\n".join(out) + "\n"
-
-
-# ------------------------------------------------------------------------------------------- the bench
-
-
-@dataclass
-class Run:
-    round: int
-    connections: int
-    target: str
-    rps: float
-    p50_us: float
-    p99_us: float
-    requests: int
-    seconds: float
-    cpu_us_per_req: float
-    cpu_of: str
-    socket_errors: dict[str, int]
-    non_2xx_3xx: int
-    # Share of the proxy CPU used by anything but the target during the run (the box is shared), and the
-    # hypervisor's steal on it. A high value means the run was disturbed. None when the target is not pinned
-    # (then its own share of that CPU is unknown).
-    proxy_cpu_others_pct: float | None
-    proxy_cpu_steal_pct: float
-    # lbtui targets: the data plane the process loaded ("compiled" / "pure Python"); "" for the others.
-    build: str = ""
-    # Dashboard mode only: the target's CPU use while idle (no load) just before the run, in % of one CPU
-    # (for a dashboard: mostly its refreshes); the bytes a dashboard wrote to its terminal during the measured
-    # run (it was refreshing); whether it quit with `q`, `y` and exit code 0 within the deadline.
-    idle_cpu_pct: float | None = None
-    terminal_bytes: int | None = None
-    quit_clean: bool | None = None
-    attempts: int = 1  # --retry-disturbed: how many times this run was measured (the least disturbed is kept)
-
-    @property
-    def errors(self) -> int:
-        return sum(self.socket_errors.values()) + self.non_2xx_3xx
-
-    def error_text(self) -> str:
-        if not self.errors:
-            return "none"
-        parts = [f"socket {k} {v}" for k, v in self.socket_errors.items()]
-        if self.non_2xx_3xx:
-            parts.append(f"non-2xx/3xx {self.non_2xx_3xx}")
-        return "FLAGGED: " + ", ".join(parts)
-
-
 class Bench:
+    """One benchmark: its processes and configs in a temp dir, the pinning, and the runs measured so far."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.targets: list[str] = list(args.only)
@@ -702,6 +113,25 @@ class Bench:
             self.targets.append(VARIANT + name)
             self.dash_cmds[VARIANT + name] = cmd
         self.dashboard_mode = bool(self.dash_cmds)
+
+    # The setup the report reads (report.Measured), beyond the attributes above.
+
+    @property
+    def rounds(self) -> int:
+        return int(self.args.rounds)
+
+    @property
+    def duration(self) -> int:
+        return int(self.args.duration)
+
+    @property
+    def c1_shared_cpu(self) -> bool:
+        return bool(self.args.c1_shared_cpu)
+
+    @property
+    def pty_size(self) -> tuple[int, int]:
+        cols, rows = self.args.pty_size
+        return cols, rows
 
     # -- helpers
 
@@ -904,34 +334,8 @@ class Bench:
 
     def wrk(self, port: int, connections: int, seconds: int, target: str = "") -> WrkResult:
         path, headers = target_request(target)
-        argv = [
-            *self.pin(self.load_cpu),
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            WRK_TIMEOUT,
-            "--latency",
-            *(arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")),
-            f"http://127.0.0.1:{port}{path}",
-        ]
-        limit = seconds + 30
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            out, err = proc.communicate(timeout=limit)
-        except subprocess.TimeoutExpired as e:
-            raise StartError(f"wrk did not finish within {limit} s: {' '.join(argv)}") from e
-        finally:
-            if proc.poll() is None:  # timeout or Ctrl-C: never leave wrk behind
-                proc.kill()
-                proc.wait()
-        if proc.returncode != 0:
-            raise StartError(f"wrk failed (exit {proc.returncode}): {' '.join(argv)}\n{err or out}")
-        try:
-            return parse_wrk(out)
-        except ValueError as e:
-            raise StartError(str(e)) from e
+        argv = [*self.pin(self.load_cpu), *wrk_argv(port, connections, seconds, path, headers)]
+        return run_wrk(argv, seconds)
 
     def measure(self, rnd: int, connections: int, target: str) -> Run:
         for p in self.procs:
@@ -989,7 +393,7 @@ class Bench:
             others = None
         else:
             own = after - before if target != "direct" and not shared else 0.0
-            others = max(0.0, (busy1 - busy0) - own) * 100 / wall
+            others = others_pct(busy1 - busy0, own, wall)
         quit_clean = None
         if dash is not None:
             quit_clean = self.stop_dashboard(dash)
@@ -1079,346 +483,6 @@ class Bench:
                         f"{extra}",
                         flush=True,
                     )
-
-
-# ------------------------------------------------------------------------------------------- reporting
-
-
-def fmt_pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0f}%"
-
-
-def fmt_us(us: float) -> str:
-    return f"{us:.0f}us" if us < 1000 else f"{us / 1000:.2f}ms"
-
-
-def fmt_x(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
-
-
-def ratio(a: float, b: float) -> float | None:
-    return a / b if b > 0 else None
-
-
-def pick(runs: list[Run], target: str, c: int, rnd: int | None = None) -> list[Run]:
-    return [r for r in runs if r.target == target and r.connections == c and (rnd is None or r.round == rnd)]
-
-
-def med(runs: list[Run], attr: str) -> float:
-    return float(statistics.median(getattr(r, attr) for r in runs))
-
-
-def haproxy_verdict(rps: float | None, cpu: float | None, p99: float | None, errors: int) -> str:
-    ok = (
-        rps is not None
-        and cpu is not None
-        and p99 is not None
-        and rps >= BAR_RPS_MIN
-        and cpu <= BAR_CPU_MAX
-        and p99 <= BAR_P99_MAX
-        and errors == 0
-    )
-    return "PASS" if ok else "FAIL"
-
-
-def report(bench: Bench) -> tuple[dict[str, Any], bool]:
-    """Print the tables and ratio lines; return (summary for JSON, all bars passed)."""
-    runs, args = bench.runs, bench.args
-    summary: dict[str, Any] = {"levels": {}}
-    all_pass = True
-    print()
-    print("=" * 100)
-    for c in bench.levels:
-        level: dict[str, Any] = {"targets": {}, "ratios": {}, "per_round": []}
-        summary["levels"][str(c)] = level
-        print(f"c={c}: wrk -t1 -c{c}, {args.duration} s x {args.rounds} rounds; median [min-max] over rounds")
-        width = max(8, *(len(t) + 1 for t in bench.targets))
-        dash_cols = f"  {'idle cpu':>8}  {'tty KB/s':>8}" if bench.dashboard_mode else ""
-        print(
-            f"  {'target':<{width}} {'req/s':>24}  {'p50':>22}  {'p99':>22}  {'cpu us/req':>19}  "
-            f"{'others':>6}{dash_cols}  errors"
-        )
-        for t in bench.targets:
-            rs = pick(runs, t, c)
-            if not rs:
-                continue
-            row: dict[str, Any] = {}
-            cells = []
-            for attr, fmt in (
-                ("rps", lambda v: f"{v:.0f}"),
-                ("p50_us", fmt_us),
-                ("p99_us", fmt_us),
-                ("cpu_us_per_req", lambda v: f"{v:.1f}"),
-            ):
-                vals = [getattr(r, attr) for r in rs]
-                m = statistics.median(vals)
-                row[attr] = {"median": m, "min": min(vals), "max": max(vals)}
-                cells.append(f"{fmt(m)} [{fmt(min(vals))}-{fmt(max(vals))}]")
-            nerr = sum(1 for r in rs if r.errors)
-            row["runs_with_errors"] = nerr
-            known = [r.proxy_cpu_others_pct for r in rs if r.proxy_cpu_others_pct is not None]
-            others = max(known) if known else None
-            row["proxy_cpu_others_pct_max"] = others
-            extra = ""
-            if bench.dashboard_mode:
-                idle = [r.idle_cpu_pct for r in rs if r.idle_cpu_pct is not None]
-                tty = [
-                    r.terminal_bytes / 1024 / max(r.seconds, 1e-9) for r in rs if r.terminal_bytes is not None
-                ]
-                row["idle_cpu_pct"] = statistics.median(idle) if idle else None
-                row["terminal_kb_per_s"] = statistics.median(tty) if tty else None
-                extra = "  " + (f"{statistics.median(idle):>7.1f}%" if idle else f"{'-':>8}")
-                extra += "  " + (f"{statistics.median(tty):>8.1f}" if tty else f"{'-':>8}")
-            level["targets"][t] = row
-            label = t + ("*" if t == "direct" else "")
-            print(
-                f"  {label:<{width}} {cells[0]:>24}  {cells[1]:>22}  {cells[2]:>22}  {cells[3]:>19}  "
-                f"{fmt_pct(others):>6}{extra}  "
-                f"{'FLAGGED: ' + str(nerr) + ' run(s) with errors' if nerr else 'none'}"
-            )
-        if "direct" in bench.targets:
-            print("  * direct: cpu us/req is the backend nginx's (master + worker), not a proxy's")
-        print(
-            f"  others: the most CPU {bench.proxy_cpu} (the proxy's) gave to anything else in a run of that "
-            "target (other tenants, kernel); high = disturbed"
-            + ("; n/a for the unpinned dashboard" if "dashboard-unpinned" in bench.targets else "")
-        )
-        if bench.dashboard_mode:
-            print(
-                "  idle cpu: the target's CPU with no load, just before its run (a dashboard: mostly its "
-                "refreshes); tty KB/s: what a dashboard wrote to its terminal under load"
-            )
-
-        head = f"c={c}".ljust(6)
-        lb = pick(runs, "lbtui", c)
-        lb_err = sum(1 for r in lb if r.errors)
-        err_note = f" (lbtui had errors in {lb_err} run(s))" if lb_err else ""
-        print()
-        if lb and pick(runs, "haproxy", c):
-            hp = pick(runs, "haproxy", c)
-            rr = ratio(med(lb, "rps"), med(hp, "rps"))
-            cr = ratio(med(lb, "cpu_us_per_req"), med(hp, "cpu_us_per_req"))
-            pr = ratio(med(lb, "p99_us"), med(hp, "p99_us"))
-            level["ratios"]["lbtui/haproxy"] = {"rps": rr, "cpu_per_req": cr, "p99": pr}
-            if c > 1:
-                verdict = haproxy_verdict(rr, cr, pr, lb_err)
-                all_pass &= verdict == "PASS"
-                level["ratios"]["lbtui/haproxy"]["verdict"] = verdict
-                print(
-                    f"{head}lbtui/haproxy  req/s {fmt_x(rr)} (bar >= {BAR_RPS_MIN}x)  "
-                    f"cpu/req {fmt_x(cr)} (bar <= {BAR_CPU_MAX}x)  p99 {fmt_x(pr)} (bar <= {BAR_P99_MAX}x)  "
-                    f"{verdict}{err_note}"
-                )
-            else:
-                print(
-                    f"{head}lbtui/haproxy  req/s {fmt_x(rr)}  cpu/req {fmt_x(cr)}  p99 {fmt_x(pr)}  "
-                    "(info, no bar at c=1)"
-                )
-        if c == 1 and lb and pick(runs, "direct", c):
-            d = med(lb, "p50_us") - med(pick(runs, "direct", c), "p50_us")
-            verdict = "PASS" if d <= BAR_P50_DELTA_US and not lb_err else "FAIL"
-            all_pass &= verdict == "PASS"
-            level["ratios"]["lbtui-direct"] = {"p50_delta_us": d, "verdict": verdict}
-            print(
-                f"{head}lbtui-direct   p50 {d:+.0f} us (bar <= +{BAR_P50_DELTA_US:.0f} us)  "
-                f"{verdict}{err_note}"
-            )
-        if c == 1 and pick(runs, "haproxy", c) and pick(runs, "direct", c):
-            d = med(pick(runs, "haproxy", c), "p50_us") - med(pick(runs, "direct", c), "p50_us")
-            level["ratios"]["haproxy-direct"] = {"p50_delta_us": d}
-            print(f"{head}haproxy-direct p50 {d:+.0f} us  (info, for scale)")
-
-        # Per round: the two targets compared ran minutes apart at most, so this spread is the honest one.
-        for rnd in range(1, args.rounds + 1):
-            lbr, hpr, dr = (pick(runs, t, c, rnd) for t in ("lbtui", "haproxy", "direct"))
-            if not lbr or not (hpr or dr):
-                continue
-            entry: dict[str, Any] = {"round": rnd}
-            line = f"  round {rnd}:"
-            if hpr:
-                rr = ratio(lbr[0].rps, hpr[0].rps)
-                cr = ratio(lbr[0].cpu_us_per_req, hpr[0].cpu_us_per_req)
-                pr = ratio(lbr[0].p99_us, hpr[0].p99_us)
-                entry.update(rps=rr, cpu_per_req=cr, p99=pr)
-                line += f"  lbtui/haproxy  req/s {fmt_x(rr)}  cpu/req {fmt_x(cr)}  p99 {fmt_x(pr)}"
-                if c > 1:
-                    v = haproxy_verdict(rr, cr, pr, lbr[0].errors)
-                    entry["verdict"] = v
-                    line += f"  {v}"
-            if c == 1 and dr:
-                d = lbr[0].p50_us - dr[0].p50_us
-                v = "PASS" if d <= BAR_P50_DELTA_US and not lbr[0].errors else "FAIL"
-                entry.update(p50_delta_us=d, verdict_direct=v)
-                line += f"  lbtui-direct p50 {d:+.0f} us  {v}"
-            level["per_round"].append(entry)
-            print(line)
-        verdicts = [e.get("verdict", e.get("verdict_direct")) for e in level["per_round"]]
-        verdicts = [v for v in verdicts if v]
-        if verdicts:
-            print(f"  rounds passing: {verdicts.count('PASS')}/{len(verdicts)}")
-        if not lb:
-            print(f"{head}(lbtui not measured: no ratio lines)")
-        if lb and pick(runs, GATEWAY, c):
-            all_pass &= report_gateway(bench, c, level)
-        if lb and any(pick(runs, d, c) for d in bench.dash_cmds):
-            all_pass &= report_dashboards(bench, c, level)
-        print()
-    summary["all_bars_pass"] = all_pass
-    return summary, all_pass
-
-
-def gateway_verdict(rps: float | None, errors: int) -> str:
-    return "PASS" if rps is not None and rps >= BAR_GW_RPS_MIN and not errors else "FAIL"
-
-
-def report_gateway(bench: Bench, c: int, level: dict[str, Any]) -> bool:
-    """The gateway line of one level: lbtui-gateway against plain lbtui, from the medians; True if the bar
-    holds. Any non-2xx/3xx answer in a gateway run (a 429 would mean the rate limit was hit, a 401 the key
-    refused) or socket error fails it."""
-    runs, args = bench.runs, bench.args
-    head = f"c={c}".ljust(6)
-    gw, lb = pick(runs, GATEWAY, c), pick(runs, "lbtui", c)
-    name = "gateway/lbtui"
-    errs = sum(1 for r in gw if r.errors)
-    non2xx = sum(r.non_2xx_3xx for r in gw)
-    rr = ratio(med(gw, "rps"), med(lb, "rps"))
-    cr = ratio(med(gw, "cpu_us_per_req"), med(lb, "cpu_us_per_req"))
-    dc = med(gw, "cpu_us_per_req") - med(lb, "cpu_us_per_req")
-    pr = ratio(med(gw, "p99_us"), med(lb, "p99_us"))
-    verdict = gateway_verdict(rr, errs)
-    level["ratios"][name] = {
-        "rps": rr,
-        "cpu_per_req": cr,
-        "cpu_delta_us": dc,
-        "p99": pr,
-        "non_2xx_3xx": non2xx,
-        "runs_with_errors": errs,
-        "verdict": verdict,
-    }
-    note = f" (errors in {errs} run(s); non-2xx/3xx {non2xx})" if errs else ""
-    print(
-        f"{head}{name}  req/s {fmt_x(rr)} (bar >= {BAR_GW_RPS_MIN:.2f}x)  cpu/req {fmt_x(cr)} ({dc:+.1f} us)  "
-        f"p99 {fmt_x(pr)}  {verdict}{note}"
-    )
-    per_round = []
-    for rnd in range(1, args.rounds + 1):
-        a, b = pick(runs, GATEWAY, c, rnd), pick(runs, "lbtui", c, rnd)
-        if not a or not b:
-            continue
-        rr = ratio(a[0].rps, b[0].rps)
-        cr = ratio(a[0].cpu_us_per_req, b[0].cpu_us_per_req)
-        pr = ratio(a[0].p99_us, b[0].p99_us)
-        v = gateway_verdict(rr, a[0].errors)
-        per_round.append({"round": rnd, "rps": rr, "cpu_per_req": cr, "p99": pr, "verdict": v})
-        print(f"  round {rnd}:  {name}  req/s {fmt_x(rr)}  cpu/req {fmt_x(cr)}  p99 {fmt_x(pr)}  {v}")
-    level["per_round_gateway"] = per_round
-    if per_round:
-        passing = sum(1 for e in per_round if e["verdict"] == "PASS")
-        print(f"  rounds passing: {passing}/{len(per_round)}")
-    builds = sorted({r.build for r in gw + lb if r.build})
-    if len(builds) > 1:
-        print(f"  WARNING: lbtui and {GATEWAY} did not all load the same data plane: {', '.join(builds)}")
-    return verdict == "PASS"
-
-
-def dashboard_verdict(rps: float | None, p99_delta_ms: float, errors: int) -> str:
-    ok = rps is not None and rps >= BAR_DASH_RPS_MIN and p99_delta_ms <= BAR_DASH_P99_DELTA_MS and not errors
-    return "PASS" if ok else "FAIL"
-
-
-def report_dashboards(bench: Bench, c: int, level: dict[str, Any]) -> bool:
-    """The dashboard lines of one level: each dashboard against headless lbtui; True if the bars hold.
-
-    Only the pinned dashboard is held to the bars (it has the CPU budget `lbtui serve` has); the unpinned one
-    is information: what a user gets whose dashboard may use another CPU (here: the load generator's).
-    Variants (prototypes) are pinned like the dashboard and shown with a verdict, which --check ignores.
-    """
-    runs, args = bench.runs, bench.args
-    head = f"c={c}".ljust(6)
-    lb = pick(runs, "lbtui", c)
-    passed = True
-    width = max(25, *(len(d) + 7 for d in bench.dash_cmds))
-    print()
-    for d in bench.dash_cmds:
-        ds = pick(runs, d, c)
-        if not ds:
-            continue
-        name = f"{d}/lbtui"
-        held = d == "dashboard" or d.startswith(VARIANT)
-        errs = sum(1 for r in ds if r.errors)
-        rr = ratio(med(ds, "rps"), med(lb, "rps"))
-        dp = (med(ds, "p99_us") - med(lb, "p99_us")) / 1000
-        cr = ratio(med(ds, "cpu_us_per_req"), med(lb, "cpu_us_per_req"))
-        dc = med(ds, "cpu_us_per_req") - med(lb, "cpu_us_per_req")
-        entry: dict[str, Any] = {"rps": rr, "p99_delta_ms": dp, "cpu_per_req": cr, "cpu_delta_us": dc}
-        line = (
-            f"{head}{name:<{width}} req/s {fmt_x(rr)} (bar >= {BAR_DASH_RPS_MIN:.2f}x)  p99 {dp:+.2f} ms "
-            f"(bar <= +{BAR_DASH_P99_DELTA_MS:g} ms)  cpu/req {fmt_x(cr)} ({dc:+.1f} us)"
-        )
-        if held:
-            verdict = dashboard_verdict(rr, dp, errs)
-            entry["verdict"] = verdict
-            if d == "dashboard":
-                passed &= verdict == "PASS"
-            line += f"  {verdict}" + (f" (errors in {errs} run(s))" if errs else "")
-            line += "  (prototype: not in --check)" if d != "dashboard" else ""
-        else:
-            line += "  (info, no bar)" + (f" (errors in {errs} run(s))" if errs else "")
-        level["ratios"][name] = entry
-        print(line)
-        per_round = []
-        for rnd in range(1, args.rounds + 1):
-            a, b = pick(runs, d, c, rnd), pick(runs, "lbtui", c, rnd)
-            if not a or not b:
-                continue
-            rr = ratio(a[0].rps, b[0].rps)
-            dp = (a[0].p99_us - b[0].p99_us) / 1000
-            cr = ratio(a[0].cpu_us_per_req, b[0].cpu_us_per_req)
-            e: dict[str, Any] = {"round": rnd, "rps": rr, "p99_delta_ms": dp, "cpu_per_req": cr}
-            text = f"  round {rnd}:  {name:<{width}} req/s {fmt_x(rr)}  p99 {dp:+.2f} ms  cpu/req {fmt_x(cr)}"
-            if held:
-                e["verdict"] = dashboard_verdict(rr, dp, a[0].errors)
-                text += f"  {e['verdict']}"
-            per_round.append(e)
-            print(text)
-        level.setdefault("per_round_dashboard", {})[d] = per_round
-        verdicts = [e["verdict"] for e in per_round if "verdict" in e]
-        if verdicts:
-            print(f"  rounds passing: {verdicts.count('PASS')}/{len(verdicts)}")
-        quits = [r.quit_clean for r in ds]
-        if not all(quits):
-            print(
-                f"  {d}: quit with q, y in {sum(map(bool, quits))}/{len(quits)} runs; the others were killed"
-            )
-    builds = sorted({r.build for r in runs if r.connections == c and r.build})
-    if len(builds) > 1:
-        print(f"  WARNING: the lbtui processes did not all load the same data plane: {', '.join(builds)}")
-    return passed
-
-
-def tool_version(argv: list[str]) -> str:
-    try:
-        cp = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    text = (cp.stdout + cp.stderr).strip().splitlines()
-    return " ".join(text[0].split()[:3]) if text else "?"
-
-
-# ------------------------------------------------------------------------------------------------ main
-
-
-def lbtui_build() -> str:
-    """Which build of the data plane the lbtui runs will use: compiled (mypyc) or pure Python."""
-    code = "import lbtui, lbtui.proxy.client; print(lbtui.data_plane_build())"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1584,44 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         summary, all_pass = report(bench)
         print(f"load average at end: {Path('/proc/loadavg').read_text().split()[:3]}")
         if args.json:
-            doc = {
-                "meta": {
-                    "targets": bench.targets,
-                    "connections": args.connections,
-                    "rounds": args.rounds,
-                    "duration_s": args.duration,
-                    "warmup_s": WARMUP_S,
-                    "pinned": bench.pinned,
-                    "c1_shared_cpu": args.c1_shared_cpu,
-                    "pty_size": list(args.pty_size),
-                    "dashboard_cmds": bench.dash_cmds,
-                    "env_LBTUI_PURE": os.environ.get("LBTUI_PURE"),
-                    "proxy_cpu": bench.proxy_cpu,
-                    "load_cpu": bench.load_cpu,
-                    "python": platform.python_version(),
-                    "bars": {
-                        "rps_min": BAR_RPS_MIN,
-                        "cpu_max": BAR_CPU_MAX,
-                        "p99_max": BAR_P99_MAX,
-                        "p50_delta_us_max": BAR_P50_DELTA_US,
-                        "dashboard_rps_min": BAR_DASH_RPS_MIN,
-                        "dashboard_p99_delta_ms_max": BAR_DASH_P99_DELTA_MS,
-                        "gateway_rps_min": BAR_GW_RPS_MIN,
-                    },
-                    "gateway": {
-                        "route_path_prefix": GATEWAY_PREFIX,
-                        "request_path": GATEWAY_PATH,
-                        "auth": "api_key",
-                        "key_header": GATEWAY_KEY_HEADER,
-                        "rate_limit_per_s": GATEWAY_RATE,
-                    }
-                    if GATEWAY in bench.targets
-                    else None,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                },
-                "runs": [asdict(r) for r in bench.runs],
-                "summary": summary,
-            }
+            doc = json_document(bench, summary)
             Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
             print(f"JSON written to {args.json}")
         if args.check and not all_pass:
