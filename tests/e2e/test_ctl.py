@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -43,12 +42,6 @@ async def run_ctl(admin: str, *args: str, env: dict[str, str] | None = None) -> 
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -102,10 +95,10 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Served]
     async def start(
         backends: dict[str, tuple[str, str]], admin: str = "", env: dict[str, str] | None = None
     ) -> Served:
-        port = free_port()
         lines = [
             '[[listeners]]\nname = "web"\nbind = "127.0.0.1:0"\n',
-            f'[admin]\nbind = "127.0.0.1:{port}"\n{admin}\n',
+            # Port 0: serve says which port it got (a port chosen here could be taken before serve binds it).
+            f'[admin]\nbind = "127.0.0.1:0"\n{admin}\n',
             "[services.app]\n",
         ]
         if any(group == "green" for _, group in backends.values()):
@@ -123,7 +116,7 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Served]
         procs.append(proc)
         found = await read_lines_until(proc, ["listener web on ", "admin API on "])
         admin_url = found["admin API on "]
-        assert admin_url == f"http://127.0.0.1:{port}"
+        assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*", admin_url), admin_url
         ctl_env = {k: v for k, v in full_env.items() if k not in (env or {})}
         return Served(proc, found["listener web on "], admin_url, ctl_env)
 
@@ -133,7 +126,9 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Served]
 
 
 @pytest.mark.slow
-async def test_ctl_steers_a_running_serve(serve: Callable[..., Awaitable[Served]], backends: Any) -> None:
+async def test_ctl_steers_a_running_serve(
+    serve: Callable[..., Awaitable[Served]], backends: Any, closed_port: Callable[[], int]
+) -> None:
     blue = await backends("blue-1")
     green = await backends("green-1")
     served = await serve({"blue-1": (blue.address, "blue"), "green-1": (green.address, "green")})
@@ -196,7 +191,7 @@ async def test_ctl_steers_a_running_serve(serve: Callable[..., Awaitable[Served]
     code, _, err = await served.ctl("split", "app", "blue")
     assert code == 1
     assert "GROUP=WEIGHT" in err
-    code, _, err = await served.ctl("--admin", f"http://127.0.0.1:{free_port()}", "state")
+    code, _, err = await served.ctl("--admin", f"http://127.0.0.1:{closed_port()}", "state")
     assert code == 1
     assert err.startswith("lbtui ctl: cannot reach the admin API at http://127.0.0.1:")
     assert "Traceback" not in err

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import RawClient, wait_for
-from tests.e2e.test_ctl import free_port, read_lines_until, run_ctl, start_serve
+from tests.e2e.test_ctl import read_lines_until, run_ctl, start_serve
 from tests.e2e.test_serve import stop
 
 SERVICE_SECONDS = 0.0003  # the backend busy-waits this long before it answers: a known 300 us
@@ -90,12 +90,11 @@ async def test_latency_of_a_sub_millisecond_backend_is_measured_to_the_microseco
     tmp_path: Path, timed_backend: tuple[str, dict[str, float]]
 ) -> None:
     address, served = timed_backend
-    admin_port = free_port()
     log_path = tmp_path / "access.log"
     config = tmp_path / "lbtui.toml"
     config.write_text(
         '[[listeners]]\nname = "web"\nbind = "127.0.0.1:0"\n'
-        f'[admin]\nbind = "127.0.0.1:{admin_port}"\n'
+        '[admin]\nbind = "127.0.0.1:0"\n'  # the port it got is read from what serve says
         f'[access_log]\npath = "{log_path}"\nformat = "json"\n'
         '[services.app]\nhealth = { path = "/healthz", interval = "200ms", timeout = "200ms" }\n'
         f'[[services.app.backends]]\nname = "b1"\naddress = "{address}"\n'
