@@ -1194,16 +1194,22 @@ def test_parse_backend_rejects_names_in_use() -> None:
 
 _VOCABULARY = sorted(
     {
-        *config_module.TOP_KEYS,
-        *config_module.LISTENER_KEYS,
-        *config_module.SERVICE_KEYS,
-        *config_module.BACKEND_KEYS,
-        *config_module.HEALTH_KEYS,
-        *config_module.ROUTE_KEYS,
-        *config_module.MATCH_KEYS,
-        *config_module.AUTH_KEYS,
-        *config_module.RATE_LIMIT_KEYS,
-        *config_module.CONSUMER_KEYS,
+        *(
+            key
+            for section in (
+                Config,
+                ListenerConfig,
+                ServiceConfig,
+                BackendConfig,
+                HealthConfig,
+                RouteConfig,
+                RouteMatch,
+                AuthConfig,
+                RateLimitConfig,
+                ConsumerConfig,
+            )
+            for key in config_module.keys_of(section)
+        ),
         "shop",
         "blue",
         "X-Tenant",
