@@ -104,26 +104,38 @@ def custom(default: Any = _MISSING, *, key: str = "") -> Any:
     return _declare(Option("custom", key), default)
 
 
-_Fields = tuple[tuple[dataclasses.Field[Any], Option | None], ...]
-_DECLARED: dict[type, tuple[_Fields, dict[str, tuple[str, Option]], tuple[str, ...]]] = {}
+class _Section:
+    """What a section's dataclass declares, worked out once per class."""
+
+    __slots__ = ("by_name", "keys", "read")
+
+    def __init__(self, cls: type) -> None:
+        # {field name: (key, Option, default)} for the declared fields.
+        self.by_name: dict[str, tuple[str, Option, Any]] = {}
+        for field in dataclasses.fields(cls):
+            declared = field.metadata.get(_META)
+            if field.init and declared is not None:
+                self.by_name[field.name] = (declared.key or field.name, declared, field.default)
+        # The fields build() reads itself, in field order (custom ones are the section code's).
+        self.read = tuple(
+            name for name, (_, declared, _) in self.by_name.items() if declared.kind != "custom"
+        )
+        self.keys = tuple(dict.fromkeys(key for key, _, _ in self.by_name.values()))
 
 
-def _declared(cls: type) -> tuple[_Fields, dict[str, tuple[str, Option]], tuple[str, ...]]:
-    """(fields with their Option, {field name: (key, Option)}, keys in field order) of a section's dataclass."""
-    found = _DECLARED.get(cls)
+_SECTIONS: dict[type, _Section] = {}
+
+
+def _section(cls: type) -> _Section:
+    found = _SECTIONS.get(cls)
     if found is None:
-        fields = tuple((f, f.metadata.get(_META)) for f in dataclasses.fields(cls) if f.init)
-        by_name = {
-            f.name: (declared.key or f.name, declared) for f, declared in fields if declared is not None
-        }
-        keys = tuple(dict.fromkeys(key for key, _ in by_name.values()))
-        found = _DECLARED[cls] = (fields, by_name, keys)
+        found = _SECTIONS[cls] = _Section(cls)
     return found
 
 
 def keys_of(cls: type) -> tuple[str, ...]:
     """The keys a table read as ``cls`` may hold, in field order."""
-    return _declared(cls)[2]
+    return _section(cls).keys
 
 
 def read_table(reader: Reader, key: str, cls: type[S]) -> S | None:
@@ -135,23 +147,30 @@ def read_table(reader: Reader, key: str, cls: type[S]) -> S | None:
 class Options(Generic[S]):
     """The declared keys of one table (a Reader) for the dataclass ``cls``, each converted once."""
 
-    __slots__ = ("cls", "found", "reader")
+    __slots__ = ("cls", "found", "reader", "section")
 
     def __init__(self, reader: Reader, cls: type[S]) -> None:
         self.reader = reader
         self.cls = cls
+        self.section = _section(cls)
         self.found: dict[str, Any] = {}
 
     def given(self, name: str) -> Any:
         """Field ``name``'s value as the table gives it: None when the key is absent or its value is bad (a
         required key: its placeholder); an array or pairs as given (empty included)."""
-        if name in self.found:
-            return self.found[name]
-        key, declared = _declared(self.cls)[1][name]
+        found = self.found
+        if name in found:
+            return found[name]
+        key, declared, _ = self.section.by_name[name]
         reader = self.reader
         kind = declared.kind
-        value: Any
-        if kind == "value":
+        value: Any = None
+        if key not in reader.data and not declared.required:
+            if kind == "custom":
+                raise TypeError(
+                    f"{self.cls.__name__}.{name} is read by its section's code: pass it to build()"
+                )
+        elif kind == "value":
             assert declared.convert is not None
             if declared.required:
                 value = reader.required(key, declared.convert, declared.placeholder, declared.hint)
@@ -176,35 +195,25 @@ class Options(Generic[S]):
             value = read_table(reader, key, declared.section)
         else:
             raise TypeError(f"{self.cls.__name__}.{name} is read by its section's code: pass it to build()")
-        self.found[name] = value
+        found[name] = value
         return value
 
     def get(self, name: str) -> Any:
         """Field ``name``'s value: as given, else its default."""
         value = self.given(name)
-        declared = _declared(self.cls)[1][name][1]
-        if value is None or (declared.empty_is_default and not value):
+        if value is None or (not value and self.section.by_name[name][1].empty_is_default):
+            _, declared, default = self.section.by_name[name]
             if declared.same_as is not None:
                 return self.get(declared.same_as)
-            return self._default(name)
+            if default is dataclasses.MISSING:
+                raise TypeError(f"{self.cls.__name__}.{name} has no default")
+            return default
         return value
-
-    def _default(self, name: str) -> Any:
-        for field, _ in _declared(self.cls)[0]:
-            if field.name == name:
-                if field.default is not dataclasses.MISSING:
-                    return field.default
-                break
-        raise TypeError(f"{self.cls.__name__}.{name} has no default")
 
     def build(self, **given: Any) -> S:
         """The object: ``given`` values as they are, every other declared key read (field order), the rest
         left to their defaults."""
-        values: dict[str, Any] = {}
-        for field, declared in _declared(self.cls)[0]:
-            name = field.name
-            if name in given:
-                values[name] = given[name]
-            elif declared is not None and declared.kind != "custom":
-                values[name] = self.get(name)
-        return self.cls(**values)
+        for name in self.section.read:
+            if name not in given:
+                given[name] = self.get(name)
+        return self.cls(**given)
