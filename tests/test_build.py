@@ -81,7 +81,15 @@ def package_copy(tmp_path: Path) -> Path:
 
 def test_the_closure_is_every_lbtui_module_the_group_imports():
     closure = SETUP["closure"](str(ROOT))
-    for must in ("config.py", "proxy/miniclient.py", "gateway/aggregate.py", "gateway/jwt_auth.py"):
+    for must in (
+        "config/__init__.py",
+        "config/model.py",
+        "config/load.py",
+        "tlsfiles.py",
+        "proxy/miniclient.py",
+        "gateway/aggregate.py",
+        "gateway/jwt_auth.py",
+    ):
         assert must in closure
     assert "__init__.py" in closure
     assert "proxy/__init__.py" in closure
@@ -106,9 +114,9 @@ def test_an_edit_to_anything_the_group_imports_makes_the_compiled_build_stale(tm
     why = "import lbtui; print(lbtui._WHY_SOURCE)"
     env = {**without("LBTUI_PURE"), "PYTHONPATH": str(root)}
     assert run(why, env, cwd=root) == "None"
-    config = root / "lbtui" / "config.py"
+    config = root / "lbtui" / "config" / "values.py"
     config.write_text(config.read_text() + "\n# an edit\n")
-    assert run(why, env, cwd=root) == "lbtui/config.py changed since it was compiled"
+    assert run(why, env, cwd=root) == "lbtui/config/values.py changed since it was compiled"
     (root / "lbtui" / MANIFEST).write_text(SETUP["manifest_text"](["proxy/client.so"], str(root)))
     assert run(why, env, cwd=root) == "proxy/client.so is missing"
     (root / "lbtui" / MANIFEST).unlink()
@@ -142,7 +150,8 @@ def test_an_edit_to_a_copy_of_the_compiled_build_loads_the_group_from_source(tmp
     root = package_copy(tmp_path)
     env = {**without("LBTUI_PURE"), "PYTHONPATH": str(root)}
     assert run(CODE, env, cwd=root) == "compiled [True]"
-    for name in ("config.py", "proxy/miniclient.py"):  # imported by the group, not compiled
+    # imported by the group, not compiled (the config package: its modules each count; the TLS leaf)
+    for name in ("config/__init__.py", "config/routes.py", "tlsfiles.py", "proxy/miniclient.py"):
         path = root / "lbtui" / name
         original = path.read_bytes()
         path.write_bytes(original + b"\n# an edit\n")
@@ -416,7 +425,7 @@ def test_mypyc_runs_only_while_building_and_is_required_only_to_compile(tmp_path
 
 
 def broken_type(project: Path) -> dict[str, str]:
-    config = project / "lbtui" / "config.py"
+    config = project / "lbtui" / "config" / "model.py"
     config.write_text(config.read_text() + '\nNOT_AN_INT: int = "a str"\n')
     return {}
 
@@ -439,7 +448,7 @@ def no_compiler(project: Path) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("case", "line"),
     [
-        (broken_type, "mypyc failed (lbtui/config.py:"),
+        (broken_type, "mypyc failed (lbtui/config/model.py:"),
         (failing_compiler, "compiling failed ("),
         (no_compiler, "no working C compiler (false cannot compile a file that includes Python.h)"),
     ],

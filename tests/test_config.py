@@ -1194,16 +1194,22 @@ def test_parse_backend_rejects_names_in_use() -> None:
 
 _VOCABULARY = sorted(
     {
-        *config_module.TOP_KEYS,
-        *config_module.LISTENER_KEYS,
-        *config_module.SERVICE_KEYS,
-        *config_module.BACKEND_KEYS,
-        *config_module.HEALTH_KEYS,
-        *config_module.ROUTE_KEYS,
-        *config_module.MATCH_KEYS,
-        *config_module.AUTH_KEYS,
-        *config_module.RATE_LIMIT_KEYS,
-        *config_module.CONSUMER_KEYS,
+        *(
+            key
+            for section in (
+                Config,
+                ListenerConfig,
+                ServiceConfig,
+                BackendConfig,
+                HealthConfig,
+                RouteConfig,
+                RouteMatch,
+                AuthConfig,
+                RateLimitConfig,
+                ConsumerConfig,
+            )
+            for key in config_module.keys_of(section)
+        ),
         "shop",
         "blue",
         "X-Tenant",
@@ -1281,6 +1287,66 @@ def test_damaged_example_gives_issues_never_a_traceback(
 def test_importing_config_pulls_in_no_ui() -> None:
     code = "import sys, lbtui.config; sys.exit(bool({'textual', 'rich'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_config_is_below_the_core_and_the_proxy(tmp_path: Path) -> None:
+    # Loading a config, TLS files checked and all, imports nothing of lbtui.core or lbtui.proxy: the algorithm
+    # names are the config's, and the TLS checks are the leaf lbtui.tlsfiles'.
+    issued = trustme.CA().issue_cert("localhost")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "lbtui.toml").write_text(
+        '[[listeners]]\nbind = "127.0.0.1:0"\ntls = { cert = "cert.pem", key = "key.pem" }\n' + MINIMAL
+    )
+    code = (
+        "import sys\n"
+        "from lbtui.config import load_config\n"
+        f"config = load_config({str(tmp_path / 'lbtui.toml')!r})\n"
+        "assert config.listeners[0].tls is not None\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('lbtui.core', 'lbtui.proxy'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_each_key_is_declared_once_and_documented() -> None:
+    # Every key a table accepts comes from its dataclass's declarations (lbtui/config/model.py), and
+    # docs/config.md names each one.
+    docs = (Path(__file__).parent.parent / "docs" / "config.md").read_text(encoding="utf-8")
+    sections = [
+        Config,
+        ListenerConfig,
+        TLSConfig,
+        AdminConfig,
+        ServiceConfig,
+        BackendConfig,
+        HealthConfig,
+        TimeoutsConfig,
+        RetriesConfig,
+        OutlierConfig,
+        StickyConfig,
+        config_module.RampConfig,
+        RouteConfig,
+        RouteMatch,
+        HeaderOps,
+        AuthConfig,
+        RateLimitConfig,
+        CorsConfig,
+        CacheConfig,
+        AggregatePart,
+        ConsumerConfig,
+        LimitsConfig,
+        StateConfig,
+        config_module.AccessLogConfig,
+    ]
+    for section in sections:
+        keys = config_module.keys_of(section)
+        assert keys, section
+        assert len(set(keys)) == len(keys)
+        # `key`, or a table's `[key]`, `[[key]]`, `[key.NAME]`
+        undocumented = [key for key in keys if not re.search(r"`\[{0,2}" + re.escape(key) + r"[`\].]", docs)]
+        assert not undocumented, (section.__name__, undocumented)
 
 
 def test_the_example_configs_in_docs_are_valid() -> None:

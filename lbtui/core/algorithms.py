@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from hashlib import blake2b
 from typing import Any, Final, Generic, Protocol, TypeVar
 
+from lbtui.config import ALGORITHMS
+
 __all__ = [
     "ALGORITHMS",
     "Algorithm",
@@ -484,7 +486,8 @@ _FACTORIES: Final[dict[str, Callable[[], Algorithm[Any]]]] = {
     "consistent_hash": lambda: ConsistentHash("consistent_hash"),
 }
 
-ALGORITHMS: Final[tuple[str, ...]] = tuple(_FACTORIES)
+if tuple(_FACTORIES) != ALGORITHMS:  # the names are the config's: one algorithm for each, in its order
+    raise ImportError(f"lbtui.core.algorithms implements {tuple(_FACTORIES)}, the config names {ALGORITHMS}")
 
 
 def make_algorithm(name: str) -> Algorithm[Any]:
