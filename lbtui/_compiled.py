@@ -8,7 +8,7 @@ one it imports, directly or not). Nothing may be imported here: setup.py reads t
 COMPILED_MODULES = (
     "lbtui.proxy.client",
     "lbtui.proxy.upstream",
-    "lbtui.proxy.http",
+    "lbtui.http",
     "lbtui.core.stats",
     "lbtui.core.model",
     "lbtui.core.algorithms",

@@ -16,7 +16,7 @@ HEADLESS = [
     "lbtui.core.stats",
     "lbtui.core.balancer",
     "lbtui.core.control",
-    "lbtui.proxy.http",
+    "lbtui.http",
     "lbtui.proxy.client",
     "lbtui.proxy.upstream",
     "lbtui.proxy.engine",

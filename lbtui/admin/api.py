@@ -30,7 +30,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -39,7 +38,7 @@ import httptools
 import lbtui
 from lbtui.config import AdminConfig, Config
 from lbtui.core.control import Conflict, ControlError, Controller, Event, Invalid, NotFound, ReloadRefused
-from lbtui.proxy.http import no_delay
+from lbtui.http import no_delay, status_line
 
 from .hosts import HostPolicy, same_origin, split_host
 from .identity import HEADER, HEADER_VALUE, identity_json
@@ -448,20 +447,12 @@ def _only(body: Mapping[str, Any], keys: tuple[str, ...]) -> None:
 # -- the server --------------------------------------------------------------------------------------------
 
 
-def _status_line(status: int) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    return f"HTTP/1.1 {status} {phrase}\r\n".encode()
-
-
 _IDENTITY_LINE: Final = f"{HEADER}: {HEADER_VALUE}\r\n".encode()
 
 
 def encode_response(response: Response, head_only: bool = False) -> bytes:
     lines = [
-        _status_line(response.status),
+        status_line(response.status),
         f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n".encode(),
         b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
         _IDENTITY_LINE,

@@ -38,14 +38,31 @@ import hmac
 import math
 import os
 import random
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from lbtui.config import BackendConfig, OutlierConfig, ServiceConfig, StickyConfig
 from lbtui.core.algorithms import DEFAULT_EWMA_TAU as EWMA_TAU
 from lbtui.core.algorithms import Algorithm, ewma_decay, make_algorithm
 from lbtui.core.stats import SlidingWindow, WindowView
+
+
+class Queued(Protocol):
+    """A request waiting in its service's queue for a backend under max_connections (the proxy's exchange)."""
+
+    queue_deadline: float  # when it gives up waiting (timeouts.queue); 0.0 once it left the queue
+
+    @property
+    def done(self) -> bool: ...  # answered (or its client left) while it waited
+
+    @property
+    def bound(self) -> Backend | None: ...  # the backend its sticky cookie binds it to, while it may take it
+
+    def attempt(self) -> None: ...  # pick a backend and send it (or wait again at the queue's head)
+
+    def queue_expired(self) -> None: ...  # waited too long (or its service went): answer 503
 
 
 class AdminState(enum.StrEnum):
@@ -283,9 +300,7 @@ class Service:
         self.retries_in_flight = 0  # exchanges of this service retrying now (the retry budget)
         self.retries = 0  # requests sent again to another backend
         self.retries_refused = 0  # retries the budget did not allow
-        self.queue: Any = (
-            None  # exchanges waiting for a backend under max_connections (the data plane's deque)
-        )
+        self.queue: deque[Queued] | None = None  # requests waiting for a backend under max_connections
         self.queued = 0  # requests that waited in the queue
         self.queue_full = 0  # requests answered 503 at once because the queue was full
         # What its clients got, one count per answer whatever the attempts (see observe): since start, lately.
@@ -309,6 +324,53 @@ class Service:
         """Count one answer to a client of this service (status 0: none came), however many backends it took."""
         self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
         self.window.record(latency, status >= 500 or status == 0, now)
+
+    # -- the data plane's attempts and queue ---------------------------------------------------------------
+    def attempt_ended(
+        self, backend: Backend, status: int, started: float, now: float, bytes_out: int, counted: bool = True
+    ) -> None:
+        """An attempt on `backend` (one of this service's, counted in its in_flight since it was sent) is over,
+        whoever made it (a proxied request, an aggregate's part): it leaves in_flight, is counted for the
+        backend (Backend.observe, its latency from `started`; status 0: no reply) unless not `counted` (a
+        pooled connection's race with the backend's keep-alive timeout, tried again), and the room it leaves
+        goes to the request at the queue's head."""
+        backend.in_flight -= 1
+        if counted:
+            backend.observe(status, now - started, now, bytes_out)
+        if self.queue:
+            self.serve_queue()
+
+    def serve_queue(self) -> None:
+        """A backend may have room: the longest waiting request tries again (at the queue's head). A sticky
+        session waiting for its own backend is passed over while that one is still full."""
+        queue = self.queue
+        if not queue:
+            return
+        limit = self.config.max_connections
+        index = 0
+        while index < len(queue):
+            waiter = queue[index]
+            if waiter.done:
+                del queue[index]
+                continue
+            bound = waiter.bound
+            if bound is not None and limit is not None and bound.in_flight >= limit and self.keeps(bound):
+                index += 1
+                continue
+            del queue[index]
+            waiting = len(queue)
+            waiter.attempt()
+            if len(queue) == waiting:
+                waiter.queue_deadline = 0.0  # it has a backend now (or was answered)
+            return  # else still no room: it went back to the head of the queue
+
+    def expire_queue(self, now: float) -> None:
+        """Answer 503 to requests that waited longer than timeouts.queue (called by the engine's tick)."""
+        queue = self.queue
+        while queue and (queue[0].done or queue[0].queue_deadline <= now):
+            waiter = queue.popleft()
+            if not waiter.done:
+                waiter.queue_expired()
 
     # -- changes (called by the Controller only) -------------------------------------------------------
     def adopt(self, backend: Backend) -> None:

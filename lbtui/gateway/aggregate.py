@@ -6,7 +6,8 @@ JSON reply under the part's `group`.
   from the earlier reply as it came, before allow, deny and rename), and fails if that part failed.
 - A part goes to the backend its service picks as the proxy would (Service.pick, with the same hash key, for
   the part's path and the client's headers), and counts for that backend as a proxied request does: in
-  `in_flight` while it runs, then `observe()` (status 0 for a failure with no reply, 499 when the client left).
+  `in_flight` while it runs, then Service.attempt_ended (status 0 for a failure with no reply, 499 when the
+  client left), the one place both count an attempt's end.
   A connect failure tries the next backend, as the proxy does; nothing else is retried.
 - A part fails when no backend is available, its reply is not 2xx, its body is not JSON (an object or an
   array) or is over MAX_BODY, or it misses its deadline. Failed parts are left out and the reply says
@@ -16,8 +17,10 @@ JSON reply under the part's `group`.
   timeouts.response for its reply. A part cut by a deadline, or by the client leaving, closes its connection.
 - Parts are sent only: Host (the backend), Accept: application/json, X-Request-ID (the client's, or a new
   one), traceparent and tracestate as the client sent them, X-Consumer (the consumer auth found),
-  X-Forwarded-For/-Proto/-Host as the proxy writes them, and the route's `request_headers.set`. Nothing else
-  of the client's: no cookies, no Authorization.
+  X-Forwarded-For/-Proto/-Host as the proxy writes them (lbtui.http.x_forwarded), and the route's
+  `request_headers.set`. Nothing else of the client's: no cookies, no Authorization.
+- The aggregate reaches the request, the engine and the backends only through AggregateRequest (the proxy's
+  Exchange implements it, fetching with the engine's KeepAlivePool): the gateway never imports the proxy.
 - An object reply is shaped by `allow` (keep only these top-level fields) or `deny` (drop these), then
   `rename`; an array reply goes under its group as it came.
 """
@@ -27,19 +30,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from lbtui.config import AggregatePart, RouteConfig, aggregate_path_pieces
 from lbtui.gateway.auth import CONSUMER_HEADER
-from lbtui.proxy.http import field_value
-from lbtui.proxy.miniclient import ClientError, ConnectFailed
+from lbtui.http import field_value
 
 if TYPE_CHECKING:
     from lbtui.core.model import Backend, Service
-    from lbtui.proxy.client import Exchange
+    from lbtui.gateway.routing import CompiledRoute
 
 log = logging.getLogger("lbtui")
 
@@ -53,6 +55,68 @@ _OWN = frozenset({b"host", b"x-consumer", b"x-forwarded-for", b"x-forwarded-prot
 _LITERAL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 Placeholder = tuple[str, tuple[str, ...]]  # (group, field names)
+
+
+class PartReply(Protocol):
+    """A part's reply, read whole."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    def header(self, name: bytes) -> bytes | None: ...  # the first value of a (lower-case) header, or None
+
+
+class AggregateRequest(Protocol):
+    """What an aggregate needs of the request it answers (the proxy's Exchange is one)."""
+
+    @property
+    def method(self) -> bytes: ...
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...  # as the client sent them, its Host in normal form
+
+    @property
+    def consumer(self) -> bytes: ...  # who auth said the client is (b"": no one)
+
+    @property
+    def route(self) -> CompiledRoute | None: ...
+
+    @property
+    def done(self) -> bool: ...  # answered, or its client left
+
+    def client_address(self) -> bytes: ...  # the client's (a trusted proxy's X-Forwarded-For, else the peer)
+
+    def forwarded_fields(
+        self,
+    ) -> bytes: ...  # X-Forwarded-* as the proxy writes them (lbtui.http.x_forwarded)
+
+    def new_request_id(self) -> bytes: ...
+
+    def now(self) -> float: ...  # the engine's clock
+
+    def fetch(
+        self,
+        backend: Backend,
+        request: bytes,
+        *,
+        max_body: int,
+        connect_timeout: float | None,
+        reply_timeout: float | None,
+        idle_timeout: float,
+    ) -> Awaitable[PartReply | None]:
+        """Send `request` (a whole GET head) to `backend` and read its reply whole: None when no connection could
+        be made (nothing was sent); an OSError when the reply failed, missed `reply_timeout` or passed
+        `max_body`."""
+        ...
+
+    def respond_error(
+        self, status: int, detail: str, retry_after: bool = False, extra: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None: ...
+
+    def respond_local(self, status: int, fields: list[bytes], body: bytes, route: CompiledRoute) -> None: ...
 
 
 class PartFailed(Exception):
@@ -152,7 +216,7 @@ class Aggregate:
             (k.encode(), v.encode()) for k, v in route.request_headers.set if k.lower().encode() not in _OWN
         )
 
-    async def answer(self, exchange: Exchange) -> None:
+    async def answer(self, exchange: AggregateRequest) -> None:
         """Call the parts and answer `exchange` with the merged reply (never raises but when cancelled)."""
         tasks: dict[str, asyncio.Task[None]] = {}
         try:
@@ -161,7 +225,7 @@ class Aggregate:
                     405, "an aggregate route takes GET and HEAD", extra=((b"Allow", b"GET, HEAD"),)
                 )
                 return
-            loop = exchange.client.engine.loop
+            loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout if self.timeout else None
             headers = self.headers_for(exchange)
             replies: dict[str, Any] = {}
@@ -197,13 +261,12 @@ class Aggregate:
             for task in tasks.values():
                 task.cancel()
 
-    def headers_for(self, exchange: Exchange) -> bytes:
+    def headers_for(self, exchange: AggregateRequest) -> bytes:
         """The header fields every part of this request is sent (all but Host), each ending in CRLF."""
-        client = exchange.client
         headers = exchange.headers
         fields: list[tuple[bytes, bytes]] = [
             (b"Accept", b"application/json"),
-            (b"X-Request-ID", field_value(headers, b"x-request-id") or client.engine.request_ids.next()),
+            (b"X-Request-ID", field_value(headers, b"x-request-id") or exchange.new_request_id()),
         ]
         for name in (b"traceparent", b"tracestate"):
             value = field_value(headers, name)
@@ -215,21 +278,13 @@ class Aggregate:
             fields.extend(self.request_set)
         if exchange.consumer:
             fields.append((CONSUMER_HEADER, exchange.consumer))
-        forwarded = client.peer_host
-        if client.trusted is not None:  # a trusted proxy's X-Forwarded-For is believed, as the proxy does
-            chain = [v for n, v in headers if n.lower() == b"x-forwarded-for"]
-            forwarded = b", ".join([*chain, forwarded])
-        fields.append((b"X-Forwarded-For", forwarded))
-        fields.append((b"X-Forwarded-Proto", b"https" if client.listener.tls else b"http"))
-        host = field_value(headers, b"host")
-        if host is not None:
-            fields.append((b"X-Forwarded-Host", host))
-        return b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+        own = b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+        return own + exchange.forwarded_fields() + b"\r\n"
 
     async def _call(
         self,
         part: Part,
-        exchange: Exchange,
+        exchange: AggregateRequest,
         headers: bytes,
         deadline: float | None,
         tasks: Mapping[str, asyncio.Task[None]],
@@ -251,28 +306,31 @@ class Aggregate:
                     controls.append(control)
         except TimeoutError:
             log.debug("aggregate %r: part %r missed the route's timeout", self.name, part.group)
-        except (PartFailed, ClientError) as error:
+        except (PartFailed, OSError) as error:  # (OSError: the reply failed, AggregateRequest.fetch)
             log.debug("aggregate %r: part %r failed: %s", self.name, part.group, error)
 
     async def _request(
-        self, part: Part, exchange: Exchange, headers: bytes, replies: Mapping[str, Any], own_timeout: bool
+        self,
+        part: Part,
+        exchange: AggregateRequest,
+        headers: bytes,
+        replies: Mapping[str, Any],
+        own_timeout: bool,
     ) -> tuple[Any, bytes | None]:
         """The part's reply (parsed JSON) and its Cache-Control (None: it had none)."""
         service = part.service
         if service is None:
             raise PartFailed(f"no service named {part.service_name!r}")
         target = part.target(replies)
-        client = exchange.client
-        engine = client.engine
         key = (
-            service.hash_key_of(exchange.client_addr or client.peer_host, target, exchange.headers)
+            service.hash_key_of(exchange.client_address(), target, exchange.headers)
             if service.hashing
             else None
         )
         timeouts = service.config.timeouts
         tried: list[Backend] = []
         status = 0
-        asked = engine.now()
+        asked = exchange.now()
         try:
             while True:
                 backend = service.pick(key, tried)
@@ -295,35 +353,36 @@ class Aggregate:
                 )
                 status = 0
                 size = 0
-                started = engine.now()
+                started = exchange.now()
                 backend.in_flight += 1
                 try:
-                    reply = await engine.call_pool.request(
-                        backend.host,
-                        backend.port,
+                    reply = await exchange.fetch(
+                        backend,
                         request,
                         max_body=MAX_BODY,
                         connect_timeout=timeouts.connect,
                         reply_timeout=service.response_timeout if own_timeout else None,
                         idle_timeout=timeouts.idle,
                     )
-                    status = reply.status
-                    size = len(reply.body)
-                except ConnectFailed:
-                    backend.connect_failed()
-                    tried.append(backend)
-                    continue  # nothing was sent: the next backend, as the proxy does
+                    if reply is None:
+                        backend.connect_failed()
+                    else:
+                        status = reply.status
+                        size = len(reply.body)
                 except asyncio.CancelledError:
                     if exchange.done:
                         status = 499  # the client left (a deadline counts as a failure: 0)
                     raise
                 finally:
-                    _count(service, backend, status, started, engine.now(), size)
+                    # Counted for its backend as a proxied request is; the room it leaves may serve the queue.
+                    service.attempt_ended(backend, status, started, exchange.now(), size)
+                if reply is None:
+                    tried.append(backend)
+                    continue  # nothing was sent: the next backend, as the proxy does
                 break
         finally:
-            now = (
-                engine.now()
-            )  # the part's answer, counted once for its service however many backends it tried
+            # The part's answer, counted once for its service however many backends it tried.
+            now = exchange.now()
             service.observe(status, now - asked, now)
         if not 200 <= status < 300:
             raise PartFailed(f"{backend.name} answered {status}")
@@ -350,13 +409,3 @@ def merged_cache_control(controls: list[bytes], complete: bool) -> bytes:
             if name in (b"max-age", b"s-maxage") and value.strip().strip(b'"').isdigit():
                 ages.append(int(value.strip().strip(b'"')))
     return b"max-age=%d" % min(ages) if ages else b""
-
-
-def _count(service: Service, backend: Backend, status: int, started: float, now: float, size: int) -> None:
-    """A part's call counted for its backend, as Exchange._record counts a proxied request."""
-    backend.in_flight -= 1
-    backend.observe(status, now - started, now, size)
-    if service.queue:
-        from lbtui.proxy.client import serve_queue  # here: client.py imports routing, which imports this
-
-        serve_queue(service)  # a request waiting for room (max_connections) may have it now

@@ -5,7 +5,7 @@
 - A presented key is hashed and compared with every consumer's digest in constant time (hmac.compare_digest,
   no early exit), so the time taken says nothing about which digest was near.
 - The key header is removed before the request goes upstream, and the consumer's name is sent as
-  `X-Consumer` instead; a client's own `X-Consumer` is always dropped (proxy.http.SET_BY_PROXY), so a backend
+  `X-Consumer` instead; a client's own `X-Consumer` is always dropped (lbtui.http.SET_BY_PROXY), so a backend
   can believe it.
 """
 

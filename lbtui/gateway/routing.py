@@ -6,7 +6,7 @@ Order (ARCHITECTURE section 5): routes whose exact `host` matches come first, th
 longest prefix, then regex, then no path; ties keep config order. A config with one service and no routes sends
 everything to that service.
 
-Hosts are compared in the form proxy/http.normal_host gives the request's Host (lower case, escapes decoded,
+Hosts are compared in the form lbtui/http.normal_host gives the request's Host (lower case, escapes decoded,
 no trailing dot; the client proxy refuses a Host that is not one host), which is also what the backend gets, so
 a route's host and the backend cannot disagree about the name.
 
@@ -29,7 +29,7 @@ from lbtui.gateway.cache import ResponseCache
 from lbtui.gateway.cors import BACKEND_CORS_HEADERS, Cors
 from lbtui.gateway.jwt_auth import JwtVerifier
 from lbtui.gateway.ratelimit import TokenBuckets
-from lbtui.proxy.http import Networks, without_fields
+from lbtui.http import Networks, without_fields
 
 if TYPE_CHECKING:
     from lbtui.core.model import RouteStats, Service

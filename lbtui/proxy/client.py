@@ -60,7 +60,7 @@ from lbtui.gateway.cache import (
 )
 from lbtui.gateway.routing import response_parts, rewrite_target, set_headers, strip_prefix
 from lbtui.gateway.sticky import cookie_values, response_with_cookie, set_cookie, without_cookie
-from lbtui.proxy.http import (
+from lbtui.http import (
     CHUNKED,
     HOP_BY_HOP,
     IDEMPOTENT_METHODS,
@@ -88,7 +88,9 @@ from lbtui.proxy.http import (
     unescape_slashes,
     upgrade_offer,
     without_fields,
+    x_forwarded,
 )
+from lbtui.proxy.miniclient import ConnectFailed, Reply
 from lbtui.proxy.upstream import (
     BAD_RESPONSE,
     CONNECT_FAILURE,
@@ -360,12 +362,7 @@ class Exchange:
         peer = client.peer_host
         if client.trusted is not None:
             client.forwarded_client = client.trusted.client_address(forwarded_for, peer)
-        parts.append(b"X-Forwarded-For: ")
-        parts.append(peer if forwarded_for is None else forwarded_for + b", " + peer)
-        parts.append(client.forwarded_proto)
-        if host is not None:
-            parts.append(b"\r\nX-Forwarded-Host: ")
-            parts.append(host)
+        parts.append(x_forwarded(peer, forwarded_for, client.tls, host))
         if client.send_forwarded:
             own = forwarded_element(peer, client.scheme, host)
             parts += (b"\r\nForwarded: ", own if forwarded is None else forwarded + b", " + own)
@@ -910,13 +907,9 @@ class Exchange:
         # twice, a race would count as a failure, and outlier detection would eject a healthy backend).
         stale = reused and kind == RESET and not self.fresh_retry and resendable
         if backend is not None:
-            backend.in_flight -= 1
-            if not stale:
-                now = self.client.engine.now()
-                backend.observe(0, now - self.attempt_started, now, 0)
             self.backend = None
-            if service.queue:
-                serve_queue(service)
+            now = self.client.engine.now()
+            service.attempt_ended(backend, 0, self.attempt_started, now, 0, counted=not stale)
         if kind == CONNECT_FAILURE:
             # Nothing was sent: any method may go to the next backend.
             if backend is not None:
@@ -996,12 +989,8 @@ class Exchange:
         self.failure = (502, f"{backend.name} answered {status}")
         self.tried = tried
         self.upstream = None
-        now = self.client.engine.now()
-        backend.in_flight -= 1
-        backend.observe(status, now - self.attempt_started, now, 0)
         self.backend = None
-        if service.queue:
-            serve_queue(service)
+        service.attempt_ended(backend, status, self.attempt_started, self.client.engine.now(), 0)
         service.retries += 1
         self.attempt(picked=following)
         return True
@@ -1319,12 +1308,10 @@ class Exchange:
         backend = self.backend
         if backend is not None:
             self.backend = None
-            backend.in_flight -= 1
             backend.bytes_in += self.bytes_in
-            backend.observe(self.status, now - self.attempt_started, now, self.bytes_out)
             service = self.service
-            if service is not None and service.queue:
-                serve_queue(service)
+            assert service is not None  # (a backend is picked from its service)
+            service.attempt_ended(backend, self.status, self.attempt_started, now, self.bytes_out)
         stats = self.route_stats
         if stats is not None:
             stats.observe(self.status, now - self.started, now)
@@ -1392,42 +1379,56 @@ class Exchange:
             self.status = 499  # nginx's "client closed request"
         self._finish()
 
+    # -- what an aggregate asks of it (gateway/aggregate.AggregateRequest) ----------------------------------
+    def client_address(self) -> bytes:
+        return self.client_addr or self.client.peer_host
+
+    def forwarded_fields(self) -> bytes:
+        client = self.client
+        forwarded_for = None
+        if (
+            client.trusted is not None
+        ):  # a trusted proxy's X-Forwarded-For is believed, as for a proxied request
+            chain = [v for n, v in self.headers if n.lower() == b"x-forwarded-for"]
+            if chain:
+                forwarded_for = b", ".join(chain)
+        return x_forwarded(client.peer_host, forwarded_for, client.tls, field_value(self.headers, b"host"))
+
+    def new_request_id(self) -> bytes:
+        return self.client.engine.request_ids.next()
+
+    def now(self) -> float:
+        return self.client.engine.now()
+
+    async def fetch(
+        self,
+        backend: Backend,
+        request: bytes,
+        *,
+        max_body: int,
+        connect_timeout: float | None,
+        reply_timeout: float | None,
+        idle_timeout: float,
+    ) -> Reply | None:
+        """`request` to `backend` on the engine's pool of small-client connections (proxy/miniclient.py), its
+        reply read whole; None when no connection could be made."""
+        try:
+            return await self.client.engine.call_pool.request(
+                backend.host,
+                backend.port,
+                request,
+                max_body=max_body,
+                connect_timeout=connect_timeout,
+                reply_timeout=reply_timeout,
+                idle_timeout=idle_timeout,
+            )
+        except ConnectFailed:
+            return None
+
 
 def client_task(exchange: Exchange, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
     """Run `work` (which answers `exchange` in the end) as a task of the engine's loop."""
     return exchange.client.engine.loop.create_task(work)
-
-
-def serve_queue(service: Service) -> None:
-    """A backend of `service` may have room: the longest waiting request tries again (at the queue's head).
-    A sticky session waiting for its own backend is passed over while that one is still full."""
-    queue = service.queue
-    limit = service.config.max_connections
-    index = 0
-    while index < len(queue):
-        exchange = queue[index]
-        if exchange.done:
-            del queue[index]
-            continue
-        bound = exchange.bound
-        if bound is not None and limit is not None and bound.in_flight >= limit and service.keeps(bound):
-            index += 1
-            continue
-        del queue[index]
-        waiting = len(queue)
-        exchange.attempt()
-        if len(queue) == waiting:
-            exchange.queue_deadline = 0.0  # it has a backend now (or was answered)
-        return  # else still no room: it went back to the head of the queue
-
-
-def expire_queue(service: Service, now: float) -> None:
-    """Answer 503 to requests that waited longer than timeouts.queue (called by the engine's tick)."""
-    queue = service.queue
-    while queue and (queue[0].done or queue[0].queue_deadline <= now):
-        exchange = queue.popleft()
-        if not exchange.done:
-            exchange.queue_expired()
 
 
 class ClientConnection(asyncio.Protocol):
@@ -1436,10 +1437,8 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, engine: Engine, listener: ListenerConfig) -> None:
         self.engine = engine
         self.listener = listener
-        self.forwarded_proto = (
-            b"\r\nX-Forwarded-Proto: https" if listener.tls else b"\r\nX-Forwarded-Proto: http"
-        )
-        self.scheme = b"https" if listener.tls else b"http"
+        self.tls = listener.tls is not None
+        self.scheme = b"https" if self.tls else b"http"
         # The listener's request rules, as the running config has them (a reload changes them for new connections).
         settings = engine.listener_configs.get(listener.name) or listener
         self.upgrades = settings.upgrades  # tunnelled for routes that do not say
@@ -1753,7 +1752,7 @@ class ClientConnection(asyncio.Protocol):
             exchange.url += url  # the URL can arrive in pieces
         if len(exchange.url) > self.max_header_bytes:
             self.refuse(exchange, 414, f"the request target is longer than {self.max_header_bytes} bytes")
-        if url.find(b"#") >= 0:  # (find, not `in`: see http.needs_normalizing)
+        if url.find(b"#") >= 0:  # (find, not `in`: see below)
             self.refuse(exchange, 400, "a request target has no fragment (#)")
         if url.translate(None, TARGET_BYTES):  # what is left is not allowed (RFC 9112 3.2: 400)
             self.refuse(exchange, 400, "the request target has a character that RFC 3986 does not allow")
@@ -1798,7 +1797,10 @@ class ClientConnection(asyncio.Protocol):
             self.origin_form(exchange)
             url = exchange.url
         redirect = b""
-        if url.find(b"%") >= 0 or url.find(b"/.") >= 0 or url.find(b"//") >= 0:  # http.needs_normalizing
+        # Whether the target may change under normalize_target. bytes.find, not `in`: CPython's `sub in some_bytes`
+        # first tries `sub` as an int, and raises and clears a TypeError (with a formatted message) before it
+        # searches: twice the cost, on every request.
+        if url.find(b"%") >= 0 or url.find(b"/.") >= 0 or url.find(b"//") >= 0:
             normal = normalize_target(url)
             if normal is None:
                 self.refuse(exchange, 400, "the request target has a broken %-encoding")

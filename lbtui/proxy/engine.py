@@ -19,10 +19,10 @@ from lbtui.core.control import InProcessController
 from lbtui.core.model import AdminState, Backend, ListenerView, listener_url
 from lbtui.gateway.auth import ApiKeys
 from lbtui.gateway.routing import Router
+from lbtui.http import RequestIds, TrustedProxies
 from lbtui.proxy.accesslog import QUEUE_LIMIT, AccessLog
-from lbtui.proxy.client import ClientConnection, expire_queue, serve_queue
+from lbtui.proxy.client import ClientConnection
 from lbtui.proxy.health import HealthChecker
-from lbtui.proxy.http import RequestIds, TrustedProxies
 from lbtui.proxy.miniclient import KeepAlivePool
 from lbtui.proxy.tcp import TcpConnection
 from lbtui.proxy.tls import TLSAccept, TLSFileError, load_server_context
@@ -325,8 +325,8 @@ class Engine:
             self.router.sweep(now)
         for queued in self.balancer.services.values():
             if queued.queue:
-                expire_queue(queued, now)
-                serve_queue(queued)  # a backend may have room now that none freed (enabled, up again)
+                queued.expire_queue(now)
+                queued.serve_queue()  # a backend may have room now that none freed (enabled, up again)
         progress: dict[Exchange, tuple[int, float]] = {}
         for backend in self.balancer.backends.values():
             pool = backend.pool

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import httptools
 
-from lbtui.proxy.http import no_delay
+from lbtui.http import no_delay
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 

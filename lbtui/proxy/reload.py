@@ -47,7 +47,7 @@ from lbtui.core.persist import capture
 from lbtui.features import missing_sticky_secrets
 from lbtui.gateway.auth import ApiKeys
 from lbtui.gateway.routing import Router
-from lbtui.proxy.http import TrustedProxies
+from lbtui.http import TrustedProxies
 
 if TYPE_CHECKING:
     from lbtui.proxy.client import ClientConnection

@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from lbtui.proxy.http import no_delay
+from lbtui.http import no_delay
 
 if TYPE_CHECKING:
     from lbtui.config import ListenerConfig

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httptools
 
 from lbtui.core.model import AdminState
-from lbtui.proxy.http import (
+from lbtui.http import (
     CHUNKED,
     HOP_BY_HOP,
     LENGTH,

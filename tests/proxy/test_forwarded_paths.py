@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lbtui.config import ConfigError, parse_config
-from lbtui.proxy.http import TrustedProxies, normalize_target
+from lbtui.http import TrustedProxies, normalize_target
 from tests.conftest import make_config
 
 

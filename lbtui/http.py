@@ -1,6 +1,8 @@
-"""HTTP/1.1 pieces shared by both sides of the proxy: hop-by-hop headers, status lines, error replies.
+"""HTTP/1.1 pieces shared by the proxy, the gateway and the admin API: hop-by-hop headers, status lines, error
+replies, targets and hosts in normal form, X-Forwarded-*, networks.
 
-Headers are never forwarded as raw bytes: the parser hands us names and values, and we serialise them again.
+A leaf: it imports nothing of lbtui, so every layer may use it. Headers are never forwarded as raw bytes: the
+parser hands us names and values, and we serialise them again.
 """
 
 from __future__ import annotations
@@ -88,14 +90,6 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
         if len(STATUS_LINES) < 4096:
             STATUS_LINES[key] = line
     return line
-
-
-def needs_normalizing(url: bytes) -> bool:
-    """Whether a request target may change under normalize_target (cheap: a few substring searches).
-
-    bytes.find, not `in`: CPython's `sub in some_bytes` first tries `sub` as an int, and raises and clears a
-    TypeError (with a formatted message) before it searches: twice the cost, on every request."""
-    return url.find(b"%") >= 0 or url.find(b"/.") >= 0 or url.find(b"//") >= 0
 
 
 def normalize_target(url: bytes) -> bytes | None:
@@ -290,6 +284,17 @@ def field_value(fields: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if n.lower() == name:
             return v
     return None
+
+
+def x_forwarded(peer: bytes, forwarded_for: bytes | None, tls: bool, host: bytes | None) -> bytes:
+    """X-Forwarded-For (the chain a trusted proxy sent, `forwarded_for`, then the peer), X-Forwarded-Proto and,
+    when the request had a Host, X-Forwarded-Host, as lbtui writes them for a backend: the fields joined by
+    CRLF, with none at either end."""
+    fields = b"X-Forwarded-For: " + (peer if forwarded_for is None else forwarded_for + b", " + peer)
+    fields += b"\r\nX-Forwarded-Proto: https" if tls else b"\r\nX-Forwarded-Proto: http"
+    if host is not None:
+        fields += b"\r\nX-Forwarded-Host: " + host
+    return fields
 
 
 def no_delay(transport: object) -> None:
