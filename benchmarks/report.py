@@ -32,7 +32,7 @@ BAR_RPS_MIN = 0.5  # lbtui req/s >= 0.5x HAProxy's
 BAR_CPU_MAX = 1.6  # lbtui CPU time per request <= 1.6x HAProxy's
 BAR_P99_MAX = 2.5  # lbtui p99 <= 2.5x HAProxy's
 BAR_P50_DELTA_US = 100.0  # at one connection: lbtui p50 <= direct p50 + 100 us
-# The dashboard bars (ARCHITECTURE section 2): the dashboard (pinned like `lbtui serve`) against headless lbtui.
+# The dashboard bars (benchmarks/README.md: the dashboard costs the engine at most 10%): the dashboard (pinned like `lbtui serve`) against headless lbtui.
 BAR_DASH_RPS_MIN = 0.90  # dashboard req/s >= 0.90x headless
 BAR_DASH_P99_DELTA_MS = 2.0  # dashboard p99 <= headless p99 + 2 ms
 # The gateway bar (issue 5): route + API key + rate limit (not hit) keeps req/s within 25% of plain lbtui's.

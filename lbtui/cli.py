@@ -1,4 +1,6 @@
-"""The command line (ARCHITECTURE section 6). No traceback ever reaches the user.
+"""The command line (README.md "Commands"; docs/operations.md for ctl and attach).
+
+No traceback ever reaches the user.
 
 The one place that wires the faces to the runtime: it hands the runtime the admin API's starter
 (ServeOptions.admin_server), for `serve` and for the dashboard that hosts the engine, and hands `attach`'s

@@ -64,7 +64,7 @@ address = "127.0.0.1:9001"
 
 ALICE_SHA256 = "72ee9d4355ccb9d3a4c9dbf37382e38e75c1b1a225b5bd1f729ee91bbda30c20"
 
-# Every snippet of ARCHITECTURE.md section 5 in one file, plus the commented-out alternatives (tls, jwt).
+# Every snippet of the product design's config schema (../shared/ARCHITECTURE.md section 5) in one file, plus the commented-out alternatives (tls, jwt).
 FULL_EXAMPLE = f"""
 [[listeners]]
 name = "web"

@@ -1,4 +1,4 @@
-"""The admin API: JSON over HTTP/1.1 on `[admin].bind`, over a Controller (ARCHITECTURE section 7).
+"""The admin API: JSON over HTTP/1.1 on `[admin].bind`, over a Controller (docs/operations.md "Admin API").
 
 Two layers. `AdminApi.handle` is a pure function of one whole request (method, target, headers, body) to one
 response, and does no I/O: tests and other transports call it directly. `AdminServer` is the socket: an

@@ -1,6 +1,6 @@
 """Route matching: which service a request goes to, and what the route changes on the way.
 
-Order (ARCHITECTURE section 5): routes whose exact `host` matches come first, then routes whose wildcard host
+Order (docs/config.md, routes): routes whose exact `host` matches come first, then routes whose wildcard host
 (`*.example.com`: any name that ends in `.example.com`, at any depth, not `example.com` itself, as nginx's
 `server_name`) matches, the longest wildcard first, then routes without a host; within each, exact path, then
 longest prefix, then regex, then no path; ties keep config order. A config with one service and no routes sends

@@ -6,8 +6,8 @@
 - http: `GET path HTTP/1.1` with `Host: <backend address>` and `Connection: close`; only the status line is
   read. A status within `expect_status` passes. tcp: a connect passes. Anything not done within `timeout`
   fails, as does a refused or reset connection or a reply that is not HTTP.
-- maint: no checks (ARCHITECTURE section 4); the task stays and checks again once the backend leaves maint. A
-  result that arrives after the backend went to maint, or after it was removed, is dropped. drain: checked.
+- maint: no checks (README.md, "What the engine does"); the task stays and checks again once the backend
+  leaves maint. A result that arrives after the backend went to maint, or after it was removed, is dropped. drain: checked.
 - Backends added through the Controller get a task (Balancer.on_backend_added); a removed backend's task is
   cancelled (on_backend_removed); `stop` cancels every task and waits for them.
 - Results go to InProcessController.health_check, which changes health, bumps the service's version and

@@ -171,7 +171,7 @@ async def test_a_drain_keeps_its_sessions_and_takes_no_new_ones(backends, engine
     engine.controller.drain("b1")
     for _ in range(12):
         response = await get(client, "/", value)
-        assert response.header("X-Backend") == "b1"  # ARCHITECTURE 4: a drain takes requests bound to it
+        assert response.header("X-Backend") == "b1"  # a drain takes requests bound to it (HAProxy's meaning)
         assert cookie_of(response) is None
     newcomers = {(await get(client)).header("X-Backend") for _ in range(12)}
     assert newcomers == {"b0", "b2"}
