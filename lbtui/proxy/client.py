@@ -195,13 +195,11 @@ class Exchange:
     attempt_started = 0.0  # when its current backend was chosen: what that backend's latency counts from
     head_at = 0.0
     response_timeout = 0.0  # its route's `timeout`, when it has one (else the service's timeouts.response)
-    task: asyncio.Task[None] | None = (
-        None  # answering it off the request path (an aggregate); cancelled if lost
-    )
+    # Answering it off the request path (an aggregate); cancelled if lost.
+    task: asyncio.Task[None] | None = None
     retries_config: RetriesConfig | None = None  # its route's retries (None: its service's)
-    cache_key = (
-        b""  # looked up in its route's cache and missed: the response is kept under this key, if it may
-    )
+    # Looked up in its route's cache and missed: the response is kept under this key, if it may.
+    cache_key = b""
     cache_target = b""  # what its route's cache knows its target by (to keep its response, or drop it)
     cache_fresh = 0.0  # how long the response stays fresh (set with the head; 0: it is not kept)
     cache_head: list[bytes] | None = None  # the response's head as the upstream side kept it (to keep)
@@ -228,13 +226,9 @@ class Exchange:
         headers = self.headers
         single = client.engine.router.single
         strip = single.sticky_cookie() if single is not None and single.config.sticky is not None else b""
-        cached = client.head_cache
-        if cache and cached is not None and cached[0] == headers and cached[5] == strip and not self.upgrade:
-            middle, has_request_id, self.req_framing, self.content_length = cached[1:5]
-            # The client address its X-Forwarded-For gave (trusted peers): that request's, not the address of
-            # whatever request was filtered last on this connection without being kept (a Host rewritten in
-            # normal form, HTTP/1.0): a trusted proxy sends many clients' requests on one connection.
-            client.forwarded_client = cached[6]
+        cached = client.filtered_head(headers, strip) if cache and not self.upgrade else None
+        if cached is not None:
+            middle, has_request_id, self.req_framing, self.content_length = cached
         else:
             self.strip_cookie = strip
             middle, has_request_id = self._filter_headers()
@@ -245,14 +239,8 @@ class Exchange:
                 and self.version == "1.1"
                 and self.headers is headers  # (not when its Host was rewritten in normal form)
             ):
-                client.head_cache = (
-                    headers,
-                    middle,
-                    has_request_id,
-                    self.req_framing,
-                    self.content_length,
-                    strip,
-                    client.forwarded_client,
+                client.keep_filtered_head(
+                    headers, strip, middle, has_request_id, self.req_framing, self.content_length
                 )
         if client.trusted is not None:
             self.client_addr = client.forwarded_client
@@ -655,10 +643,10 @@ class Exchange:
             self.url = rewrite_target(self.url, route.rewrite, route.add_query)
         client = self.client
         original = self.headers
-        cached = client.rewrite_cache
-        if cached is not None and cached[0] is route and cached[1] == original and not self.upgrade:
+        cached = client.rewritten_head(route, original) if not self.upgrade else None
+        if cached is not None:
             # The same headers on this connection to the same route as last time: filtered as then.
-            self.headers, middle, has_request_id = cached[2], cached[3], cached[4]
+            self.headers, middle, has_request_id = cached
         else:
             remove = route.request_remove
             if route.api_key is not None:
@@ -667,7 +655,7 @@ class Exchange:
                 self.headers = set_headers(original, remove, route.request_set)
             middle, has_request_id = self._filter_headers()
             if not self.upgrade:
-                client.rewrite_cache = (route, original, self.headers, middle, has_request_id)
+                client.keep_rewritten_head(route, original, self.headers, middle, has_request_id)
         self._compose(middle, has_request_id, consumer)
 
     def hash_key(self) -> bytes | None:
@@ -791,14 +779,7 @@ class Exchange:
             conn.pool.release(conn, now)
             return
         self.connect_time = 0.0 if reused else now - self.connect_started
-        conn.exchange = self  # the connection's per-exchange state (as UpstreamConnection.reset_head)
-        conn._skip_body = self.method == b"HEAD"
-        conn.received = False
-        conn.parts = [b""]
-        conn.framing = UNTIL_CLOSE
-        conn.connection = None
-        conn.upgrade_value = None
-        conn._reason = b""
+        conn.begin(self, self.method == b"HEAD")
         self.upstream = conn
         transport = conn.transport
         assert transport is not None
@@ -882,7 +863,7 @@ class Exchange:
         after its head was forwarded can only be aborted."""
         if self.done:
             return
-        self._cancel_timer()
+        self._clear_response_deadline()
         backend = self.backend
         name = backend.name if backend is not None else "-"
         self.failed_tries = (*self.failed_tries, f"{name}:{cause}/reused" if reused else f"{name}:{cause}")
@@ -984,7 +965,7 @@ class Exchange:
             return False  # no backend left to try: this 5xx is the answer
         if not self.retrying:
             self._retry_budget(service)  # (room was checked above)
-        self._cancel_timer()
+        self._clear_response_deadline()
         self.failed_tries = (*self.failed_tries, f"{backend.name}:{status}")
         self.failure = (502, f"{backend.name} answered {status}")
         self.tried = tried
@@ -1011,7 +992,27 @@ class Exchange:
         allowed = max(retries.min_retry_concurrency, retries.budget_percent * active / 100.0)
         return service.retries_in_flight < allowed
 
-    def _cancel_timer(self) -> None:
+    def _closes_after(self) -> bool:
+        """Whether the client's connection closes after this response (the one place that decides): when the
+        client or the response's framing says so (close_after), the client did not ask for keep-alive, the
+        engine stops, or the response comes before the request was read whole (its rest cannot be told from
+        the next request)."""
+        if not self.request_done and self.req_framing != NO_BODY:
+            self.close_after = True
+        if self.close_after or not self.keep_alive or self.client.engine.closing:
+            self.close_after = True
+        return self.close_after
+
+    def _connection_field(self) -> bytes:
+        """The Connection field of a response head (b"": none), as _closes_after decides."""
+        if self._closes_after():
+            return b"Connection: close\r\n"
+        if self.version == "1.0":
+            return b"Connection: keep-alive\r\n"  # HTTP/1.0 closes after each response unless told
+        return b""
+
+    def _clear_response_deadline(self) -> None:
+        """No longer waiting for the backend's response head (the engine's tick checks `deadline`)."""
         self.deadline = 0.0
 
     # -- response side ---------------------------------------------------------------------------------
@@ -1065,8 +1066,6 @@ class Exchange:
             parts.append(b"\r\n")
             client.write(b"".join(parts))
             return
-        if not self.request_done and self.req_framing != NO_BODY:
-            self.close_after = True  # answered before the request was read whole: close after the reply
         if self.sticky_group and self.backend is not self.bound:
             self.cache_key = b""  # its session moved: the reply is not its group's to keep under that key
         route = self.route
@@ -1086,17 +1085,11 @@ class Exchange:
                 self.chunk_out = True
             else:
                 self.close_after = True  # HTTP/1.0 knows no chunks: the body ends when we close
-        if self.close_after or not self.keep_alive or client.engine.closing:
-            parts.append(b"Connection: close\r\n")
-            self.close_after = True
-        elif self.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
+        connection = self._connection_field()
+        if connection:
+            parts.append(connection)
         parts.append(b"\r\n")
-        out = client.out
-        if out is not None:
-            out += parts  # corked: joined once with the body when the connection is uncorked
-        else:
-            client.write(b"".join(parts))
+        client.write_parts(parts)
 
     def _sticky_cookie(self, parts: list[bytes]) -> list[bytes]:
         """The response head with the sticky cookie set when the request's cookie did not name the backend
@@ -1143,26 +1136,18 @@ class Exchange:
             else:
                 self.capture = None  # too large to keep: passed on only
         self.bytes_out += len(data)
-        client = self.client
-        out = client.out
-        if out is not None:  # corked: the usual case, inside UpstreamConnection.data_received
-            if self.chunk_out:
-                out += (b"%x\r\n" % len(data), data, b"\r\n")
-            else:
-                out.append(data)
-        elif self.chunk_out:
-            client.writelines(chunk_frame(data))
+        if self.chunk_out:
+            self.client.writelines(chunk_frame(data))
         else:
-            client.write(data)
+            self.client.write(data)
 
     def upstream_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        """The backend's response was read whole: the common end of an exchange, kept short."""
+        """The backend's response was read whole: its connection goes back to the pool (or closes), the
+        response is kept in its route's cache if it may be, and the exchange ends (_finish)."""
         if self.done:
             conn.close()
             return
-        client = self.client
-        engine = client.engine
-        now = engine.now()
+        engine = self.client.engine
         backend = self.backend
         self.upstream = None
         if (
@@ -1172,30 +1157,12 @@ class Exchange:
             and backend.admin_state is READY
             and not engine.closing
         ):
-            conn.pool.release(conn, now)
+            conn.pool.release(conn, engine.now())
         else:
             conn.close()  # draining backends close their connections after the current request
-        if self.chunk_out:
-            client.write(LAST_CHUNK)
-        self.done = True
-        self.deadline = 0.0
         if self.capture is not None:
-            self._store(now)
-        self._record(now)
-        if (
-            client.current is self
-            and self.keep_alive
-            and not self.close_after
-            and not engine.closing
-            and not client.pending
-            and not client.paused
-            and (self.request_done or self.req_framing == NO_BODY)
-        ):
-            # The usual end (ClientConnection.exchange_finished, inlined): idle, waiting for the next request.
-            client.current = None
-            client.last_active = now
-        elif self.request_done or self.req_framing == NO_BODY or self.close_after:
-            client.exchange_finished(self, now)
+            self._store(engine.now())
+        self._response_end()
 
     def _store(self, now: float) -> None:
         """Keep the response read whole in its route's cache."""
@@ -1253,12 +1220,9 @@ class Exchange:
         """Answer with an error of our own, when nothing of a backend's response was sent."""
         if self.done:
             return
-        self._cancel_timer()
+        self._clear_response_deadline()
         self.status = status
-        if not self.request_done and self.req_framing != NO_BODY:
-            self.close_after = True
-        close = self.close_after or not self.keep_alive or self.client.engine.closing
-        self.close_after = close
+        close = self._closes_after()
         if retry_after:
             extra = RETRY_AFTER + extra
         self.client.write(
@@ -1274,7 +1238,7 @@ class Exchange:
         headers (RateLimit-*, CORS) are applied, and Content-Length is written here."""
         if self.done:
             return
-        self._cancel_timer()
+        self._clear_response_deadline()
         self.status = status
         self.response_started = True
         head = [status_line(status), *fields]
@@ -1288,13 +1252,9 @@ class Exchange:
         parts = response_parts(head, route.response_remove, route.response_set + self.response_extra)
         if status != 204 and status != 304:
             parts.append(b"Content-Length: %d\r\n" % len(body))
-        if not self.request_done and self.req_framing != NO_BODY:
-            self.close_after = True
-        if self.close_after or not self.keep_alive or self.client.engine.closing:
-            parts.append(b"Connection: close\r\n")
-            self.close_after = True
-        elif self.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
+        connection = self._connection_field()
+        if connection:
+            parts.append(connection)
         parts.append(b"\r\n")
         if self.method != b"HEAD" and status != 204 and status != 304:
             parts.append(body)
@@ -1355,7 +1315,7 @@ class Exchange:
             self.body_pending = ()
             self.body_pending_size = 0
             self.client.resume_reading_for(PAUSE_WAITING)
-        self._cancel_timer()
+        self._clear_response_deadline()
         now = self.client.engine.now()
         self._record(now)
         upstream = self.upstream
@@ -1544,6 +1504,60 @@ class ClientConnection(asyncio.Protocol):
     def idle(self) -> bool:
         return self.current is None and self.parsing is None and self.tunnel_to is None
 
+    # -- the filtered heads kept for the next request (Exchange.build_upstream_head, _rewrite_for) ----------
+    def filtered_head(
+        self, headers: list[tuple[bytes, bytes]], strip: bytes
+    ) -> tuple[bytes, bool, int, int] | None:
+        """The last request's filtered headers, framing and Content-Length, when this request's headers are
+        the same (and the same sticky cookie is stripped); None otherwise."""
+        cached = self.head_cache
+        if cached is None or cached[0] != headers or cached[5] != strip:
+            return None
+        # The client address its X-Forwarded-For gave (trusted peers): that request's, not the address of
+        # whatever request was filtered last on this connection without being kept (a Host rewritten in
+        # normal form, HTTP/1.0): a trusted proxy sends many clients' requests on one connection.
+        self.forwarded_client = cached[6]
+        return cached[1], cached[2], cached[3], cached[4]
+
+    def keep_filtered_head(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        strip: bytes,
+        middle: bytes,
+        has_request_id: bool,
+        framing: int,
+        content_length: int,
+    ) -> None:
+        self.head_cache = (
+            headers,
+            middle,
+            has_request_id,
+            framing,
+            content_length,
+            strip,
+            self.forwarded_client,
+        )
+
+    def rewritten_head(
+        self, route: CompiledRoute, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[list[tuple[bytes, bytes]], bytes, bool] | None:
+        """The headers `route` made of the last request's and their filtered form, when this request's headers
+        are the same and it took the same route; None otherwise."""
+        cached = self.rewrite_cache
+        if cached is None or cached[0] is not route or cached[1] != headers:
+            return None
+        return cached[2], cached[3], cached[4]
+
+    def keep_rewritten_head(
+        self,
+        route: CompiledRoute,
+        original: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]],
+        middle: bytes,
+        has_request_id: bool,
+    ) -> None:
+        self.rewrite_cache = (route, original, headers, middle, has_request_id)
+
     # -- writing and flow control ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         out = self.out
@@ -1558,6 +1572,22 @@ class ClientConnection(asyncio.Protocol):
             out.extend(data)
         elif not self.closed and self.transport is not None:
             self.transport.writelines(data)
+
+    def write_parts(self, parts: list[bytes]) -> None:
+        """Write `parts` as one buffer (a response head): joined once with the body when corked."""
+        out = self.out
+        if out is not None:
+            out += parts
+        elif not self.closed and self.transport is not None:
+            self.transport.write(b"".join(parts))
+
+    def cork(self) -> bool:
+        """Hold writes until uncork (a response's head and body leave in one system call); False when they
+        are held already (the caller must then leave the uncork to whoever corked)."""
+        if self.out is not None:
+            return False
+        self.out = []
+        return True
 
     def uncork(self) -> None:
         """Send what was written while corked (`out` set: see UpstreamConnection.data_received) at once."""
