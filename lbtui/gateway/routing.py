@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from lbtui.config import RetriesConfig, RouteConfig
 from lbtui.gateway.aggregate import Aggregate
@@ -317,19 +317,19 @@ class _Transforms(TypedDict):
     request_set: tuple[tuple[bytes, bytes], ...]
     response_remove: frozenset[bytes]
     response_set: tuple[tuple[bytes, bytes], ...]
-    cors: NotRequired[Cors]
+    cors: Cors | None
     rewrite: tuple[re.Pattern[bytes], bytes] | None
     add_query: tuple[tuple[bytes, bytes], ...]
     ip_allow: Networks | None
     ip_deny: Networks | None
-    limiter: NotRequired[TokenBuckets]
-    consumer_limiters: NotRequired[Mapping[bytes, TokenBuckets]]
-    limit_key: NotRequired[str]
+    limiter: TokenBuckets | None
+    consumer_limiters: Mapping[bytes, TokenBuckets] | None
+    limit_key: str
     api_key: bytes | None
     jwt: JwtVerifier | None
     retries: RetriesConfig | None
     upgrades: frozenset[bytes] | None
-    cache: NotRequired[ResponseCache]
+    cache: ResponseCache | None
     transforms_request: bool
 
 
@@ -367,6 +367,11 @@ def _transforms(route: RouteConfig) -> _Transforms:
         "retries": route.retries,
         "upgrades": frozenset(p.encode() for p in route.upgrades) if route.upgrades is not None else None,
         "transforms_request": bool(strip or request_remove or api_key or jwt or rewrite or add_query),
+        "cors": None,
+        "limiter": None,
+        "consumer_limiters": None,
+        "limit_key": "",
+        "cache": None,
     }
     if route.cors is not None:
         out["cors"] = Cors(route.cors, route.match.methods)
