@@ -226,9 +226,13 @@ class Exchange:
         headers = self.headers
         single = client.engine.router.single
         strip = single.sticky_cookie() if single is not None and single.config.sticky is not None else b""
-        cached = client.filtered_head(headers, strip) if cache and not self.upgrade else None
-        if cached is not None:
-            middle, has_request_id, self.req_framing, self.content_length = cached
+        cached = client.head_cache
+        if cache and cached is not None and cached[0] == headers and cached[5] == strip and not self.upgrade:
+            middle, has_request_id, self.req_framing, self.content_length = cached[1:5]
+            # The client address its X-Forwarded-For gave (trusted peers): that request's, not the address of
+            # whatever request was filtered last on this connection without being kept (a Host rewritten in
+            # normal form, HTTP/1.0): a trusted proxy sends many clients' requests on one connection.
+            client.forwarded_client = cached[6]
         else:
             self.strip_cookie = strip
             middle, has_request_id = self._filter_headers()
@@ -239,8 +243,14 @@ class Exchange:
                 and self.version == "1.1"
                 and self.headers is headers  # (not when its Host was rewritten in normal form)
             ):
-                client.keep_filtered_head(
-                    headers, strip, middle, has_request_id, self.req_framing, self.content_length
+                client.head_cache = (
+                    headers,
+                    middle,
+                    has_request_id,
+                    self.req_framing,
+                    self.content_length,
+                    strip,
+                    client.forwarded_client,
                 )
         if client.trusted is not None:
             self.client_addr = client.forwarded_client
@@ -643,10 +653,10 @@ class Exchange:
             self.url = rewrite_target(self.url, route.rewrite, route.add_query)
         client = self.client
         original = self.headers
-        cached = client.rewritten_head(route, original) if not self.upgrade else None
-        if cached is not None:
+        cached = client.rewrite_cache
+        if cached is not None and cached[0] is route and cached[1] == original and not self.upgrade:
             # The same headers on this connection to the same route as last time: filtered as then.
-            self.headers, middle, has_request_id = cached
+            self.headers, middle, has_request_id = cached[2], cached[3], cached[4]
         else:
             remove = route.request_remove
             if route.api_key is not None:
@@ -655,7 +665,7 @@ class Exchange:
                 self.headers = set_headers(original, remove, route.request_set)
             middle, has_request_id = self._filter_headers()
             if not self.upgrade:
-                client.keep_rewritten_head(route, original, self.headers, middle, has_request_id)
+                client.rewrite_cache = (route, original, self.headers, middle, has_request_id)
         self._compose(middle, has_request_id, consumer)
 
     def hash_key(self) -> bytes | None:
@@ -779,7 +789,14 @@ class Exchange:
             conn.pool.release(conn, now)
             return
         self.connect_time = 0.0 if reused else now - self.connect_started
-        conn.begin(self, self.method == b"HEAD")
+        conn.exchange = self  # the connection's per-exchange state (as UpstreamConnection.reset_head)
+        conn._skip_body = self.method == b"HEAD"
+        conn.received = False
+        conn.parts = [b""]
+        conn.framing = UNTIL_CLOSE
+        conn.connection = None
+        conn.upgrade_value = None
+        conn._reason = b""
         self.upstream = conn
         transport = conn.transport
         assert transport is not None
@@ -992,25 +1009,6 @@ class Exchange:
         allowed = max(retries.min_retry_concurrency, retries.budget_percent * active / 100.0)
         return service.retries_in_flight < allowed
 
-    def _closes_after(self) -> bool:
-        """Whether the client's connection closes after this response (the one place that decides): when the
-        client or the response's framing says so (close_after), the client did not ask for keep-alive, the
-        engine stops, or the response comes before the request was read whole (its rest cannot be told from
-        the next request)."""
-        if not self.request_done and self.req_framing != NO_BODY:
-            self.close_after = True
-        if self.close_after or not self.keep_alive or self.client.engine.closing:
-            self.close_after = True
-        return self.close_after
-
-    def _connection_field(self) -> bytes:
-        """The Connection field of a response head (b"": none), as _closes_after decides."""
-        if self._closes_after():
-            return b"Connection: close\r\n"
-        if self.version == "1.0":
-            return b"Connection: keep-alive\r\n"  # HTTP/1.0 closes after each response unless told
-        return b""
-
     def _clear_response_deadline(self) -> None:
         """No longer waiting for the backend's response head (the engine's tick checks `deadline`)."""
         self.deadline = 0.0
@@ -1066,6 +1064,8 @@ class Exchange:
             parts.append(b"\r\n")
             client.write(b"".join(parts))
             return
+        if not self.request_done and self.req_framing != NO_BODY:
+            self.close_after = True  # answered before the request was read whole: close after the reply
         if self.sticky_group and self.backend is not self.bound:
             self.cache_key = b""  # its session moved: the reply is not its group's to keep under that key
         route = self.route
@@ -1085,11 +1085,17 @@ class Exchange:
                 self.chunk_out = True
             else:
                 self.close_after = True  # HTTP/1.0 knows no chunks: the body ends when we close
-        connection = self._connection_field()
-        if connection:
-            parts.append(connection)
+        if self.close_after or not self.keep_alive or client.engine.closing:
+            parts.append(b"Connection: close\r\n")
+            self.close_after = True
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        client.write_parts(parts)
+        out = client.out
+        if out is not None:
+            out += parts  # corked: joined once with the body when the connection is uncorked
+        else:
+            client.write(b"".join(parts))
 
     def _sticky_cookie(self, parts: list[bytes]) -> list[bytes]:
         """The response head with the sticky cookie set when the request's cookie did not name the backend
@@ -1136,18 +1142,26 @@ class Exchange:
             else:
                 self.capture = None  # too large to keep: passed on only
         self.bytes_out += len(data)
-        if self.chunk_out:
-            self.client.writelines(chunk_frame(data))
+        client = self.client
+        out = client.out
+        if out is not None:  # corked: the usual case, inside UpstreamConnection.data_received
+            if self.chunk_out:
+                out += (b"%x\r\n" % len(data), data, b"\r\n")
+            else:
+                out.append(data)
+        elif self.chunk_out:
+            client.writelines(chunk_frame(data))
         else:
-            self.client.write(data)
+            client.write(data)
 
     def upstream_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        """The backend's response was read whole: its connection goes back to the pool (or closes), the
-        response is kept in its route's cache if it may be, and the exchange ends (_finish)."""
+        """The backend's response was read whole: the common end of an exchange, kept short."""
         if self.done:
             conn.close()
             return
-        engine = self.client.engine
+        client = self.client
+        engine = client.engine
+        now = engine.now()
         backend = self.backend
         self.upstream = None
         if (
@@ -1157,12 +1171,30 @@ class Exchange:
             and backend.admin_state is READY
             and not engine.closing
         ):
-            conn.pool.release(conn, engine.now())
+            conn.pool.release(conn, now)
         else:
             conn.close()  # draining backends close their connections after the current request
+        if self.chunk_out:
+            client.write(LAST_CHUNK)
+        self.done = True
+        self.deadline = 0.0
         if self.capture is not None:
-            self._store(engine.now())
-        self._response_end()
+            self._store(now)
+        self._record(now)
+        if (
+            client.current is self
+            and self.keep_alive
+            and not self.close_after
+            and not engine.closing
+            and not client.pending
+            and not client.paused
+            and (self.request_done or self.req_framing == NO_BODY)
+        ):
+            # The usual end (ClientConnection.exchange_finished, inlined): idle, waiting for the next request.
+            client.current = None
+            client.last_active = now
+        elif self.request_done or self.req_framing == NO_BODY or self.close_after:
+            client.exchange_finished(self, now)
 
     def _store(self, now: float) -> None:
         """Keep the response read whole in its route's cache."""
@@ -1222,7 +1254,10 @@ class Exchange:
             return
         self._clear_response_deadline()
         self.status = status
-        close = self._closes_after()
+        if not self.request_done and self.req_framing != NO_BODY:
+            self.close_after = True
+        close = self.close_after or not self.keep_alive or self.client.engine.closing
+        self.close_after = close
         if retry_after:
             extra = RETRY_AFTER + extra
         self.client.write(
@@ -1252,9 +1287,13 @@ class Exchange:
         parts = response_parts(head, route.response_remove, route.response_set + self.response_extra)
         if status != 204 and status != 304:
             parts.append(b"Content-Length: %d\r\n" % len(body))
-        connection = self._connection_field()
-        if connection:
-            parts.append(connection)
+        if not self.request_done and self.req_framing != NO_BODY:
+            self.close_after = True
+        if self.close_after or not self.keep_alive or self.client.engine.closing:
+            parts.append(b"Connection: close\r\n")
+            self.close_after = True
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
         if self.method != b"HEAD" and status != 204 and status != 304:
             parts.append(body)
@@ -1504,60 +1543,6 @@ class ClientConnection(asyncio.Protocol):
     def idle(self) -> bool:
         return self.current is None and self.parsing is None and self.tunnel_to is None
 
-    # -- the filtered heads kept for the next request (Exchange.build_upstream_head, _rewrite_for) ----------
-    def filtered_head(
-        self, headers: list[tuple[bytes, bytes]], strip: bytes
-    ) -> tuple[bytes, bool, int, int] | None:
-        """The last request's filtered headers, framing and Content-Length, when this request's headers are
-        the same (and the same sticky cookie is stripped); None otherwise."""
-        cached = self.head_cache
-        if cached is None or cached[0] != headers or cached[5] != strip:
-            return None
-        # The client address its X-Forwarded-For gave (trusted peers): that request's, not the address of
-        # whatever request was filtered last on this connection without being kept (a Host rewritten in
-        # normal form, HTTP/1.0): a trusted proxy sends many clients' requests on one connection.
-        self.forwarded_client = cached[6]
-        return cached[1], cached[2], cached[3], cached[4]
-
-    def keep_filtered_head(
-        self,
-        headers: list[tuple[bytes, bytes]],
-        strip: bytes,
-        middle: bytes,
-        has_request_id: bool,
-        framing: int,
-        content_length: int,
-    ) -> None:
-        self.head_cache = (
-            headers,
-            middle,
-            has_request_id,
-            framing,
-            content_length,
-            strip,
-            self.forwarded_client,
-        )
-
-    def rewritten_head(
-        self, route: CompiledRoute, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[list[tuple[bytes, bytes]], bytes, bool] | None:
-        """The headers `route` made of the last request's and their filtered form, when this request's headers
-        are the same and it took the same route; None otherwise."""
-        cached = self.rewrite_cache
-        if cached is None or cached[0] is not route or cached[1] != headers:
-            return None
-        return cached[2], cached[3], cached[4]
-
-    def keep_rewritten_head(
-        self,
-        route: CompiledRoute,
-        original: list[tuple[bytes, bytes]],
-        headers: list[tuple[bytes, bytes]],
-        middle: bytes,
-        has_request_id: bool,
-    ) -> None:
-        self.rewrite_cache = (route, original, headers, middle, has_request_id)
-
     # -- writing and flow control ------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
         out = self.out
@@ -1572,22 +1557,6 @@ class ClientConnection(asyncio.Protocol):
             out.extend(data)
         elif not self.closed and self.transport is not None:
             self.transport.writelines(data)
-
-    def write_parts(self, parts: list[bytes]) -> None:
-        """Write `parts` as one buffer (a response head): joined once with the body when corked."""
-        out = self.out
-        if out is not None:
-            out += parts
-        elif not self.closed and self.transport is not None:
-            self.transport.write(b"".join(parts))
-
-    def cork(self) -> bool:
-        """Hold writes until uncork (a response's head and body leave in one system call); False when they
-        are held already (the caller must then leave the uncork to whoever corked)."""
-        if self.out is not None:
-            return False
-        self.out = []
-        return True
 
     def uncork(self) -> None:
         """Send what was written while corked (`out` set: see UpstreamConnection.data_received) at once."""

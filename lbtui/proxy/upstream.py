@@ -199,7 +199,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = True
         client = exchange.client
         # Cork the client: the head and body of a response leave in one system call.
-        corked = client.cork()
+        corked = client.out is None
+        if corked:
+            client.out = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -263,14 +265,7 @@ class UpstreamConnection(asyncio.Protocol):
             # the response, stop here, and never use this connection again.
             raise _ExtraData
 
-    def begin(self, exchange: Exchange, skip_body: bool) -> None:
-        """`exchange` sends its request on this connection (Exchange.attach); `skip_body`: it is a HEAD."""
-        self.exchange = exchange
-        self._skip_body = skip_body
-        self.received = False
-        self.reset_head()
-
-    # `reset_head` runs when an exchange starts on this connection (begin) and after a 1xx.
+    # `reset_head` runs when an exchange starts on this connection (Exchange.attach) and after a 1xx.
     def reset_head(self) -> None:
         self.parts = [b""]  # the status line goes first once the status is known
         self.framing = UNTIL_CLOSE
@@ -335,7 +330,13 @@ class UpstreamConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None or exchange.done or not body:
             return
-        exchange.upstream_body(body)
+        out = exchange.client.out
+        if out is not None and not exchange.chunk_out and exchange.capture is None:
+            # the usual case (Exchange.upstream_body, inlined)
+            exchange.bytes_out += len(body)
+            out.append(body)
+        else:
+            exchange.upstream_body(body)
 
     def on_message_complete(self) -> None:
         if self._informational:
