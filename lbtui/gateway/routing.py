@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from lbtui.config import RetriesConfig, RouteConfig
 from lbtui.gateway.aggregate import Aggregate
@@ -308,24 +308,40 @@ def _folded(path: str | None, fold: bool) -> bytes | None:
     return path.lower().encode() if fold else path.encode()
 
 
-def _transforms(route: RouteConfig) -> dict[str, Any]:
+class _Transforms(TypedDict):
+    """The route's transforms and policies, as CompiledRoute's fields of the same names (spread into it, so
+    that mypy checks each name and type against the dataclass)."""
+
+    strip: bytes | None
+    request_remove: frozenset[bytes]
+    request_set: tuple[tuple[bytes, bytes], ...]
+    response_remove: frozenset[bytes]
+    response_set: tuple[tuple[bytes, bytes], ...]
+    cors: Cors | None
+    rewrite: tuple[re.Pattern[bytes], bytes] | None
+    add_query: tuple[tuple[bytes, bytes], ...]
+    ip_allow: Networks | None
+    ip_deny: Networks | None
+    limiter: TokenBuckets | None
+    consumer_limiters: Mapping[bytes, TokenBuckets] | None
+    limit_key: str
+    api_key: bytes | None
+    jwt: JwtVerifier | None
+    retries: RetriesConfig | None
+    upgrades: frozenset[bytes] | None
+    cache: ResponseCache | None
+    transforms_request: bool
+
+
+def _transforms(route: RouteConfig) -> _Transforms:
     request = route.request_headers
     response = route.response_headers
-    out: dict[str, Any] = {
-        "strip": _folded(route.strip_prefix, not route.match.case_sensitive) if route.strip_prefix else None,
-        "request_remove": frozenset(
-            n.lower().encode() for n in (*request.remove, *(k for k, _ in request.set))
-        ),
-        "request_set": tuple((k.encode(), v.encode()) for k, v in request.set),
-        "response_remove": frozenset(
-            n.lower().encode() for n in (*response.remove, *(k for k, _ in response.set))
-        ),
-        "response_set": tuple((k.encode(), v.encode()) for k, v in response.set),
-    }
-    if route.cors is not None:
-        out["cors"] = Cors(route.cors, route.match.methods)
-        out["response_remove"] = out["response_remove"] | BACKEND_CORS_HEADERS
-    out["rewrite"] = (
+    auth = route.auth
+    api_key = auth.header.lower().encode() if auth is not None and auth.type == "api_key" else None
+    jwt = JwtVerifier(auth) if auth is not None and auth.type == "jwt" else None
+    strip = _folded(route.strip_prefix, not route.match.case_sensitive) if route.strip_prefix else None
+    request_remove = frozenset(n.lower().encode() for n in (*request.remove, *(k for k, _ in request.set)))
+    rewrite = (
         (
             re.compile(route.rewrite[0].encode(), 0 if route.match.case_sensitive else re.IGNORECASE),
             route.rewrite[1].encode(),
@@ -333,9 +349,33 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
         if route.rewrite is not None
         else None
     )
-    out["add_query"] = tuple((k.encode(), v.encode()) for k, v in route.add_query)
-    out["ip_allow"] = Networks(route.ip_allow) if route.ip_allow else None
-    out["ip_deny"] = Networks(route.ip_deny) if route.ip_deny else None
+    add_query = tuple((k.encode(), v.encode()) for k, v in route.add_query)
+    out: _Transforms = {
+        "strip": strip,
+        "request_remove": request_remove,
+        "request_set": tuple((k.encode(), v.encode()) for k, v in request.set),
+        "response_remove": frozenset(
+            n.lower().encode() for n in (*response.remove, *(k for k, _ in response.set))
+        ),
+        "response_set": tuple((k.encode(), v.encode()) for k, v in response.set),
+        "rewrite": rewrite,
+        "add_query": add_query,
+        "ip_allow": Networks(route.ip_allow) if route.ip_allow else None,
+        "ip_deny": Networks(route.ip_deny) if route.ip_deny else None,
+        "api_key": api_key,
+        "jwt": jwt,
+        "retries": route.retries,
+        "upgrades": frozenset(p.encode() for p in route.upgrades) if route.upgrades is not None else None,
+        "transforms_request": bool(strip or request_remove or api_key or jwt or rewrite or add_query),
+        "cors": None,
+        "limiter": None,
+        "consumer_limiters": None,
+        "limit_key": "",
+        "cache": None,
+    }
+    if route.cors is not None:
+        out["cors"] = Cors(route.cors, route.match.methods)
+        out["response_remove"] = out["response_remove"] | BACKEND_CORS_HEADERS
     limit = route.rate_limit
     if limit is not None:
         out["limiter"] = TokenBuckets(limit)
@@ -349,20 +389,7 @@ def _transforms(route: RouteConfig) -> dict[str, Any]:
         }
         source, _, header = limit.key.partition(":")
         out["limit_key"] = header.lower() if source == "header" else source
-    auth = route.auth
-    out["api_key"] = auth.header.lower().encode() if auth is not None and auth.type == "api_key" else None
-    out["jwt"] = JwtVerifier(auth) if auth is not None and auth.type == "jwt" else None
-    out["retries"] = route.retries
-    out["upgrades"] = frozenset(p.encode() for p in route.upgrades) if route.upgrades is not None else None
     if route.cache is not None:
         out["cache"] = ResponseCache(route.cache, per_consumer=auth is not None)
         out["response_remove"] = out["response_remove"] | {b"x-cache"}
-    out["transforms_request"] = bool(
-        out["strip"]
-        or out["request_remove"]
-        or out["api_key"]
-        or out["jwt"]
-        or out["rewrite"]
-        or out["add_query"]
-    )
     return out

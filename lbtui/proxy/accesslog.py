@@ -126,9 +126,8 @@ def combined_line(f: dict[str, Any]) -> str:
     status = f["status"] or "-"
 
     def seconds(key: str) -> str:
-        value = _seconds(
-            f[key], 6
-        )  # to the microsecond (Apache's %D): a loopback request takes a few hundred
+        # To the microsecond (Apache's %D): a loopback request takes a few hundred.
+        value = _seconds(f[key], 6)
         return "-" if value is None else f"{value:.6f}"
 
     return (

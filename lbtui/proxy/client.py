@@ -195,13 +195,11 @@ class Exchange:
     attempt_started = 0.0  # when its current backend was chosen: what that backend's latency counts from
     head_at = 0.0
     response_timeout = 0.0  # its route's `timeout`, when it has one (else the service's timeouts.response)
-    task: asyncio.Task[None] | None = (
-        None  # answering it off the request path (an aggregate); cancelled if lost
-    )
+    # Answering it off the request path (an aggregate); cancelled if lost.
+    task: asyncio.Task[None] | None = None
     retries_config: RetriesConfig | None = None  # its route's retries (None: its service's)
-    cache_key = (
-        b""  # looked up in its route's cache and missed: the response is kept under this key, if it may
-    )
+    # Looked up in its route's cache and missed: the response is kept under this key, if it may.
+    cache_key = b""
     cache_target = b""  # what its route's cache knows its target by (to keep its response, or drop it)
     cache_fresh = 0.0  # how long the response stays fresh (set with the head; 0: it is not kept)
     cache_head: list[bytes] | None = None  # the response's head as the upstream side kept it (to keep)
@@ -882,7 +880,7 @@ class Exchange:
         after its head was forwarded can only be aborted."""
         if self.done:
             return
-        self._cancel_timer()
+        self._clear_response_deadline()
         backend = self.backend
         name = backend.name if backend is not None else "-"
         self.failed_tries = (*self.failed_tries, f"{name}:{cause}/reused" if reused else f"{name}:{cause}")
@@ -984,7 +982,7 @@ class Exchange:
             return False  # no backend left to try: this 5xx is the answer
         if not self.retrying:
             self._retry_budget(service)  # (room was checked above)
-        self._cancel_timer()
+        self._clear_response_deadline()
         self.failed_tries = (*self.failed_tries, f"{backend.name}:{status}")
         self.failure = (502, f"{backend.name} answered {status}")
         self.tried = tried
@@ -1011,7 +1009,8 @@ class Exchange:
         allowed = max(retries.min_retry_concurrency, retries.budget_percent * active / 100.0)
         return service.retries_in_flight < allowed
 
-    def _cancel_timer(self) -> None:
+    def _clear_response_deadline(self) -> None:
+        """No longer waiting for the backend's response head (the engine's tick checks `deadline`)."""
         self.deadline = 0.0
 
     # -- response side ---------------------------------------------------------------------------------
@@ -1253,7 +1252,7 @@ class Exchange:
         """Answer with an error of our own, when nothing of a backend's response was sent."""
         if self.done:
             return
-        self._cancel_timer()
+        self._clear_response_deadline()
         self.status = status
         if not self.request_done and self.req_framing != NO_BODY:
             self.close_after = True
@@ -1274,7 +1273,7 @@ class Exchange:
         headers (RateLimit-*, CORS) are applied, and Content-Length is written here."""
         if self.done:
             return
-        self._cancel_timer()
+        self._clear_response_deadline()
         self.status = status
         self.response_started = True
         head = [status_line(status), *fields]
@@ -1355,7 +1354,7 @@ class Exchange:
             self.body_pending = ()
             self.body_pending_size = 0
             self.client.resume_reading_for(PAUSE_WAITING)
-        self._cancel_timer()
+        self._clear_response_deadline()
         now = self.client.engine.now()
         self._record(now)
         upstream = self.upstream

@@ -90,13 +90,11 @@ class Engine:
         self.tcp_connections: set[TcpConnection] = set()  # open on tcp listeners (both sides not yet gone)
         self.handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way (proxy/tls.py)
         self.servers: list[asyncio.Server] = []
-        self.listener_servers: dict[
-            str, asyncio.Server
-        ] = {}  # by listener name (a reload keeps or stops them)
+        # By listener name (a reload keeps or stops them).
+        self.listener_servers: dict[str, asyncio.Server] = {}
         self.listener_configs: dict[str, ListenerConfig] = {}  # each running listener's config, by name
-        self._starting: dict[
-            str, tuple[asyncio.Task[asyncio.Server], socket.socket]
-        ] = {}  # see start_listener
+        # Listeners being started (see start_listener).
+        self._starting: dict[str, tuple[asyncio.Task[asyncio.Server], socket.socket]] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self.closing = False
         self.open_file_limit = -1  # the soft RLIMIT_NOFILE after start (-1: not known)

@@ -224,9 +224,8 @@ class UpstreamConnection(asyncio.Protocol):
                 raise
         except httptools.HttpParserError as error:
             if self._complete:
-                self._keep_alive = (
-                    False  # garbage after a whole response: keep the response, drop the connection
-                )
+                # Garbage after a whole response: keep the response, drop the connection.
+                self._keep_alive = False
             elif self.draining:
                 self.draining = False
                 self.close()  # junk in a dropped 5xx: its exchange went on elsewhere
