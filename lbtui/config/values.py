@@ -454,7 +454,7 @@ def regex(value: object) -> str:
 
 def route_host(value: object) -> str:
     """A route's host: a name (`api.example.com`) or a wildcard for its subdomains (`*.example.com`), in lower
-    case with no trailing dot (requests' hosts are compared in that form, proxy/http.normal_host)."""
+    case with no trailing dot (requests' hosts are compared in that form, lbtui/http.py normal_host)."""
     text = nonempty(value).lower()
     if ":" in text:
         raise Invalid(f"{q(text)} includes a port", f"match the host name only: {q(text.split(':')[0])}")
