@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lbtui.core.model import Snapshot
+from lbtui.core.views import Snapshot
 from tests.tui.test_snapshots import FixedController, FixedDashboard, fixed_snapshot
 
 REFRESHES = 40

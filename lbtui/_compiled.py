@@ -11,6 +11,7 @@ COMPILED_MODULES = (
     "lbtui.http",
     "lbtui.core.stats",
     "lbtui.core.model",
+    "lbtui.core.views",
     "lbtui.core.algorithms",
     "lbtui.gateway.routing",
     "lbtui.gateway.auth",

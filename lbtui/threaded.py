@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from lbtui.core.control import Controller, Event, ReloadResult
-from lbtui.core.model import RequestView, Snapshot
+from lbtui.core.views import RequestView, Snapshot
 from lbtui.serve import Runtime, ServeOptions, event_loop
 
 T = TypeVar("T")

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from lbtui import __version__, data_plane_build
-from lbtui.core.model import BackendView, Snapshot
 from lbtui.core.stats import BUCKETS, bucket_bounds, bucket_value_us
+from lbtui.core.views import BackendView, Snapshot
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -37,7 +37,7 @@ from lbtui.core.control import (
     NotFound,
     ReloadResult,
 )
-from lbtui.core.model import RequestView, Snapshot
+from lbtui.core.views import RequestView, Snapshot
 
 from .client import AdminClient, ApiError, ClientError, segment
 from .schema import (

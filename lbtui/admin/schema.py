@@ -17,7 +17,8 @@ from typing import Any
 
 from lbtui.config import ConfigIssue
 from lbtui.core.control import Event, ReloadRefused, ReloadResult
-from lbtui.core.model import (
+from lbtui.core.stats import BUCKETS, WindowView
+from lbtui.core.views import (
     BackendView,
     CheckView,
     ListenerView,
@@ -27,7 +28,6 @@ from lbtui.core.model import (
     ServiceView,
     Snapshot,
 )
-from lbtui.core.stats import BUCKETS, WindowView
 
 SCHEMA_VERSION = 1
 

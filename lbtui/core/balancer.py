@@ -17,16 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from lbtui.config import Config, RouteConfig
-from lbtui.core.model import (
-    AdminState,
-    Backend,
-    ListenerView,
-    RouteStats,
-    RouteView,
-    Service,
-    Snapshot,
-    service_view,
-)
+from lbtui.core.model import AdminState, Backend, RouteStats, Service
+from lbtui.core.views import ListenerView, RouteView, Snapshot, service_view
 
 # How long a removed backend may drain before it is dropped with requests still in flight.
 REMOVE_DEADLINE = 60.0

@@ -24,17 +24,9 @@ from typing import Any
 from lbtui.config import ALGORITHMS, ConfigError, ConfigIssue, parse_backend
 from lbtui.core.balancer import REMOVE_DEADLINE, Balancer
 from lbtui.core.health import HealthState, ejection_time, may_eject, next_state, remember, slow_share
-from lbtui.core.model import (
-    AdminState,
-    Backend,
-    CheckView,
-    Health,
-    RequestView,
-    Service,
-    Snapshot,
-    service_view,
-)
+from lbtui.core.model import AdminState, Backend, Health, Service
 from lbtui.core.ramp import ABORTED, RUNNING, Ramp
+from lbtui.core.views import CheckView, RequestView, Snapshot, service_view
 
 
 class ControlError(Exception):

@@ -36,7 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from lbtui.core.model import CheckView, Health
+from lbtui.core.model import Health
+from lbtui.core.views import CheckView
 
 HISTORY: Final = 20
 SLOW_START_FLOOR: Final = 0.02  # the share a backend starts its slow start with

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lbtui.config import RampConfig
-from lbtui.core.model import RampView, ServiceView
 from lbtui.core.stats import WindowView, merge_views
+from lbtui.core.views import RampView, ServiceView
 
 RUNNING = "running"
 DONE = "done"

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from lbtui.config import Config, ListenerConfig
 from lbtui.core.balancer import Balancer
 from lbtui.core.control import InProcessController
-from lbtui.core.model import AdminState, Backend, ListenerView, listener_url
+from lbtui.core.model import AdminState, Backend
+from lbtui.core.views import ListenerView, listener_url
 from lbtui.gateway.auth import ApiKeys
 from lbtui.gateway.routing import Router
 from lbtui.http import RequestIds, TrustedProxies

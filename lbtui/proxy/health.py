@@ -26,7 +26,8 @@ from collections.abc import Callable
 from lbtui.config import HealthConfig
 from lbtui.core.balancer import Balancer
 from lbtui.core.control import ControlError, InProcessController
-from lbtui.core.model import AdminState, Backend, CheckView
+from lbtui.core.model import AdminState, Backend
+from lbtui.core.views import CheckView
 
 JITTER = 0.1  # each interval is between 0.9 and 1.1 times `interval`
 USER_AGENT = b"lbtui-health"

@@ -20,7 +20,7 @@ from textual.widgets import ContentSwitcher, Footer, Static
 
 from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.control import ControlError, Controller, Event, ReloadRefused
-from lbtui.core.model import Snapshot
+from lbtui.core.views import Snapshot
 from lbtui.serve import Runtime, ServeOptions, tune_gc
 from lbtui.threaded import EngineThread, ThreadedController
 from lbtui.tui import bindings, themes

@@ -15,8 +15,8 @@ from rich.style import Style
 from rich.text import Text
 
 from lbtui.core.control import Event, ReloadRefused, ReloadResult
-from lbtui.core.model import BackendView, RampView, RequestView, RouteView, ServiceView, Snapshot
 from lbtui.core.stats import bucket_bounds
+from lbtui.core.views import BackendView, RampView, RequestView, RouteView, ServiceView, Snapshot
 
 SPARKS = "▁▂▃▄▅▆▇█"
 

@@ -10,8 +10,8 @@ import pytest
 
 from lbtui.admin.metrics import LATENCY_BOUNDS, escape_label, render
 from lbtui.config import parse_config
-from lbtui.core.model import BackendView, RouteView, ServiceView, Snapshot
 from lbtui.core.stats import BUCKETS, SlidingWindow, bucket_index, merge_views, window_view
+from lbtui.core.views import BackendView, RouteView, ServiceView, Snapshot
 
 # name{labels} value: label values may hold escaped quotes, backslashes and newlines.
 SAMPLE = re.compile(

@@ -17,7 +17,7 @@ from lbtui.admin.schema import (
     snapshot_json,
 )
 from lbtui.core.control import Conflict, ControlError, Event, Invalid, NotFound, ReloadRefused
-from lbtui.core.model import Snapshot
+from lbtui.core.views import Snapshot
 from tests.attached import Served, canary_config, served
 from tests.conftest import wait_for
 

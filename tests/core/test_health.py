@@ -8,7 +8,8 @@ from lbtui.config import parse_config
 from lbtui.core.balancer import Balancer
 from lbtui.core.control import ControlError, InProcessController
 from lbtui.core.health import HISTORY, TRANSITIONS, HealthState, next_state, remember
-from lbtui.core.model import CheckView, Health
+from lbtui.core.model import Health
+from lbtui.core.views import CheckView
 
 UP = HealthState(Health.UP)
 DOWN = HealthState(Health.DOWN)

@@ -12,7 +12,8 @@ from lbtui.config import parse_config
 from lbtui.core.balancer import Balancer
 from lbtui.core.control import InProcessController
 from lbtui.core.health import ejection_time, may_eject, slow_share
-from lbtui.core.model import CheckView, Health
+from lbtui.core.model import Health
+from lbtui.core.views import CheckView
 
 
 class Clock:

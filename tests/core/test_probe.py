@@ -10,7 +10,7 @@ from lbtui.config import parse_config
 from lbtui.core.algorithms import ALGORITHMS
 from lbtui.core.balancer import Balancer
 from lbtui.core.control import InProcessController
-from lbtui.core.model import CheckView
+from lbtui.core.views import CheckView
 
 HASHING = ("ip_hash", "consistent_hash")
 

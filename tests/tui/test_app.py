@@ -7,8 +7,8 @@ import contextlib
 import httpx
 import pytest
 
-from lbtui.core.model import BackendView, Snapshot
 from lbtui.core.stats import window_view
+from lbtui.core.views import BackendView, Snapshot
 from lbtui.serve import ServeOptions
 from lbtui.tui.app import Dashboard
 from lbtui.tui.format import backend_cells, latency_histogram, split_bar, status_line
@@ -323,7 +323,7 @@ async def test_the_command_palette_offers_every_action(backends):
 
 
 def test_status_line_names_each_listener_by_its_scheme():
-    from lbtui.core.model import ListenerView
+    from lbtui.core.views import ListenerView
 
     listeners = (
         ListenerView("web", "http", "127.0.0.1:8080"),

@@ -11,7 +11,7 @@ import pytest
 import lbtui
 from lbtui.cli import main
 from lbtui.config import parse_config
-from lbtui.core.model import Snapshot
+from lbtui.core.views import Snapshot
 from lbtui.tui.app import Dashboard
 from lbtui.tui.screens import ChoiceScreen, ConfirmScreen
 from lbtui.tui.table import Table

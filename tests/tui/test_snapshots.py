@@ -16,7 +16,8 @@ import pytest
 from textual.widgets import Input
 
 from lbtui.core.control import ControlError, Controller, Event
-from lbtui.core.model import (
+from lbtui.core.stats import SlidingWindow, WindowView, merge_views
+from lbtui.core.views import (
     BackendView,
     CheckView,
     ListenerView,
@@ -26,7 +27,6 @@ from lbtui.core.model import (
     ServiceView,
     Snapshot,
 )
-from lbtui.core.stats import SlidingWindow, WindowView, merge_views
 from lbtui.tui.app import Dashboard
 
 SIZE = (160, 45)

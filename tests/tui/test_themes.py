@@ -12,8 +12,8 @@ from textual.geometry import Region
 from textual.theme import BUILTIN_THEMES, ThemeProvider
 
 from lbtui.cli import main
-from lbtui.core.model import BackendView
 from lbtui.core.stats import BUCKETS, bucket_index, window_view
+from lbtui.core.views import BackendView
 from lbtui.serve import ServeOptions
 from lbtui.tui import themes
 from lbtui.tui.app import Dashboard

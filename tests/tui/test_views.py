@@ -454,7 +454,7 @@ async def test_an_ejected_backend_and_panic_show_in_the_table_and_services_line(
 
 
 def test_the_cache_column_shows_the_hit_rate_once_asked():
-    from lbtui.core.model import RouteView
+    from lbtui.core.views import RouteView
     from lbtui.tui.format import cache_hits
 
     assert cache_hits(RouteView("api", "prefix /api", "shop", ("cache 30s",))) == "-"

@@ -14,7 +14,7 @@ from rich.style import Style
 from textual.app import ComposeResult
 from textual.containers import Vertical
 
-from lbtui.core.model import Snapshot
+from lbtui.core.views import Snapshot
 from lbtui.tui.format import backend_cells, matches, services_line, sparkline, sticky_share
 from lbtui.tui.table import Table
 from lbtui.tui.views import REFRESH_SECONDS

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 
 from lbtui.core.control import Controller
-from lbtui.core.model import RequestView
+from lbtui.core.views import RequestView
 from lbtui.tui.format import matches, request_cells
 from lbtui.tui.table import Table
 

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from lbtui.core.model import Snapshot
+from lbtui.core.views import Snapshot
 from lbtui.tui.format import matches, route_cells, routes_note
 from lbtui.tui.table import Table
 
