@@ -318,6 +318,30 @@ def chunk_frame(data: bytes) -> list[bytes]:
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
+def compose_response(
+    status: int,
+    body: bytes,
+    content_type: bytes | None,
+    fields: list[bytes],
+    close: bool = False,
+    head_only: bool = False,
+) -> bytes:
+    """A whole response made here (the proxy's own answers, the admin API's): the status line, Content-Type
+    and Content-Length (none when `content_type` is None: a 204), never cached, then `fields` (whole header
+    lines), `Connection: close` when the connection ends after it, and the body unless the request was HEAD."""
+    parts = [status_line(status)]
+    if content_type is not None:
+        parts.append(b"Content-Type: " + content_type + b"\r\nContent-Length: %d\r\n" % len(body))
+    parts.append(b"Cache-Control: no-store\r\n")
+    parts.extend(fields)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
 def error_response(
     status: int,
     detail: str = "",
@@ -327,25 +351,12 @@ def error_response(
     extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
     """A small plain-text reply made by the proxy itself (503, 502, 504, 400...; a 204 has no body)."""
-    phrase = http.HTTPStatus(status).phrase
+    fields = [name + b": " + value + b"\r\n" for name, value in extra]
     if status == 204:
-        body = b""
-        parts = [status_line(status), b"Cache-Control: no-store\r\n"]
-    else:
-        body = f"{status} {phrase}\n{detail}\n".encode() if detail else f"{status} {phrase}\n".encode()
-        parts = [
-            status_line(status),
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Length: %d\r\n" % len(body),
-            b"Cache-Control: no-store\r\n",
-        ]
-    parts.extend(name + b": " + value + b"\r\n" for name, value in extra)
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    if not head_only:
-        parts.append(body)
-    return b"".join(parts)
+        return compose_response(status, b"", None, fields, close, head_only)
+    phrase = http.HTTPStatus(status).phrase
+    body = f"{status} {phrase}\n{detail}\n".encode() if detail else f"{status} {phrase}\n".encode()
+    return compose_response(status, body, b"text/plain; charset=utf-8", fields, close, head_only)
 
 
 class Networks:

@@ -38,7 +38,7 @@ import httptools
 import lbtui
 from lbtui.config import AdminConfig, Config
 from lbtui.core.control import Conflict, ControlError, Controller, Event, Invalid, NotFound, ReloadRefused
-from lbtui.http import no_delay, status_line
+from lbtui.http import compose_response, no_delay
 
 from .hosts import HostPolicy, same_origin, split_host
 from .identity import HEADER, HEADER_VALUE, identity_json
@@ -448,23 +448,20 @@ def _only(body: Mapping[str, Any], keys: tuple[str, ...]) -> None:
 
 
 _IDENTITY_LINE: Final = f"{HEADER}: {HEADER_VALUE}\r\n".encode()
+_NOSNIFF_LINE: Final = b"X-Content-Type-Options: nosniff\r\n"
 
 
 def encode_response(response: Response, head_only: bool = False) -> bytes:
-    lines = [
-        status_line(response.status),
-        f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n".encode(),
-        b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
-        _IDENTITY_LINE,
-    ]
-    for name, value in response.headers:
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    if response.close:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    if not head_only:
-        lines.append(response.body)
-    return b"".join(lines)
+    fields = [_NOSNIFF_LINE, _IDENTITY_LINE]
+    fields.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in response.headers)
+    return compose_response(
+        response.status,
+        response.body,
+        response.content_type.encode("latin-1"),
+        fields,
+        response.close,
+        head_only,
+    )
 
 
 class _Connection(asyncio.Protocol):

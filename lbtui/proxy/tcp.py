@@ -29,7 +29,7 @@ What the per-backend counters mean for tcp (the dashboard shows them as it shows
   they end; latency is a connection's whole duration (connect to close), and so is what `ewma` weighs.
 - bytes_in: client to backend; bytes_out: backend to client; both counted as the bytes pass, so a long
   connection shows progress before it ends.
-- status, recorded once per connection (Backend.observe) by this convention:
+- status, recorded once per connection (Service.attempt_ended, as for http attempts) by this convention:
   200  proxied: it ended by EOF or close from either side, by the client's reset, the idle timeout, or the
        operator (removal, shutdown deadline): the backend did its part;
   502  the backend reset the connection (counted as an error, like a gateway error in http);
@@ -304,8 +304,9 @@ class TcpConnection(asyncio.Protocol):
     def connect_failed(self, backend: Backend) -> None:
         now = self.engine.now()
         backend.connect_failed()  # counted, and for outlier detection
-        backend.in_flight -= 1
-        backend.observe(CONNECT_FAILED, now - self.attempt_started, now, 0)
+        service = self.service
+        assert service is not None  # a backend was picked from it
+        service.attempt_ended(backend, CONNECT_FAILED, self.attempt_started, now, 0)
         self.backend = None
         self.tried = (*self.tried, backend)
         if self.client_open:
@@ -405,17 +406,15 @@ class TcpConnection(asyncio.Protocol):
         engine = self.engine
         now = engine.now()
         backend = self.backend
+        service = self.service
         if backend is not None:
             self.backend = None
-            backend.in_flight -= 1
-            if self.connected:
-                status = self.status
-                backend.observe(status, now - self.started, now, 0)  # bytes were counted as they passed
-            else:
-                status = CLIENT_LEFT
+            status = self.status if self.connected else CLIENT_LEFT
+            assert service is not None  # a backend was picked from it
+            # Counted for the backend only once connected (bytes were counted as they passed).
+            service.attempt_ended(backend, status, self.started, now, 0, counted=self.connected)
         else:
             status = NO_BACKEND
-        service = self.service
         if service is not None:  # once per connection, whatever the connect attempts (as an http answer)
             service.observe(status, now - self.started, now)
         engine.access_log.append(
