@@ -24,14 +24,11 @@ def parse_consumers(ctx: Context, root: Reader) -> list[ConsumerConfig]:
         name = reader.required("name", valid_name("consumer"), f"consumer{index}")
         digest = opts.given("api_key_sha256")
         opts.given("api_key_env")
-        if "api_key_sha256" in reader and "api_key_env" in reader:
-            ctx.add(reader.path, "give either 'api_key_sha256' or 'api_key_env', not both")
-        elif "api_key_sha256" not in reader and "api_key_env" not in reader:
-            ctx.add(
-                reader.path,
-                "missing required key 'api_key_sha256'",
-                'or api_key_env = "NAME" (a variable holding the key); keys are never stored in clear',
-            )
+        reader.one_of(
+            "api_key_sha256",
+            "api_key_env",
+            'or api_key_env = "NAME" (a variable holding the key); keys are never stored in clear',
+        )
         if "name" in reader and name in names:
             ctx.add(reader.key_path("name"), f"consumer name {q(name)} is already used at {names[name]}")
         names.setdefault(name, reader.path)

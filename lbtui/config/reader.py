@@ -134,6 +134,14 @@ class Reader:
             return placeholder
         return self.get(key, convert, placeholder)
 
+    def one_of(self, key: str, other: str, hint: str) -> None:
+        """Exactly one of two keys: an issue when both are given, or neither (``key`` named as the missing one,
+        ``hint`` naming the other)."""
+        if key in self.data and other in self.data:
+            self.ctx.add(self.path, f"give either {q(key)} or {q(other)}, not both")
+        elif key not in self.data and other not in self.data:
+            self.ctx.add(self.path, f"missing required key {q(key)}", hint)
+
     def table(self, key: str, allowed: Sequence[str]) -> Reader | None:
         if key not in self.data:
             return None

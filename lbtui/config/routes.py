@@ -73,14 +73,7 @@ def _parse_route(
     if service is not None:
         ctx.reference(reader.key_path("service"), service, services, "service")
     aggregate = _parse_aggregate(ctx, reader, services)
-    if "service" in reader and "aggregate" in reader:
-        ctx.add(reader.path, "give either 'service' or 'aggregate', not both")
-    elif "service" not in reader and "aggregate" not in reader:
-        ctx.add(
-            reader.path,
-            "missing required key 'service'",
-            "or 'aggregate' to merge replies of several services",
-        )
+    reader.one_of("service", "aggregate", "or 'aggregate' to merge replies of several services")
     strip_prefix = opts.given("strip_prefix")
     if strip_prefix is not None and "aggregate" in reader:
         ctx.add(
