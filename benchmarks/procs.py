@@ -331,8 +331,8 @@ def set_tree_affinity(root: int, cpus: set[int]) -> None:
 
 def build_in_maps(maps: str) -> str:
     """Which data plane a process loaded, from the text of its /proc/PID/maps: "compiled" if the compiled
-    module (mypyc's extension of lbtui/proxy/client) is mapped, else "pure Python"."""
-    return "compiled" if re.search(r"lbtui/proxy/client\.[^/\s]*\.so", maps) else "pure Python"
+    module (mypyc's extension of lbtui/proxy/connection) is mapped, else "pure Python"."""
+    return "compiled" if re.search(r"lbtui/proxy/connection\.[^/\s]*\.so", maps) else "pure Python"
 
 
 def process_build(pid: int) -> str:
@@ -357,7 +357,7 @@ def tool_version(argv: list[str]) -> str:
 
 def lbtui_build() -> str:
     """Which build of the data plane the lbtui runs will use: compiled (mypyc) or pure Python."""
-    code = "import lbtui, lbtui.proxy.client; print(lbtui.data_plane_build())"
+    code = "import lbtui, lbtui.proxy.connection; print(lbtui.data_plane_build())"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     try:
         out = subprocess.run(

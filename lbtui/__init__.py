@@ -88,7 +88,7 @@ def data_plane_build() -> str:
     """'compiled' when the data plane runs as mypyc-compiled code, else 'pure Python' (imports it to know)."""
     import importlib
 
-    module = importlib.import_module("lbtui.proxy.client")
+    module = importlib.import_module("lbtui.proxy.connection")
     origin = getattr(module, "__file__", "") or ""
     return "compiled" if origin.endswith((".so", ".pyd")) else "pure Python"
 

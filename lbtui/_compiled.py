@@ -6,13 +6,17 @@ one it imports, directly or not). Nothing may be imported here: setup.py reads t
 """
 
 COMPILED_MODULES = (
-    "lbtui.proxy.client",
+    "lbtui.proxy.connection",
+    "lbtui.proxy.exchange",
+    "lbtui.proxy.head",
+    "lbtui.proxy.dispatch",
     "lbtui.proxy.upstream",
     "lbtui.http",
     "lbtui.core.stats",
     "lbtui.core.model",
     "lbtui.core.views",
     "lbtui.core.algorithms",
+    "lbtui.gateway.pipeline",
     "lbtui.gateway.routing",
     "lbtui.gateway.auth",
     "lbtui.gateway.ratelimit",

@@ -349,9 +349,13 @@ def error_response(
     close: bool = False,
     head_only: bool = False,
     extra: tuple[tuple[bytes, bytes], ...] = (),
+    connection: bytes = b"",
 ) -> bytes:
-    """A small plain-text reply made by the proxy itself (503, 502, 504, 400...; a 204 has no body)."""
+    """A small plain-text reply made by the proxy itself (503, 502, 504, 400...; a 204 has no body).
+    `connection`: a whole Connection field line (proxy/head.connection_field), written with the others."""
     fields = [name + b": " + value + b"\r\n" for name, value in extra]
+    if connection:
+        fields.append(connection)
     if status == 204:
         return compose_response(status, b"", None, fields, close, head_only)
     phrase = http.HTTPStatus(status).phrase

@@ -65,7 +65,7 @@ def test_the_compiled_run_runs_the_compiled_data_plane():
 
 def test_the_group_is_what_setup_compiles():
     assert SETUP["MODULES"] == COMPILED_MODULES
-    assert "lbtui.proxy.client" in COMPILED_MODULES
+    assert "lbtui.proxy.connection" in COMPILED_MODULES
     assert all(m.startswith("lbtui.") for m in COMPILED_MODULES)
 
 
@@ -117,8 +117,8 @@ def test_an_edit_to_anything_the_group_imports_makes_the_compiled_build_stale(tm
     config = root / "lbtui" / "config" / "values.py"
     config.write_text(config.read_text() + "\n# an edit\n")
     assert run(why, env, cwd=root) == "lbtui/config/values.py changed since it was compiled"
-    (root / "lbtui" / MANIFEST).write_text(SETUP["manifest_text"](["proxy/client.so"], str(root)))
-    assert run(why, env, cwd=root) == "proxy/client.so is missing"
+    (root / "lbtui" / MANIFEST).write_text(SETUP["manifest_text"](["proxy/connection.so"], str(root)))
+    assert run(why, env, cwd=root) == "proxy/connection.so is missing"
     (root / "lbtui" / MANIFEST).unlink()
     assert run(why, env, cwd=root) == "not compiled"
 
@@ -466,4 +466,4 @@ def test_a_compile_that_fails_installs_pure_python_and_says_why_in_one_line(tmp_
     assert (
         note == f"failed {failures[0].removeprefix('lbtui build: ').removesuffix(': installing pure Python')}"
     )
-    assert "lbtui/proxy/client.py" in names
+    assert "lbtui/proxy/connection.py" in names

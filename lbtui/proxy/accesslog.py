@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 from lbtui.config import AccessLogConfig
 
 if TYPE_CHECKING:
-    from lbtui.proxy.client import Exchange
+    from lbtui.proxy.exchange import Exchange
 
 QUEUE_LIMIT = 65536  # lines waiting for the tick; beyond, new ones are dropped (and counted)
 

@@ -22,7 +22,7 @@ from lbtui.gateway.auth import ApiKeys
 from lbtui.gateway.routing import Router
 from lbtui.http import RequestIds, TrustedProxies
 from lbtui.proxy.accesslog import QUEUE_LIMIT, AccessLog
-from lbtui.proxy.client import ClientConnection
+from lbtui.proxy.connection import ClientConnection
 from lbtui.proxy.health import HealthChecker
 from lbtui.proxy.miniclient import KeepAlivePool
 from lbtui.proxy.tcp import TcpConnection
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from lbtui.core.control import ReloadResult
-    from lbtui.proxy.client import Exchange
+    from lbtui.proxy.exchange import Exchange
 
 log = logging.getLogger("lbtui")
 

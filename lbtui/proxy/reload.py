@@ -50,7 +50,7 @@ from lbtui.gateway.routing import Router
 from lbtui.http import TrustedProxies
 
 if TYPE_CHECKING:
-    from lbtui.proxy.client import ClientConnection
+    from lbtui.proxy.connection import ClientConnection
     from lbtui.proxy.engine import Engine
 
 ACTOR = "reload"

@@ -43,8 +43,8 @@ from lbtui.http import (
 
 if TYPE_CHECKING:
     from lbtui.core.model import Backend
-    from lbtui.proxy.client import Exchange
     from lbtui.proxy.engine import Engine
+    from lbtui.proxy.exchange import Exchange
 
 
 class _ExtraData(Exception):
@@ -265,7 +265,18 @@ class UpstreamConnection(asyncio.Protocol):
             # the response, stop here, and never use this connection again.
             raise _ExtraData
 
-    # `reset_head` runs when an exchange starts on this connection (Exchange.attach) and after a 1xx.
+    def begin(self, exchange: Exchange) -> None:
+        """`exchange` starts on this connection (Exchange.attach): its response is read from here on."""
+        self.exchange = exchange
+        self._skip_body = exchange.method == b"HEAD"
+        self.received = False
+        self.parts = [b""]
+        self.framing = UNTIL_CLOSE
+        self.connection = None
+        self.upgrade_value = None
+        self._reason = b""
+
+    # `reset_head` runs after a 1xx: the response's own head follows.
     def reset_head(self) -> None:
         self.parts = [b""]  # the status line goes first once the status is known
         self.framing = UNTIL_CLOSE

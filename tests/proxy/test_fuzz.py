@@ -57,7 +57,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lbtui.config import Config, parse_config
-from lbtui.proxy.client import ClientConnection
+from lbtui.proxy.connection import ClientConnection
 from lbtui.proxy.engine import Engine
 from tests.conftest import ScriptedUpstream, make_config
 from tests.proxy.test_hostile import HOST, SMUGGLED, Proxy, Recorder, fields, message, values

@@ -1,7 +1,7 @@
 """Retries through real sockets: a backend that dies, a kept-alive connection the backend closed, `retries.on =
 ["5xx"]`, the retry budget, responses cut after their head, and what the access log says about each.
 
-What is promised (docs/config.md, retries; proxy/client.py's invariants):
+What is promised (docs/config.md, retries; proxy/exchange.py's invariants):
 - An idempotent request whose backend closes or resets its connection before any byte of a response reached the
   client goes to another backend, whatever the budget says, within `attempts`; the client's connection stays open.
 - A non-idempotent request that was sent is never sent again: 502 on an open connection. A PUT's body is kept

@@ -194,7 +194,7 @@ UPGRADE = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: webso
 
 
 async def test_a_backend_that_resets_a_tunnel_resets_the_clients_side(scripted, engine_factory):
-    """proxy/client.py: a tunnel that one side resets is reset on the other side too (a close is a close). The
+    """proxy/exchange.py: a tunnel that one side resets is reset on the other side too (a close is a close). The
     merge routed every end of an upstream connection through upstream_lost, which closes: the client got a clean
     end of stream for a tunnel its backend had reset (the hostile branch reset it, upstream_failed)."""
     up = await scripted(switching("reset"))
