@@ -331,8 +331,9 @@ def set_tree_affinity(root: int, cpus: set[int]) -> None:
 
 def build_in_maps(maps: str) -> str:
     """Which data plane a process loaded, from the text of its /proc/PID/maps: "compiled" if the compiled
-    module (mypyc's extension of lbtui/proxy/connection) is mapped, else "pure Python"."""
-    return "compiled" if re.search(r"lbtui/proxy/connection\.[^/\s]*\.so", maps) else "pure Python"
+    group's shared library (lbtui/data_plane__mypyc.*.so: every compiled module's code, whatever the modules
+    are named) is mapped, else "pure Python"."""
+    return "compiled" if re.search(r"lbtui/data_plane__mypyc\.[^/\s]*\.so", maps) else "pure Python"
 
 
 def process_build(pid: int) -> str:

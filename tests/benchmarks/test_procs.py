@@ -157,10 +157,10 @@ def test_the_pty_has_the_size_asked_for(tmp_path):
 
 
 def test_the_build_is_read_from_the_mapped_files():
-    # /proc/PID/maps lines (address perms offset dev inode path); the .so is mypyc's extension of proxy/connection.
+    # /proc/PID/maps lines (address perms offset dev inode path); the .so is the compiled group's library.
     compiled = (
         "7f3a1c000000-7f3a1c0a0000 r--p 00000000 08:01 1234567                    "
-        "/srv/lbtui/lbtui/proxy/connection.cpython-311-x86_64-linux-gnu.so\n"
+        "/srv/lbtui/lbtui/data_plane__mypyc.cpython-311-x86_64-linux-gnu.so\n"
         "7f3a1c200000-7f3a1c210000 r-xp 00000000 08:01 1234999                    /usr/lib/libc.so.6\n"
     )
     pure = (

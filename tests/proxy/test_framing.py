@@ -401,6 +401,25 @@ async def test_http10_keep_alive_client(backends, engine_factory, stream):
     await wait_for(lambda: engine.controller.snapshot().backend("b1").in_flight == 0, T, "in_flight 0")
 
 
+async def test_http10_keep_alive_client_is_told_on_every_kind_of_response(backends, engine_factory, stream):
+    """One Connection decision for every response (proxy/head.connection_field): a backend's, the proxy's own
+    error, and a reply made here all tell an HTTP/1.0 keep-alive client the connection stays open."""
+    b1 = await backends("b1")
+    engine = await engine_factory(make_config([b1]))
+    s = await stream(engine.address())
+    await s.send(get("/echo", "Connection: keep-alive\r\n", version="1.0"))
+    r = await s.response()
+    assert (r.status, (r.header("Connection") or "").lower()) == (200, "keep-alive")
+    engine.controller.maint("b1")  # no backend: the proxy answers 503 itself
+    await s.send(get("/echo", "Connection: keep-alive\r\n", version="1.0"))
+    r = await s.response()
+    assert (r.status, (r.header("Connection") or "").lower()) == (503, "keep-alive")
+    engine.controller.enable("b1")
+    await s.send(get("/echo", "Connection: keep-alive\r\n", version="1.0"))
+    assert (await s.response()).status == 200  # the same connection, still open
+    assert not s.eof
+
+
 async def test_http10_client_without_keep_alive(backends, engine_factory, stream):
     b1 = await backends("b1")
     engine = await engine_factory(make_config([b1]))
