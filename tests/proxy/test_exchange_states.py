@@ -49,7 +49,8 @@ async def test_an_exchange_goes_from_its_head_to_done_through_each_state(scripte
     await wait_for(lambda: len(keeper.requests) == 1, T, "the first request at the backend")
     client = the_client(engine)
     first = client.current
-    assert first is not None and first.state == SENT
+    assert first is not None
+    assert first.state == SENT
     await wait_for(lambda: client.parsing is not None, T, "the second head being read")
     second = client.parsing
     assert second.state == HEAD
@@ -61,7 +62,8 @@ async def test_an_exchange_goes_from_its_head_to_done_through_each_state(scripte
     body_gate.set()
     await wait_for(lambda: first.state == DONE, T, "the first exchange's end")
     await wait_for(lambda: second.state == DONE, T, "the second exchange's end (both gates open)")
-    assert client.current is None and not client.pending
+    assert client.current is None
+    assert not client.pending
     assert [r.body for r in [await s.response(), await s.response()]] == [b"firstlast", b"firstlast"]
 
 
