@@ -36,6 +36,7 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 
 from lbtui.config import CacheConfig
+from lbtui.http import LENGTH, NO_BODY, UNTIL_CLOSE, field_value
 
 X_CACHE: Final = b"X-Cache"
 HIT: Final = b"HIT"
@@ -273,6 +274,63 @@ class ResponseCache:
             keys.discard(key)
             if not keys:
                 del self.targets[entry.target]
+
+
+class Keeping:
+    """One request's business with its route's cache (gateway/pipeline.py sets it; the proxy's exchange holds
+    it): the target whose entries its success drops (an unsafe method), or, on a miss, the key its response is
+    kept under, read into memory while it may be kept."""
+
+    def __init__(self, cache: ResponseCache, target: bytes) -> None:
+        self.cache = cache
+        self.target = target  # what the cache knows its target by
+        self.key = b""  # a miss: its response is kept under this key, if it may (b"": not kept)
+        self.group = b""  # the sticky group its key was made for (b"": none)
+        self.headers: list[tuple[bytes, bytes]] = []  # the request's headers as sent (for Vary)
+        self.fresh = 0.0  # how long the response stays fresh (set with its head)
+        self.head: list[bytes] | None = None  # the response's head as the upstream side kept it
+        self.body: list[bytes] | None = None  # the response body read so far, while it may be kept
+        self.size = 0
+
+    def authorized(self) -> bool:
+        """Whether the request carried Authorization (a shared cache keeps such a response only if told)."""
+        return field_value(self.headers, b"authorization") is not None
+
+    def response_head(self, status: int, parts: list[bytes], framing: int) -> None:
+        """The response's head (framing: lbtui.http's): read its body into memory too, while it may be kept."""
+        if framing == NO_BODY and status != 204 and status != 304:
+            framing = LENGTH  # (a 200 with no body but a Content-Length: 0)
+        fresh = self.cache.freshness(status, parts, self.authorized())
+        if fresh <= 0.0 or framing == UNTIL_CLOSE:
+            self.key = b""
+            return
+        self.fresh = fresh
+        self.head = list(parts)
+        self.body = []
+
+    def store(self, status: int, now: float) -> None:
+        """The response was read whole: keep it."""
+        head, body = self.head, self.body
+        self.body = None
+        if head is not None and body is not None:
+            joined = b"".join(body)
+            self.cache.store(self.key, self.target, status, head, joined, now, self.fresh, self.headers)
+
+    def store_whole(self, status: int, head: list[bytes], body: bytes, now: float) -> None:
+        """A reply made here (an aggregate's) to a miss: kept as a backend's response would be."""
+        fresh = self.cache.freshness(status, head, self.authorized())
+        if fresh > 0.0 and len(body) <= self.cache.max_body:
+            self.cache.store(self.key, self.target, status, head, body, now, fresh, self.headers)
+
+    def take(self, data: bytes) -> None:
+        """More of the response's body: kept while the whole stays within the cache's max_body."""
+        body = self.body
+        if body is not None:
+            self.size += len(data)
+            if self.size <= self.cache.max_body:
+                body.append(data)
+            else:
+                self.body = None  # too large to keep: passed on only
 
 
 def hit_fields(entry: CacheEntry, now: float) -> list[bytes]:

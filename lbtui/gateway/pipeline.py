@@ -15,7 +15,8 @@ request itself (and then nothing reaches a backend):
 10. Aggregate: the route's parts called and merged (gateway/aggregate.py) instead of one backend.
 
 It returns the service to send the request to, or None when it was answered. On the response side the proxy
-calls `keep_or_invalidate` (cache), `store` (a response read whole) and `sticky_cookie` (Set-Cookie).
+calls `keep_or_invalidate` (cache; the exchange's `Keeping` then reads the body and stores a response read
+whole) and `sticky_cookie` (Set-Cookie).
 
 The gateway knows the proxy's exchange only as a `GatewayRequest` (below): the layers go one way, the
 proxy over the gateway (docs/architecture.md).
@@ -33,12 +34,13 @@ from lbtui.gateway.cache import (
     REFRESH,
     UNSAFE,
     X_CACHE,
+    Keeping,
     ResponseCache,
     hit_fields,
     not_modified_fields,
 )
 from lbtui.gateway.sticky import cookie_values, response_with_cookie, set_cookie
-from lbtui.http import LENGTH, NO_BODY, UNTIL_CLOSE, field_value
+from lbtui.http import NO_BODY, field_value
 
 if TYPE_CHECKING:
     from lbtui.config import RetriesConfig, StickyConfig
@@ -67,16 +69,7 @@ class GatewayRequest(Protocol):
     sticky: StickyConfig | None  # its service's sticky sessions (None: not sticky)
     bound: Backend | None  # the backend its sticky cookie named, while it may take it
     strip_cookie: bytes  # the cookie its backend must not see
-    sticky_group: bytes  # the group its cache key was made for (a sticky session's)
-    # Its route's cache, on a miss: the key and target its response is kept under, how long it stays fresh,
-    # its head and body as read so far, and the request's headers (for Vary).
-    cache_key: bytes
-    cache_target: bytes
-    cache_fresh: float
-    cache_head: list[bytes] | None
-    capture: list[bytes] | None
-    capture_size: int
-    cache_headers: list[tuple[bytes, bytes]] | None
+    keeping: Keeping | None  # its business with its route's cache (gateway/cache.py), None: none
 
     def client_address(self) -> bytes: ...  # a trusted proxy's X-Forwarded-For, else the peer's
 
@@ -221,18 +214,19 @@ def cached(
     target = cache.target(scheme, field_value(headers, b"host") or b"", url)
     policy = cache.request_policy(ex.method, headers, ex.req_framing != NO_BODY)
     if policy == BYPASS:
-        if ex.method in UNSAFE:  # its success drops what is kept for its target (upstream_head)
+        if ex.method in UNSAFE:  # its success drops what is kept for its target (keep_or_invalidate)
             ex.route = route
-            ex.cache_target = target
+            ex.keeping = Keeping(cache, target)
         return False
     ex.route = route
     key = cache.key(target, ex.consumer)
     bound = ex.bound
+    group = b""
     if bound is not None:
         # A sticky session gets what its own group answered (a canary's users see the canary's pages);
         # requests without a session share one entry, as without stickiness.
-        ex.sticky_group = bound.group.encode()
-        key += b"\0sticky\0" + ex.sticky_group
+        group = bound.group.encode()
+        key += b"\0sticky\0" + group
     now = ex.now()
     if policy != REFRESH:
         entry = cache.lookup(key, headers, now)
@@ -254,9 +248,10 @@ def cached(
         ex.route_stats.cache[1] += 1
     ex.response_extra += ((X_CACHE, MISS),)
     if ex.method == b"GET":
-        ex.cache_key = key
-        ex.cache_target = target
-        ex.cache_headers = headers
+        keeping = ex.keeping = Keeping(cache, target)
+        keeping.key = key
+        keeping.group = group
+        keeping.headers = headers
     return False
 
 
@@ -331,65 +326,14 @@ def sticky_cookie(ex: GatewayRequest, parts: list[bytes]) -> list[bytes]:
     return response_with_cookie(parts, service.sticky_cookie(), set_value)
 
 
-def keep_response(
-    ex: GatewayRequest, route: CompiledRoute, status: int, parts: list[bytes], framing: int
-) -> None:
-    """The response to a cache miss: read it into memory too while it may be kept (cache.py)."""
-    cache = route.cache
-    assert cache is not None
-    if framing == NO_BODY and status != 204 and status != 304:
-        framing = LENGTH  # (a 200 with no body but a Content-Length: 0)
-    fresh = cache.freshness(status, parts, authorized(ex))
-    if fresh <= 0.0 or framing == UNTIL_CLOSE:
-        ex.cache_key = b""
-        return
-    ex.cache_fresh = fresh
-    ex.cache_head = list(parts)
-    ex.capture = []
-
-
-def authorized(ex: GatewayRequest) -> bool:
-    return field_value(ex.cache_headers or [], b"authorization") is not None
-
-
-def store(ex: GatewayRequest, now: float) -> None:
-    """Keep the response read whole in its route's cache."""
-    route = ex.route
-    head = ex.cache_head
-    capture = ex.capture
-    ex.capture = None
-    if route is None or route.cache is None or head is None or capture is None:
-        return
-    route.cache.store(
-        ex.cache_key,
-        ex.cache_target,
-        ex.status,
-        head,
-        b"".join(capture),
-        now,
-        ex.cache_fresh,
-        ex.cache_headers or [],
-    )
-
-
 def keep_or_invalidate(
-    ex: GatewayRequest, route: CompiledRoute, status: int, parts: list[bytes], framing: int
+    ex: GatewayRequest, keeping: Keeping, status: int, parts: list[bytes], framing: int
 ) -> None:
-    """A backend's response head on `route`: a cache miss's response is read to be kept (keep_response); an
-    unsafe method's success drops what the cache keeps for its target."""
-    if ex.sticky_group and ex.backend is not ex.bound:
-        ex.cache_key = b""  # its session moved: the reply is not its group's to keep under that key
-    if ex.cache_key:
-        keep_response(ex, route, status, parts, framing)
-    elif ex.cache_target and status < 400 and route.cache is not None:
-        route.cache.invalidate(ex.cache_target)  # a POST, PUT, PATCH or DELETE changed it
-
-
-def store_local(
-    ex: GatewayRequest, cache: ResponseCache, status: int, head: list[bytes], body: bytes
-) -> None:
-    """A reply made here (an aggregate's) to a cache miss: kept as a backend's would be."""
-    fresh = cache.freshness(status, head, authorized(ex))
-    if fresh > 0.0 and len(body) <= cache.max_body:
-        headers = ex.cache_headers or []
-        cache.store(ex.cache_key, ex.cache_target, status, head, body, ex.now(), fresh, headers)
+    """A backend's response head to a request its route's cache knows: a miss's response is read to be kept
+    (Keeping.response_head); an unsafe method's success drops what the cache keeps for its target."""
+    if keeping.group and ex.backend is not ex.bound:
+        keeping.key = b""  # its session moved: the reply is not its group's to keep under that key
+    if keeping.key:
+        keeping.response_head(status, parts, framing)
+    elif status < 400:
+        keeping.cache.invalidate(keeping.target)  # a POST, PUT, PATCH or DELETE changed it

@@ -66,7 +66,7 @@ import hmac
 from typing import TYPE_CHECKING, Final
 
 from lbtui.core.model import AdminState
-from lbtui.gateway.pipeline import keep_or_invalidate, stick, sticky_cookie, store, store_local, take
+from lbtui.gateway.pipeline import keep_or_invalidate, stick, sticky_cookie, take
 from lbtui.gateway.routing import response_parts
 from lbtui.http import (
     CHUNKED,
@@ -86,6 +86,7 @@ from lbtui.proxy.upstream import BAD_RESPONSE, CONNECT_FAILURE, RESET, TIMEOUT, 
 if TYPE_CHECKING:
     from lbtui.config import RetriesConfig, StickyConfig, TimeoutsConfig
     from lbtui.core.model import Backend, RouteStats, Service
+    from lbtui.gateway.cache import Keeping
     from lbtui.gateway.routing import CompiledRoute
     from lbtui.proxy.connection import ClientConnection
 
@@ -184,18 +185,10 @@ class Exchange:
     # Answering it off the request path (an aggregate); cancelled if lost.
     task: asyncio.Task[None] | None = None
     retries_config: RetriesConfig | None = None  # its route's retries (None: its service's)
-    # Looked up in its route's cache and missed: the response is kept under this key, if it may.
-    cache_key = b""
-    cache_target = b""  # what its route's cache knows its target by (to keep its response, or drop it)
-    cache_fresh = 0.0  # how long the response stays fresh (set with the head; 0: it is not kept)
-    cache_head: list[bytes] | None = None  # the response's head as the upstream side kept it (to keep)
-    capture: list[bytes] | None = None  # the response body read so far, while it may be kept
-    capture_size = 0
-    cache_headers: list[tuple[bytes, bytes]] | None = None  # the request's headers as sent (for Vary)
+    keeping: Keeping | None = None  # its business with its route's cache (gateway/cache.py)
     sticky: StickyConfig | None = None  # its service's sticky sessions (set at its turn; None: not sticky)
     bound: Backend | None = None  # the backend its sticky cookie named, while it may take it
     strip_cookie = b""  # the cookie the backend must not see (the service's sticky cookie, when sent)
-    sticky_group = b""  # the group its cache key was made for (a sticky session's), b"": none
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -438,10 +431,11 @@ class Exchange:
             parts.append(b"\r\n")
             client.write(b"".join(parts))
             return
+        keeping = self.keeping
+        if keeping is not None:
+            keep_or_invalidate(self, keeping, status, parts, framing)
         route = self.route
         if route is not None:
-            if route.cache is not None:
-                keep_or_invalidate(self, route, status, parts, framing)
             parts = response_parts(parts, route.response_remove, route.response_set + self.response_extra)
         if self.sticky is not None:
             parts = sticky_cookie(self, parts)
@@ -462,13 +456,9 @@ class Exchange:
     def upstream_body(self, data: bytes) -> None:
         if self.done or not data:
             return
-        capture = self.capture
-        if capture is not None:
-            self.capture_size += len(data)
-            if self.capture_size <= self.route.cache.max_body:  # type: ignore[union-attr]
-                capture.append(data)
-            else:
-                self.capture = None  # too large to keep: passed on only
+        keeping = self.keeping
+        if keeping is not None:
+            keeping.take(data)  # (read while it may be kept)
         self.bytes_out += len(data)
         if self.chunk_out:
             self.client.write_parts(chunk_frame(data))
@@ -496,8 +486,9 @@ class Exchange:
             conn.pool.release(conn, now)
         else:
             conn.close()
-        if self.capture is not None:
-            store(self, now)
+        keeping = self.keeping
+        if keeping is not None:
+            keeping.store(self.status, now)
         if self.chunk_out:
             self.client.write(LAST_CHUNK)
         self.finish(now)
@@ -558,8 +549,9 @@ class Exchange:
         self.status = status
         self.response_started = True
         head = [status_line(status), *fields]
-        if self.cache_key and route.cache is not None:  # an aggregate's reply to a cache miss
-            store_local(self, route.cache, status, head, body)
+        keeping = self.keeping
+        if keeping is not None and keeping.key:  # an aggregate's reply to a cache miss
+            keeping.store_whole(status, head, body, self.client.engine.now())
         parts = response_parts(head, route.response_remove, route.response_set + self.response_extra)
         if status != 204 and status != 304:
             parts.append(b"Content-Length: %d\r\n" % len(body))

@@ -342,7 +342,7 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None or exchange.done or not body:
             return
         out = exchange.client.out
-        if out is not None and not exchange.chunk_out and exchange.capture is None:
+        if out is not None and not exchange.chunk_out and exchange.keeping is None:
             # the usual case (Exchange.upstream_body, inlined)
             exchange.bytes_out += len(body)
             out.append(body)
