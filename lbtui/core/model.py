@@ -616,7 +616,7 @@ class Service:
         """Whether a sticky session stays on `b` now: `ready` or `drain` (a drain keeps its sessions, as
         HAProxy's does), healthy (in panic, `ready` is enough, as for any request), not being removed, one of
         this service's, and its group has a share of the split now. Weight 0 keeps sessions too (HAProxy's
-        `weight 0`). Not max_connections: a session whose backend is full waits for it (client.py)."""
+        `weight 0`). Not max_connections: a session whose backend is full waits for it (proxy/dispatch.py)."""
         if b.remove_deadline is not None or b.service != self.name or b.admin_state is AdminState.MAINT:
             return False
         eligible = self._eligible if self._eligible_version == self.version else self._refresh()

@@ -12,7 +12,7 @@ What is kept (RFC 9111, as a shared cache):
 - The key is the scheme, the host, the request target (the normalised path and query, before the route
   rewrites it) and, on routes with auth, the consumer: one consumer never gets another's response. `Vary`
   keeps the varying request headers' values with the entry, and a request with other values misses. A request
-  with a sticky session adds its backend's group (client.py): it gets what its own group answered.
+  with a sticky session adds its backend's group (gateway/pipeline.py, cached): it gets what its own group answered.
 - What is kept is the backend's response as it came: the sticky cookie lbtui sets (gateway/sticky.py) is
   added after, and never kept.
 - A POST, PUT, PATCH or DELETE that succeeds drops what is kept for its target, for every consumer

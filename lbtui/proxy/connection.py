@@ -85,7 +85,7 @@ class ClientConnection(asyncio.Protocol):
         # The last request's headers and what they became for the backend (see build_upstream_head): filtered
         # headers, had an id, body framing, Content-Length, the sticky cookie stripped, the forwarded client.
         self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, bool, int, int, bytes, bytes] | None = None
-        # The same for a route's rewrite (Exchange._rewrite_for): route, headers, rewritten, filtered, had an id.
+        # The same for a route's rewrite (proxy/head.py, rewrite_for): route, headers, rewritten, filtered, had an id.
         self.rewrite_cache: (
             tuple[CompiledRoute, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes, bool] | None
         ) = None

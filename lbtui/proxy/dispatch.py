@@ -132,7 +132,7 @@ def attempt_failed(ex: Exchange, kind: str, reason: str, cause: str, reused: boo
     """An attempt failed: `kind` as retries.on names it, `cause` for the access log (failed_tries).
 
     Where nothing of a response reached the client, the request goes to another backend as far as the rules
-    allow (the module's invariants; docs/config.md, retries), else the failure is answered. A response cut
+    allow (proxy/exchange.py's invariants; docs/config.md, retries), else the failure is answered. A response cut
     after its head was forwarded can only be aborted."""
     if ex.done:
         return

@@ -370,7 +370,7 @@ class Exchange:
             return
         how = "reset" if reset else "closed"
         # A kept-alive connection that ends before any byte of its response: most likely the backend closed it
-        # while it sat idle in the pool, at the moment it was taken (see _attempt_failed).
+        # while it sat idle in the pool, at the moment it was taken (see dispatch.attempt_failed).
         reused = conn.requests > 0 and not conn.received
         attempt_failed(self, RESET, f"the backend {how} the connection", f"{how}-before-head", reused)
 
