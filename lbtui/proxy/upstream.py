@@ -339,14 +339,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
-        if exchange is None or exchange.done or not body:
-            return
-        out = exchange.client.out
-        if out is not None and not exchange.chunk_out and exchange.keeping is None:
-            # the usual case (Exchange.upstream_body, inlined)
-            exchange.bytes_out += len(body)
-            out.append(body)
-        else:
+        if exchange is not None:
             exchange.upstream_body(body)
 
     def on_message_complete(self) -> None:
