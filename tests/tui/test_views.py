@@ -227,7 +227,10 @@ async def test_waits_for_the_engine_tick_not_for_time(backends):
 async def test_health_shows_going_down_k_of_fall_and_the_detail_shows_the_checks(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
     config = make_config(
-        bs, health={"path": "/healthz", "interval": "50ms", "timeout": "50ms", "rise": 2, "fall": 30}
+        # A generous timeout: the demo backends answer on the test's loop, which the dashboard shares; under load
+        # a short one times out and the checks never show the backend's 503.
+        bs,
+        health={"path": "/healthz", "interval": "250ms", "timeout": "250ms", "rise": 2, "fall": 30},
     )
     async with running(config) as (app, pilot):
         table = app.query_one("#backends", Table)
@@ -241,9 +244,9 @@ async def test_health_shows_going_down_k_of_fall_and_the_detail_shows_the_checks
             lambda: shown().startswith("going_down") and shown().endswith("/30"), what="going_down k/30"
         )
         await pilot.press("down", "enter")
-        text = str(app.screen.query_one("#detail").render())
-        assert "health checks, newest first" in text
-        assert "FAIL  status 503" in text
+        detail = app.screen.query_one("#detail")
+        assert "health checks, newest first" in str(detail.render())
+        await wait_for(lambda: "FAIL  status 503" in str(detail.render()), what="a check that got the 503")
         await pilot.press("escape")
         assert "health" in str(app.query_one("#events").render())  # the transition is an event
 
