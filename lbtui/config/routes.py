@@ -117,11 +117,8 @@ def _parse_route(
         ctx, reader.table("response_headers", keys_of(HeaderOps)), request=False
     )
     rewrite = _parse_rewrite(ctx, reader.table("rewrite", REWRITE_KEYS))
-    for key in (
-        "add_query",
-        "ip_allow",
-        "ip_deny",
-    ):  # read here: the order their issues have always come out in
+    # Read here: the order their issues have always come out in.
+    for key in ("add_query", "ip_allow", "ip_deny"):
         opts.given(key)
     return opts.build(
         name=name,

@@ -306,9 +306,8 @@ class Service:
         # What its clients got, one count per answer whatever the attempts (see observe): since start, lately.
         self.status_classes = [0, 0, 0, 0, 0, 0]  # as Backend.status_classes
         self.window = SlidingWindow(now=now)
-        self.ramp: Any = (
-            None  # the canary ramp under way or last run (lbtui.core.ramp.Ramp), owned by the Controller
-        )
+        # The canary ramp under way or last run (lbtui.core.ramp.Ramp), owned by the Controller.
+        self.ramp: Any = None
         self.sticky_moved = 0  # sticky requests whose backend could not take them: picked anew
         self.sticky_unknown = 0  # sticky cookies that named no backend of this service (forged, stale)
         self._sticky_ids: dict[bytes, Backend] = {}  # cookie value -> backend

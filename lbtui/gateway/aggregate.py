@@ -89,9 +89,8 @@ class AggregateRequest(Protocol):
 
     def client_address(self) -> bytes: ...  # the client's (a trusted proxy's X-Forwarded-For, else the peer)
 
-    def forwarded_fields(
-        self,
-    ) -> bytes: ...  # X-Forwarded-* as the proxy writes them (lbtui.http.x_forwarded)
+    # X-Forwarded-* as the proxy writes them (lbtui.http.x_forwarded).
+    def forwarded_fields(self) -> bytes: ...
 
     def new_request_id(self) -> bytes: ...
 

@@ -89,9 +89,8 @@ class ClientConnection(asyncio.Protocol):
         self.rewrite_cache: (
             tuple[CompiledRoute, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes, bool] | None
         ) = None
-        self.known_key: tuple[bytes, bytes] | None = (
-            None  # the API key this connection used, and its consumer
-        )
+        # The API key this connection used, and its consumer.
+        self.known_key: tuple[bytes, bytes] | None = None
         limits = engine.config.limits
         self.max_header_bytes = limits.max_header_bytes
         self.max_headers = limits.max_headers

@@ -371,9 +371,8 @@ class Engine:
         access_file = self.access_file
         assert access_file is not None
         access_file.tick(time.time() - now)
-        if (
-            access_file.errors > self._access_errors_told
-        ):  # failed writes (in the writer thread): told once each
+        # Failed writes (in the writer thread): told once each.
+        if access_file.errors > self._access_errors_told:
             log.warning("access log %s: %s", access_file.path, access_file.last_error)
             self._access_errors_told = access_file.errors
 
