@@ -49,9 +49,8 @@ from .schema import (
 )
 
 TIMEOUT: Final = 3.0  # a redraw waits this long at most for a server that does not answer
-RETRY_SECONDS: Final = (
-    1.0  # after a failure, the next try waits this long (the last snapshot shows meanwhile)
-)
+# After a failure, the next try waits this long (the last snapshot shows meanwhile).
+RETRY_SECONDS: Final = 1.0
 IDLE_SECONDS: Final = 5.0  # a connection unused this long may have been closed by the server: open a new one
 POLL_SECONDS: Final = 0.25  # how often subscribe asks for new events
 EVENTS_FRESH: Final = 0.1  # events() asks the server again only after this long

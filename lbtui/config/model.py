@@ -313,11 +313,8 @@ class RouteConfig:
     )  # networks (CIDR); when given, only clients in one may use the route
     ip_deny: tuple[str, ...] = array(network)  # networks whose clients get 403 (deny wins over allow)
     rewrite: tuple[str, str] | None = custom(None)  # (pattern, substitution) on the path, after strip_prefix
-    add_query: tuple[tuple[str, str], ...] = (
-        pairs(  # query parameters set on the request (replacing same names)
-            query_name, header_value
-        )
-    )
+    # Query parameters set on the request (replacing same names).
+    add_query: tuple[tuple[str, str], ...] = pairs(query_name, header_value)
     # replaces the service's retries for this route's requests
     retries: RetriesConfig | None = table(RetriesConfig, None)
     # the Upgrade protocols tunnelled (None: its listener's `upgrades`)
