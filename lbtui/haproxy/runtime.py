@@ -38,6 +38,9 @@ __all__ = [
     "StatRow",
     "TcpAddress",
     "UnixAddress",
+    "parse_info",
+    "parse_servers_state",
+    "parse_stat",
     "parse_url",
     "server_address",
 ]

@@ -16,6 +16,7 @@ from lbtui.haproxy.runtime import (
     StatRow,
     TcpAddress,
     UnixAddress,
+    parse_stat,
     parse_url,
     server_address,
 )
@@ -75,6 +76,13 @@ async def test_show_info_names_the_process_on_every_socket(haproxy):
         assert info.start_time_sec is not None
         assert abs(info.start_time_sec - time.time()) < 3600
         assert info.fields["Pid"] == str(hx.proc.pid)
+    assert hx.socket_path.stat().st_mode & 0o777 == 0o600  # the config's `mode 600`: the socket has no auth
+
+
+async def test_the_tcp_admin_socket_changes_state(haproxy):
+    hx: HAProxy = await haproxy(["a", "b"])
+    await RuntimeClient(f"haproxy://127.0.0.1:{hx.admin_port}").set_state("app", "b", "maint")
+    assert (await servers(hx.client()))["b"].status == "MAINT"
 
 
 async def test_a_restart_is_a_new_pid(haproxy):
@@ -145,6 +153,30 @@ async def test_show_servers_state_reads_admin_states(haproxy):
     assert states["a"].port == hx.servers["a"].port
     assert states["a"].addr == "127.0.0.1"
     assert states["a"].uweight == 1
+
+
+def test_show_stat_is_read_by_column_name_not_position():
+    """Columns in another order, one unknown to us and one of ours missing (as another HAProxy version may
+    write them): each figure is still read from its own column."""
+    answer = (
+        "# svname,status,new_column,pxname,type,scur,stot,rtime,addr,\n"
+        "s1,UP 1/3,zz,app,2,4,17,12,127.0.0.1:8080,\n"
+        "BACKEND,UP,zz,app,1,4,17,,,\n"
+        "x,?,zz,app,9,0,0,0,,\n"
+        "\n"
+    )
+    server, backend = parse_stat(answer)
+    assert (server.pxname, server.svname, server.type, server.status) == ("app", "s1", "server", "UP 1/3")
+    assert (server.scur, server.stot, server.rtime, server.addr) == (4, 17, 12, "127.0.0.1:8080")
+    assert server.qcur is None  # no such column in this answer
+    assert backend.type == "backend"
+    assert backend.rtime is None  # empty for this row
+
+
+@pytest.mark.parametrize("answer", ["Permission denied\n\n", "", "pxname,svname\n"])
+def test_an_answer_that_is_not_show_stat_is_raised(answer):
+    with pytest.raises(RuntimeCommandError, match="show stat"):
+        parse_stat(answer)
 
 
 # -- changing
