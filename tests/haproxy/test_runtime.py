@@ -134,7 +134,7 @@ async def test_rtime_is_the_servers_latency_in_milliseconds(haproxy, backends):
     assert row.rtime is not None
     assert row.ttime is not None
     # HAProxy's average over the last 1024 requests; here every one took about 50 ms (a generous upper bound).
-    assert 40 <= row.rtime <= 1000
+    assert 40 <= row.rtime <= 1000, row
     assert row.rtime <= row.ttime
 
 
