@@ -261,6 +261,39 @@ async def test_del_server_only_in_maint(haproxy):
     assert {await served_by(hx.frontend_port) for _ in range(4)} == {"a"}
 
 
+async def test_a_server_with_a_request_in_flight_is_not_deleted_and_its_scur_counts_down(haproxy):
+    hx: HAProxy = await haproxy(["a", "b"])
+    client = hx.client()
+    in_flight = asyncio.create_task(get(hx.frontend_port, "/delay/1000"))
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while not (busy := [name for name, row in (await servers(client)).items() if row.scur == 1]):
+            assert loop.time() < deadline, "no server took the request"
+            await asyncio.sleep(0.01)
+        (name,) = busy
+        await client.set_state("app", name, "maint")
+        with pytest.raises(RuntimeCommandError) as refused:
+            await client.del_server("app", name)
+        assert str(refused.value) == (
+            f"haproxy refused `del server app/{name}`: Server still has connections attached to it, cannot remove it."
+        )
+        assert (await servers(client))[name].scur == 1
+        status, _ = await in_flight  # maintenance takes no session away: the request is answered
+        assert status == 200
+        await wait_scur_zero(client, name)
+    finally:
+        in_flight.cancel()
+
+
+async def wait_scur_zero(client: RuntimeClient, name: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while (row := (await servers(client))[name]).scur or row.qcur:
+        assert loop.time() < deadline, row
+        await asyncio.sleep(0.01)
+
+
 async def test_enable_health_where_no_check_is_configured_is_haproxys_refusal(haproxy):
     hx: HAProxy = await haproxy(["a"])
     with pytest.raises(RuntimeCommandError, match="Health check was not configured on this server"):
