@@ -51,11 +51,13 @@ class HAProxy:
     operator_port: int = 0
     frontend_port: int = 0
     proc: asyncio.subprocess.Process | None = None
+    short_folder: Path | None = None
 
     def __post_init__(self) -> None:
         self.socket_path = self.folder / "admin.sock"
         if len(str(self.socket_path)) > UNIX_PATH_MAX:  # a deep tmp_path: a short folder of our own instead
-            self.socket_path = Path(tempfile.mkdtemp(prefix="lbtui-hx-")) / "admin.sock"
+            self.short_folder = Path(tempfile.mkdtemp(prefix="lbtui-hx-"))
+            self.socket_path = self.short_folder / "admin.sock"
 
     @property
     def stderr_path(self) -> Path:
@@ -134,6 +136,8 @@ class HAProxy:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+        if self.short_folder is not None:
+            shutil.rmtree(self.short_folder, ignore_errors=True)
 
 
 @pytest.fixture
