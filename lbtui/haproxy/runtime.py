@@ -300,6 +300,11 @@ class Info:
     node: str
     fields: dict[str, str]  # every `Key: value` line, as HAProxy wrote it
 
+    def restarted_since(self, earlier: Info) -> bool:
+        """True if this is another process than `earlier`'s (a restart, or a reload's new worker): its counters
+        started again from zero, so a rate computed across the two would be wrong."""
+        return self.pid != earlier.pid or self.uptime_sec < earlier.uptime_sec
+
 
 def parse_info(answer: str) -> Info:
     fields: dict[str, str] = {}

@@ -102,18 +102,33 @@ class HAProxy:
     async def start(self) -> HAProxy:
         for _ in range(5):
             self.admin_port, self.operator_port, self.frontend_port = (_unused_port() for _ in range(3))
-            cfg = self.folder / "haproxy.cfg"
-            cfg.write_text(self.config())
-            with self.stderr_path.open("wb") as stderr:
-                self.proc = await asyncio.create_subprocess_exec(
-                    self.binary, "-db", "-f", str(cfg), stdout=asyncio.subprocess.DEVNULL, stderr=stderr
-                )
-            if await self._ready():
+            seen = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
+            if await self._run():
                 return self
-            await self.proc.wait()
-            if "cannot bind" not in self.stderr_path.read_text():
+            if "cannot bind" not in self.stderr_path.read_text()[seen:]:
                 break
         raise AssertionError(f"haproxy did not start:\n{self.stderr_path.read_text()}")
+
+    async def restart(self) -> HAProxy:
+        """Kill the process and start a new one with the same config (the same sockets and ports)."""
+        await self.stop()
+        if not await self._run():
+            raise AssertionError(f"haproxy did not start again:\n{self.stderr_path.read_text()}")
+        return self
+
+    async def _run(self) -> bool:
+        """Start the process on the current ports: True once it answers, False if it exited (its stderr, appended
+        to the file, then says why)."""
+        cfg = self.folder / "haproxy.cfg"
+        cfg.write_text(self.config())
+        with self.stderr_path.open("ab") as stderr:
+            self.proc = await asyncio.create_subprocess_exec(
+                self.binary, "-db", "-f", str(cfg), stdout=asyncio.subprocess.DEVNULL, stderr=stderr
+            )
+        if await self._ready():
+            return True
+        await self.proc.wait()
+        return False
 
     async def _ready(self) -> bool:
         """True once every stats socket answers `show info` (HAProxy binds every listener before it serves any);

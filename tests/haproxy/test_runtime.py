@@ -16,6 +16,7 @@ from lbtui.haproxy.runtime import (
     StatRow,
     TcpAddress,
     UnixAddress,
+    parse_info,
     parse_stat,
     parse_url,
     server_address,
@@ -85,11 +86,20 @@ async def test_the_tcp_admin_socket_changes_state(haproxy):
     assert (await servers(hx.client()))["b"].status == "MAINT"
 
 
-async def test_a_restart_is_a_new_pid(haproxy):
-    first: HAProxy = await haproxy(["a"])
-    second: HAProxy = await haproxy(["a"])
-    one, two = await first.client().show_info(), await second.client().show_info()
-    assert one.pid != two.pid
+async def test_a_restart_is_noticed_and_its_counters_start_again(haproxy):
+    hx: HAProxy = await haproxy(["a"])
+    client = hx.client()
+    for _ in range(3):
+        await served_by(hx.frontend_port)
+    before = await client.show_info()
+    assert (await servers(client))["a"].stot == 3
+    again = await client.show_info()
+    assert not again.restarted_since(before)
+    await hx.restart()
+    after = await client.show_info()
+    assert after.restarted_since(before)
+    assert after.pid != before.pid
+    assert (await servers(client))["a"].stot == 0  # what restarted_since warns of: counters from zero
 
 
 async def test_show_stat_counts_the_traffic_sent_through_the_frontend(haproxy):
@@ -153,6 +163,15 @@ async def test_show_servers_state_reads_admin_states(haproxy):
     assert states["a"].port == hx.servers["a"].port
     assert states["a"].addr == "127.0.0.1"
     assert states["a"].uweight == 1
+
+
+def test_an_uptime_that_went_back_is_a_restart_even_with_the_same_pid():
+    """A pid can be reused (a container's HAProxy is often pid 1 or 8 after every restart)."""
+    before = parse_info("Name: HAProxy\nVersion: 2.6.12\nPid: 8\nUptime_sec: 500\n")
+    assert parse_info("Name: HAProxy\nPid: 8\nUptime_sec: 501\n").restarted_since(before) is False
+    assert parse_info("Name: HAProxy\nPid: 8\nUptime_sec: 3\n").restarted_since(before) is True
+    with pytest.raises(RuntimeCommandError, match="haproxy refused `show info`: Permission denied"):
+        parse_info("Permission denied\n\n")
 
 
 def test_show_stat_is_read_by_column_name_not_position():
