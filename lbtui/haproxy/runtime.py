@@ -94,7 +94,9 @@ Address = UnixAddress | TcpAddress
 def _valid_hostname(host: str) -> bool:
     if not host or len(host) > 253:
         return False
-    return all(_HOST_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
+    labels = host.removesuffix(".").split(".")
+    # An all-digit last label is a mistyped IPv4 address ("999.1.1.1", "10.0.1"), not a name (RFC 3696, 2).
+    return all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
 
 
 def _host_kind(host: str) -> str | None:
@@ -125,7 +127,12 @@ def parse_url(url: str) -> Address:
     if parts.scheme != "haproxy" or parts.query or parts.fragment or "@" in parts.netloc:
         raise refused
     if not parts.netloc:
-        if not parts.path.startswith("/") or parts.path == "/" or "\x00" in parts.path:
+        if (
+            not url[len(parts.scheme) :].startswith(":///")
+            or not parts.path.startswith("/")
+            or parts.path == "/"
+            or "\x00" in parts.path
+        ):
             raise refused
         return UnixAddress(parts.path)
     if parts.path:

@@ -435,6 +435,8 @@ async def test_a_silent_socket_is_unreachable_within_the_deadline():
         "haproxy://127.0.0.1:9999?x=1",
         "haproxy:///run/admin.sock#x",
         "haproxy://bad_host!:9999",
+        "haproxy:/run/admin.sock",
+        "haproxy://999.0.0.1:9999",
     ],
 )
 def test_bad_urls_are_refused_with_what_is_accepted(url):
@@ -494,6 +496,9 @@ async def recording_server() -> tuple[asyncio.Server, list[str]]:
         lambda c: c.add_server("app", "x", "bad_host:8080"),
         lambda c: c.add_server("app", "x", "-host:8080"),
         lambda c: c.add_server("app", "x", ":8080"),
+        lambda c: c.add_server("app", "x", "999.1.1.1:8080"),
+        lambda c: c.add_server("app", "x", "10.0.1:8080"),
+        lambda c: c.add_server("app", "x", "127.0.0.1:+80"),
         lambda c: c.add_server("app", "x y", "127.0.0.1:1"),
         lambda c: c.add_server("app;shutdown sessions", "x", "127.0.0.1:1"),
         lambda c: c.set_state("app", "a", "up"),
