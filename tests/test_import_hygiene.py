@@ -41,6 +41,7 @@ HEADLESS = [
     "lbtui.admin.remote",
     "lbtui.admin.ctl",
     "lbtui.admin.metrics",
+    "lbtui.haproxy.runtime",
     "lbtui.serve",
     "lbtui.threaded",
     "lbtui.cli",
