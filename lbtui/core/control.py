@@ -189,6 +189,7 @@ class InProcessController(Controller):
         self._undo: list[Event] = []
         self._next_id = 1
         self._wall_clock = wall_clock
+        self._offset = wall_clock() - balancer.clock()  # see _wall_offset
         self.listeners: list[Callable[[Event], None]] = []
         balancer.on_tick_change.append(self._on_tick_change)
         balancer.on_tick.append(self._tick_ramps)
@@ -556,9 +557,18 @@ class InProcessController(Controller):
     def events(self, limit: int = 100) -> list[Event]:
         return list(reversed(self._events))[:limit]
 
+    def _wall_offset(self) -> float:
+        """The wall clock minus the balancer's monotonic one: kept while the two agree within a second, so that
+        a request's time reads the same on every call (the admin API's and the engine's lists match), and taken
+        anew after the wall clock is stepped."""
+        offset = self._wall_clock() - self.balancer.clock()
+        if abs(offset - self._offset) > 1.0:
+            self._offset = offset
+        return self._offset
+
     def recent_requests(self, limit: int = 100) -> list[RequestView]:
         log = self.balancer.access_log
-        offset = self._wall_clock() - self.balancer.clock()  # the entries carry the monotonic clock
+        offset = self._wall_offset()  # the entries carry the monotonic clock
         out = []
         for index in range(len(log) - 1, max(-1, len(log) - 1 - limit), -1):
             entry = log[index]

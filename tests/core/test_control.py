@@ -294,3 +294,19 @@ async def test_live_changes_under_load_fail_no_request(backends, engine_factory)
     assert done == 720
     assert failures == []
     assert extra.requests > 0
+
+
+def test_a_request_time_reads_the_same_on_every_call_and_follows_a_stepped_wall_clock() -> None:
+    """recent_requests turns the access log's monotonic times into wall times with one offset: two reads agree to
+    the microsecond (the admin API's list and the engine's), and a stepped wall clock (NTP) is followed."""
+    mono = [100.0]
+    wall = [1_000_000.0]
+    config = parse_config({"services": {"shop": {"backends": [{"name": "a", "address": "127.0.0.1:9001"}]}}})
+    c = InProcessController(Balancer(config, clock=lambda: mono[0]), wall_clock=lambda: wall[0])
+    c.balancer.access_log.append((100.0005, b"127.0.0.1", b"GET", b"/", 200, None, 0.001, 10))
+    first = c.recent_requests(1)[0].time
+    mono[0] += 5.0
+    wall[0] += 5.0 + 0.0004  # the two clocks drift apart a little between the reads
+    assert c.recent_requests(1)[0].time == first == 1_000_000.0005
+    wall[0] += 3600.0  # the wall clock is stepped
+    assert c.recent_requests(1)[0].time == pytest.approx(first + 3600.0004)
