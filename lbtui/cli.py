@@ -4,7 +4,8 @@ No traceback ever reaches the user.
 
 The one place that wires the faces to the runtime: it hands the runtime the admin API's starter
 (ServeOptions.admin_server), for `serve` and for the dashboard that hosts the engine, and hands `attach`'s
-dashboard a RemoteController; the dashboard and the admin API never import each other.
+dashboard a RemoteController (a HaproxyController for a haproxy:// URL, as it hands `ctl` one); the dashboard,
+the admin API and the HAProxy client never import each other.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from lbtui.features import ignored, refused
 
 if TYPE_CHECKING:
     from textual.theme import Theme
+
+    from lbtui.haproxy.controller import HaproxyController
 
 DEFAULT_CONFIG = "lbtui.toml"
 FRESH_HELP = "start from the config alone: do not restore [state].file (it is still written after changes)"
@@ -347,23 +350,57 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return code if isinstance(code, int) else (app.return_code or 0)
 
 
+def _haproxy_controller(url: str, who: str, timeout: float | None = None) -> HaproxyController | None:
+    """A HaproxyController for a `haproxy://` URL, or None after one line on stderr (a bad URL)."""
+    from lbtui.haproxy.controller import TIMEOUT, HaproxyController
+
+    try:
+        return HaproxyController(url, timeout=timeout or TIMEOUT)
+    except ValueError as error:
+        print(f"lbtui: {who}: {error}", file=sys.stderr)
+        return None
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """`lbtui ctl`: over the admin API (lbtui/admin/ctl.py), or over HAProxy's Runtime API for a haproxy:// URL."""
+    from lbtui.admin.ctl import admin_url
+    from lbtui.admin.ctl import run as run_ctl
+
+    url = admin_url(args)
+    if not url.startswith("haproxy:"):
+        return run_ctl(args)
+    from lbtui.admin.direct import ControllerClient
+
+    controller = _haproxy_controller(url, "ctl", getattr(args, "request_timeout", None))
+    if controller is None:
+        return 1
+    return run_ctl(args, client=ControllerClient(controller, controller.close))
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     """`lbtui attach [URL]`: the same dashboard, steering a running `lbtui serve` through its admin API."""
     from lbtui.admin.client import ClientError, default_url
     from lbtui.admin.ctl import TOKEN_ENV, URL_ENV
     from lbtui.admin.remote import RemoteController
-    from lbtui.core.control import ControlError
+    from lbtui.core.control import ControlError, Controller
     from lbtui.tui import themes
 
     theme = _dashboard_theme(args)
     if isinstance(theme, int):
         return theme
     url = args.url or os.environ.get(URL_ENV) or default_url()
-    try:
-        controller = RemoteController(url, os.environ.get(args.token_env or TOKEN_ENV) or None)
-    except ClientError as error:
-        print(f"lbtui: attach: {error}", file=sys.stderr)
-        return 2
+    controller: Controller
+    if url.startswith("haproxy:"):
+        haproxy = _haproxy_controller(url, "attach")
+        if haproxy is None:
+            return 1
+        controller = haproxy
+    else:
+        try:
+            controller = RemoteController(url, os.environ.get(args.token_env or TOKEN_ENV) or None)
+        except ClientError as error:
+            print(f"lbtui: attach: {error}", file=sys.stderr)
+            return 2
     try:
         controller.snapshot()  # the API answers, before any screen is drawn
     except ControlError as error:
@@ -393,9 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return cmd_serve(args)
         if args.command == "ctl":
-            from lbtui.admin.ctl import run as run_ctl
-
-            return run_ctl(args)
+            return cmd_ctl(args)
         if args.command == "attach":
             return cmd_attach(args)
         return cmd_dashboard(args)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, TextIO
 
 from lbtui.admin.client import DEFAULT_TIMEOUT, AdminClient, ApiError, ClientError, default_url
+from lbtui.admin.direct import ControllerClient
 
 EXIT_TIMEOUT: Final = 3
 TOKEN_ENV: Final = "LBTUI_ADMIN_TOKEN"
@@ -157,15 +158,20 @@ def parse_split(items: Sequence[str]) -> dict[str, int]:
 class Ctl:
     """One `lbtui ctl` run: a client, where to print, and the command's arguments."""
 
-    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+    def __init__(
+        self, args: argparse.Namespace, out: TextIO, err: TextIO, client: ControllerClient | None = None
+    ) -> None:
         self.args = args
         self.out = out
         self.err = err
         self.json = bool(getattr(args, "json", False))
+        self.client: AdminClient | ControllerClient
+        if client is not None:  # a Controller of another engine (HAProxy's), built by lbtui/cli.py
+            self.client = client
+            return
         token_env = getattr(args, "token_env", None) or TOKEN_ENV
-        url = getattr(args, "admin", None) or os.environ.get(URL_ENV) or default_url()
         timeout = getattr(args, "request_timeout", None) or DEFAULT_TIMEOUT
-        self.client = AdminClient(url, os.environ.get(token_env) or None, timeout=timeout)
+        self.client = AdminClient(admin_url(args), os.environ.get(token_env) or None, timeout=timeout)
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -296,10 +302,22 @@ class Ctl:
         return 0
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run `lbtui ctl`'s command; errors go to `err` as one line, never a traceback."""
+def admin_url(args: argparse.Namespace) -> str:
+    """The URL `ctl` steers: --admin, else $LBTUI_ADMIN, else the default admin API."""
+    url: str = getattr(args, "admin", None) or os.environ.get(URL_ENV) or default_url()
+    return url
+
+
+def run(
+    args: argparse.Namespace,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    client: ControllerClient | None = None,
+) -> int:
+    """Run `lbtui ctl`'s command (over `client` where one is given, else the admin API at `admin_url(args)`);
+    errors go to `err` as one line, never a traceback."""
     try:
-        return Ctl(args, out, err).run()
+        return Ctl(args, out, err, client).run()
     except ClientError as error:
         print(f"lbtui ctl: {error}", file=err)
         return 1

@@ -85,6 +85,7 @@ def backend_json(b: BackendView) -> dict[str, Any]:
         "ejections_total": b.ejections_total,
         "sticky_requests": b.sticky_requests,
         "sticky_cookies_set": b.sticky_cookies,
+        "latency_avg_ms": None if b.latency_avg_ms is None else _number(b.latency_avg_ms),
         "aborted": b.aborted,
         "checks": [
             {"time": round(c.time, 3), "ok": c.ok, "detail": c.detail, "duration_ms": _number(c.duration_ms)}
@@ -281,6 +282,7 @@ def backend_from_json(value: dict[str, Any]) -> BackendView:
         ejections_total=value.get("ejections_total", 0),
         sticky_requests=value.get("sticky_requests", 0),
         sticky_cookies=value.get("sticky_cookies_set", 0),
+        latency_avg_ms=_optional(value.get("latency_avg_ms")),
         aborted=value.get("aborted", 0),
     )
 

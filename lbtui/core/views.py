@@ -64,6 +64,9 @@ class BackendView:
     latency_counts: tuple[int, ...] = ()
     sticky_requests: int = 0  # requests it took because their sticky cookie named it, since start
     sticky_cookies: int = 0  # sticky cookies set naming it (sessions that began or moved here), since start
+    # An engine that gives only an average latency (HAProxy's `rtime`, over its last 1024 requests) puts it here
+    # and leaves the window's percentiles NaN: an average is never shown as a percentile. None: not that engine.
+    latency_avg_ms: float | None = None
 
     @property
     def health_label(self) -> str:

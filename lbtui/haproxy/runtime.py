@@ -220,6 +220,8 @@ class StatRow:
     hrsp_4xx: int | None
     hrsp_5xx: int | None
     hrsp_other: int | None
+    bin: int | None  # bytes from clients (for a server: sent to it)
+    bout: int | None  # bytes to clients (for a server: received from it)
     econ: int | None
     eresp: int | None
     wretr: int | None

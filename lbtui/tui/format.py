@@ -104,6 +104,9 @@ def backend_cells(
         "p50": _past(w.p50_ms, ms(w.p50_ms), "latency", latency, colours) if w.requests else "-",
         "p99": _past(w.p99_ms, ms(w.p99_ms), "latency", latency, colours) if w.requests else "-",
     }
+    if b.latency_avg_ms is not None:  # an engine with an average only (HAProxy): no percentile is made up
+        cells["p50"] = cells["p99"] = "-"
+        cells["avg"] = _past(b.latency_avg_ms, ms(b.latency_avg_ms), "latency", latency, colours)
     if sticky:
         cells["sticky"] = sticky_share(total, b.sticky_requests)
     return cells
@@ -151,7 +154,11 @@ def service_text(s: ServiceView) -> str:
 
 
 def services_line(snapshot: Snapshot) -> str:
-    return "\n".join(service_text(s) for s in snapshot.services)
+    lines = [service_text(s) for s in snapshot.services]
+    latency = snapshot.extra.get("latency")
+    if latency and lines:  # an engine whose latency is not lbtui's percentiles says which figure it is
+        lines[0] += f"  │ latency: {latency}"
+    return "\n".join(lines)
 
 
 def change_value(value: object) -> str:
@@ -289,18 +296,30 @@ def detail_text(snapshot: Snapshot, name: str) -> str:
         return f"{name}: removed"
     sc = b.status_classes
     w = b.window
+    if b.latency_avg_ms is not None:  # an engine with an average only (HAProxy's rtime): no percentiles
+        label = snapshot.extra.get("latency") or "avg"
+        latency = [
+            f"last {w.seconds:.1f} s: {w.requests} requests, {w.rps:.1f} req/s; "
+            f"latency {label}: {b.latency_avg_ms:.0f} ms (no percentiles)"
+        ]
+        cost = ""
+    else:
+        latency = [
+            f"last {w.seconds:.0f} s: {w.requests} requests, {w.rps:.1f} req/s, "
+            f"p50 {w.p50_ms:.2f}  p90 {w.p90_ms:.2f}  p99 {w.p99_ms:.2f}  p99.9 {w.p999_ms:.2f} ms",
+            "",
+            *latency_histogram(w.counts),
+        ]
+        cost = f"   EWMA {b.ewma_ms:.2f} ms"
     lines = [
         f"{b.name}  ({b.service}, group {b.group}, {b.address})",
         f"state {b.admin_state}, health {b.health_label}, weight {b.weight}, in flight {b.in_flight}",
-        f"requests {b.requests}   connect failures {b.connect_failures}   EWMA {b.ewma_ms:.2f} ms",
+        f"requests {b.requests}   connect failures {b.connect_failures}{cost}",
         f"status: 1xx {sc[1]}  2xx {sc[2]}  3xx {sc[3]}  4xx {sc[4]}  5xx {sc[5]}  failed {sc[0]}",
         f"bytes in {b.bytes_in}  out {b.bytes_out}   responses cut mid-way {b.aborted}",
         *sticky_lines(snapshot, b),
         "",
-        f"last {w.seconds:.0f} s: {w.requests} requests, {w.rps:.1f} req/s, "
-        f"p50 {w.p50_ms:.2f}  p90 {w.p90_ms:.2f}  p99 {w.p99_ms:.2f}  p99.9 {w.p999_ms:.2f} ms",
-        "",
-        *latency_histogram(w.counts),
+        *latency,
         "",
         *check_history(b),
         "",

@@ -51,6 +51,12 @@ def _with_sticky(columns: tuple[tuple[str, str, int], ...]) -> tuple[tuple[str, 
 
 
 STICKY_COLUMNS = _with_sticky(COLUMNS)
+# An engine that gives only an average latency (HAProxy's rtime): one column that says so, no percentiles.
+AVERAGE_COLUMNS = tuple(
+    ("avg", "avg ms", 14) if key == "p50" else (key, label, width)
+    for key, label, width in COLUMNS
+    if key != "p99"
+)
 
 RECENT_EVENTS = 6  # lines of the events pane under the backends table
 TREND_POINTS = 20  # refreshes: 10 s at two a second
@@ -83,7 +89,10 @@ class BackendsView(Vertical):
     def refresh_from(self, snapshot: Snapshot, palette: Mapping[str, Style], filter_text: str) -> None:
         self.query_one("#services", TextPane).show(services_line(snapshot))
         table = self.query_one("#backends", Table)
-        table.set_columns(STICKY_COLUMNS if any(s.sticky for s in snapshot.services) else COLUMNS)
+        if any(b.latency_avg_ms is not None for s in snapshot.services for b in s.backends):
+            table.set_columns(AVERAGE_COLUMNS)
+        else:
+            table.set_columns(STICKY_COLUMNS if any(s.sticky for s in snapshot.services) else COLUMNS)
         rows = []
         for service in snapshot.services:
             for backend in service.backends:

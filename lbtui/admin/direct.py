@@ -1,0 +1,118 @@
+"""ControllerClient: `lbtui ctl`'s client over a Controller it was handed (HAProxy's, built by lbtui/cli.py), in
+place of the admin API's AdminClient.
+
+Invariants:
+- The same methods as AdminClient's that `ctl` calls, answering the same JSON as the admin API would
+  (admin/schema.py): `ctl`'s output and exit codes are the same whatever it steers.
+- A refusal is an ApiError of the status the admin API gives its class (NotFound 404, Conflict 409, Invalid 400);
+  any other ControlError (unreachable, no answer in time) is an Unreachable: one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+from lbtui.core.control import Conflict, ControlError, Controller, Invalid, NotFound
+
+from .client import ApiError, Unreachable
+from .schema import backend_json, event_json, request_json, snapshot_json
+
+T = TypeVar("T")
+ACTOR: Final = "ctl"
+REMOVE_WAIT: Final = 90.0  # past the controller's own deadline for a drain (HAProxy's: 60 s)
+WAIT_POLL: Final = 0.1
+MAX_EVENTS: Final = 1000
+_STATUS: dict[type[ControlError], int] = {NotFound: 404, Conflict: 409, Invalid: 400}
+
+
+class ControllerClient:
+    """AdminClient's face over `controller`; close() closes the controller."""
+
+    def __init__(self, controller: Controller, close: Callable[[], None]) -> None:
+        self.controller = controller
+        self._close = close
+
+    def close(self) -> None:
+        self._close()
+
+    def _do(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except ControlError as error:
+            status = next((s for kind, s in _STATUS.items() if isinstance(error, kind)), None)
+            if status is None:
+                raise Unreachable(str(error)) from None
+            raise ApiError(status, str(error)) from None
+
+    def state(self) -> Any:
+        return snapshot_json(self._do(self.controller.snapshot))
+
+    def backend(self, name: str) -> Any:
+        snapshot = self._do(self.controller.snapshot)
+        for service in snapshot.services:
+            for b in service.backends:
+                if b.name == name or f"{b.service}/{b.name.rpartition('/')[2]}" == name:
+                    return backend_json(b)
+        raise ApiError(404, f"no backend named {name!r}")
+
+    def events(self, limit: int = 100) -> Any:
+        return {"events": [event_json(e) for e in self._do(lambda: self.controller.events(limit))]}
+
+    def requests(self, limit: int = 20) -> Any:
+        return {
+            "requests": [request_json(r) for r in self._do(lambda: self.controller.recent_requests(limit))]
+        }
+
+    def set_state(self, name: str, action: str) -> Any:
+        state = {"enable": "ready", "drain": "drain", "maint": "maint"}.get(action, action)
+        return event_json(self._do(lambda: self.controller.set_state(name, state, ACTOR)))
+
+    def set_weight(self, name: str, weight: int) -> Any:
+        return event_json(self._do(lambda: self.controller.set_weight(name, weight, ACTOR)))
+
+    def add_backend(self, service: str, name: str, address: str, group: str, weight: int) -> Any:
+        return event_json(
+            self._do(lambda: self.controller.add_backend(service, name, address, group, weight, ACTOR))
+        )
+
+    def remove_backend(self, name: str) -> Any:
+        """The removal's first event; `ctl` exits after it, so this waits (within REMOVE_WAIT) for the
+        controller's last event of the removal (deleted, or why not): a removal that runs in this process, as
+        HAProxy's does, would otherwise stop half-way."""
+        event = self._do(lambda: self.controller.remove_backend(name, ACTOR))
+        deadline = time.monotonic() + REMOVE_WAIT
+        while time.monotonic() < deadline:
+            events = self._do(lambda: self.controller.events(MAX_EVENTS))
+            if any(
+                e.id > event.id
+                and e.action == "remove"
+                and e.target == event.target
+                and e.before == "removing"
+                for e in events
+            ):
+                break
+            time.sleep(WAIT_POLL)
+        return event_json(event)
+
+    def set_algorithm(self, service: str, algorithm: str) -> Any:
+        return event_json(self._do(lambda: self.controller.set_algorithm(service, algorithm, ACTOR)))
+
+    def set_split(self, service: str, split: dict[str, int]) -> Any:
+        return event_json(self._do(lambda: self.controller.set_split(service, split, ACTOR)))
+
+    def flip(self, service: str) -> Any:
+        return event_json(self._do(lambda: self.controller.flip(service, ACTOR)))
+
+    def reload(self) -> Any:
+        return self._do(lambda: self.controller.reload(ACTOR)).json()
+
+    def start_ramp(self, service: str) -> Any:
+        return event_json(self._do(lambda: self.controller.start_ramp(service, ACTOR)))
+
+    def abort_ramp(self, service: str) -> Any:
+        return event_json(self._do(lambda: self.controller.abort_ramp(service, ACTOR)))
+
+    def undo(self) -> Any:
+        return event_json(self._do(lambda: self.controller.undo(ACTOR)))
