@@ -83,8 +83,10 @@ async def test_the_snapshot_has_the_configs_servers_and_counts_the_traffic(hapro
         assert sum(b.status_classes[2] for b in later.service("app").backends) == 10
         # HAProxy's rtime is an average: it is said to be one, and no percentile is made of it.
         a = later.backend("a")
-        assert a.latency_avg_ms is not None and a.latency_avg_ms >= 0
-        assert math.isnan(a.window.p50_ms) and math.isnan(a.window.p99_ms)
+        assert a.latency_avg_ms is not None
+        assert a.latency_avg_ms >= 0
+        assert math.isnan(a.window.p50_ms)
+        assert math.isnan(a.window.p99_ms)
         assert later.extra["latency"] == LATENCY_LABEL == "avg (HAProxy, last 1024)"
         assert "connection_lost" not in later.extra
 
@@ -137,7 +139,8 @@ async def test_drain_enable_maint_and_weight_change_haproxy_with_events(haproxy)
         event = await call(c.enable, "app/a", "key")  # BACKEND/SERVER names it too
         assert (event.before, event.after) == ("maint", "ready")
         state = await server_state(h, "a")
-        assert not state.in_maint and not state.draining
+        assert not state.in_maint
+        assert not state.draining
 
         event = await call(c.set_weight, "b", 7, "key")
         assert (event.action, event.before, event.after) == ("weight", 1, 7)
@@ -244,7 +247,8 @@ async def test_add_and_remove_a_server(haproxy, backends):
         event = await call(c.add_backend, "app", "c", extra.address)
         assert (event.action, event.target, event.after["address"]) == ("add", "c", extra.address)
         state = await server_state(h, "c")
-        assert not state.in_maint and not state.draining  # made ready
+        assert not state.in_maint
+        assert not state.draining
         await snapshot_where(c, lambda s: "c" in [b.name for b in s.service("app").backends], "c polled")
         served = set()
         for _ in range(4):
