@@ -1,0 +1,111 @@
+"""`lbtui ctl --admin haproxy://...` against a real HAProxy: the admin API's output and exit codes, each change read
+back with the Runtime API client. Each run is a process of its own (`python -m lbtui`), as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from lbtui.haproxy.runtime import ServerState
+from tests.conftest import DEADLINE
+from tests.haproxy.conftest import HAProxy
+from tests.haproxy.test_runtime import get
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def ctl(*args: str) -> tuple[int, str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LBTUI_ADMIN", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lbtui",
+        "ctl",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with asyncio.timeout(DEADLINE * 3):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def server_state(h: HAProxy, server: str) -> ServerState:
+    return next(s for s in await h.client().show_servers_state("app") if s.server == server)
+
+
+async def test_state_json_has_the_admin_apis_shape(haproxy):
+    h = await haproxy(["a", "b"])
+    for _ in range(4):
+        assert (await get(h.frontend_port))[0] == 200
+    code, out, err = await ctl("--admin", str(h.unix), "state", "--json")
+    assert (code, err) == (0, "")
+    state = json.loads(out)
+    assert state["version"] == 1
+    [app] = state["services"]
+    assert (app["name"], app["algorithm"], app["requests"]) == ("app", "roundrobin", 4)
+    assert [(b["name"], b["admin_state"], b["health"], b["requests"]) for b in app["backends"]] == [
+        ("a", "ready", "no check", 2),
+        ("b", "ready", "no check", 2),
+    ]
+    assert app["backends"][0]["p99_ms"] is None  # no percentile from HAProxy
+    assert isinstance(app["backends"][0]["latency_avg_ms"], float)
+
+    code, out, err = await ctl("--admin", str(h.tcp), "state")
+    assert (code, err) == (0, "")
+    assert out.startswith("app: roundrobin")
+    assert "no check" in out
+
+
+async def test_drain_enable_maint_weight_and_events(haproxy):
+    h = await haproxy(["a", "b"])
+    sock = str(h.unix)
+    code, out, err = await ctl("--admin", sock, "drain", "a")
+    assert (code, out, err) == (0, "a: state ready -> drain\n", "")
+    assert (await server_state(h, "a")).draining
+    code, out, _ = await ctl("--admin", sock, "maint", "app/a")
+    assert (code, out) == (0, "app/a: state drain -> maint\n")
+    assert (await server_state(h, "a")).in_maint
+    code, out, _ = await ctl("--admin", sock, "enable", "a")
+    assert (code, out) == (0, "a: state maint -> ready\n")
+    code, out, _ = await ctl("--admin", sock, "weight", "b", "9")
+    assert (code, out) == (0, "b: weight 1 -> 9\n")
+    assert (await server_state(h, "b")).uweight == 9
+    code, out, _ = await ctl("--admin", sock, "drain", "b", "--wait", "--timeout", "5s")
+    assert code == 0
+    assert out.endswith("b: 0 in flight\nb: drained\n")
+
+    # The events of one ctl run are that run's: each process has a controller of its own. What the others did
+    # is seen by a later one only as HAProxy's state, so `events` lists nothing it did not see change.
+    code, out, err = await ctl("--admin", sock, "events")
+    assert (code, out, err) == (0, "no events\n", "")
+
+
+async def test_refusals_and_unreachable_are_one_line_and_exit_1(haproxy, tmp_path):
+    h = await haproxy(["a"])
+    code, out, err = await ctl("--admin", str(h.unix), "drain", "nosuch")
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert "no server named 'nosuch'" in err
+    code, _, err = await ctl("--admin", str(h.unix), "algorithm", "app", "leastconn")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "HAProxy cannot change `balance` at runtime" in err
+    code, _, err = await ctl("--admin", str(h.unix), "weight", "a", "300")
+    assert code == 1
+    assert "0-256" in err
+    code, _, err = await ctl("--admin", f"haproxy://{tmp_path}/none.sock", "state")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "unreachable" in err
+    code, _, err = await ctl("--admin", "haproxy://nowhere", "state")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "not a HAProxy Runtime API address" in err
+    assert "Traceback" not in err
