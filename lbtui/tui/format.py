@@ -41,6 +41,26 @@ HEALTH_STYLE = {
     "going_down": "health-going",
     "ejected": "health-ejected",
 }
+# HAProxy's own status words (a HAProxy controller shows them as HAProxy says them): "UP 1/3" is up and failing
+# checks, "DOWN 1/2" down and passing them: on their way, as going_down / going_up.
+HAPROXY_HEALTH_STYLE = {
+    "UP": "health-up",
+    "DOWN": "health-down",
+    "NOLB": "health-drain",
+    "DRAIN": "health-drain",
+    "MAINT": "health-maint",
+}
+
+
+def health_style(health: str) -> str:
+    """The semantic style of a health word: lbtui's, or HAProxy's."""
+    style = HEALTH_STYLE.get(health)
+    if style is not None:
+        return style
+    word, _, progress = health.partition(" ")
+    if progress[:1].isdigit() and word in ("UP", "DOWN"):
+        return "health-going"
+    return HAPROXY_HEALTH_STYLE.get(word, "")
 # Latency and 5xx cells take latency-warn / errors-warn at these, then latency-bad / errors-bad; below, no
 # colour (green is for health only).
 LATENCY_WARN_MS = 100.0
@@ -93,7 +113,7 @@ def backend_cells(
         "group": b.group,
         "address": b.address,
         "state": Text.styled(state, colours.get(STATE_STYLE.get(b.admin_state, ""), "")),
-        "health": Text.styled(health, colours.get(HEALTH_STYLE.get(b.health, ""), "")),
+        "health": Text.styled(health, colours.get(health_style(b.health), "")),
         "weight": str(b.weight),
         "in_flight": str(b.in_flight),
         "rps": f"{b.window.rps:.1f}",

@@ -271,3 +271,14 @@ async def test_add_and_remove_a_server(haproxy, backends):
             ("state", "drain", "maint"),
             ("remove", "removing", None),
         ]
+
+
+async def test_drain_then_maint_goes_to_maint_once_quiet(haproxy):
+    h = await haproxy(["a", "b"])
+    async with controlling(h) as c:
+        await call(c.snapshot)
+        event = await call(c.drain_then_maint, "a", "key")
+        assert (event.before, event.after, event.note) == ("ready", "drain", "then maint once drained")
+        maint = await event_where(c, lambda e: e.after == "maint", "maint once drained")
+        assert (maint.before, maint.note) == ("drain", "drained")
+        assert (await server_state(h, "a")).in_maint

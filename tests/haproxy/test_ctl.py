@@ -109,3 +109,22 @@ async def test_refusals_and_unreachable_are_one_line_and_exit_1(haproxy, tmp_pat
     assert err.count("\n") == 1
     assert "not a HAProxy Runtime API address" in err
     assert "Traceback" not in err
+
+
+async def test_add_and_remove(haproxy, backends):
+    h = await haproxy(["a"])
+    extra = await backends("c")
+    code, out, err = await ctl("--admin", str(h.unix), "add", "app", "c", extra.address, "--weight", "4")
+    assert (code, err) == (0, "")
+    assert out == f"c: added to app ({extra.address}, group default, weight 4)\n"
+    state = await server_state(h, "c")
+    assert state.uweight == 4
+    assert not state.in_maint
+    code, out, err = await ctl("--admin", str(h.unix), "add", "app", "d", "999.1.1.1:80")
+    assert code == 1
+    assert "not a server address" in err
+    code, out, err = await ctl("--admin", str(h.unix), "remove", "c")
+    assert (code, err) == (0, "")
+    assert out.startswith("c: removing")
+    # The removal finished before ctl exited: HAProxy has no server c any more.
+    assert [s.server for s in await h.client().show_servers_state("app")] == ["a"]
