@@ -109,6 +109,7 @@ class HaproxyController(Controller):
         self._last: Snapshot | None = None
         self._lost = ""
         self._first_poll = threading.Event()
+        self._closed = False
         # Loop-thread state (touched only on the controller's loop):
         self._known: dict[tuple[str, str], _Known] = {}
         self._info: Info | None = None
@@ -140,8 +141,9 @@ class HaproxyController(Controller):
 
     def close(self) -> None:
         """Stop polling, stop the loop and its thread (HAProxy goes on running)."""
-        if self._loop.is_closed():
+        if self._closed:
             return
+        self._closed = True
         try:
             self._loop.call_soon_threadsafe(self._loop.stop)
         except RuntimeError:
@@ -162,7 +164,7 @@ class HaproxyController(Controller):
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the controller's loop; wait for it at most the deadline of a change."""
         deadline = self._timeout * CHANGE_CALLS
-        if self._loop.is_closed():
+        if self._closed:
             coro.close()
             raise ControlError(f"{self.url}: the controller is closed")
 
@@ -170,9 +172,11 @@ class HaproxyController(Controller):
             async with asyncio.timeout(deadline):
                 return await coro
 
+        wrapped = bounded()
         try:
-            future = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
-        except RuntimeError:
+            future = asyncio.run_coroutine_threadsafe(wrapped, self._loop)
+        except RuntimeError:  # the loop closed meanwhile
+            wrapped.close()
             coro.close()
             raise ControlError(f"{self.url}: the controller is closed") from None
         try:
@@ -199,6 +203,8 @@ class HaproxyController(Controller):
                 self._lost = ""
             except (RuntimeUnreachable, RuntimeCommandError, TimeoutError) as error:
                 self._lost = str(error) or f"{self.url}: no answer within {self._timeout:g}s"
+            except Exception as error:  # an answer this code cannot read: said, and the polls go on
+                self._lost = f"{self.url}: {type(error).__name__}: {error}"
             finally:
                 self._first_poll.set()
             await asyncio.sleep(max(0.0, self._poll_seconds - (self._loop.time() - started)))
@@ -430,6 +436,8 @@ class HaproxyController(Controller):
     # -- changes -------------------------------------------------------------------------------------------
     def _resolve(self, name: str) -> tuple[str, str]:
         """A row name, or BACKEND/SERVER, to HAProxy's (backend, server), by the last poll."""
+        if self._closed:
+            raise ControlError(f"{self.url}: the controller is closed")
         self.snapshot()  # the first poll has been made (or the reason it could not)
         key = self._names.get(name)
         if key is not None:
@@ -567,15 +575,6 @@ class HaproxyController(Controller):
             self._record(actor, "remove", target, "removing", "failed", str(error))
         finally:
             self._removing.discard(key)
-
-    def wait_removed(self, backend: str, timeout: float) -> bool:
-        """True once `backend` is no longer a server of HAProxy's (for `ctl remove`, which exits after)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not any(k for k in self._removing if backend in (k[1], f"{k[0]}/{k[1]}")):
-                return True
-            time.sleep(self._poll_seconds / 5)
-        return False
 
     # -- what HAProxy cannot do at runtime, or lbtui does not do on it yet ----------------------------------
     def set_algorithm(self, service: str, algorithm: str, actor: str = "api") -> Event:

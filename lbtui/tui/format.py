@@ -61,6 +61,8 @@ def health_style(health: str) -> str:
     if progress[:1].isdigit() and word in ("UP", "DOWN"):
         return "health-going"
     return HAPROXY_HEALTH_STYLE.get(word, "")
+
+
 # Latency and 5xx cells take latency-warn / errors-warn at these, then latency-bad / errors-bad; below, no
 # colour (green is for health only).
 LATENCY_WARN_MS = 100.0

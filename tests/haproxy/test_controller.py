@@ -211,6 +211,9 @@ async def test_a_socket_that_never_answered_says_why(tmp_path):
             await call(c.snapshot)
     finally:
         await call(c.close)
+    assert not c._thread.is_alive()  # close() stopped the loop and its thread
+    with pytest.raises(ControlError, match="closed"):
+        await call(c.set_weight, "a", 2)
     with pytest.raises(ValueError, match="not a HAProxy Runtime API address"):
         HaproxyController("haproxy://nowhere")
 
