@@ -9,6 +9,7 @@ test's loop (which runs the demo backends HAProxy sends traffic to) never stops.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ import pytest
 
 from lbtui.core.control import ControlError, Event, Invalid, NotFound
 from lbtui.core.views import Snapshot
+from lbtui.demo.backends import Profile
 from lbtui.haproxy.controller import LATENCY_LABEL, SOCKET_ACTOR, HaproxyController
 from lbtui.haproxy.runtime import RuntimeClient, ServerState
 from tests.conftest import DEADLINE, wait_for
@@ -285,3 +287,29 @@ async def test_drain_then_maint_goes_to_maint_once_quiet(haproxy):
         maint = await event_where(c, lambda e: e.after == "maint", "maint once drained")
         assert (maint.before, maint.note) == ("drain", "drained")
         assert (await server_state(h, "a")).in_maint
+
+
+async def test_a_drain_under_load_counts_in_flight_down_with_no_failed_request(haproxy):
+    h = await haproxy(["a", "b"])
+    for server in h.servers.values():
+        server.profile = Profile(latency=0.4)  # requests that stay in flight across several polls
+    async with controlling(h) as c:
+        await call(c.snapshot)
+        requests = [asyncio.create_task(get(h.frontend_port)) for _ in range(8)]
+        await snapshot_where(c, lambda s: s.backend("a").in_flight == 4, "4 requests in flight on a")
+        await call(c.drain, "a", "key")
+        seen: list[int] = []
+
+        def drained() -> bool:
+            b = c.snapshot().backend("a")
+            if not seen or seen[-1] != b.in_flight:
+                seen.append(b.in_flight)
+            return b.admin_state == "drain" and b.in_flight == 0
+
+        await wait_for(drained, what="a drained")
+        assert seen[0] == 4
+        assert seen[-1] == 0
+        assert seen == sorted(seen, reverse=True)  # counts down, never up: no new request went to a
+        assert [(await task)[0] for task in requests] == [200] * 8
+        for _ in range(4):
+            assert json.loads((await get(h.frontend_port))[1])["backend"] == "b"
