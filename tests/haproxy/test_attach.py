@@ -10,6 +10,7 @@ import pytest
 from lbtui.cli import main
 from lbtui.haproxy.controller import HaproxyController
 from lbtui.tui.app import Dashboard
+from lbtui.tui.format import health_style
 from lbtui.tui.table import Table
 from tests.conftest import wait_for
 from tests.haproxy.test_runtime import get
@@ -77,3 +78,18 @@ async def test_attach_to_a_bad_or_silent_socket_exits_1_with_one_line(capsys, tm
     assert (code, out) == (1, "")
     assert err.startswith(f"lbtui: attach: haproxy://{tmp_path}/none.sock: unreachable")
     assert err.count("\n") == 1
+
+
+def test_haproxys_health_words_take_lbtuis_colours():
+    assert [health_style(w) for w in ("UP", "DOWN", "UP 1/3", "DOWN 1/2", "NOLB", "DRAIN", "MAINT")] == [
+        "health-up",
+        "health-down",
+        "health-going",
+        "health-going",
+        "health-drain",
+        "health-drain",
+        "health-maint",
+    ]
+    assert health_style("no check") == ""
+    assert health_style("MAINT (via app/a)") == "health-maint"
+    assert health_style("going_down") == "health-going"  # lbtui's own words as before
