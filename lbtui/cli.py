@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "url",
         nargs="?",
         metavar="URL",
-        help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901)",
+        help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901), or a HAProxy stats socket: "
+        "haproxy:///path/admin.sock or haproxy://HOST:PORT",
     )
     attach.add_argument(
         "--token-env",
@@ -144,7 +145,8 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--admin",
         metavar="URL",
         default=argparse.SUPPRESS,
-        help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901)",
+        help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901), or a HAProxy stats socket: "
+        "haproxy:///path/admin.sock or haproxy://HOST:PORT",
     )
     common.add_argument(
         "--token-env",

@@ -81,14 +81,19 @@ def format_state(state: dict[str, Any]) -> str:
     lines: list[str] = []
     for service in state.get("services", []):
         split = service.get("split")
+        # An engine with an average latency only (HAProxy's rtime): that column, under its own name.
+        average = any(b.get("latency_avg_ms") is not None for b in service.get("backends", []))
         head = f"{service['name']}: {service['algorithm']}"
         if split:
             head += f", split {_value(split)}"
-        head += f", {_rate(service.get('rps'))} req/s, p99 {_ms(service.get('p99_ms'))}"
+        head += f", {_rate(service.get('rps'))} req/s"
+        if not average:
+            head += f", p99 {_ms(service.get('p99_ms'))}"
         if service.get("panic"):
             head += ", PANIC (too few healthy)"
         lines.append(head)
-        rows = [["NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", "IN-FLIGHT", "REQ/S", "P99"]]
+        latency = "AVG MS (HAPROXY, LAST 1024)" if average else "P99"
+        rows = [["NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", "IN-FLIGHT", "REQ/S", latency]]
         for b in service.get("backends", []):
             admin_state = f"{b['admin_state']}" + (" (removing)" if b.get("removing") else "")
             rows.append(
@@ -100,7 +105,7 @@ def format_state(state: dict[str, Any]) -> str:
                     str(b["weight"]),
                     str(b["in_flight"]),
                     _rate(b.get("rps")),
-                    _ms(b.get("p99_ms")),
+                    _milliseconds(b.get("latency_avg_ms")) if average else _ms(b.get("p99_ms")),
                 ]
             )
         lines.extend(_table(rows))

@@ -59,8 +59,15 @@ async def test_state_json_has_the_admin_apis_shape(haproxy):
 
     code, out, err = await ctl("--admin", str(h.tcp), "state")
     assert (code, err) == (0, "")
-    assert out.startswith("app: roundrobin")
-    assert "no check" in out
+    assert out.startswith("app: roundrobin, ")
+    assert "p99" not in out.lower()  # HAProxy gives no percentile: its average, under its own name
+    header, a, b = out.splitlines()[1:4]
+    assert header.split() == [
+        *("NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", "IN-FLIGHT", "REQ/S"),
+        *("AVG", "MS", "(HAPROXY,", "LAST", "1024)"),
+    ]
+    assert a.split()[:4] == ["a", "default", "ready", "no"]
+    assert b.split()[0] == "b"
 
 
 async def test_drain_enable_maint_weight_and_events(haproxy):
