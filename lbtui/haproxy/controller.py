@@ -20,7 +20,8 @@ Invariants:
 - Polls and changes are serialised on the loop (one lock): a poll never reads a state half-way through a change.
   Every change made here is an Event with before/after read from HAProxy (after: read back). A state or weight
   that differs on a poll from what was known, and that nobody here changed, is an Event of actor
-  "haproxy socket" (someone else on the socket). A new HAProxy process is an Event "haproxy restarted" with the
+  "haproxy socket" (someone else on the socket); so is a server that appeared or vanished between two polls of
+  the same process. A new HAProxy process is an Event "haproxy restarted" with the
   pids before and after.
 - Headless: imports nothing of textual, rich or httpx, and nothing above the core but this package.
 """
@@ -113,6 +114,7 @@ class HaproxyController(Controller):
         # Loop-thread state (touched only on the controller's loop):
         self._known: dict[tuple[str, str], _Known] = {}
         self._info: Info | None = None
+        self._info_seen = False  # a poll has read this process's servers (the next poll's new ones are news)
         self._counted: dict[tuple[str, str], tuple[float, int, int]] = {}  # (time, stot, 5xx) last poll
         self._names: dict[str, tuple[str, str]] = {}  # row name -> (backend, server), from the last poll
         self._drain_since: dict[tuple[str, str], float] = {}
@@ -226,12 +228,27 @@ class HaproxyController(Controller):
             )
             self._counted.clear()
             self._known.clear()  # its servers are as its config says now: not someone's change
+            self._info_seen = False
         self._info = info
         by_server = {(s.backend, s.server): s for s in states}
         known: dict[tuple[str, str], _Known] = {}
+        first = self._info_seen is False
+        self._info_seen = True
+        for key in self._known.keys() - by_server.keys():
+            target = self._name_of(key, {**by_server, key: None})
+            self._record(SOCKET_ACTOR, "remove", target, "present", None, "seen on the socket: deleted")
         for key, s in by_server.items():
             seen = _Known(_admin_state(s), _int(s.uweight))
             before = self._known.get(key)
+            if before is None and not first:
+                target = self._name_of(key, by_server)
+                after = {
+                    "service": key[0],
+                    "address": f"{s.addr}:{s.port}",
+                    "group": "default",
+                    "weight": seen.weight,
+                }
+                self._record(SOCKET_ACTOR, "add", target, None, after, f"seen on the socket: {seen.state}")
             if before is not None:
                 target = self._name_of(key, by_server)
                 if before.state != seen.state:

@@ -178,6 +178,15 @@ async def test_a_change_made_on_the_socket_by_someone_else_is_an_event(haproxy):
         assert (weight.actor, weight.target, weight.before, weight.after) == (SOCKET_ACTOR, "a", 1, 3)
         assert c.snapshot().backend("b").admin_state == "drain"
 
+        await other.add_server("app", "c", "127.0.0.1:9")
+        added = await event_where(c, lambda e: e.action == "add", "the new server seen")
+        assert (added.actor, added.target, added.before) == (SOCKET_ACTOR, "c", None)
+        assert added.after["address"] == "127.0.0.1:9"
+        await other.set_state("app", "c", "maint")
+        await other.del_server("app", "c")
+        removed = await event_where(c, lambda e: e.action == "remove", "the server's deletion seen")
+        assert (removed.actor, removed.target, removed.after) == (SOCKET_ACTOR, "c", None)
+
 
 async def test_unreachable_keeps_the_last_snapshot_and_a_restart_is_an_event(haproxy):
     h = await haproxy(["a"])
