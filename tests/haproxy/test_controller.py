@@ -301,7 +301,7 @@ async def test_drain_then_maint_goes_to_maint_once_quiet(haproxy):
 async def test_a_drain_under_load_counts_in_flight_down_with_no_failed_request(haproxy):
     h = await haproxy(["a", "b"])
     for server in h.servers.values():
-        server.profile = Profile(latency=0.4)  # requests that stay in flight across several polls
+        server.profile = Profile(latency=1.0)  # requests that stay in flight across many polls
     async with controlling(h) as c:
         await call(c.snapshot)
         requests = [asyncio.create_task(get(h.frontend_port)) for _ in range(8)]
@@ -320,5 +320,6 @@ async def test_a_drain_under_load_counts_in_flight_down_with_no_failed_request(h
         assert seen[-1] == 0
         assert seen == sorted(seen, reverse=True)  # counts down, never up: no new request went to a
         assert [(await task)[0] for task in requests] == [200] * 8
+        h.servers["b"].profile = Profile()
         for _ in range(4):
             assert json.loads((await get(h.frontend_port))[1])["backend"] == "b"
