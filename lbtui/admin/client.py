@@ -117,6 +117,10 @@ class AdminClient:
     """One kept-alive connection to the admin API at `url`; from one thread. `identify=False` skips the
     identifying request (a second client of a URL another one identified); the header is checked anyway."""
 
+    # `ctl drain --wait`: reads in a row with nothing in flight that make a backend drained (the engine counts
+    # its requests exactly: one).
+    quiet_reads = 1
+
     def __init__(
         self,
         url: str,

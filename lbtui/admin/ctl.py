@@ -213,6 +213,10 @@ class Ctl:
         """Poll the backend until nothing is in flight; print the count as it goes down."""
         deadline = time.monotonic() + timeout
         last: int | None = None
+        # Reads in a row with nothing in flight before it is drained: lbtui's engine counts exactly (one read);
+        # a polled engine (HAProxy) is drained when scur stays 0 across several of its polls.
+        quiet_reads = self.client.quiet_reads
+        quiet = 0
         while True:
             try:
                 in_flight = int(self.client.backend(name)["in_flight"])
@@ -227,7 +231,8 @@ class Ctl:
                 else:
                     self.say(f"{name}: {in_flight} in flight")
                 last = in_flight
-            if in_flight == 0:
+            quiet = quiet + 1 if in_flight == 0 else 0
+            if quiet >= quiet_reads:
                 if not self.json:
                     self.say(f"{name}: drained")
                 return 0

@@ -4,6 +4,8 @@ place of the admin API's AdminClient.
 Invariants:
 - The same methods as AdminClient's that `ctl` calls, answering the same JSON as the admin API would
   (admin/schema.py): `ctl`'s output and exit codes are the same whatever it steers.
+- `drain --wait` on a polled engine: each `backend()` read is a poll of its own, and `quiet_reads` of them in a
+  row with nothing in flight make it drained.
 - A refusal is an ApiError of the status the admin API gives its class (NotFound 404, Conflict 409, Invalid 400);
   any other ControlError (unreachable, no answer in time) is an Unreachable: one line, exit 1.
 """
@@ -23,6 +25,7 @@ T = TypeVar("T")
 ACTOR: Final = "ctl"
 REMOVE_WAIT: Final = 90.0  # past the controller's own deadline for a drain (HAProxy's: 60 s)
 WAIT_POLL: Final = 0.1
+NEW_POLL_WAIT: Final = 5.0  # backend() waits this long at most for a new poll
 MAX_EVENTS: Final = 1000
 _STATUS: dict[type[ControlError], int] = {NotFound: 404, Conflict: 409, Invalid: 400}
 
@@ -30,9 +33,14 @@ _STATUS: dict[type[ControlError], int] = {NotFound: 404, Conflict: 409, Invalid:
 class ControllerClient:
     """AdminClient's face over `controller`; close() closes the controller."""
 
+    # `ctl drain --wait`: a polled engine (HAProxy) is drained once nothing is in flight on this many polls in a
+    # row (a request between two polls is not seen by either).
+    quiet_reads = 3
+
     def __init__(self, controller: Controller, close: Callable[[], None]) -> None:
         self.controller = controller
         self._close = close
+        self._read_at = -1.0  # the time of the snapshot backend() read last
 
     def close(self) -> None:
         self._close()
@@ -50,7 +58,14 @@ class ControllerClient:
         return snapshot_json(self._do(self.controller.snapshot))
 
     def backend(self, name: str) -> Any:
+        """The backend as the next snapshot has it: each read is a poll of its own (see quiet_reads), so this
+        waits for a snapshot newer than the last one read (at most NEW_POLL_WAIT)."""
+        deadline = time.monotonic() + NEW_POLL_WAIT
         snapshot = self._do(self.controller.snapshot)
+        while snapshot.time == self._read_at and time.monotonic() < deadline:
+            time.sleep(WAIT_POLL / 2)
+            snapshot = self._do(self.controller.snapshot)
+        self._read_at = snapshot.time
         for service in snapshot.services:
             for b in service.backends:
                 if b.name == name or f"{b.service}/{b.name.rpartition('/')[2]}" == name:

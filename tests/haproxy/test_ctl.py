@@ -9,6 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
+from lbtui.demo.backends import Profile
 from lbtui.haproxy.runtime import ServerState
 from tests.conftest import DEADLINE
 from tests.haproxy.conftest import HAProxy
@@ -135,3 +138,29 @@ async def test_add_and_remove(haproxy, backends):
     assert out.startswith("c: removing")
     # The removal finished before ctl exited: HAProxy has no server c any more.
     assert [s.server for s in await h.client().show_servers_state("app")] == ["a"]
+
+
+@pytest.mark.slow
+async def test_drain_wait_counts_down_and_times_out_with_exit_3(haproxy):
+    h = await haproxy(["a", "b"])
+    # Longer than the first ctl run takes under load: its 0.2 s must pass with both still in flight.
+    h.servers["a"].profile = Profile(latency=5.0)
+    requests = [asyncio.create_task(get(h.frontend_port)) for _ in range(4)]  # 2 of them on a, for 5 s
+    client = h.client()
+
+    async def a_busy() -> bool:
+        rows = await client.show_stat()
+        return next(r for r in rows if r.svname == "a").scur == 2
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while not await a_busy():
+        assert loop.time() < deadline, "2 requests in flight on a"
+    code, out, err = await ctl("--admin", str(h.unix), "drain", "a", "--wait", "--timeout", "0.2s")
+    assert code == 3
+    assert out.startswith("a: state ready -> drain\na: 2 in flight\n")
+    assert err == "lbtui ctl: a: still 2 in flight after 0.2s\n"
+    code, out, err = await ctl("--admin", str(h.unix), "drain", "a", "--wait", "--timeout", "20s")
+    assert (code, err) == (0, "")
+    assert out.endswith("a: 0 in flight\na: drained\n")
+    assert [(await task)[0] for task in requests] == [200] * 4  # none failed
