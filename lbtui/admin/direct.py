@@ -76,9 +76,11 @@ class ControllerClient:
         return {"events": [event_json(e) for e in self._do(lambda: self.controller.events(limit))]}
 
     def requests(self, limit: int = 20) -> Any:
-        return {
-            "requests": [request_json(r) for r in self._do(lambda: self.controller.recent_requests(limit))]
-        }
+        requests = self._do(lambda: self.controller.recent_requests(limit))
+        unwired = self._do(self.controller.snapshot).extra.get("request_log")
+        if not requests and unwired:  # not "no requests yet": there will be none to list
+            raise ApiError(409, f"no requests to list: the request log is {unwired}")
+        return {"requests": [request_json(r) for r in requests]}
 
     def set_state(self, name: str, action: str) -> Any:
         state = {"enable": "ready", "drain": "drain", "maint": "maint"}.get(action, action)

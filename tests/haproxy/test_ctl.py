@@ -107,6 +107,12 @@ async def test_refusals_and_unreachable_are_one_line_and_exit_1(haproxy, tmp_pat
     assert code == 1
     assert err.count("\n") == 1
     assert "HAProxy cannot change `balance` at runtime" in err
+    code, out, err = await ctl("--admin", str(h.unix), "requests")
+    assert (code, out) == (1, "")
+    assert "the request log is not wired" in err
+    code, _, err = await ctl("--admin", str(h.unix), "undo")
+    assert code == 1
+    assert "undo is not available on HAProxy yet" in err
     code, _, err = await ctl("--admin", str(h.unix), "weight", "a", "300")
     assert code == 1
     assert "0-256" in err
