@@ -323,3 +323,28 @@ async def test_a_drain_under_load_counts_in_flight_down_with_no_failed_request(h
         h.servers["b"].profile = Profile()
         for _ in range(4):
             assert json.loads((await get(h.frontend_port))[1])["backend"] == "b"
+
+
+async def test_5xx_share_comes_from_the_counters_between_polls(haproxy):
+    h = await haproxy(["a", "b"])
+    h.servers["a"].profile = Profile(error_rate=1.0)
+    async with controlling(h, poll=0.3) as c:  # polls far apart next to wait_for's 5 ms: each one is seen
+        await call(c.snapshot)
+        for _ in range(10):
+            await get(h.frontend_port)
+        windows: dict[str, dict[float, tuple[int, int]]] = {"a": {}, "b": {}}
+
+        def counted() -> bool:
+            snapshot = c.snapshot()
+            for name, seen in windows.items():
+                w = snapshot.backend(name).window
+                seen[snapshot.time] = (w.requests, w.errors)
+            return all(sum(r for r, _ in seen.values()) == 5 for seen in windows.values())
+
+        await wait_for(counted, what="the 10 requests in the polls' windows")
+        assert sum(e for _, e in windows["a"].values()) == 5
+        assert sum(e for _, e in windows["b"].values()) == 0
+        a = c.snapshot().backend("a")
+        assert a.status_classes[5] == 5
+        busy = [(r, e) for r, e in windows["a"].values() if r]
+        assert all(e == r for r, e in busy)  # every one of a's answers was a 5xx: its share is 100%
