@@ -8,6 +8,7 @@ always next to a word: a colour is never the only sign.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 
@@ -396,9 +397,13 @@ def status_line(snapshot: Snapshot, flags: tuple[str, ...] = ()) -> str:
     requests = sum(s.window.requests for s in snapshot.services)
     errors = sum(s.window.errors for s in snapshot.services)
     rps = sum(s.window.rps for s in snapshot.services)
-    p99 = max((s.window.p99_ms for s in snapshot.services), default=0.0)
+    # No percentiles where the engine has none (HAProxy without its request log: NaN): its rows show averages.
+    p99s = [s.window.p99_ms for s in snapshot.services if not math.isnan(s.window.p99_ms)]
     uptime = time.strftime("%H:%M:%S", time.gmtime(snapshot.uptime))
     ratio = f"{100.0 * errors / requests:.1f}%" if requests else "-"
-    latency = f"{ms(p99)} ms" if requests else "-"
-    line = f"{listeners} │ {rps:.1f} req/s │ 5xx {ratio} │ p99 {latency} │ up {uptime}"
+    if not p99s and snapshot.services:
+        latency = "latency: avg per row"
+    else:
+        latency = f"p99 {ms(max(p99s, default=0.0))} ms" if requests else "p99 -"
+    line = f"{listeners} │ {rps:.1f} req/s │ 5xx {ratio} │ {latency} │ up {uptime}"
     return " │ ".join((line, *flags))

@@ -37,6 +37,9 @@ async def test_the_dashboard_shows_and_steers_haproxy(haproxy):
             await wait_for(lambda: str(table.get_cell("a", "requests")) == "3", what="a's requests shown")
             assert str(table.get_cell("a", "health")) == "no check"
             assert "latency: avg (HAProxy, last 1024)" in str(app.query_one("#services").render())
+            header = str(app.query_one("#status").render())
+            assert "latency: avg per row" in header  # no percentile to show: never "p99 nan"
+            assert "nan" not in header
 
             await pilot.press("d")  # the cursor is on a
             states = await h.client().show_servers_state("app")
