@@ -56,8 +56,6 @@ class GatewayRequest(Protocol):
     url: bytes
     headers: list[tuple[bytes, bytes]]  # as the client sent them, its Host in normal form
     req_framing: int  # lbtui.http's NO_BODY, LENGTH, CHUNKED
-    done: bool  # answered, or its client left
-    status: int  # the response's, once its head came
     service: Service | None
     backend: Backend | None  # the backend of its current attempt
     consumer: bytes  # who auth said the client is (b"": no one)
