@@ -44,7 +44,9 @@ class Member:
     remembered: int = 0  # its last weight above 0, as far as this controller saw
 
 
-def shares(members: Sequence[Member], groups: Sequence[str], weights: Mapping[str, int] | None = None) -> dict[str, int]:
+def shares(
+    members: Sequence[Member], groups: Sequence[str], weights: Mapping[str, int] | None = None
+) -> dict[str, int]:
     """Each group's share of the ready servers' weights (`weights` by server, else each member's own), in whole
     percent adding up to 100, in `groups`' order."""
     total_of = {group: 0 for group in groups}
@@ -66,9 +68,7 @@ def _percents(amounts: Mapping[str, int | float]) -> dict[str, int]:
     return whole
 
 
-def plan(
-    members: Sequence[Member], split: Mapping[str, int], backend: str, algorithm: str
-) -> dict[str, int]:
+def plan(members: Sequence[Member], split: Mapping[str, int], backend: str, algorithm: str) -> dict[str, int]:
     """The weight of each server (by name) that makes the shares `split` (whole percent per group, adding up to
     100, every group named: the caller checked). Raises SplitRefused when this backend cannot have it."""
     by_group: dict[str, list[Member]] = {group: [] for group in split}

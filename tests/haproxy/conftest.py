@@ -155,6 +155,15 @@ class HAProxy:
             shutil.rmtree(self.short_folder, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def audit_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every HaproxyController of a test (and every `lbtui ctl` it runs) keeps its audit file under tmp_path,
+    never in the real home."""
+    folder = tmp_path / "audit"
+    monkeypatch.setenv("LBTUI_HAPROXY_AUDIT_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 async def haproxy(
     tmp_path: Path, backends: Callable[..., Awaitable[DemoBackend]]
