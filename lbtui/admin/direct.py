@@ -134,6 +134,7 @@ class ControllerClient:
         it): stay until it ends, showing each of its events; 0 once done, 1 rolled back or aborted. Ctrl-C aborts
         it (the split goes back to what it was before the ramp)."""
         last = int(start["id"])
+        shown_by = time.monotonic() + NEW_POLL_WAIT  # the ramp is on the snapshot after the next poll
         try:
             while True:
                 events = self._do(lambda: self.controller.events(MAX_EVENTS))
@@ -144,8 +145,10 @@ class ControllerClient:
                 view = next(
                     (v for v in self._do(self.controller.snapshot).services if v.name == service), None
                 )
-                if view is None or view.ramp is None or view.ramp.state != RUNNING:
-                    return 0 if view is not None and view.ramp is not None and view.ramp.state == DONE else 1
+                if view is None or (view.ramp is None and time.monotonic() > shown_by):
+                    return 1
+                if view.ramp is not None and view.ramp.state != RUNNING:
+                    return 0 if view.ramp.state == DONE else 1
                 time.sleep(WAIT_POLL)
         except KeyboardInterrupt:
             show(self.abort_ramp(service))

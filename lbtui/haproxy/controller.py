@@ -970,13 +970,17 @@ class HaproxyController(Controller):
         for b in view.backends:
             key = self._names.get(b.name) or (service, b.name)
             now = self._counted.get(key)
-            mark = marks.get(key)
             if now is None:
                 rows.append(b)
                 continue
-            requests, errors = now[1] - (mark[0] if mark else now[1]), now[2] - (mark[1] if mark else now[2])
+            # A server not counted when the step began (added since) has served all of its requests in it.
+            mark = marks.get(key, (0, 0))
+            requests, errors = now[1] - mark[0], now[2] - mark[1]
             if requests < 0 or errors < 0:  # counters started again (a restart): from zero
                 requests, errors = now[1], now[2]
+            # `stot` counts a request when it begins, `hrsp_5xx` when it is answered: never more errors than
+            # requests in a window that began between the two.
+            errors = min(errors, requests)
             rows.append(replace(b, window=replace(b.window, requests=requests, errors=errors)))
         return replace(view, backends=tuple(rows))
 
@@ -1082,7 +1086,7 @@ class HaproxyController(Controller):
     async def _revert(self, entry: Entry) -> Event:
         e = entry.event
         key = _key(entry.extra.get("key"))
-        note = f"undoes #{e.id}: {e.describe()}"
+        note = f"undoes #{e.id} ({e.actor}: {e.action} {e.target})"
         if e.action in ("state", "weight") and key is not None:
             if not any(k == key for k in self._names.values()):
                 raise NotFound(f"{e.target} is gone")
