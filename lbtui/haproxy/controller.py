@@ -580,7 +580,8 @@ class HaproxyController(Controller):
                 if server_key is not None and known is not None and isinstance(weight, int):
                     self._known[server_key] = _Known(known.state, weight)
         if e.action in ("split", "flip", "ramp") and e.target in self._ramps:
-            self._stop_ramp(e.target, f"{e.action} by {e.actor} in another lbtui process")
+            split = e.after if isinstance(e.after, dict) else None
+            self._stop_ramp(e.target, f"{e.action} by {e.actor} in another lbtui process", split=split)
 
     def events(self, limit: int = 100) -> list[Event]:
         with self._lock:
@@ -1023,15 +1024,18 @@ class HaproxyController(Controller):
                 ramp=self._ramp_meta(ramp),
             )
 
-    def _stop_ramp(self, service: str, reason: str, actor: str = "ramp") -> None:
+    def _stop_ramp(
+        self, service: str, reason: str, actor: str = "ramp", split: dict[str, int] | None = None
+    ) -> None:
         """A split changed by hand (here, on the socket, or by another lbtui) ends the ramp: the operator has
-        taken over."""
+        taken over. `split`: the split now, where known better than by the last poll."""
         ramp = self._ramps.get(service)
         if ramp is None or ramp.state != RUNNING:
             return
         ramp.finish(ABORTED, reason)
-        view = next((v for v in self._last.services if v.name == service), None) if self._last else None
-        split = dict(view.split) if view is not None and view.split else None
+        if split is None:
+            view = next((v for v in self._last.services if v.name == service), None) if self._last else None
+            split = dict(view.split) if view is not None and view.split else None
         self._record(actor, "ramp", service, split, split, f"aborted: {reason}", ramp=self._ramp_meta(ramp))
 
     def abort_ramp(self, service: str, actor: str = "api") -> Event:
