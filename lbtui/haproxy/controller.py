@@ -616,7 +616,9 @@ class HaproxyController(Controller):
         if last is None:
             raise ControlError(lost or f"{self.url}: no answer yet")
         if lost:
-            return replace(last, extra={**last.extra, "connection_lost": lost})
+            last = replace(last, extra={**last.extra, "connection_lost": lost})
+        if self._audit.problem:  # events are kept, in this process only
+            last = replace(last, extra={**last.extra, "audit": self._audit.problem})
         return last
 
     # -- changes -------------------------------------------------------------------------------------------
