@@ -18,11 +18,20 @@ Invariants:
   them again. HAProxy gives no percentiles: `latency_avg_ms` carries `rtime` (its average over the last 1024
   requests) and the p50/p99 of the window stay NaN (shown empty), never an average under a percentile's name.
 - Polls and changes are serialised on the loop (one lock): a poll never reads a state half-way through a change.
-  Every change made here is an Event with before/after read from HAProxy (after: read back). A state or weight
-  that differs on a poll from what was known, and that nobody here changed, is an Event of actor
-  "haproxy socket" (someone else on the socket); so is a server that appeared or vanished between two polls of
-  the same process. A new HAProxy process is an Event "haproxy restarted" with the
-  pids before and after.
+  Every change made here is an Event with before/after read from HAProxy (after: read back), appended to the
+  target's audit file (audit.py) that every lbtui process on that HAProxy shares: the file's events are this
+  controller's too (read at start and before each poll and change), and what another lbtui process changed is
+  known here, not news. A state or weight that differs on two polls in a row from what was known, that nobody
+  here changed and no audit line explains, is an Event of actor "haproxy socket" (someone else on the socket); so
+  is a server that appeared or vanished. A new HAProxy process is an Event "restart" with the pids before and
+  after. A change or restart another lbtui process recorded already is not recorded again.
+- Groups come from the groups file (groups.py; none: every server in "default"), or from add_backend's group
+  (kept in the audit file). A service's split is its groups' shares of the ready servers' weights; set_split,
+  flip, a ramp's steps and undo set weights (split.py: every raise before any lowering, never all-zero), read them
+  back and record one event. A ramp (core.ramp.Ramp) is judged at each poll, on the loop, on each group's requests
+  and 5xx since its step began (HAProxy's counters) and the rows' p99 where known; it runs in the process that
+  started it. undo reverts the newest undoable change in the audit file (made through lbtui, by any process) that
+  no undo line names.
 - Headless: imports nothing of textual, rich or httpx, and nothing above the core but this package.
 """
 
@@ -734,9 +743,7 @@ class HaproxyController(Controller):
             if self._groups.group_of(service, name, {}) != group:
                 self._assigned[key] = group
                 extra["assigned"] = group
-                kept = (
-                    f"{name} matches no pattern of {group}: kept in {group} for this HAProxy (its audit file)"
-                )
+                kept = f"{name} is not in {group} by the groups file: kept in {group} for this HAProxy (its audit file)"
                 note = f"{note}; {kept}" if note else kept
             return self._record(
                 actor,
@@ -929,7 +936,7 @@ class HaproxyController(Controller):
         ramp = Ramp(config, stable, canary, dict(view.split), first, now, requests)
         steps = " -> ".join(f"{p}%" for p in config.steps[first:])
         note = f"start: {canary} {steps}, {config.hold:g}s each"
-        if any(math.isnan(b.window.p99_ms) for b in view.backends):
+        if all(math.isnan(b.window.p99_ms) for b in view.backends):
             note += "; judged on 5xx only (no p99 from HAProxy without its request log)"
         async with self._lock_changes():
             self._ramps[service] = ramp

@@ -349,7 +349,7 @@ async def test_add_into_a_group(haproxy, backends, tmp_path):
         assert str(refused.value) == "backend app has no group 'red' (groups: blue, green, default)"
         event = await call(c.add_backend, "app", "d", extra.address, "green")
         assert event.after["group"] == "green"
-        assert "d matches no pattern of green: kept in green for this HAProxy" in event.note
+        assert "d is not in green by the groups file: kept in green for this HAProxy" in event.note
         await wait_for(lambda: "d" in [b.name for b in app(c).backends], what="d polled")
         assert next(b for b in app(c).backends if b.name == "d").group == "green"
     # Another controller (another lbtui process) reads the assignment from the audit file.
