@@ -112,6 +112,17 @@ def _int(value: int | None) -> int:
     return value or 0
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (the audit file is local: its writers are too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, another user's
+    return True
+
+
 def _key(value: Any) -> tuple[str, str] | None:
     """An audit line's server key ([backend, server]) as a tuple; None for anything else."""
     if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
@@ -918,7 +929,7 @@ class HaproxyController(Controller):
         ramp_now = self._ramps.get(service)
         if ramp_now is not None and ramp_now.state == RUNNING:
             raise Conflict(f"a canary ramp is under way on {service!r} (R aborts it)")
-        elsewhere = self._ramp_elsewhere(service)
+        elsewhere = self._ramp_elsewhere(service, alive=True)
         if elsewhere is not None:
             raise Conflict(
                 f"a canary ramp is under way on {service!r} in another lbtui process (pid {elsewhere.pid}):"
@@ -953,8 +964,9 @@ class HaproxyController(Controller):
     def _ramp_meta(self, ramp: Ramp) -> dict[str, Any]:
         return {"state": ramp.state, "before": ramp.before}
 
-    def _ramp_elsewhere(self, service: str) -> Entry | None:
-        """The newest ramp line of `service` by another process, if it says that ramp is running."""
+    def _ramp_elsewhere(self, service: str, alive: bool = False) -> Entry | None:
+        """The newest ramp line of `service` by another process, if it says that ramp is running (`alive`: and
+        that process is still running on this machine)."""
         with self._lock:
             entries = list(self._entries)
         for entry in reversed(entries):
@@ -962,7 +974,7 @@ class HaproxyController(Controller):
                 continue
             meta = entry.extra.get("ramp")
             if entry.pid != self._audit.pid and isinstance(meta, dict) and meta.get("state") == RUNNING:
-                return entry
+                return entry if not alive or _running(entry.pid) else None
             return None
         return None
 
