@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,8 @@ from lbtui.core.views import ServiceView
 from lbtui.haproxy.controller import SOCKET_ACTOR, HaproxyController
 from lbtui.haproxy.groups import load_groups
 from lbtui.haproxy.split import Member, ordered, plan, shares
+from lbtui.tui.app import Dashboard
+from lbtui.tui.screens import ConfirmScreen
 from tests.conftest import DEADLINE, wait_for
 from tests.haproxy.conftest import HAProxy
 from tests.haproxy.test_controller import POLL, call, event_where
@@ -454,3 +457,74 @@ async def wait_for_weights(h: HAProxy, wanted: dict[str, int]) -> None:
     while (got := await weights(h)) != wanted:
         assert loop.time() < deadline, f"weights {got}, not {wanted}"
         await asyncio.sleep(0.02)
+
+
+async def test_ctrl_c_on_ctl_ramp_aborts_the_ramp(haproxy, tmp_path):
+    h = await haproxy(["a", "c1"])
+    groups = groups_file(tmp_path, RAMP.replace('hold = "0.3s"', 'hold = "1h"'))
+    sock = str(h.unix)
+    code, _, _ = await ctl(
+        "--admin", sock, "--haproxy-groups", str(groups), "split", "app", "blue=100", "green=0"
+    )
+    assert code == 0
+    ramp = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lbtui",
+        "ctl",
+        "--admin",
+        sock,
+        "--haproxy-groups",
+        str(groups),
+        "ramp",
+        "app",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        await wait_for_weights(h, {"a": 256, "c1": 85})
+        ramp.send_signal(signal.SIGINT)
+        async with asyncio.timeout(DEADLINE):
+            out, err = await ramp.communicate()
+    finally:
+        if ramp.returncode is None:
+            ramp.kill()
+            await ramp.wait()
+    assert (ramp.returncode, err.decode()) == (1, "")
+    assert out.decode().splitlines()[-1] == (
+        "app: ramp blue=75 green=25 -> blue=100 green=0 (aborted: split as before the ramp)"
+    )
+    assert await weights(h) == {"a": 256, "c1": 0}
+
+
+async def test_a_weight_changed_on_the_socket_ends_a_ramp(haproxy, tmp_path):
+    h = await haproxy(["a", "c1"])
+    async with controlling(h, groups_file(tmp_path, RAMP.replace('hold = "0.3s"', 'hold = "1h"'))) as c:
+        await call(c.set_split, "app", {"blue": 100, "green": 0})
+        await call(c.start_ramp, "app")
+        await h.client().set_weight("app", "c1", 3)  # someone else (socat, hatop) takes over
+        stopped = await event_where(c, lambda e: e.note.startswith("aborted"), "the ramp stopped")
+        assert (stopped.actor, stopped.note) == ("ramp", "aborted: weights changed on the socket")
+        assert (await weights(h))["c1"] == 3  # theirs stands
+
+
+async def test_the_dashboards_ramp_key_starts_and_aborts_a_ramp_on_haproxy(haproxy, tmp_path):
+    h = await haproxy(["a", "c1"])
+    async with controlling(h, groups_file(tmp_path, RAMP.replace('hold = "0.3s"', 'hold = "1h"'))) as c:
+        await call(c.set_split, "app", {"blue": 100, "green": 0})
+        await wait_for(lambda: app(c).split == (("blue", 100), ("green", 0)), what="blue polled")
+        dashboard = Dashboard(None, controller=c)
+        async with dashboard.run_test(size=(160, 40)) as pilot:
+            await pilot.pause()
+            await pilot.press("R")
+            assert isinstance(dashboard.screen, ConfirmScreen)
+            await pilot.press("y")
+            await wait_for_weights(h, {"a": 256, "c1": 85})
+            await wait_for(lambda: (app(c).ramp or ramp_none()).state == "running", what="the ramp shown")
+            await pilot.press("R")  # again, while it runs: abort
+            await wait_for_weights(h, {"a": 256, "c1": 0})
+        assert [(e.actor, e.note.split(":")[0]) for e in reversed(c.events()) if e.action == "ramp"] == [
+            ("key", "start"),
+            ("key", "aborted"),
+        ]
