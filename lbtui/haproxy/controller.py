@@ -289,6 +289,8 @@ class HaproxyController(Controller):
                 seen=True,
             )
             self._counted.clear()
+            for service in list(self._ramps):  # a new process has its config's weights, not the ramp's
+                self._stop_ramp(service, "haproxy restarted: the weights are its config's again")
             self._known.clear()  # its servers are as its config says now: not someone's change
             self._suspect.clear()
             self._info_seen = False

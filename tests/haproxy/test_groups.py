@@ -528,3 +528,15 @@ async def test_the_dashboards_ramp_key_starts_and_aborts_a_ramp_on_haproxy(hapro
             ("key", "start"),
             ("key", "aborted"),
         ]
+
+
+async def test_a_restart_ends_a_ramp(haproxy, tmp_path):
+    h = await haproxy(["a", "c1"])
+    async with controlling(h, groups_file(tmp_path, RAMP.replace('hold = "0.3s"', 'hold = "1h"'))) as c:
+        await call(c.set_split, "app", {"blue": 100, "green": 0})
+        await call(c.start_ramp, "app")
+        await h.restart()
+        stopped = await event_where(c, lambda e: e.note.startswith("aborted"), "the ramp stopped")
+        assert stopped.note == "aborted: haproxy restarted: the weights are its config's again"
+        await wait_for(lambda: (app(c).ramp or ramp_none()).state == "aborted", what="shown")
+        assert app(c).split == (("blue", 50), ("green", 50))  # the config's weights, 1 and 1
