@@ -83,14 +83,10 @@ CHANGE_CALLS: Final = 4  # a change reads the server, changes it and reads it ba
 QUIET_POLLS: Final = 3  # a drain is over when scur and qcur are 0 on this many polls in a row
 DRAIN_DEADLINE: Final = 60.0  # remove / drain-then-maint give up after this long with sessions left
 MAX_EVENTS: Final = 1000
-SEEN_TWICE: Final = (
-    30.0  # seconds: a change or restart another lbtui process recorded this recently is the same
-)
+# seconds: a change or restart seen here that another lbtui process recorded this recently is the same one
+SEEN_TWICE: Final = 30.0
 LATENCY_LABEL: Final = "avg (HAProxy, last 1024)"
 SOCKET_ACTOR: Final = "haproxy socket"
-NOT_YET: Final = (
-    "is not available on HAProxy yet (lbtui steers HAProxy's servers: state, weight, add, remove)"
-)
 
 T = TypeVar("T")
 _NAN = float("nan")
