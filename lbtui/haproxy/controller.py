@@ -148,9 +148,8 @@ class HaproxyController(Controller):
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._entries: deque[Entry] = deque(maxlen=MAX_EVENTS)  # the audit's lines: undo reads them
         self._audit = AuditLog(Path(audit_file) if audit_file is not None else audit_path(self.url))
-        self._assigned: dict[
-            tuple[str, str], str
-        ] = {}  # servers added into a group their name does not match
+        # servers added into a group their name does not match (from the audit file, and add_backend)
+        self._assigned: dict[tuple[str, str], str] = {}
         self._absorb(self._audit.read_new(), history=True)
         self._subscribers: list[Callable[[Event], None]] = []
         self._last: Snapshot | None = None
@@ -168,9 +167,8 @@ class HaproxyController(Controller):
         self._removing: set[tuple[str, str]] = set()
         self._quiet_waiters: list[tuple[tuple[str, str], asyncio.Future[None]]] = []
         self._changes: asyncio.Lock | None = None
-        self._suspect: dict[
-            tuple[str, str], _Known | None
-        ] = {}  # a change seen once on the socket (see _poll)
+        # a change seen once on the socket, not recorded yet (see _poll); None: the server vanished
+        self._suspect: dict[tuple[str, str], _Known | None] = {}
         self._remembered: dict[tuple[str, str], int] = {}  # each server's last weight above 0
         self._algorithms: dict[str, str] = {}  # backend -> `show stat`'s algo, from the last poll
         self._addresses: dict[tuple[str, str], str] = {}  # server -> ADDR:PORT, from the last poll
