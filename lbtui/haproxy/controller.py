@@ -15,8 +15,11 @@ Invariants:
   "no check"). In flight is `scur`; the queue (`qcur`) of the backend and its servers is the service's
   `queue_length` (a row has no queue column). Requests are `stot`; req/s and 5xx % are deltas between two polls
   and are never negative: a counter that goes down, or a new HAProxy process (`Info.restarted_since`), starts
-  them again. HAProxy gives no percentiles: `latency_avg_ms` carries `rtime` (its average over the last 1024
-  requests) and the p50/p99 of the window stay NaN (shown empty), never an average under a percentile's name.
+  them again. HAProxy gives no percentiles: without its request log `latency_avg_ms` carries `rtime` (its
+  average over the last 1024 requests) and the p50/p99 of the window stay NaN (shown empty), never an average
+  under a percentile's name. With the request log wired (a ring named `lbtui`, requestlog.py) each server's
+  window is the log's (every request counted, exact p50/p99, as lbtui's own engine), a service's is merged from
+  its servers', `latency_avg_ms` is None, and recent_requests lists the log's newest lines.
 - Polls and changes are serialised on the loop (one lock): a poll never reads a state half-way through a change.
   Every change made here is an Event with before/after read from HAProxy (after: read back). A state or weight
   that differs on a poll from what was known, and that nobody here changed, is an Event of actor
@@ -46,9 +49,10 @@ from lbtui.core.control import (
     NotFound,
     ReloadResult,
 )
-from lbtui.core.stats import WindowView
+from lbtui.core.stats import WindowView, merge_views
 from lbtui.core.views import BackendView, RequestView, ServiceView, Snapshot
 
+from .requestlog import RequestLog
 from .runtime import (
     MAX_WEIGHT,
     Info,
@@ -59,7 +63,7 @@ from .runtime import (
     StatRow,
 )
 
-__all__ = ["LATENCY_LABEL", "HaproxyController"]
+__all__ = ["LATENCY_LABEL", "LOG_LATENCY_LABEL", "HaproxyController"]
 
 POLL_SECONDS: Final = 0.5
 TIMEOUT: Final = 2.0  # each Runtime API call; a caller waits for a change at most CHANGE_CALLS of them
@@ -68,6 +72,7 @@ QUIET_POLLS: Final = 3  # a drain is over when scur and qcur are 0 on this many 
 DRAIN_DEADLINE: Final = 60.0  # remove / drain-then-maint give up after this long with sessions left
 MAX_EVENTS: Final = 1000
 LATENCY_LABEL: Final = "avg (HAProxy, last 1024)"
+LOG_LATENCY_LABEL: Final = "p50/p99 (HAProxy request log)"
 SOCKET_ACTOR: Final = "haproxy socket"
 NOT_YET: Final = (
     "is not available on HAProxy yet (lbtui steers HAProxy's servers: state, weight, add, remove)"
@@ -122,6 +127,7 @@ class HaproxyController(Controller):
         self._removing: set[tuple[str, str]] = set()
         self._quiet_waiters: list[tuple[tuple[str, str], asyncio.Future[None]]] = []
         self._changes: asyncio.Lock | None = None
+        self._log = RequestLog(self._client)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="lbtui-haproxy", daemon=True)
@@ -131,6 +137,7 @@ class HaproxyController(Controller):
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         poller = self._loop.create_task(self._poll_forever())
+        self._spawn(self._log.run())
         try:
             self._loop.run_forever()
         finally:
@@ -216,8 +223,11 @@ class HaproxyController(Controller):
             info = await self._client.show_info()
             rows = await self._client.show_stat()
             states = await self._client.show_servers_state()
+            if self._last is None:
+                await self._log.look()
         now = time.monotonic()
         if self._info is not None and info.restarted_since(self._info):
+            self._log.reconnect(info.pid)  # the new process has a ring of its own
             self._record(
                 "haproxy",
                 "restart",
@@ -282,6 +292,7 @@ class HaproxyController(Controller):
             elif r.type == "backend":
                 backend_rows[r.pxname] = r
         names: dict[str, tuple[str, str]] = {}
+        logged = self._log.wired
         services = []
         counted: dict[tuple[str, str], tuple[float, int, int]] = {}
         for name, be in backend_rows.items():
@@ -295,7 +306,7 @@ class HaproxyController(Controller):
                 names[row_name] = key
                 names[f"{name}/{r.svname}"] = key
                 views.append(self._backend_view(row_name, r, states.get(key), now, counted))
-            window = _sum_windows([v.window for v in views])
+            window = (merge_views if logged else _sum_windows)([v.window for v in views])
             classes = tuple(sum(v.status_classes[i] for v in views) for i in range(6))
             services.append(
                 ServiceView(
@@ -322,8 +333,8 @@ class HaproxyController(Controller):
             connections=connections,
             extra={
                 "engine": f"HAProxy {info.version} (pid {info.pid}) at {self.url}",
-                "latency": LATENCY_LABEL,
-                "request_log": "not wired: no per-request log or percentiles from HAProxy yet",
+                "latency": LOG_LATENCY_LABEL if logged else LATENCY_LABEL,
+                "request_log": self._log.status(),
             },
         )
 
@@ -343,7 +354,8 @@ class HaproxyController(Controller):
             seconds, requests, failed = 0.0, 0, 0  # counted anew: no rate until the next poll
         else:
             seconds, requests, failed = now - then[0], stot - then[1], errors - then[2]
-        window = WindowView(
+        logged = self._log.window(r.pxname, r.svname, now)
+        window = logged or WindowView(
             seconds=seconds,
             requests=requests,
             errors=failed,
@@ -389,7 +401,7 @@ class HaproxyController(Controller):
             removing=key in self._removing,
             window=window,
             checked=bool(r.check_status),
-            latency_avg_ms=float(r.rtime) if r.rtime is not None else None,
+            latency_avg_ms=float(r.rtime) if r.rtime is not None and logged is None else None,
         )
 
     def _wake_quiet_waiters(self) -> None:
@@ -432,10 +444,18 @@ class HaproxyController(Controller):
             self._subscribers.append(post)
 
     def recent_requests(self, limit: int = 100) -> list[RequestView]:
-        del limit
-        return []  # no request log is wired yet (the snapshot's extra["request_log"] says so)
+        """The request log's newest requests, newest first ([] while it is not wired: the snapshot's
+        extra["request_log"] says why)."""
+        if not self._closed:
+            self._log.ready.wait(self._timeout * 2)  # the first look for the ring (and its dump), if not done
+        return self._log.recent(max(0, limit))
 
     # -- reads ---------------------------------------------------------------------------------------------
+    @property
+    def request_log(self) -> RequestLog:
+        """The reader of HAProxy's request log (its counters and state: read-only outside the loop)."""
+        return self._log
+
     @property
     def connection_lost(self) -> str:
         return self._lost

@@ -1,0 +1,315 @@
+"""HAProxy's request log, read from a `ring` over the Runtime API: every request counted per server, so the p50/p99
+of a server are exact, and the newest requests listed.
+
+HAProxy writes one line per request into a ring named RING (`log ring@lbtui ...` with LOG_FORMAT, see
+docs/haproxy.md); `show events lbtui -w -n` on the stats socket streams the new lines of that ring for as long as
+the connection stays open. RequestLog holds that one connection and reads it in bulk.
+
+Invariants:
+- One streaming connection at a time, on the caller's asyncio loop (the controller's). Before each connection the
+  ring is looked for with `show events`; with no ring named RING the log is not wired, and it is looked for again
+  every RECHECK_SECONDS (a reload may add it). A connection that closes or fails is opened again after a backoff
+  (RETRY_MIN doubling to RETRY_MAX, back to RETRY_MIN once lines have come). `reconnect(pid)` (the controller's,
+  on a new HAProxy process) closes the current one at once unless it reads that process already (`show info` right
+  after a stream opens says whose it is). HAProxy 2.6 does not close an idle `-w` stream on its
+  CLI timeout (measured: 45 s idle), but whatever closes it, it is opened again.
+- The windows count what the stream (`-n`: new lines only) brings: what HAProxy logged while no stream was open
+  (between a close and the next connection, or before lbtui attached) is in no window. For recent(), the first
+  connection also reads the ring's dump once (`show events RING`) and puts the lines the stream has not brought
+  before them (each line is unique by HAProxy's request counter %rt): `ctl requests` lists requests made before it
+  ran. `ready` is set once the ring has been looked for (and that dump read, if there is one).
+- Per line, on the hot path: one split, two ints, one dict lookup, one `SlidingWindow.record` (core/stats.py, the
+  windows lbtui's own engine keeps, same length). Lines are counted in the window of the moment they were read
+  (one clock read per chunk). Nothing else is parsed until `recent()` asks: the newest KEEP raw lines are kept,
+  in a bounded deque.
+- Lines that are not lbtui's (no MARKER, a field that is not a number) are counted, never raised; a request that no
+  server took (`<NOSRV>`) is listed but counted in no server's window. At most MAX_SERVERS windows exist (lines of
+  further servers are counted as `overflow`): garbage in the ring cannot grow memory without bound.
+- Windows belong to (backend, server) names, not to a HAProxy process: after a restart the new process's lines
+  add to the same windows, which forget the old ones as they slide.
+- Everything but `recent()` runs on the loop's thread; `recent()` may be called from any thread (one lock, taken
+  once per chunk by the reader).
+- Headless: imports nothing of textual, rich or httpx, and nothing above the core but this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import Final
+
+from lbtui.core.stats import SlidingWindow, WindowView, window_view
+from lbtui.core.views import RequestView
+
+from .runtime import RuntimeApiError, RuntimeClient, UnixAddress
+
+__all__ = [
+    "KEEP",
+    "LOG_FORMAT",
+    "MARKER",
+    "RING",
+    "RequestLog",
+    "parse_line",
+]
+
+RING: Final = "lbtui"
+MARKER: Final = "lbtui1"  # the format's name and version: the first word of every line lbtui reads
+# What HAProxy writes per request (`log-format` in haproxy.cfg): the fields the windows need first.
+# %b backend, %s server, %ST status (-1: none), %Ta total active time in ms (-1: aborted), %Tr the server's response
+# time in ms, %B bytes to the client, %Ts%ms the wall clock in ms, %ci client, %rt the process's request counter
+# (it makes each line unique: the ring's dump and its stream are merged by line), %HM method, %HU the URI.
+LOG_FORMAT: Final = f"{MARKER} %b %s %ST %Ta %Tr %B %Ts%ms %ci %rt %HM %HU"
+KEEP: Final = 1000  # raw lines kept for recent()
+MAX_SERVERS: Final = 4096
+MAX_LINE: Final = 64 * 1024  # an unfinished line longer than this is dropped, not buffered on
+RETRY_MIN: Final = 0.2
+RETRY_MAX: Final = 5.0
+RECHECK_SECONDS: Final = 5.0
+NO_SERVER: Final = "<NOSRV>"
+DOC: Final = "docs/haproxy.md, 'The request log'"
+
+_MARK = MARKER + " "
+
+
+def parse_line(line: str) -> RequestView | None:
+    """One line of the ring as a RequestView; None for a line that is not in LOG_FORMAT."""
+    at = line.find(_MARK)
+    if at < 0:
+        return None
+    parts = line[at:].split(" ", 11)
+    if len(parts) < 11:
+        return None
+    _, backend, server, status, total, _response, size, stamp, client, _counter, method, *rest = parts
+    try:
+        code, ms, sent, wall = int(status), int(total), int(size), int(stamp)
+    except ValueError:
+        return None
+    return RequestView(
+        time=wall / 1000.0,
+        client=client,
+        method=method,
+        target=rest[0] if rest else "",
+        status=max(code, 0),  # HAProxy's -1: no response, lbtui's 0
+        backend="" if server == NO_SERVER else server,
+        service=backend,
+        duration_ms=float(max(ms, 0)),
+        bytes_out=max(sent, 0),
+    )
+
+
+class RequestLog:
+    """The request log of the HAProxy that `client` talks to, read from its ring RING once `run()` runs."""
+
+    def __init__(self, client: RuntimeClient, keep: int = KEEP) -> None:
+        self._client = client
+        self._windows: dict[tuple[str, str], SlidingWindow] = {}
+        self._raw: deque[str] = deque(maxlen=keep)
+        self._keep = keep
+        self._raw_lock = threading.Lock()
+        self._tail = b""
+        self._writer: asyncio.StreamWriter | None = None
+        self._history_read = False
+        self.ready = threading.Event()
+        self._started = time.monotonic()
+        self.ring_found = False  # the last `show events` listed RING
+        self.connected = False
+        self.connections = 0  # streams opened so far
+        self.stream_pid: int | None = None  # the HAProxy process the stream reads (None: not known)
+        self.counted = 0  # lines counted in a server's window
+        self.unrouted = 0  # lines of requests no server took
+        self.foreign = 0  # lines with no MARKER: the ring carries something else
+        self.malformed = 0  # lines with MARKER whose fields are not lbtui's
+        self.overflow = 0  # lines of servers beyond MAX_SERVERS
+        self.reason = "not read yet"  # why it is not wired (or not connected), when it is not
+
+    # -- what the controller reads ---------------------------------------------------------------------------
+    @property
+    def wired(self) -> bool:
+        """The ring exists and what it carries is lbtui's format (or nothing yet)."""
+        return self.ring_found and not (self.foreign and not self.counted and not self.unrouted)
+
+    def status(self) -> str:
+        """One line for the snapshot's extra["request_log"]: starts with "wired" or "not wired"."""
+        if not self.ring_found:
+            return f"not wired: {self.reason} ({DOC})"
+        if not self.wired:
+            return (
+                f"not wired: the {self.foreign} lines in HAProxy's ring {RING!r} are not in lbtui's format: set "
+                f"its log-format ({DOC})"
+            )
+        text = f"wired: HAProxy ring {RING!r}, {self.counted + self.unrouted} requests read"
+        skipped = self.foreign + self.malformed + self.overflow
+        if skipped:
+            text += f", {skipped} lines skipped (not lbtui's format)"
+        if not self.connected:
+            text += f"; not connected: {self.reason}"
+        return text
+
+    def window(self, backend: str, server: str, now: float) -> WindowView | None:
+        """The server's window from the log (empty if no line of it came yet); None while the log is not
+        wired."""
+        if not self.wired:
+            return None
+        found = self._windows.get((backend, server))
+        if found is None:
+            if len(self._windows) >= MAX_SERVERS:
+                return window_view(1.0, 0, 0, ())
+            # A server no line came for yet: its window has covered the time since the log started.
+            found = self._windows[backend, server] = SlidingWindow(now=min(self._started, now))
+        return found.view(now)
+
+    def recent(self, limit: int) -> list[RequestView]:
+        """The newest `limit` requests, newest first (any thread)."""
+        with self._raw_lock:
+            lines = list(self._raw)
+        out: list[RequestView] = []
+        for line in reversed(lines):
+            if len(out) >= limit:
+                break
+            view = parse_line(line)
+            if view is not None:
+                out.append(view)
+        return out
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def feed(self, data: bytes, now: float) -> None:
+        """Count what the ring sent (any cut: an unfinished line waits for its end)."""
+        data = self._tail + data
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._tail = data if len(data) <= MAX_LINE else b""
+            return
+        self._tail = data[end + 1 :] if end + 1 < len(data) else b""
+        lines = data[:end].decode("utf-8", "replace").split("\n")
+        windows = self._windows
+        mark = _MARK
+        counted = 0
+        for line in lines:
+            if not line.startswith(mark):
+                at = line.find(mark)
+                if at < 0:
+                    if line:
+                        self.foreign += 1
+                    continue
+                line = line[at:]
+            try:
+                _, backend, server, status, total, _ = line.split(" ", 5)
+                code = int(status)
+                ms = int(total)
+            except ValueError:
+                self.malformed += 1
+                continue
+            window = windows.get((backend, server))
+            if window is None:
+                if server == NO_SERVER:
+                    self.unrouted += 1
+                    continue
+                if len(windows) >= MAX_SERVERS:
+                    self.overflow += 1
+                    continue
+                window = windows[backend, server] = SlidingWindow(now=now)
+            window.record(ms * 0.001 if ms > 0 else 0.0, code >= 500 or code < 100, now)
+            counted += 1
+        self.counted += counted
+        if len(lines) > self._keep:
+            lines = lines[-self._keep :]
+        with self._raw_lock:
+            self._raw.extend(lines)
+
+    def reconnect(self, pid: int) -> None:
+        """HAProxy process `pid` is a new one: close the stream unless it is that process's already (a stream
+        that closed with the old process may have been opened again before the controller noticed); `run()`
+        opens a new one."""
+        if self._writer is not None and self.stream_pid != pid:
+            self._writer.close()
+            self.connected = False
+
+    async def run(self) -> None:
+        """Read the ring until cancelled: look for it, stream it, reconnect after a backoff."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                self.ring_found = await self._has_ring()
+                if not self.ring_found:
+                    self.reason = f"HAProxy has no ring named {RING!r}"
+                    self.ready.set()
+                    await asyncio.sleep(RECHECK_SECONDS)
+                    continue
+                if await self._stream():
+                    delay = RETRY_MIN
+                self.reason = "the stream closed"
+            except (RuntimeApiError, OSError, TimeoutError) as error:
+                self.reason = str(error) or type(error).__name__
+                self.ready.set()
+            finally:
+                self.connected = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def _read_history(self) -> None:
+        """The ring's dump, once, before what the stream brought (for recent(), never for the windows)."""
+        try:
+            answer = await self._client.command(f"show events {RING}")
+        except RuntimeApiError:
+            self.ready.set()
+            return
+        self._history_read = True
+        with self._raw_lock:
+            seen = set(self._raw)
+            older = [line for line in answer.split("\n")[-self._keep - 1 :] if line and line not in seen]
+            newest = list(self._raw)
+            self._raw.clear()
+            self._raw.extend(older[-self._keep :])
+            self._raw.extend(newest)
+        self.ready.set()
+
+    async def _has_ring(self) -> bool:
+        answer = await self._client.command("show events")
+        return any(line.split(":", 1)[0].strip() == RING for line in answer.splitlines()[1:])
+
+    async def look(self) -> None:
+        """Look for the ring now (the controller's first poll: its snapshot then says whether it is wired)."""
+        self.ring_found = await self._has_ring()
+        if not self.ring_found:
+            self.reason = f"HAProxy has no ring named {RING!r}"
+
+    async def _stream(self) -> bool:
+        """One connection: `show events RING -w -n` until it closes. True if any line came."""
+        address = self._client.address
+        async with asyncio.timeout(self._client.timeout):
+            if isinstance(address, UnixAddress):
+                reader, writer = await asyncio.open_unix_connection(address.path)
+            else:
+                reader, writer = await asyncio.open_connection(address.host, address.port)
+        self._writer = writer
+        self._tail = b""
+        got = False
+        history: asyncio.Task[None] | None = None
+        try:
+            writer.write(f"show events {RING} -w -n\n".encode())
+            await writer.drain()
+            try:  # which process took the stream (the same one answers this, but across a restart)
+                self.stream_pid = (await self._client.show_info()).pid
+            except RuntimeApiError:
+                self.stream_pid = None
+            self.connected = True
+            self.connections += 1
+            if not self._history_read:
+                history = asyncio.get_running_loop().create_task(self._read_history())
+            else:
+                self.ready.set()
+            monotonic = time.monotonic
+            while chunk := await reader.read(262144):
+                self.feed(chunk, monotonic())
+                got = True
+        finally:
+            if history is not None and not history.done():
+                history.cancel()
+            self._writer = None
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        return got
