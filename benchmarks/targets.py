@@ -31,7 +31,7 @@ HAPROXY_LOGGED = (LOGGED, ATTACHED)
 # lbtui's request-log format and ring name (lbtui/haproxy/requestlog.py), repeated here: benchmarks/ is stdlib
 # only and imports nothing of lbtui; tests/benchmarks checks the two agree.
 RING = "lbtui"
-LOG_FORMAT = "lbtui1 %b %s %ST %Ta %Tr %B %Ts%ms %ci %rt %HM %HU"
+LOG_FORMAT = "lbtui1 %b %s %ST %Ta|%Tr %B %Ts%ms %ci %rt %HM %HU"
 TARGETS = ("direct", "haproxy", "lbtui", GATEWAY, *DASHBOARDS, *HAPROXY_LOGGED)
 DEFAULT_TARGETS = ("direct", "haproxy", "lbtui", GATEWAY)
 DASHBOARD_MODE_TARGETS = ("lbtui", *DASHBOARDS)  # --dashboard

@@ -18,13 +18,17 @@ Invariants:
   connection also reads the ring's dump once (`show events RING`) and puts the lines the stream has not brought
   before them (each line is unique by HAProxy's request counter %rt): `ctl requests` lists requests made before it
   ran. `ready` is set once the ring has been looked for (and that dump read, if there is one).
-- Per line, on the hot path: one split, two ints, one dict lookup, one `SlidingWindow.record` (core/stats.py, the
-  windows lbtui's own engine keeps, same length). Lines are counted in the window of the moment they were read
-  (one clock read per chunk). Nothing else is parsed until `recent()` asks: the newest KEEP raw lines are kept,
-  in a bounded deque.
-- Lines that are not lbtui's (no MARKER, a field that is not a number) are counted, never raised; a request that no
-  server took (`<NOSRV>`) is listed but counted in no server's window. At most MAX_SERVERS windows exist (lines of
-  further servers are counted as `overflow`): garbage in the ring cannot grow memory without bound.
+- The windows are keyed by the names' bytes as HAProxy wrote them; `window()` takes str names.
+- A chunk read (up to 256 KB) is counted in bulk: per line one `partition` at the "|" that ends the four fields
+  the windows need, a Counter groups equal heads (HAProxy's times are whole milliseconds: a chunk holds few
+  distinct ones), and each distinct head is parsed once and counted with one `SlidingWindow.record_many`
+  (core/stats.py: the windows lbtui's own engine keeps, same length). Lines are counted in the window of the moment they were read (one clock read per
+  chunk). Nothing else is parsed until `recent()` asks: the newest KEEP_BYTES of lines are kept as they came.
+- Lines that are not lbtui's (no MARKER at the start: HAProxy's ring must be `format raw`; a field that is not a
+  number) are counted as `skipped`,
+  never raised; a request that no server took (`<NOSRV>`) is listed but counted in no server's window. At most
+  MAX_SERVERS windows exist (lines of further servers are counted as `overflow`): garbage in the ring cannot grow
+  memory without bound.
 - Windows belong to (backend, server) names, not to a HAProxy process: after a restart the new process's lines
   add to the same windows, which forget the old ones as they slide.
 - Everything but `recent()` runs on the loop's thread; `recent()` may be called from any thread (one lock, taken
@@ -38,7 +42,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Final
 
 from lbtui.core.stats import SlidingWindow, WindowView, window_view
@@ -47,7 +51,7 @@ from lbtui.core.views import RequestView
 from .runtime import RuntimeApiError, RuntimeClient, UnixAddress
 
 __all__ = [
-    "KEEP",
+    "KEEP_BYTES",
     "LOG_FORMAT",
     "MARKER",
     "RING",
@@ -61,8 +65,9 @@ MARKER: Final = "lbtui1"  # the format's name and version: the first word of eve
 # %b backend, %s server, %ST status (-1: none), %Ta total active time in ms (-1: aborted), %Tr the server's response
 # time in ms, %B bytes to the client, %Ts%ms the wall clock in ms, %ci client, %rt the process's request counter
 # (it makes each line unique: the ring's dump and its stream are merged by line), %HM method, %HU the URI.
-LOG_FORMAT: Final = f"{MARKER} %b %s %ST %Ta %Tr %B %Ts%ms %ci %rt %HM %HU"
-KEEP: Final = 1000  # raw lines kept for recent()
+# The four the windows need end at "|": a chunk is grouped by what comes before it without parsing the rest.
+LOG_FORMAT: Final = f"{MARKER} %b %s %ST %Ta|%Tr %B %Ts%ms %ci %rt %HM %HU"
+KEEP_BYTES: Final = 256 * 1024  # the newest lines read, kept for recent() (over a thousand lines)
 MAX_SERVERS: Final = 4096
 MAX_LINE: Final = 64 * 1024  # an unfinished line longer than this is dropped, not buffered on
 RETRY_MIN: Final = 0.2
@@ -72,17 +77,21 @@ NO_SERVER: Final = "<NOSRV>"
 DOC: Final = "docs/haproxy.md, 'The request log'"
 
 _MARK = MARKER + " "
+_MARKER = MARKER.encode()
+_NO_SERVER = NO_SERVER.encode()
 
 
 def parse_line(line: str) -> RequestView | None:
     """One line of the ring as a RequestView; None for a line that is not in LOG_FORMAT."""
-    at = line.find(_MARK)
-    if at < 0:
+    if not line.startswith(_MARK):
         return None
-    parts = line[at:].split(" ", 11)
-    if len(parts) < 11:
+    head, _, tail = line.partition("|")
+    fields = head.split(" ")
+    parts = tail.split(" ", 6)
+    if len(fields) != 5 or len(parts) < 6:
         return None
-    _, backend, server, status, total, _response, size, stamp, client, _counter, method, *rest = parts
+    _, backend, server, status, total = fields
+    _response, size, stamp, client, _counter, method, *rest = parts
     try:
         code, ms, sent, wall = int(status), int(total), int(size), int(stamp)
     except ValueError:
@@ -103,11 +112,11 @@ def parse_line(line: str) -> RequestView | None:
 class RequestLog:
     """The request log of the HAProxy that `client` talks to, read from its ring RING once `run()` runs."""
 
-    def __init__(self, client: RuntimeClient, keep: int = KEEP) -> None:
+    def __init__(self, client: RuntimeClient) -> None:
         self._client = client
-        self._windows: dict[tuple[str, str], SlidingWindow] = {}
-        self._raw: deque[str] = deque(maxlen=keep)
-        self._keep = keep
+        self._windows: dict[tuple[bytes, bytes], SlidingWindow] = {}
+        self._chunks: deque[bytes] = deque()  # the newest lines read, in the chunks they came in
+        self._held = 0  # bytes in _chunks
         self._raw_lock = threading.Lock()
         self._tail = b""
         self._writer: asyncio.StreamWriter | None = None
@@ -120,8 +129,7 @@ class RequestLog:
         self.stream_pid: int | None = None  # the HAProxy process the stream reads (None: not known)
         self.counted = 0  # lines counted in a server's window
         self.unrouted = 0  # lines of requests no server took
-        self.foreign = 0  # lines with no MARKER: the ring carries something else
-        self.malformed = 0  # lines with MARKER whose fields are not lbtui's
+        self.skipped = 0  # lines not in LOG_FORMAT: the ring carries something else too (or only)
         self.overflow = 0  # lines of servers beyond MAX_SERVERS
         self.reason = "not read yet"  # why it is not wired (or not connected), when it is not
 
@@ -129,7 +137,7 @@ class RequestLog:
     @property
     def wired(self) -> bool:
         """The ring exists and what it carries is lbtui's format (or nothing yet)."""
-        return self.ring_found and not (self.foreign and not self.counted and not self.unrouted)
+        return self.ring_found and not (self.skipped and not self.counted and not self.unrouted)
 
     def status(self) -> str:
         """One line for the snapshot's extra["request_log"]: starts with "wired" or "not wired"."""
@@ -137,11 +145,11 @@ class RequestLog:
             return f"not wired: {self.reason} ({DOC})"
         if not self.wired:
             return (
-                f"not wired: the {self.foreign} lines in HAProxy's ring {RING!r} are not in lbtui's format: set "
-                f"its log-format ({DOC})"
+                f"not wired: the {self.skipped} lines in HAProxy's ring {RING!r} are not in lbtui's format: set "
+                f"its log-format and `format raw` ({DOC})"
             )
         text = f"wired: HAProxy ring {RING!r}, {self.counted + self.unrouted} requests read"
-        skipped = self.foreign + self.malformed + self.overflow
+        skipped = self.skipped + self.overflow
         if skipped:
             text += f", {skipped} lines skipped (not lbtui's format)"
         if not self.connected:
@@ -153,18 +161,20 @@ class RequestLog:
         wired."""
         if not self.wired:
             return None
-        found = self._windows.get((backend, server))
+        key = (backend.encode(), server.encode())
+        found = self._windows.get(key)
         if found is None:
             if len(self._windows) >= MAX_SERVERS:
                 return window_view(1.0, 0, 0, ())
             # A server no line came for yet: its window has covered the time since the log started.
-            found = self._windows[backend, server] = SlidingWindow(now=min(self._started, now))
+            found = self._windows[key] = SlidingWindow(now=min(self._started, now))
         return found.view(now)
 
     def recent(self, limit: int) -> list[RequestView]:
         """The newest `limit` requests, newest first (any thread)."""
         with self._raw_lock:
-            lines = list(self._raw)
+            held = b"".join(self._chunks)
+        lines = held.decode("utf-8", "replace").split("\n")
         out: list[RequestView] = []
         for line in reversed(lines):
             if len(out) >= limit:
@@ -177,47 +187,55 @@ class RequestLog:
     # -- reading ---------------------------------------------------------------------------------------------
     def feed(self, data: bytes, now: float) -> None:
         """Count what the ring sent (any cut: an unfinished line waits for its end)."""
-        data = self._tail + data
+        if self._tail:
+            data = self._tail + data
         end = data.rfind(b"\n")
         if end < 0:
             self._tail = data if len(data) <= MAX_LINE else b""
             return
-        self._tail = data[end + 1 :] if end + 1 < len(data) else b""
-        lines = data[:end].decode("utf-8", "replace").split("\n")
+        self._tail = data[end + 1 :]
+        body = data[: end + 1]
+        lines = body.split(b"\n")
+        lines.pop()  # the empty one after the last newline
+        groups = Counter([line.partition(b"|")[0] for line in lines])
+        groups.pop(b"", None)
         windows = self._windows
-        mark = _MARK
-        counted = 0
-        for line in lines:
-            if not line.startswith(mark):
-                at = line.find(mark)
-                if at < 0:
-                    if line:
-                        self.foreign += 1
-                    continue
-                line = line[at:]
+        for key, count in groups.items():
+            fields = key.split(b" ")
+            if len(fields) != 5 or fields[0] != _MARKER:
+                self.skipped += count
+                continue
+            _, backend, server, status, total = fields
             try:
-                _, backend, server, status, total, _ = line.split(" ", 5)
-                code = int(status)
-                ms = int(total)
+                code, ms = int(status), int(total)
             except ValueError:
-                self.malformed += 1
+                self.skipped += count
                 continue
             window = windows.get((backend, server))
             if window is None:
-                if server == NO_SERVER:
-                    self.unrouted += 1
+                if server == _NO_SERVER:
+                    self.unrouted += count
                     continue
                 if len(windows) >= MAX_SERVERS:
-                    self.overflow += 1
+                    self.overflow += count
                     continue
                 window = windows[backend, server] = SlidingWindow(now=now)
-            window.record(ms * 0.001 if ms > 0 else 0.0, code >= 500 or code < 100, now)
-            counted += 1
-        self.counted += counted
-        if len(lines) > self._keep:
-            lines = lines[-self._keep :]
+            window.record_many(
+                ms * 0.001 if ms > 0 else 0.0, count if code >= 500 or code < 100 else 0, count, now
+            )
+            self.counted += count
         with self._raw_lock:
-            self._raw.extend(lines)
+            self._keep_raw(body[-KEEP_BYTES:])
+
+    def _keep_raw(self, chunk: bytes, newest: bool = True) -> None:
+        """Keep a chunk of lines for recent(), the oldest chunks going once KEEP_BYTES are held (lock held)."""
+        if newest:
+            self._chunks.append(chunk)
+        else:
+            self._chunks.appendleft(chunk)
+        self._held += len(chunk)
+        while len(self._chunks) > 1 and self._held - len(self._chunks[0]) >= KEEP_BYTES:
+            self._held -= len(self._chunks.popleft())
 
     def reconnect(self, pid: int) -> None:
         """HAProxy process `pid` is a new one: close the stream unless it is that process's already (a stream
@@ -257,13 +275,13 @@ class RequestLog:
             self.ready.set()
             return
         self._history_read = True
+        dump = answer.encode("utf-8", "replace")
+        lines = dump[-KEEP_BYTES:].split(b"\n")[1 if len(dump) > KEEP_BYTES else 0 :]  # not a line cut short
         with self._raw_lock:
-            seen = set(self._raw)
-            older = [line for line in answer.split("\n")[-self._keep - 1 :] if line and line not in seen]
-            newest = list(self._raw)
-            self._raw.clear()
-            self._raw.extend(older[-self._keep :])
-            self._raw.extend(newest)
+            seen = set(b"".join(self._chunks).split(b"\n"))
+            older = [line for line in lines if line and line not in seen]
+            if older:
+                self._keep_raw(b"\n".join(older) + b"\n", newest=False)
         self.ready.set()
 
     async def _has_ring(self) -> bool:

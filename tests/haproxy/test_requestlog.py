@@ -13,7 +13,7 @@ import time
 
 from lbtui.core.views import BackendView, Snapshot
 from lbtui.haproxy.controller import LATENCY_LABEL, LOG_LATENCY_LABEL, HaproxyController
-from lbtui.haproxy.requestlog import MARKER, RequestLog, parse_line
+from lbtui.haproxy.requestlog import LOG_FORMAT, MARKER, RequestLog, parse_line
 from lbtui.haproxy.runtime import RuntimeClient
 from tests.conftest import DEADLINE, wait_for
 from tests.haproxy.conftest import HAProxy, _unused_port
@@ -110,7 +110,7 @@ async def test_p50_p99_per_server_from_the_log_match_the_client(haproxy):
         service = snapshot.services[0]
         assert service.window.requests == total
         everyone = seen["a"] + seen["b"]
-        assert 39.0 <= service.window.p99_ms <= quantile_ms(everyone, 0.99) + 1.5  # merged from its servers'
+        assert 39.0 <= service.window.p99_ms <= quantile_ms(everyone, 0.99) * 1.2 + 2.0  # merged from its servers'
         assert service.window.p90_ms >= 39.0  # an eighth of the requests were the slow ones
 
 
@@ -174,8 +174,8 @@ async def test_lines_not_in_lbtuis_format_are_skipped_and_said(haproxy):
         # lines with the marker whose fields are not numbers
         f'frontend odd\n  bind 127.0.0.1:{odd}\n  log-format "{MARKER} %b %s status? %Ta"\n  default_backend app\n'
         # lines of a server that does not exist
-        f'frontend ghost\n  bind 127.0.0.1:{ghost}\n  log-format "{MARKER} nosuch ghost %ST %Ta %Tr %B %Ts%ms %ci'
-        ' %rt %HM %HU"\n  default_backend app\n'
+        f'frontend ghost\n  bind 127.0.0.1:{ghost}\n  log-format "{LOG_FORMAT.replace("%b %s", "nosuch ghost")}"\n'
+        "  default_backend app\n"
     )
     h = await haproxy(["a"], ring=True, extra=extra)
     async with controlling(h) as c:
@@ -211,7 +211,7 @@ async def test_lines_not_in_lbtuis_format_are_skipped_and_said(haproxy):
 
 def test_any_bytes_fed_to_the_reader_are_counted_never_raised():
     log = RequestLog(RuntimeClient("haproxy:///nonexistent.sock"))
-    line = f"{MARKER} app a 200 7 6 120 1796693653800 127.0.0.1 12 GET /x?y=1\n".encode()
+    line = f"{MARKER} app a 200 7|6 120 1796693653800 127.0.0.1 12 GET /x?y=1\n".encode()
     chunks = [
         b"\xff\xfe\x00binary\n",
         line[:10],  # a line cut anywhere waits for its end
@@ -219,20 +219,22 @@ def test_any_bytes_fed_to_the_reader_are_counted_never_raised():
         f"{MARKER} app a 2x0 7\n{MARKER}\n{MARKER} app a 200\n".encode(),
         b"x" * 100_000,  # a line too long to wait for: dropped
         b"\n" + line * 3,
-        b"<134>Dec  8 01:00:00 haproxy[1]: " + line,  # a syslog header before the marker: still read
+        b"<134>Dec  8 01:00:00 haproxy[1]: " + line,  # a syslog header (a ring not `format raw`): skipped
     ]
     now = time.monotonic()
     for chunk in chunks:
         log.feed(chunk, now)
-    log.ring_found = True
-    assert log.counted == 5
-    assert log.malformed == 2  # the marker, fields that are not lbtui's
-    assert log.foreign == 2  # the binary line, the marker alone
+    log.ring_found = log.connected = True
+    assert log.counted == 4
+    assert log.skipped == 5  # the binary line, three with the marker but not lbtui's fields, the syslog one
     view = log.window("app", "a", now)
     assert view is not None
-    assert view.requests == 5
+    assert view.requests == 4
     assert 6.9 <= view.p50_ms <= 7.1
-    assert [r.target for r in log.recent(10)] == ["/x?y=1"] * 5
+    assert [r.target for r in log.recent(10)] == ["/x?y=1"] * 4
+    assert (
+        log.status() == "wired: HAProxy ring 'lbtui', 4 requests read, 5 lines skipped (not lbtui's format)"
+    )
     assert parse_line("nothing") is None
     assert parse_line(f"{MARKER} a b c") is None
 
