@@ -110,7 +110,9 @@ async def test_p50_p99_per_server_from_the_log_match_the_client(haproxy):
         service = snapshot.services[0]
         assert service.window.requests == total
         everyone = seen["a"] + seen["b"]
-        assert 39.0 <= service.window.p99_ms <= quantile_ms(everyone, 0.99) * 1.2 + 2.0  # merged from its servers'
+        assert (
+            39.0 <= service.window.p99_ms <= quantile_ms(everyone, 0.99) * 1.2 + 2.0
+        )  # merged from its servers'
         assert service.window.p90_ms >= 39.0  # an eighth of the requests were the slow ones
 
 
