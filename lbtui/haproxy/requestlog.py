@@ -19,7 +19,8 @@ Invariants:
   before them (each line is unique by HAProxy's request counter %rt): `ctl requests` lists requests made before it
   ran. `ready` is set once the ring has been looked for (and that dump read, if there is one).
 - The windows are keyed by the names' bytes as HAProxy wrote them; `window()` takes str names.
-- A chunk read (up to 256 KB) is counted in bulk: per line one `partition` at the "|" that ends the four fields
+- The stream is read every BATCH_SECONDS (one wake-up and one read of all that waits, whatever the traffic); a
+  chunk is counted in bulk: per line one `partition` at the "|" that ends the four fields
   the windows need, a Counter groups equal heads (HAProxy's times are whole milliseconds: a chunk holds few
   distinct ones), and each distinct head is parsed once and counted with one `SlidingWindow.record_many`
   (core/stats.py: the windows lbtui's own engine keeps, same length). Lines are counted in the window of the moment they were read (one clock read per
@@ -40,10 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections import Counter, deque
-from typing import Final
+from typing import Any, Final
 
 from lbtui.core.stats import SlidingWindow, WindowView, window_view
 from lbtui.core.views import RequestView
@@ -70,6 +72,9 @@ LOG_FORMAT: Final = f"{MARKER} %b %s %ST %Ta|%Tr %B %Ts%ms %ci %rt %HM %HU"
 KEEP_BYTES: Final = 256 * 1024  # the newest lines read, kept for recent() (over a thousand lines)
 MAX_SERVERS: Final = 4096
 MAX_LINE: Final = 64 * 1024  # an unfinished line longer than this is dropped, not buffered on
+BATCH_SECONDS: Final = 0.1  # the stream is read this often (see _stream)
+READ_SIZE: Final = 4 * 1024 * 1024
+RECEIVE_BUFFER: Final = 1024 * 1024
 RETRY_MIN: Final = 0.2
 RETRY_MAX: Final = 5.0
 RECHECK_SECONDS: Final = 5.0
@@ -119,7 +124,7 @@ class RequestLog:
         self._held = 0  # bytes in _chunks
         self._raw_lock = threading.Lock()
         self._tail = b""
-        self._writer: asyncio.StreamWriter | None = None
+        self._socket: socket.socket | None = None
         self._history_read = False
         self.ready = threading.Event()
         self._started = time.monotonic()
@@ -241,8 +246,9 @@ class RequestLog:
         """HAProxy process `pid` is a new one: close the stream unless it is that process's already (a stream
         that closed with the old process may have been opened again before the controller noticed); `run()`
         opens a new one."""
-        if self._writer is not None and self.stream_pid != pid:
-            self._writer.close()
+        if self._socket is not None and self.stream_pid != pid:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)  # the read waiting on it ends, as at a close
             self.connected = False
 
     async def run(self) -> None:
@@ -294,21 +300,41 @@ class RequestLog:
         if not self.ring_found:
             self.reason = f"HAProxy has no ring named {RING!r}"
 
-    async def _stream(self) -> bool:
-        """One connection: `show events RING -w -n` until it closes. True if any line came."""
+    async def _connect(self) -> socket.socket:
+        """A non-blocking socket connected to the stats socket (within the client's deadline)."""
+        loop = asyncio.get_running_loop()
         address = self._client.address
         async with asyncio.timeout(self._client.timeout):
             if isinstance(address, UnixAddress):
-                reader, writer = await asyncio.open_unix_connection(address.path)
+                family, target = socket.AF_UNIX, address.path
+                where: Any = target
             else:
-                reader, writer = await asyncio.open_connection(address.host, address.port)
-        self._writer = writer
+                infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+                family, _, _, _, where = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+                await loop.sock_connect(sock, where)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+    async def _stream(self) -> bool:
+        """One connection: `show events RING -w -n` until it closes. True if any line came.
+
+        Read every BATCH_SECONDS, not as each line comes: what HAProxy sends meanwhile waits in the socket's
+        buffers (and, past them, in the ring), so a read takes hundreds of lines at once and the loop wakes up
+        ten times a second whatever the traffic."""
+        loop = asyncio.get_running_loop()
+        sock = await self._connect()
+        self._socket = sock
         self._tail = b""
         got = False
         history: asyncio.Task[None] | None = None
         try:
-            writer.write(f"show events {RING} -w -n\n".encode())
-            await writer.drain()
+            await loop.sock_sendall(sock, f"show events {RING} -w -n\n".encode())
             try:  # which process took the stream (the same one answers this, but across a restart)
                 self.stream_pid = (await self._client.show_info()).pid
             except RuntimeApiError:
@@ -316,18 +342,17 @@ class RequestLog:
             self.connected = True
             self.connections += 1
             if not self._history_read:
-                history = asyncio.get_running_loop().create_task(self._read_history())
+                history = loop.create_task(self._read_history())
             else:
                 self.ready.set()
             monotonic = time.monotonic
-            while chunk := await reader.read(262144):
+            while chunk := await loop.sock_recv(sock, READ_SIZE):
                 self.feed(chunk, monotonic())
                 got = True
+                await asyncio.sleep(BATCH_SECONDS)
         finally:
             if history is not None and not history.done():
                 history.cancel()
-            self._writer = None
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            self._socket = None
+            sock.close()
         return got
