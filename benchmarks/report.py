@@ -71,6 +71,10 @@ class Run:
     idle_cpu_pct: float | None = None
     terminal_bytes: int | None = None
     quit_clean: bool | None = None
+    # haproxy-attached only: the CPU of `lbtui attach` alone (it is in cpu_us_per_req too), per request and in %
+    # of one CPU over the measured run.
+    attached_cpu_us_per_req: float | None = None
+    attached_cpu_pct: float | None = None
     attempts: int = 1  # --retry-disturbed: how many times this run was measured (the least disturbed is kept)
 
     @property
@@ -332,8 +336,15 @@ def report_attached(bench: Measured, c: int, level: dict[str, Any]) -> bool:
             bar = f" (bar >= {BAR_ATTACHED_RPS_MIN:.2f}x)"
         else:
             verdict, bar = "(info)", ""
+        own = [r.attached_cpu_us_per_req for r in tr if r.attached_cpu_us_per_req is not None]
+        share = [r.attached_cpu_pct for r in tr if r.attached_cpu_pct is not None]
+        if own and share:
+            entry["lbtui_cpu_us_per_req"] = statistics.median(own)
+            entry["lbtui_cpu_pct"] = statistics.median(share)
         level["ratios"][name] = entry
         note = f" (errors in {errs} run(s))" if errs else ""
+        if own and share:
+            note += f"  [lbtui attach: {statistics.median(own):.1f} us/req, {statistics.median(share):.1f}% of a CPU]"
         print(
             f"{head}{name}  req/s {fmt_x(rr)}{bar}  cpu/req {fmt_x(cr)} ({dc:+.1f} us)  p99 {fmt_x(pr)}  "
             f"{verdict}{note}"

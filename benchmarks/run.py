@@ -440,12 +440,14 @@ class Bench:
             self.wrk(port, connections, WARMUP_S, target)  # warm-up, discarded
             out0 = dash.output_bytes() if dash is not None else 0
             before = cpu_seconds()
+            attached0 = tree_cpu_seconds(attached.pid) if attached else 0.0
             busy0, steal0 = cpu_busy_seconds(self.proxy_cpu)
             t0 = time.monotonic()
             res = self.wrk(port, connections, self.args.duration, target)
             wall = time.monotonic() - t0
             busy1, steal1 = cpu_busy_seconds(self.proxy_cpu)
             after = cpu_seconds()
+            attached1 = tree_cpu_seconds(attached.pid) if attached else 0.0
             out1 = dash.output_bytes() if dash is not None else 0
         finally:
             if shared and proc.alive():
@@ -485,6 +487,10 @@ class Bench:
             idle_cpu_pct=idle_pct,
             terminal_bytes=(out1 - out0) if dash is not None else None,
             quit_clean=quit_clean,
+            attached_cpu_us_per_req=(attached1 - attached0) * 1e6 / max(res.requests, 1)
+            if attached
+            else None,
+            attached_cpu_pct=(attached1 - attached0) * 100 / wall if attached else None,
         )
 
     def measure_settled(self, rnd: int, connections: int, target: str) -> Run:
@@ -538,6 +544,11 @@ class Bench:
                         extra += f"  idle cpu {run.idle_cpu_pct:.1f}%"
                     if run.terminal_bytes is not None:
                         extra += f"  tty {run.terminal_bytes / 1024 / max(run.seconds, 1e-9):.1f} KB/s"
+                    if run.attached_cpu_pct is not None:
+                        extra += (
+                            f"  lbtui attach {run.attached_cpu_us_per_req:.1f} us/req "
+                            f"({run.attached_cpu_pct:.1f}% cpu)"
+                        )
                     if run.quit_clean is not None:
                         extra += "  quit ok" if run.quit_clean else "  QUIT FAILED (killed)"
                     if run.build and run.build != "compiled":

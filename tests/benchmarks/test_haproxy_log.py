@@ -54,7 +54,18 @@ def attached_bench(rps: dict[int, tuple[float, float, float]]) -> Bench:
         runs += [
             run("haproxy", 50, rnd, alone, 3000, 9000, 30.0),
             run(LOGGED, 50, rnd, logged, 3000, 9000, 30.5),
-            run(ATTACHED, 50, rnd, attached, 3000, 9000, 32.0, cpu_of="haproxy + lbtui attach"),
+            run(
+                ATTACHED,
+                50,
+                rnd,
+                attached,
+                3000,
+                9000,
+                32.0,
+                cpu_of="haproxy + lbtui attach",
+                attached_cpu_us_per_req=1.5 + rnd / 10,
+                attached_cpu_pct=1.2 + rnd / 10,
+            ),
         ]
     return Bench(runs, ["haproxy", LOGGED, ATTACHED], [50], len(rps))
 
@@ -69,7 +80,11 @@ def test_the_bar_is_judged_on_the_medians_and_each_round_is_shown(capsys):
     assert ratios[f"{ATTACHED}/haproxy"]["verdict"] == "PASS"
     assert ratios[f"{ATTACHED}/haproxy"]["cpu_delta_us"] == pytest.approx(2.0)
     assert "verdict" not in ratios[f"{LOGGED}/haproxy"]  # information
-    assert f"c=50  {ATTACHED}/haproxy  req/s 0.98x (bar >= 0.98x)  cpu/req 1.07x (+2.0 us)" in out
+    assert (
+        f"c=50  {ATTACHED}/haproxy  req/s 0.98x (bar >= 0.98x)  cpu/req 1.07x (+2.0 us)  p99 1.00x  PASS"
+        "  [lbtui attach: 1.7 us/req, 1.4% of a CPU]"
+    ) in out
+    assert ratios[f"{ATTACHED}/haproxy"]["lbtui_cpu_pct"] == pytest.approx(1.4)
     assert f"  round 2:  {ATTACHED}/haproxy  req/s 0.96x  cpu/req 1.07x (+2.0 us)  p99 1.00x  FAIL" in out
     assert "  rounds passing: 2/3" in out
     assert f"c=50  {LOGGED}/haproxy  req/s 0.99x  cpu/req 1.02x (+0.5 us)  p99 1.00x  (info)" in out
