@@ -447,7 +447,7 @@ class HaproxyController(Controller):
         """The request log's newest requests, newest first ([] while it is not wired: the snapshot's
         extra["request_log"] says why)."""
         if not self._closed:
-            self._log.ready.wait(self._timeout * 2)  # the first look for the ring (and its dump), if not done
+            self._log.ready.wait(self._timeout)  # the first look for the ring (and its dump), if not done yet
         return self._log.recent(max(0, limit))
 
     # -- reads ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """HAProxy's request log (lbtui/haproxy/requestlog.py) against real HAProxy processes with the ring `lbtui`
 configured as docs/haproxy.md says (tests/haproxy/conftest.py, `ring=True`): per-server p50/p99 against what the
 client measured, counts equal to what was sent, recent requests, a HAProxy without the ring, lines that are not
-lbtui's in the ring, and a restart mid-stream.
+lbtui's in the ring, a restart mid-stream, and the dashboard on it (percentile columns, the access log view).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from lbtui.core.views import BackendView, Snapshot
 from lbtui.haproxy.controller import LATENCY_LABEL, LOG_LATENCY_LABEL, HaproxyController
 from lbtui.haproxy.requestlog import LOG_FORMAT, MARKER, RequestLog, parse_line
 from lbtui.haproxy.runtime import RuntimeClient
+from lbtui.tui.app import Dashboard
+from lbtui.tui.table import Table
 from tests.conftest import DEADLINE, wait_for
 from tests.haproxy.conftest import HAProxy, _unused_port
 from tests.haproxy.test_controller import call, controlling
@@ -266,3 +268,29 @@ async def test_a_restart_mid_stream_reconnects_the_reader(haproxy):
         assert {t.partition("/")[2].partition("/")[0] for t in targets[:10]} == {"after"}
         assert sorted(targets) == sorted(f"/{when}/{i}" for when in ("before", "after") for i in range(10))
         assert (await call(c.snapshot)).extra["request_log"].startswith("wired")
+
+
+async def test_the_dashboard_shows_the_logs_percentiles_and_requests(haproxy):
+    h = await haproxy(["a", "b"], ring=True)
+    async with controlling(h) as c:
+        await attached(c)
+        for i in range(4):
+            await timed_get(h.frontend_port, f"/seen/{i}")
+        await wait_for(lambda: logged(c) == 4, what="the requests counted")
+        app = Dashboard(None, controller=c)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await pilot.pause()
+            table = app.query_one("#backends", Table)
+            keys = [key for key, _, _ in table.columns]
+            assert "p50" in keys
+            assert "p99" in keys
+            assert "avg" not in keys  # percentiles now, not HAProxy's average
+            assert "latency: p50/p99 (HAProxy request log)" in str(app.query_one("#services").render())
+            assert str(table.get_cell("a", "p99")) not in ("", "-")
+            await pilot.press("4")  # the access log
+            access = app.query_one("#access", Table)
+            await wait_for(lambda: len(access.keys) == 4, what="the log view's rows")
+            shown = {str(access.get_cell(key, "target")) for key in access.keys}
+            assert shown == {f"/seen/{i}" for i in range(4)}
+            await pilot.press("q", "y")
+            await wait_for(lambda: not app.is_running, what="the dashboard to quit")
