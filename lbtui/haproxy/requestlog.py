@@ -34,6 +34,9 @@ Invariants:
   add to the same windows, which forget the old ones as they slide.
 - Everything but `recent()` runs on the loop's thread; `recent()` may be called from any thread (one lock, taken
   once per chunk by the reader).
+- HAProxy never waits for a reader: a ring full of lines not yet read loses lines ("N dropped" in `show events`,
+  read when a stream opens and every RECHECK_SECONDS while it is open); the status says how many it dropped while
+  this reader's stream was open.
 - Headless: imports nothing of textual, rich or httpx, and nothing above the core but this package.
 """
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -83,6 +87,7 @@ DOC: Final = "docs/haproxy.md, 'The request log'"
 
 _MARK = MARKER + " "
 _MARKER = MARKER.encode()
+_DROPPED = re.compile(r"(\d+) dropped")
 _NO_SERVER = NO_SERVER.encode()
 
 
@@ -137,6 +142,8 @@ class RequestLog:
         self.skipped = 0  # lines not in LOG_FORMAT: the ring carries something else too (or only)
         self.overflow = 0  # lines of servers beyond MAX_SERVERS
         self.reason = "not read yet"  # why it is not wired (or not connected), when it is not
+        self._dropped = 0  # HAProxy's count of lines it dropped from the ring, at the last look
+        self._dropped_base = 0  # that count when the current stream opened
 
     # -- what the controller reads ---------------------------------------------------------------------------
     @property
@@ -157,9 +164,17 @@ class RequestLog:
         skipped = self.skipped + self.overflow
         if skipped:
             text += f", {skipped} lines skipped (not lbtui's format)"
+        if self.dropped:
+            text += f", {self.dropped} dropped by HAProxy (read too slowly for the ring's size)"
         if not self.connected:
             text += f"; not connected: {self.reason}"
         return text
+
+    @property
+    def dropped(self) -> int:
+        """Lines HAProxy dropped from the ring while this stream was open (never negative: a new process's
+        count starts again)."""
+        return max(0, self._dropped - self._dropped_base)
 
     def window(self, backend: str, server: str, now: float) -> WindowView | None:
         """The server's window from the log (empty if no line of it came yet); None while the log is not
@@ -256,12 +271,13 @@ class RequestLog:
         delay = RETRY_MIN
         while True:
             try:
-                self.ring_found = await self._has_ring()
+                await self.look()
                 if not self.ring_found:
                     self.reason = f"HAProxy has no ring named {RING!r}"
                     self.ready.set()
                     await asyncio.sleep(RECHECK_SECONDS)
                     continue
+                self._dropped_base = self._dropped  # what HAProxy dropped before this stream is not ours
                 if await self._stream():
                     delay = RETRY_MIN
                 self.reason = "the stream closed"
@@ -290,15 +306,26 @@ class RequestLog:
                 self._keep_raw(b"\n".join(older) + b"\n", newest=False)
         self.ready.set()
 
-    async def _has_ring(self) -> bool:
-        answer = await self._client.command("show events")
-        return any(line.split(":", 1)[0].strip() == RING for line in answer.splitlines()[1:])
-
     async def look(self) -> None:
-        """Look for the ring now (the controller's first poll: its snapshot then says whether it is wired)."""
-        self.ring_found = await self._has_ring()
-        if not self.ring_found:
-            self.reason = f"HAProxy has no ring named {RING!r}"
+        """Look for the ring now with `show events` (the controller's first poll: its snapshot then says whether
+        it is wired), and read how many lines HAProxy has dropped from it (a reader too slow for its size)."""
+        answer = await self._client.command("show events")
+        for line in answer.splitlines()[1:]:
+            name, _, rest = line.partition(":")
+            if name.strip() == RING:
+                self.ring_found = True
+                dropped = _DROPPED.search(rest)
+                self._dropped = int(dropped.group(1)) if dropped else self._dropped
+                return
+        self.ring_found = False
+        self.reason = f"HAProxy has no ring named {RING!r}"
+
+    async def _watch(self) -> None:
+        """While a stream is open: what HAProxy dropped, every RECHECK_SECONDS."""
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            with contextlib.suppress(RuntimeApiError):
+                await self.look()
 
     async def _connect(self) -> socket.socket:
         """A non-blocking socket connected to the stats socket (within the client's deadline)."""
@@ -333,6 +360,7 @@ class RequestLog:
         self._tail = b""
         got = False
         history: asyncio.Task[None] | None = None
+        watch = loop.create_task(self._watch())
         try:
             await loop.sock_sendall(sock, f"show events {RING} -w -n\n".encode())
             try:  # which process took the stream (the same one answers this, but across a restart)
@@ -351,6 +379,7 @@ class RequestLog:
                 got = True
                 await asyncio.sleep(BATCH_SECONDS)
         finally:
+            watch.cancel()
             if history is not None and not history.done():
                 history.cancel()
             self._socket = None
