@@ -10,26 +10,26 @@ Invariants:
   ring is looked for with `show events`; with no ring named RING the log is not wired, and it is looked for again
   every RECHECK_SECONDS (a reload may add it). A connection that closes or fails is opened again after a backoff
   (RETRY_MIN doubling to RETRY_MAX, back to RETRY_MIN once lines have come). `reconnect(pid)` (the controller's,
-  on a new HAProxy process) closes the current one at once unless it reads that process already (`show info` right
-  after a stream opens says whose it is). HAProxy 2.6 does not close an idle `-w` stream on its
-  CLI timeout (measured: 45 s idle), but whatever closes it, it is opened again.
+  on a new HAProxy process) closes the current one at once unless it reads that process already (`show info`
+  right after a stream opens says whose it is). HAProxy 2.6 does not close an idle `-w` stream on its CLI timeout
+  (measured: 45 s idle), but whatever closes it, it is opened again.
 - The windows count what the stream (`-n`: new lines only) brings: what HAProxy logged while no stream was open
   (between a close and the next connection, or before lbtui attached) is in no window. For recent(), the first
   connection also reads the ring's dump once (`show events RING`) and puts the lines the stream has not brought
-  before them (each line is unique by HAProxy's request counter %rt): `ctl requests` lists requests made before it
-  ran. `ready` is set once the ring has been looked for (and that dump read, if there is one).
-- The windows are keyed by the names' bytes as HAProxy wrote them; `window()` takes str names.
+  before them (each line is unique by HAProxy's request counter %rt): `ctl requests` lists requests made before
+  it ran. `ready` is set once the ring has been looked for (and that dump read, if there is one).
 - The stream is read every BATCH_SECONDS (one wake-up and one read of all that waits, whatever the traffic); a
-  chunk is counted in bulk: per line one `partition` at the "|" that ends the four fields
-  the windows need, a Counter groups equal heads (HAProxy's times are whole milliseconds: a chunk holds few
-  distinct ones), and each distinct head is parsed once and counted with one `SlidingWindow.record_many`
-  (core/stats.py: the windows lbtui's own engine keeps, same length). Lines are counted in the window of the moment they were read (one clock read per
-  chunk). Nothing else is parsed until `recent()` asks: the newest KEEP_BYTES of lines are kept as they came.
+  chunk is counted in bulk: per line one `partition` at the "|" that ends the four fields the windows need, a
+  Counter groups equal heads (HAProxy's times are whole milliseconds: a chunk holds few distinct ones), and each
+  distinct head is parsed once and counted with one `SlidingWindow.record_many` (core/stats.py: the windows
+  lbtui's own engine keeps, same length). Lines are counted in the window of the moment they were read (one
+  clock read per chunk). Nothing else is parsed until `recent()` asks: the newest KEEP_BYTES of lines are kept
+  as they came.
+- The windows are keyed by the names' bytes as HAProxy wrote them; `window()` takes str names.
 - Lines that are not lbtui's (no MARKER at the start: HAProxy's ring must be `format raw`; a field that is not a
-  number) are counted as `skipped`,
-  never raised; a request that no server took (`<NOSRV>`) is listed but counted in no server's window. At most
-  MAX_SERVERS windows exist (lines of further servers are counted as `overflow`): garbage in the ring cannot grow
-  memory without bound.
+  number) are counted as `skipped`, never raised; a request that no server took (`<NOSRV>`) is listed but counted
+  in no server's window. At most MAX_SERVERS windows exist (lines of further servers are counted as
+  `overflow`): garbage in the ring cannot grow memory without bound.
 - Windows belong to (backend, server) names, not to a HAProxy process: after a restart the new process's lines
   add to the same windows, which forget the old ones as they slide.
 - Everything but `recent()` runs on the loop's thread; `recent()` may be called from any thread (one lock, taken
