@@ -207,6 +207,12 @@ class PtyProc:
             f"  command: {' '.join(self.argv)}\n  last lines of its terminal:\n{self.log_tail()}"
         )
 
+    def shows(self, text: str) -> bool:
+        """Whether `text` is in what it has written lately (escape sequences removed)."""
+        with self._lock:
+            raw = bytes(self._tail)
+        return text in _ESCAPES.sub(b"", raw).decode("utf-8", "replace")
+
     def stop(self) -> None:
         """Quit as a user does (`q`, then `y` to confirm; twice if need be), else SIGTERM, then SIGKILL."""
         if self.alive():

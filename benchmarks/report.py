@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from benchmarks.targets import (
+    ATTACHED,
     GATEWAY,
     GATEWAY_KEY_HEADER,
     GATEWAY_PATH,
     GATEWAY_PREFIX,
     GATEWAY_RATE,
+    LOGGED,
     VARIANT,
 )
 from benchmarks.wrk import WARMUP_S
@@ -37,6 +39,9 @@ BAR_DASH_RPS_MIN = 0.90  # dashboard req/s >= 0.90x headless
 BAR_DASH_P99_DELTA_MS = 2.0  # dashboard p99 <= headless p99 + 2 ms
 # The gateway bar (issue 5): route + API key + rate limit (not hit) keeps req/s within 25% of plain lbtui's.
 BAR_GW_RPS_MIN = 0.75
+# The HAProxy request-log bar (issue 15): HAProxy with the ring log wired and `lbtui attach` reading it keeps
+# req/s within 2% of HAProxy alone.
+BAR_ATTACHED_RPS_MIN = 0.98
 
 
 @dataclass
@@ -66,6 +71,10 @@ class Run:
     idle_cpu_pct: float | None = None
     terminal_bytes: int | None = None
     quit_clean: bool | None = None
+    # haproxy-attached only: the CPU of `lbtui attach` alone (it is in cpu_us_per_req too), per request and in %
+    # of one CPU over the measured run.
+    attached_cpu_us_per_req: float | None = None
+    attached_cpu_pct: float | None = None
     attempts: int = 1  # --retry-disturbed: how many times this run was measured (the least disturbed is kept)
 
     @property
@@ -284,7 +293,9 @@ def report(bench: Measured) -> tuple[dict[str, Any], bool]:
         verdicts = [v for v in verdicts if v]
         if verdicts:
             print(f"  rounds passing: {verdicts.count('PASS')}/{len(verdicts)}")
-        if not lb:
+        if pick(runs, "haproxy", c) and any(pick(runs, t, c) for t in (LOGGED, ATTACHED)):
+            all_pass &= report_attached(bench, c, level)
+        elif not lb:
             print(f"{head}(lbtui not measured: no ratio lines)")
         if lb and pick(runs, GATEWAY, c):
             all_pass &= report_gateway(bench, c, level)
@@ -293,6 +304,71 @@ def report(bench: Measured) -> tuple[dict[str, Any], bool]:
         print()
     summary["all_bars_pass"] = all_pass
     return summary, all_pass
+
+
+def attached_verdict(rps: float | None, errors: int) -> str:
+    return "PASS" if rps is not None and rps >= BAR_ATTACHED_RPS_MIN and not errors else "FAIL"
+
+
+def report_attached(bench: Measured, c: int, level: dict[str, Any]) -> bool:
+    """The request-log lines of one level: HAProxy with the ring log (haproxy-logged: information) and with
+    `lbtui attach` reading it (haproxy-attached: the bar) against HAProxy alone; the medians, then each round.
+    True if the bar holds (or haproxy-attached was not measured)."""
+    runs = bench.runs
+    head = f"c={c}".ljust(6)
+    hp = pick(runs, "haproxy", c)
+    ok = True
+    for target in (LOGGED, ATTACHED):
+        tr = pick(runs, target, c)
+        if not tr:
+            continue
+        name = f"{target}/haproxy"
+        errs = sum(1 for r in tr if r.errors)
+        rr = ratio(med(tr, "rps"), med(hp, "rps"))
+        cr = ratio(med(tr, "cpu_us_per_req"), med(hp, "cpu_us_per_req"))
+        dc = med(tr, "cpu_us_per_req") - med(hp, "cpu_us_per_req")
+        pr = ratio(med(tr, "p99_us"), med(hp, "p99_us"))
+        entry: dict[str, Any] = {"rps": rr, "cpu_per_req": cr, "cpu_delta_us": dc, "p99": pr}
+        if target == ATTACHED:
+            verdict = attached_verdict(rr, errs)
+            entry["verdict"] = verdict
+            ok = verdict == "PASS"
+            bar = f" (bar >= {BAR_ATTACHED_RPS_MIN:.2f}x)"
+        else:
+            verdict, bar = "(info)", ""
+        own = [r.attached_cpu_us_per_req for r in tr if r.attached_cpu_us_per_req is not None]
+        share = [r.attached_cpu_pct for r in tr if r.attached_cpu_pct is not None]
+        if own and share:
+            entry["lbtui_cpu_us_per_req"] = statistics.median(own)
+            entry["lbtui_cpu_pct"] = statistics.median(share)
+        level["ratios"][name] = entry
+        note = f" (errors in {errs} run(s))" if errs else ""
+        if own and share:
+            note += f"  [lbtui attach: {statistics.median(own):.1f} us/req, {statistics.median(share):.1f}% of a CPU]"
+        print(
+            f"{head}{name}  req/s {fmt_x(rr)}{bar}  cpu/req {fmt_x(cr)} ({dc:+.1f} us)  p99 {fmt_x(pr)}  "
+            f"{verdict}{note}"
+        )
+        per_round = []
+        for rnd in range(1, bench.rounds + 1):
+            a, b = pick(runs, target, c, rnd), pick(runs, "haproxy", c, rnd)
+            if not a or not b:
+                continue
+            rr = ratio(a[0].rps, b[0].rps)
+            cr = ratio(a[0].cpu_us_per_req, b[0].cpu_us_per_req)
+            dc = a[0].cpu_us_per_req - b[0].cpu_us_per_req
+            pr = ratio(a[0].p99_us, b[0].p99_us)
+            v = attached_verdict(rr, a[0].errors) if target == ATTACHED else ""
+            per_round.append({"round": rnd, "rps": rr, "cpu_per_req": cr, "p99": pr, "verdict": v or None})
+            print(
+                f"  round {rnd}:  {name}  req/s {fmt_x(rr)}  cpu/req {fmt_x(cr)} ({dc:+.1f} us)  "
+                f"p99 {fmt_x(pr)}  {v}".rstrip()
+            )
+        level[f"per_round_{target}"] = per_round
+        if target == ATTACHED and per_round:
+            passing = sum(1 for e in per_round if e["verdict"] == "PASS")
+            print(f"  rounds passing: {passing}/{len(per_round)}")
+    return ok
 
 
 def gateway_verdict(rps: float | None, errors: int) -> str:

@@ -10,6 +10,9 @@ See benchmarks/README.md for what the numbers mean and the bars they are held to
 The gateway case (`lbtui-gateway`, in the default set): the same engine with a route that asks for an API key
 and rate-limits per consumer (never hit), against plain lbtui.
 
+The HAProxy request-log case (`--only haproxy,haproxy-logged,haproxy-attached`): HAProxy with lbtui's ring log
+and `lbtui attach` reading it, against HAProxy alone.
+
 Dashboard mode: the engine inside the dashboard (`lbtui --config FILE` on a pseudo-terminal) against the
 same engine headless (`lbtui serve --config FILE`), same load, same pinning:
 
@@ -59,6 +62,7 @@ from benchmarks.report import (
     report,
 )
 from benchmarks.targets import (
+    ATTACHED,
     DASHBOARD_MODE_TARGETS,
     DASHBOARDS,
     DEFAULT_TARGETS,
@@ -66,6 +70,7 @@ from benchmarks.targets import (
     GATEWAY_KEY_HEADER,
     GATEWAY_PREFIX,
     GATEWAY_RATE,
+    HAPROXY_LOGGED,
     REPO,
     TARGETS,
     VARIANT,
@@ -82,6 +87,9 @@ IDLE_SAMPLE_S = 2.0
 # --retry-disturbed: measure a run at most this many times, pausing in between.
 RETRY_ATTEMPTS = 3
 RETRY_PAUSE_S = 5.0
+# haproxy-attached: `lbtui attach` is ready when its services line names the request log as its latency.
+ATTACH_READY_TEXT = "HAProxy request log"
+ATTACH_READY_S = 15.0
 
 
 class Bench:
@@ -163,7 +171,8 @@ class Bench:
     # -- preflight
 
     def preflight(self) -> None:
-        need = ["wrk", "nginx"] + (["haproxy"] if "haproxy" in self.targets else [])
+        haproxies = {"haproxy", *HAPROXY_LOGGED} & set(self.targets)
+        need = ["wrk", "nginx"] + (["haproxy"] if haproxies else [])
         missing = [tool for tool in need if shutil.which(tool) is None]
         if missing:
             raise StartError(f"missing on PATH: {', '.join(missing)} (apt-get install -y wrk haproxy nginx)")
@@ -187,7 +196,7 @@ class Bench:
                     f"{problem}\n  (`python -m lbtui serve --config FILE` is needed; "
                     "until it exists, run with --only direct,haproxy)"
                 )
-        if self.dashboard_mode:
+        if self.dashboard_mode or ATTACHED in self.targets:
             code = "import lbtui.tui.app"
             try:
                 cp = subprocess.run(
@@ -240,6 +249,34 @@ class Bench:
         wait_ready(proc, self.ports[target])
         return proc
 
+    def start_attached(self, rnd: int, connections: int) -> PtyProc:
+        """`lbtui attach haproxy:///SOCK` on a fresh pty (not pinned: a user's terminal runs anywhere), ready once
+        its services line says the latency is the HAProxy request log's (it reads the ring)."""
+        cols, rows = self.args.pty_size
+        url = f"haproxy://{self.tmp / (ATTACHED + '.sock')}"
+        proc = PtyProc(
+            ATTACHED,
+            [*self.dashboard_cmd, "attach", url],
+            self.tmp / f"{ATTACHED}-r{rnd}-c{connections}.pty.log",
+            cols,
+            rows,
+            env=self.dashboard_env(),
+            cwd=self.tmp,
+        )
+        self.procs.append(proc)
+        t0 = time.monotonic()
+        while not proc.shows(ATTACH_READY_TEXT):
+            if not proc.alive():
+                raise StartError(proc.died_message("before it was ready"))
+            if time.monotonic() - t0 > ATTACH_READY_S:
+                raise StartError(
+                    f"{ATTACHED}: `lbtui attach {url}` did not show {ATTACH_READY_TEXT!r} within "
+                    f"{ATTACH_READY_S:g} s (the request log not wired?)\n  last lines of its terminal:\n"
+                    f"{proc.log_tail()}"
+                )
+            time.sleep(0.05)
+        return proc
+
     def stop_dashboard(self, proc: PtyProc) -> bool:
         proc.stop()
         self.procs.remove(proc)
@@ -248,7 +285,10 @@ class Bench:
     # -- start everything
 
     def start_all(self) -> None:
-        b1, b2, hp, lp, admin, gp, gadmin, *dash_ports = free_ports(7 + 2 * len(self.dash_cmds))
+        b1, b2, hp, lp, admin, gp, gadmin, *more = free_ports(
+            7 + 2 * len(self.dash_cmds) + len(HAPROXY_LOGGED)
+        )
+        logged_ports, dash_ports = more[: len(HAPROXY_LOGGED)], more[len(HAPROXY_LOGGED) :]
         backends = [b1, b2]
 
         conf = self.tmp / "nginx.conf"
@@ -278,6 +318,24 @@ class Bench:
             t = wait_ready(proc, hp)
             self.ports["haproxy"], self.proc_of["haproxy"] = hp, proc
             print(f"  haproxy on 127.0.0.1:{hp} (ready in {t:.2f} s)")
+
+        # HAProxy with lbtui's request log (a ring and a log-format) and an admin socket: alone, and with
+        # `lbtui attach` reading the log (started afresh for each run, like the dashboards).
+        for target, port in zip(HAPROXY_LOGGED, logged_ports, strict=True):
+            if target not in self.targets:
+                continue
+            cfg = self.tmp / f"{target}.cfg"
+            cfg.write_text(haproxy_cfg(port, backends, stats_socket=self.tmp / f"{target}.sock"))
+            proc = self.start(target, [*self.pin(self.proxy_cpu), "haproxy", "-f", str(cfg), "-db"])
+            t = wait_ready(proc, port)
+            self.ports[target], self.proc_of[target] = port, proc
+            print(f"  {target}: haproxy with the ring log on 127.0.0.1:{port} (ready in {t:.2f} s)")
+        if ATTACHED in self.targets:
+            print(
+                f"  {ATTACHED}: {shlex.join(self.dashboard_cmd)} attach haproxy://SOCK on a "
+                f"{self.args.pty_size[0]}x{self.args.pty_size[1]} pty, not pinned, started for each run; "
+                "its CPU is counted with HAProxy's"
+            )
 
         if "lbtui" in self.targets:
             toml = self.tmp / "lbtui.toml"
@@ -345,6 +403,9 @@ class Bench:
         if is_dashboard(target):
             dash = self.start_dashboard(target, rnd, connections)
             proc: Proc | PtyProc = dash
+        elif target == ATTACHED:
+            dash = self.start_attached(rnd, connections)
+            proc = self.proc_of[target]
         else:
             proc = self.proc_of[target]
         try:
@@ -358,39 +419,49 @@ class Bench:
     ) -> Run:
         port = self.ports[target]
         idle_pct = None
+        attached = dash if target == ATTACHED else None
+
+        def cpu_seconds() -> float:  # the target's CPU, and an attached dashboard's
+            return tree_cpu_seconds(proc.pid) + (tree_cpu_seconds(attached.pid) if attached else 0.0)
+
+        if attached is not None and not self.dashboard_mode:
+            time.sleep(DASH_SETTLE_S)
         if self.dashboard_mode and target != "direct":
             # Let a fresh dashboard finish its first layout, then sample what the target costs with no load.
             if dash is not None:
                 time.sleep(DASH_SETTLE_S)
-            c0, t0 = tree_cpu_seconds(proc.pid), time.monotonic()
+            c0, t0 = cpu_seconds(), time.monotonic()
             time.sleep(IDLE_SAMPLE_S)
-            idle_pct = (tree_cpu_seconds(proc.pid) - c0) * 100 / (time.monotonic() - t0)
+            idle_pct = (cpu_seconds() - c0) * 100 / (time.monotonic() - t0)
         shared = self.shares_cpu(connections, target)
         if shared:
             set_tree_affinity(proc.pid, {self.load_cpu})
         try:
             self.wrk(port, connections, WARMUP_S, target)  # warm-up, discarded
             out0 = dash.output_bytes() if dash is not None else 0
-            before = tree_cpu_seconds(proc.pid)
+            before = cpu_seconds()
+            attached0 = tree_cpu_seconds(attached.pid) if attached else 0.0
             busy0, steal0 = cpu_busy_seconds(self.proxy_cpu)
             t0 = time.monotonic()
             res = self.wrk(port, connections, self.args.duration, target)
             wall = time.monotonic() - t0
             busy1, steal1 = cpu_busy_seconds(self.proxy_cpu)
-            after = tree_cpu_seconds(proc.pid)
+            after = cpu_seconds()
+            attached1 = tree_cpu_seconds(attached.pid) if attached else 0.0
             out1 = dash.output_bytes() if dash is not None else 0
         finally:
             if shared and proc.alive():
                 set_tree_affinity(proc.pid, self.home_cpus(target))
-        if not proc.alive():
-            raise StartError(proc.died_message("during the benchmark"))
-        build = process_build(proc.pid) if target not in ("direct", "haproxy") else ""
+        for p in (proc, attached):
+            if p is not None and not p.alive():
+                raise StartError(p.died_message("during the benchmark"))
+        build = process_build(proc.pid) if target not in ("direct", "haproxy", *HAPROXY_LOGGED) else ""
         cpu_us = (after - before) * 1e6 / max(res.requests, 1)
         # The target's own CPU counts as "others" only when it runs on the proxy CPU alone; for the unpinned
         # dashboard its share of that CPU is unknown, so "others" is too.
         others: float | None
-        if target == "dashboard-unpinned" and self.pinned and not shared:
-            others = None
+        if target in ("dashboard-unpinned", ATTACHED) and self.pinned and not shared:
+            others = None  # where the unpinned process ran is unknown
         else:
             own = after - before if target != "direct" and not shared else 0.0
             others = others_pct(busy1 - busy0, own, wall)
@@ -407,7 +478,7 @@ class Bench:
             requests=res.requests,
             seconds=res.seconds,
             cpu_us_per_req=cpu_us,
-            cpu_of="backend nginx" if target == "direct" else target,
+            cpu_of={"direct": "backend nginx", ATTACHED: "haproxy + lbtui attach"}.get(target, target),
             socket_errors=res.socket_errors,
             non_2xx_3xx=res.non_2xx_3xx,
             proxy_cpu_others_pct=others,
@@ -416,6 +487,10 @@ class Bench:
             idle_cpu_pct=idle_pct,
             terminal_bytes=(out1 - out0) if dash is not None else None,
             quit_clean=quit_clean,
+            attached_cpu_us_per_req=(attached1 - attached0) * 1e6 / max(res.requests, 1)
+            if attached
+            else None,
+            attached_cpu_pct=(attached1 - attached0) * 100 / wall if attached else None,
         )
 
     def measure_settled(self, rnd: int, connections: int, target: str) -> Run:
@@ -469,6 +544,11 @@ class Bench:
                         extra += f"  idle cpu {run.idle_cpu_pct:.1f}%"
                     if run.terminal_bytes is not None:
                         extra += f"  tty {run.terminal_bytes / 1024 / max(run.seconds, 1e-9):.1f} KB/s"
+                    if run.attached_cpu_pct is not None:
+                        extra += (
+                            f"  lbtui attach {run.attached_cpu_us_per_req:.1f} us/req "
+                            f"({run.attached_cpu_pct:.1f}% cpu)"
+                        )
                     if run.quit_clean is not None:
                         extra += "  quit ok" if run.quit_clean else "  QUIT FAILED (killed)"
                     if run.build and run.build != "compiled":

@@ -22,7 +22,17 @@ GATEWAY_PATH = "/api/bench"
 GATEWAY_KEY_HEADER = "X-API-Key"
 GATEWAY_KEY = "lbtui-bench-key"  # not a secret: the config holds its SHA-256, as a real one would
 GATEWAY_RATE = 1_000_000  # requests per second for the one consumer (and the burst)
-TARGETS = ("direct", "haproxy", "lbtui", GATEWAY, *DASHBOARDS)
+# The HAProxy request-log case (issue 15: the dashboard attached costs HAProxy at most 2%): HAProxy with the ring
+# log of docs/haproxy.md and a stats socket, alone (`haproxy-logged`: what writing the log costs HAProxy) and with
+# `lbtui attach` on a pty reading that log (`haproxy-attached`; the dashboard not pinned, its CPU counted).
+LOGGED = "haproxy-logged"
+ATTACHED = "haproxy-attached"
+HAPROXY_LOGGED = (LOGGED, ATTACHED)
+# lbtui's request-log format and ring name (lbtui/haproxy/requestlog.py), repeated here: benchmarks/ is stdlib
+# only and imports nothing of lbtui; tests/benchmarks checks the two agree.
+RING = "lbtui"
+LOG_FORMAT = "lbtui1 %b %s %ST %Ta|%Tr %B %Ts%ms %ci %rt %HM %HU"
+TARGETS = ("direct", "haproxy", "lbtui", GATEWAY, *DASHBOARDS, *HAPROXY_LOGGED)
 DEFAULT_TARGETS = ("direct", "haproxy", "lbtui", GATEWAY)
 DASHBOARD_MODE_TARGETS = ("lbtui", *DASHBOARDS)  # --dashboard
 VARIANT = "variant:"  # --variant NAME=CMD adds the target "variant:NAME": CMD pinned like `dashboard`

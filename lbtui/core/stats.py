@@ -148,6 +148,15 @@ class SlidingWindow:
         us = int(latency_s * 1_000_000.0)
         self._current_counts[_INDEX[us] if us < _INDEX_SIZE else bucket_index(us)] += 1
 
+    def record_many(self, latency_s: float, errors: int, count: int, now: float) -> None:
+        """`count` requests of one latency at once, `errors` of them failed: as many `record` calls, for a
+        log read in bulk (HAProxy's, in whole milliseconds: a chunk of it holds few distinct latencies)."""
+        if now >= self._second_end:
+            self._start_second(int(now))
+        self._errors[self._current_slot] += errors
+        us = int(latency_s * 1_000_000.0)
+        self._current_counts[_INDEX[us] if us < _INDEX_SIZE else bucket_index(us)] += count
+
     def view(self, now: float) -> WindowView:
         second = int(now)
         oldest = second - self.slots + 1

@@ -15,8 +15,11 @@ Invariants:
   "no check"). In flight is `scur`; the queue (`qcur`) of the backend and its servers is the service's
   `queue_length` (a row has no queue column). Requests are `stot`; req/s and 5xx % are deltas between two polls
   and are never negative: a counter that goes down, or a new HAProxy process (`Info.restarted_since`), starts
-  them again. HAProxy gives no percentiles: `latency_avg_ms` carries `rtime` (its average over the last 1024
-  requests) and the p50/p99 of the window stay NaN (shown empty), never an average under a percentile's name.
+  them again. HAProxy gives no percentiles: without its request log `latency_avg_ms` carries `rtime` (its
+  average over the last 1024 requests) and the p50/p99 of the window stay NaN (shown empty), never an average
+  under a percentile's name. With the request log wired (a ring named `lbtui`, requestlog.py) each server's
+  window is the log's (every request counted, exact p50/p99, as lbtui's own engine), a service's is merged from
+  its servers', `latency_avg_ms` is None, and recent_requests lists the log's newest lines.
 - Polls and changes are serialised on the loop (one lock): a poll never reads a state half-way through a change.
   Every change made here is an Event with before/after read from HAProxy (after: read back), appended to the
   target's audit file (audit.py) that every lbtui process on that HAProxy shares: the file's events are this
@@ -59,11 +62,12 @@ from lbtui.core.control import (
     ReloadResult,
 )
 from lbtui.core.ramp import ABORTED, RUNNING, Ramp
-from lbtui.core.stats import WindowView
+from lbtui.core.stats import WindowView, merge_views
 from lbtui.core.views import BackendView, RequestView, ServiceView, Snapshot
 
 from .audit import AuditLog, Entry, audit_path
 from .groups import DEFAULT_GROUP, Groups
+from .requestlog import RequestLog
 from .runtime import (
     MAX_WEIGHT,
     Info,
@@ -75,7 +79,7 @@ from .runtime import (
 )
 from .split import Member, SplitRefused, ordered, plan, shares
 
-__all__ = ["LATENCY_LABEL", "HaproxyController"]
+__all__ = ["LATENCY_LABEL", "LOG_LATENCY_LABEL", "HaproxyController"]
 
 POLL_SECONDS: Final = 0.5
 TIMEOUT: Final = 2.0  # each Runtime API call; a caller waits for a change at most CHANGE_CALLS of them
@@ -86,6 +90,7 @@ MAX_EVENTS: Final = 1000
 # seconds: a change or restart seen here that another lbtui process recorded this recently is the same one
 SEEN_TWICE: Final = 30.0
 LATENCY_LABEL: Final = "avg (HAProxy, last 1024)"
+LOG_LATENCY_LABEL: Final = "p50/p99 (HAProxy request log)"
 SOCKET_ACTOR: Final = "haproxy socket"
 
 T = TypeVar("T")
@@ -174,6 +179,7 @@ class HaproxyController(Controller):
         self._addresses: dict[tuple[str, str], str] = {}  # server -> ADDR:PORT, from the last poll
         self._ramps: dict[str, Ramp] = {}
         self._ramp_marks: dict[str, dict[tuple[str, str], tuple[int, int]]] = {}  # (stot, 5xx) at step start
+        self._log = RequestLog(self._client)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="lbtui-haproxy", daemon=True)
@@ -183,6 +189,7 @@ class HaproxyController(Controller):
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         poller = self._loop.create_task(self._poll_forever())
+        self._spawn(self._log.run())
         try:
             self._loop.run_forever()
         finally:
@@ -269,10 +276,13 @@ class HaproxyController(Controller):
             info = await self._client.show_info()
             rows = await self._client.show_stat()
             states = await self._client.show_servers_state()
+            if self._last is None:
+                await self._log.look()
         now = time.monotonic()
         # What other lbtui processes did (their audit lines) is theirs: not a change "seen on the socket".
         self._absorb(self._audit.read_new())
         if self._info is not None and info.restarted_since(self._info):
+            self._log.reconnect(info.pid)  # the new process has a ring of its own
             self._record(
                 "haproxy",
                 "restart",
@@ -375,6 +385,7 @@ class HaproxyController(Controller):
             elif r.type == "backend":
                 backend_rows[r.pxname] = r
         names: dict[str, tuple[str, str]] = {}
+        logged = self._log.wired
         services = []
         counted: dict[tuple[str, str], tuple[float, int, int]] = {}
         for name, be in backend_rows.items():
@@ -388,7 +399,7 @@ class HaproxyController(Controller):
                 names[row_name] = key
                 names[f"{name}/{r.svname}"] = key
                 views.append(self._backend_view(row_name, r, states.get(key), now, counted))
-            window = _sum_windows([v.window for v in views])
+            window = (merge_views if logged else _sum_windows)([v.window for v in views])
             classes = tuple(sum(v.status_classes[i] for v in views) for i in range(6))
             self._algorithms[name] = be.algo
             groups = self._service_groups(name, [v.group for v in views])
@@ -423,8 +434,8 @@ class HaproxyController(Controller):
             connections=connections,
             extra={
                 "engine": f"HAProxy {info.version} (pid {info.pid}) at {self.url}",
-                "latency": LATENCY_LABEL,
-                "request_log": "not wired: no per-request log or percentiles from HAProxy yet",
+                "latency": LOG_LATENCY_LABEL if logged else LATENCY_LABEL,
+                "request_log": self._log.status(),
             },
         )
 
@@ -444,7 +455,8 @@ class HaproxyController(Controller):
             seconds, requests, failed = 0.0, 0, 0  # counted anew: no rate until the next poll
         else:
             seconds, requests, failed = now - then[0], stot - then[1], errors - then[2]
-        window = WindowView(
+        logged = self._log.window(r.pxname, r.svname, now)
+        window = logged or WindowView(
             seconds=seconds,
             requests=requests,
             errors=failed,
@@ -491,7 +503,7 @@ class HaproxyController(Controller):
             removing=key in self._removing,
             window=window,
             checked=bool(r.check_status),
-            latency_avg_ms=float(r.rtime) if r.rtime is not None else None,
+            latency_avg_ms=float(r.rtime) if r.rtime is not None and logged is None else None,
         )
 
     def _service_groups(self, service: str, present: list[str]) -> tuple[str, ...]:
@@ -617,10 +629,18 @@ class HaproxyController(Controller):
             self._subscribers.append(post)
 
     def recent_requests(self, limit: int = 100) -> list[RequestView]:
-        del limit
-        return []  # no request log is wired yet (the snapshot's extra["request_log"] says so)
+        """The request log's newest requests, newest first ([] while it is not wired: the snapshot's
+        extra["request_log"] says why)."""
+        if not self._closed:
+            self._log.ready.wait(self._timeout)  # the first look for the ring (and its dump), if not done yet
+        return self._log.recent(max(0, limit))
 
     # -- reads ---------------------------------------------------------------------------------------------
+    @property
+    def request_log(self) -> RequestLog:
+        """The reader of HAProxy's request log (its counters and state: read-only outside the loop)."""
+        return self._log
+
     @property
     def connection_lost(self) -> str:
         return self._lost

@@ -91,3 +91,14 @@ def test_merge_views_for_a_service():
 
 def test_percentiles_of_nothing():
     assert percentiles_us([0] * BUCKETS, 0, (0.5, 0.99)) == (0.0, 0.0)
+
+
+def test_record_many_is_as_many_records():
+    one, many = SlidingWindow(now=0.0), SlidingWindow(now=0.0)
+    for second, ms, errors, count in ((1.2, 3, 0, 40), (1.7, 40, 2, 5), (12.5, 7, 1, 3), (12.6, 250, 0, 1)):
+        for i in range(count):
+            one.record(ms / 1000, i < errors, second)
+        many.record_many(ms / 1000, errors, count, second)
+    for now in (1.9, 12.9):
+        assert many.view(now) == one.view(now)
+    assert many.totals() == one.totals()

@@ -1,5 +1,6 @@
 """A real HAProxy (`haproxy -db`, a process of its own) in front of demo backends, with three stats sockets: a unix
-one (mode 600, level admin), a TCP one on loopback (level admin) and a TCP one at level operator.
+one (mode 600, level admin), a TCP one on loopback (level admin) and a TCP one at level operator. With `ring`, the
+request log lbtui reads (docs/haproxy.md): a ring named `lbtui` and the `log`/`log-format` lines of the docs.
 
 The module is skipped where no haproxy binary is found (`apt-get install -y haproxy`; .ci/run installs it).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from lbtui.demo.backends import DemoBackend
+from lbtui.haproxy.requestlog import LOG_FORMAT, RING
 from lbtui.haproxy.runtime import RuntimeApiError, RuntimeClient, TcpAddress, UnixAddress
 from tests.conftest import DEADLINE
 
@@ -47,6 +49,8 @@ class HAProxy:
     servers: dict[str, DemoBackend]
     check: bool
     balance: str = "roundrobin"
+    ring: bool = False
+    extra: str = ""  # more sections at the end of the config
     socket_path: Path = field(init=False)
     admin_port: int = 0
     operator_port: int = 0
@@ -82,13 +86,17 @@ class HAProxy:
     def config(self) -> str:
         check = " check inter 100ms rise 1 fall 1" if self.check else ""
         servers = "".join(f"  server {name} {b.address}{check}\n" for name, b in self.servers.items())
+        ring = f"ring {RING}\n  format raw\n  size 1048576\n" if self.ring else ""
+        log = f'  log ring@{RING} local0 info\n  log-format "{LOG_FORMAT}"\n' if self.ring else ""
         return (
             "global\n"
             f"  stats socket {self.socket_path} mode 600 level admin\n"
             f"  stats socket 127.0.0.1:{self.admin_port} level admin\n"
             f"  stats socket 127.0.0.1:{self.operator_port} level operator\n"
+            f"{ring}"
             "defaults\n"
             "  mode http\n"
+            f"{log}"
             "  timeout connect 2s\n"
             "  timeout client 10s\n"
             "  timeout server 10s\n"
@@ -98,6 +106,7 @@ class HAProxy:
             "backend app\n"
             f"  balance {self.balance}\n"
             f"{servers}"
+            f"{self.extra}"
         )
 
     async def start(self) -> HAProxy:
@@ -169,19 +178,26 @@ def audit_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def haproxy(
     tmp_path: Path, backends: Callable[..., Awaitable[DemoBackend]]
 ) -> AsyncIterator[Callable[..., Awaitable[HAProxy]]]:
-    """`await haproxy(["a", "b"], check=False)`: a real HAProxy in front of new demo backends of those names
-    (`check`: each server with a health check). Killed at teardown; its stderr is printed (pytest shows it for a
-    failed test)."""
+    """`await haproxy(["a", "b"], check=False, ring=False, extra="")`: a real HAProxy in front of new demo backends
+    of those names (`check`: each server with a health check; `ring`: the request log lbtui reads; `extra`: more
+    config sections). Killed at teardown; its stderr is printed (pytest shows it for a failed test)."""
     binary = haproxy_binary()
     if binary is None:
         pytest.skip("haproxy is not installed (`apt-get install -y haproxy`; .ci/run installs it)")
     started: list[HAProxy] = []
 
-    async def start(names: list[str], *, check: bool = False, balance: str = "roundrobin") -> HAProxy:
+    async def start(
+        names: list[str],
+        *,
+        check: bool = False,
+        balance: str = "roundrobin",
+        ring: bool = False,
+        extra: str = "",
+    ) -> HAProxy:
         servers = {name: await backends(name) for name in names}
         folder = tmp_path / f"haproxy{len(started)}"
         folder.mkdir()
-        instance = HAProxy(binary, folder, servers, check, balance)
+        instance = HAProxy(binary, folder, servers, check, balance, ring, extra)
         started.append(instance)
         return await instance.start()
 
