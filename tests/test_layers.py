@@ -1,7 +1,7 @@
 """lbtui's layers hold: import-linter runs the contracts of pyproject.toml ([tool.importlinter]) on lbtui/, and a
 broken contract fails the test with import-linter's report (which import, in which file, at which line).
 
-The contracts: the layers (cli; tui | admin | haproxy; threaded; serve; demo; proxy; features; gateway; core;
+The contracts: the layers (cli; tui | admin | haproxy; fleet; threaded; serve; demo; proxy; features; gateway; core;
 config; leaves), no Textual or Rich below the dashboard, the faces reach the engine through the Controller, the
 HAProxy client stands on the core and below, and no import cycle between lbtui's packages. A second test plants a
 violation of each in a copy of lbtui/ and checks that the contracts name it: a contract that cannot fail would prove nothing.
