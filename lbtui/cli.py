@@ -4,8 +4,9 @@ No traceback ever reaches the user.
 
 The one place that wires the faces to the runtime: it hands the runtime the admin API's starter
 (ServeOptions.admin_server), for `serve` and for the dashboard that hosts the engine, and hands `attach`'s
-dashboard a RemoteController (a HaproxyController for a haproxy:// URL, as it hands `ctl` one); the dashboard,
-the admin API and the HAProxy client never import each other.
+dashboard a RemoteController (a HaproxyController for a haproxy:// URL, as it hands `ctl` one; a FleetController
+over one of those per URL where several are given); the dashboard, the admin API, the HAProxy client and the
+fleet never import each other.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lbtui.features import ignored, refused
 if TYPE_CHECKING:
     from textual.theme import Theme
 
+    from lbtui.fleet import FleetController as Fleet
     from lbtui.haproxy.controller import HaproxyController
 
 DEFAULT_CONFIG = "lbtui.toml"
@@ -113,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     attach.add_argument(
         "url",
-        nargs="?",
+        nargs="*",
         metavar="URL",
         help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901), or a HAProxy stats socket: "
-        "haproxy:///path/admin.sock or haproxy://HOST:PORT",
+        "haproxy:///path/admin.sock or haproxy://HOST:PORT; several: a fleet, steered as one (docs/fleet.md)",
     )
     attach.add_argument(
         "--token-env",
@@ -144,9 +146,10 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common.add_argument(
         "--admin",
         metavar="URL",
+        action="append",
         default=argparse.SUPPRESS,
         help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901), or a HAProxy stats socket: "
-        "haproxy:///path/admin.sock or haproxy://HOST:PORT",
+        "haproxy:///path/admin.sock or haproxy://HOST:PORT; given again: a fleet, steered as one (docs/fleet.md)",
     )
     common.add_argument(
         "--token-env",
@@ -368,6 +371,10 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     from lbtui.admin.ctl import admin_url
     from lbtui.admin.ctl import run as run_ctl
 
+    urls = list(dict.fromkeys(getattr(args, "admin", None) or []))
+    args.admin = urls[0] if urls else None
+    if len(urls) > 1:
+        return _ctl_fleet(args, urls)
     url = admin_url(args)
     if not url.startswith("haproxy:"):
         return run_ctl(args)
@@ -377,6 +384,53 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     if controller is None:
         return 1
     return run_ctl(args, client=ControllerClient(controller, controller.close))
+
+
+def _members(urls: list[str], who: str, token_env: str | None, timeout: float | None = None) -> Fleet | int:
+    """A FleetController over `urls` (HAProxy sockets and admin APIs, mixed), or the exit code after one line."""
+    from lbtui.admin.client import ClientError
+    from lbtui.admin.ctl import TOKEN_ENV
+    from lbtui.admin.remote import TIMEOUT as REMOTE_TIMEOUT
+    from lbtui.admin.remote import RemoteController
+    from lbtui.core.control import Controller
+    from lbtui.fleet import FleetController
+
+    members: dict[str, Controller] = {}
+
+    def close_all() -> None:
+        for member in members.values():
+            close = getattr(member, "close", None)
+            if callable(close):
+                close()
+
+    for url in urls:
+        if url.startswith("haproxy:"):
+            haproxy = _haproxy_controller(url, who, timeout)
+            if haproxy is None:
+                close_all()
+                return 1
+            members[url] = haproxy
+            continue
+        try:
+            members[url] = RemoteController(
+                url, os.environ.get(token_env or TOKEN_ENV) or None, timeout=timeout or REMOTE_TIMEOUT
+            )
+        except ClientError as error:
+            print(f"lbtui: {who}: {error}", file=sys.stderr)
+            close_all()
+            return 2
+    return FleetController(members)
+
+
+def _ctl_fleet(args: argparse.Namespace, urls: list[str]) -> int:
+    """`lbtui ctl --admin URL --admin URL ...`: every command on the fleet (lbtui/fleet.py), as on one."""
+    from lbtui.admin.ctl import run as run_ctl
+    from lbtui.admin.direct import ControllerClient
+
+    fleet = _members(urls, "ctl", getattr(args, "token_env", None), getattr(args, "request_timeout", None))
+    if isinstance(fleet, int):
+        return fleet
+    return run_ctl(args, client=ControllerClient(fleet, fleet.close))
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
@@ -390,9 +444,15 @@ def cmd_attach(args: argparse.Namespace) -> int:
     theme = _dashboard_theme(args)
     if isinstance(theme, int):
         return theme
-    url = args.url or os.environ.get(URL_ENV) or default_url()
+    urls = list(dict.fromkeys(args.url))
+    url = urls[0] if urls else os.environ.get(URL_ENV) or default_url()
     controller: Controller
-    if url.startswith("haproxy:"):
+    if len(urls) > 1:
+        fleet = _members(urls, "attach", args.token_env)
+        if isinstance(fleet, int):
+            return fleet
+        controller = fleet
+    elif url.startswith("haproxy:"):
         haproxy = _haproxy_controller(url, "attach")
         if haproxy is None:
             return 1
