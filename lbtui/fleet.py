@@ -157,6 +157,8 @@ class FleetController(Controller):
         self._undo: list[Event] = []
         # (service, backend) -> why its members are not in step; (service, "") for a service's own settings
         self._diverged: dict[tuple[str, str], str] = {}
+        # ... and each member's snapshot time when it was marked: only a newer read of every member clears it
+        self._diverged_at: dict[tuple[str, str], tuple[float | None, ...]] = {}
         self._merged_key: tuple[float | None, ...] = ()
         self._merged_time = time.monotonic()
         self._stop = threading.Event()
@@ -360,7 +362,7 @@ class FleetController(Controller):
             backends.append(self._merge_backend(name, backend, members))
         splits = {s.split for s in live}
         if len(live) == len(per) and len(splits) == 1 and len({s.algorithm for s in live}) == 1:
-            self._diverged.pop((name, ""), None)  # every member reachable, and in step
+            self._in_step((name, ""))  # every member reachable, and in step
         why = self._diverged.get((name, ""), "")
         if why:
             backends = [replace(b, diverged=b.diverged or why) for b in backends]
@@ -406,7 +408,7 @@ class FleetController(Controller):
         )
         key = (service, name)
         if agreeing == len(members) and not mixed:
-            self._diverged.pop(key, None)  # every member reachable, with the row, and in step
+            self._in_step(key)  # every member reachable, with the row, and in step
         addresses = _ordered(b.address for b in present)
         classes = _sum_tuples([b.status_classes for b in live], 6)
         drains = [b.drain_seconds for b in live if b.drain_seconds is not None]
@@ -445,6 +447,23 @@ class FleetController(Controller):
             mixed=mixed,
             diverged=self._diverged.get(key, ""),
         )
+
+    def _in_step(self, key: tuple[str, str]) -> None:
+        """The members agree on `key` now: no longer diverged, if every member has been read anew since it was
+        marked (a read from before the failed rollback says nothing). Call locked."""
+        marked = self._diverged_at.get(key)
+        if marked is None:
+            return
+        now = tuple(m.snapshot.time if m.snapshot is not None else None for m in self._members)
+        if all(n is not None and n != then for n, then in zip(now, marked, strict=True)):
+            del self._diverged[key], self._diverged_at[key]
+
+    def _mark_diverged(self, key: tuple[str, str], why: str) -> None:
+        with self._lock:
+            self._diverged[key] = why
+            self._diverged_at[key] = tuple(
+                m.snapshot.time if m.snapshot is not None else None for m in self._members
+            )
 
     # -- changes -----------------------------------------------------------------------------------------------
     def _on_all(
@@ -536,6 +555,7 @@ class FleetController(Controller):
                 after = next(iter(done.values())).after
                 with self._lock:
                     self._diverged.pop(key, None)
+                    self._diverged_at.pop(key, None)
                 note = "; ".join(f"{name}: {text}" for name, text in outcomes.items())
                 event = self._record(actor, action, target, before, after, f"on every instance: {note}")
                 if action != "ramp" and len(set(map(repr, befores))) == 1:
@@ -551,8 +571,7 @@ class FleetController(Controller):
                 else:
                     outcomes[name] += "; rolled back"
             if diverged:
-                with self._lock:
-                    self._diverged[key] = f"{action} failed, " + ", ".join(diverged)
+                self._mark_diverged(key, f"{action} failed, " + ", ".join(diverged))
             note = "; ".join(f"{name}: {text}" for name, text in outcomes.items())
             verdict = "DIVERGED" if diverged else "rolled back"
             self._record(actor, action, target, before, before, f"failed on {len(failed)}, {verdict}: {note}")
