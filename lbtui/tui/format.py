@@ -341,7 +341,9 @@ def fleet_lines(snapshot: Snapshot, b: BackendView) -> list[str]:
         head += f"; {', '.join(b.mixed)} differ"
     lines = [head]
     if b.diverged:
-        lines.append(f"DIVERGED: {b.diverged} (until a change of it succeeds everywhere, or they agree again)")
+        lines.append(
+            f"DIVERGED: {b.diverged} (until a change of it succeeds everywhere, or they agree again)"
+        )
     lines.append(
         f"  {'instance':<40} {'state':<8} {'health':<12} {'weight':>6} {'in flight':>9} {'requests':>9} "
         f"{'req/s':>7} {'latency':>10}"

@@ -60,7 +60,6 @@ AVERAGE_COLUMNS = tuple(
 )
 
 
-
 def with_agree(columns: tuple[tuple[str, str, int], ...]) -> tuple[tuple[str, str, int], ...]:
     """A fleet's columns: `agree` after weight (on how many instances state and weight agree, or DIVERGED),
     a few others narrower so that the table still fits 160 cells."""
