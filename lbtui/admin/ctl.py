@@ -93,9 +93,18 @@ def format_state(state: dict[str, Any]) -> str:
             head += ", PANIC (too few healthy)"
         lines.append(head)
         latency = "AVG MS (HAPROXY, LAST 1024)" if average else "P99"
-        rows = [["NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", "IN-FLIGHT", "REQ/S", latency]]
+        # A fleet (lbtui/fleet.py): on how many instances each row's state and weight agree, or DIVERGED.
+        fleet = any(b.get("fleet") for b in service.get("backends", []))
+        rows = [["NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", *(["AGREE"] if fleet else []), "IN-FLIGHT"]]
+        rows[0] += ["REQ/S", latency]
         for b in service.get("backends", []):
             admin_state = f"{b['admin_state']}" + (" (removing)" if b.get("removing") else "")
+            agree = []
+            if fleet:
+                f = b.get("fleet") or {}
+                agree = [
+                    "DIVERGED" if f.get("diverged") else f"{f.get('agreeing', 0)}/{f.get('instances', 0)}"
+                ]
             rows.append(
                 [
                     str(b["name"]),
@@ -103,6 +112,7 @@ def format_state(state: dict[str, Any]) -> str:
                     admin_state,
                     str(b.get("health_label") or b["health"]),
                     str(b["weight"]),
+                    *agree,
                     str(b["in_flight"]),
                     _rate(b.get("rps")),
                     _milliseconds(b.get("latency_avg_ms")) if average else _ms(b.get("p99_ms")),
