@@ -558,7 +558,7 @@ class FleetController(Controller):
                     self._diverged_at.pop(key, None)
                 note = "; ".join(f"{name}: {text}" for name, text in outcomes.items())
                 event = self._record(actor, action, target, before, after, f"on every instance: {note}")
-                if action != "ramp" and len(set(map(repr, befores))) == 1:
+                if actor != "undo" and len(set(map(repr, befores))) == 1:  # one before to go back to
                     self._undo.append(event)
                 return event
             diverged = [f"{name}: outcome unknown" for name, e in failed.items() if isinstance(e, NoAnswer)]
