@@ -324,7 +324,10 @@ class Ctl:
 
 def admin_url(args: argparse.Namespace) -> str:
     """The URL `ctl` steers: --admin, else $LBTUI_ADMIN, else the default admin API."""
-    url: str = getattr(args, "admin", None) or os.environ.get(URL_ENV) or default_url()
+    admin = getattr(args, "admin", None)
+    if isinstance(admin, list):  # --admin is repeatable: several make a fleet (lbtui/cli.py), one is this URL
+        admin = admin[0] if admin else None
+    url: str = admin or os.environ.get(URL_ENV) or default_url()
     return url
 
 
