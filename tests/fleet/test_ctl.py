@@ -63,3 +63,12 @@ async def test_a_socket_below_level_admin_fails_the_check(haproxy):
         admin.check("state", "a")  # no refusal: level admin, and the server exists
     finally:
         admin.close()
+
+
+async def test_ctl_removes_from_every_instance(haproxy):
+    one, two = await haproxy(["a", "b"]), await haproxy(["a", "b"])
+    code, out, err = await ctl("--admin", str(one.unix), "--admin", str(two.unix), "remove", "b")
+    assert (code, err) == (0, ""), out
+    assert out == "b: removing (no new traffic; gone once nothing is in flight)\n"
+    for h in (one, two):  # drained, then deleted on both before ctl exited
+        assert [s.server for s in await h.client().show_servers_state("app")] == ["a"]

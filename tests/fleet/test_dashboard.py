@@ -97,3 +97,44 @@ def test_the_agree_cell_says_diverged_in_the_error_colour():
     diverged = agree_cell(replace(row, instances=3, agreeing=3, diverged="state failed"), palette)
     assert isinstance(diverged, Text)
     assert (diverged.plain, diverged.spans[0].style) == ("DIVERGED", palette["errors-bad"])
+
+
+def test_a_fleet_row_round_trips_through_the_state_json():
+    from dataclasses import replace
+
+    from lbtui.admin.schema import backend_from_json, backend_json
+    from lbtui.core.stats import window_view
+    from lbtui.core.views import BackendView
+
+    row = BackendView(
+        "a",
+        "app",
+        "default",
+        "127.0.0.1:1",
+        1,
+        "mixed",
+        "UP",
+        0,
+        0,
+        0,
+        (0,) * 6,
+        0,
+        0,
+        0,
+        0.0,
+        None,
+        False,
+        window_view(1.0, 0, 0, []),
+    )
+    assert backend_json(row)["fleet"] is None
+    fleet_row = replace(
+        row, instances=3, agreeing=2, mixed=("state",), diverged="state failed, x: rollback failed"
+    )
+    data = backend_json(fleet_row)
+    assert data["fleet"] == {
+        "instances": 3,
+        "agreeing": 2,
+        "mixed": ["state"],
+        "diverged": "state failed, x: rollback failed",
+    }
+    assert backend_json(backend_from_json(data)) == data
