@@ -496,10 +496,21 @@ class FleetController(Controller):
         return out
 
     def check(self, action: str, target: str) -> None:
-        """Every member's check; the first refusal's class, naming each member that refused."""
-        refusals = [
+        """Every member's check (a member that the polls cannot reach now is refused without asking); the first
+        refusal's class, naming each member that refused."""
+        with (
+            self._answered
+        ):  # a member the polls cannot reach is refused at once, not asked again to time out
+            self._answered.wait_for(lambda: all(m.answered for m in self._members), FIRST_DEADLINE)
+            down = [
+                (m.name, ControlError(m.lost or f"{m.name}: no answer yet"))
+                for m in self._members
+                if not m.reachable
+            ]
+        asked = [m for m in self._members if m.name not in dict(down)]
+        refusals = down + [
             (name, result)
-            for name, result in self._on_all(lambda c: c.check(action, target)).items()
+            for name, result in self._on_all(lambda c: c.check(action, target), asked).items()
             if isinstance(result, ControlError)
         ]
         if refusals:
