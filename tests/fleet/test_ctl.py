@@ -13,6 +13,7 @@ from tests.fleet.test_fleet import server_state
 from tests.haproxy.test_ctl import ctl
 
 
+@pytest.mark.slow
 async def test_ctl_drains_every_instance_as_it_drains_one(haproxy):
     one, two, alone = await haproxy(["a", "b"]), await haproxy(["a", "b"]), await haproxy(["a", "b"])
     fleet = ["--admin", str(one.unix), "--admin", f"haproxy://127.0.0.1:{two.admin_port}"]
