@@ -138,14 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`lbtui ctl`: steer a running instance through its admin API (lbtui/admin/ctl.py runs it)."""
-    # The options are taken before or after COMMAND alike; SUPPRESS keeps a command's parser from
-    # overwriting what was given before it.
+def _ctl_options(admin_dest: str) -> argparse.ArgumentParser:
+    """ctl's options. --admin is repeatable (a fleet): given before COMMAND it lands in `admin`, after it in
+    `admin_after` (a command's parser would otherwise replace the list given before it); cmd_ctl joins them."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--admin",
         metavar="URL",
+        dest=admin_dest,
         action="append",
         default=argparse.SUPPRESS,
         help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901), or a HAProxy stats socket: "
@@ -167,6 +167,15 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="DURATION",
         help="how long to wait for each answer of the admin API (default 10s)",
     )
+    return common
+
+
+def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`lbtui ctl`: steer a running instance through its admin API (lbtui/admin/ctl.py runs it)."""
+    # The options are taken before or after COMMAND alike; SUPPRESS keeps a command's parser from
+    # overwriting what was given before it.
+    common = _ctl_options("admin")
+    after = _ctl_options("admin_after")
     ctl = sub.add_parser(
         "ctl",
         parents=[common],
@@ -177,7 +186,7 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common], help=help, description=help)
+        return commands.add_parser(name, parents=[after], help=help, description=help)
 
     command("state", "services and backends: state, health, weight, in flight, req/s, p99")
     drain = command("drain", "no new traffic to a backend; in-flight requests finish")
@@ -371,7 +380,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     from lbtui.admin.ctl import admin_url
     from lbtui.admin.ctl import run as run_ctl
 
-    urls = list(dict.fromkeys(getattr(args, "admin", None) or []))
+    urls = list(
+        dict.fromkeys([*(getattr(args, "admin", None) or []), *(getattr(args, "admin_after", None) or [])])
+    )
     args.admin = urls[0] if urls else None
     if len(urls) > 1:
         return _ctl_fleet(args, urls)

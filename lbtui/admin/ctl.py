@@ -324,9 +324,12 @@ class Ctl:
 
 def admin_url(args: argparse.Namespace) -> str:
     """The URL `ctl` steers: --admin, else $LBTUI_ADMIN, else the default admin API."""
-    admin = getattr(args, "admin", None)
-    if isinstance(admin, list):  # --admin is repeatable: several make a fleet (lbtui/cli.py), one is this URL
-        admin = admin[0] if admin else None
+    # --admin is repeatable, before or after COMMAND (lbtui/cli.py): several make a fleet, one is this URL
+    given = getattr(args, "admin", None)
+    urls = (
+        [given] if isinstance(given, str) else [*(given or []), *(getattr(args, "admin_after", None) or [])]
+    )
+    admin = urls[0] if urls else None
     url: str = admin or os.environ.get(URL_ENV) or default_url()
     return url
 

@@ -36,6 +36,10 @@ async def test_ctl_drains_every_instance_as_it_drains_one(haproxy):
         "drain",
         {"instances": 2, "agreeing": 2, "mixed": [], "diverged": ""},
     )
+    # --admin after COMMAND adds to those before it, as the other options are taken either side.
+    code, out, err = await ctl(fleet[0], fleet[1], "state", "--json", fleet[2], fleet[3])
+    assert (code, err) == (0, "")
+    assert json.loads(out)["services"][0]["backends"][0]["fleet"]["instances"] == 2
     code, out, err = await ctl(*fleet, "state")
     assert code == 0
     assert "AGREE" in out.splitlines()[1]
