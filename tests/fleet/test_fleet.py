@@ -226,6 +226,11 @@ async def test_a_mixed_fleet_of_haproxy_and_lbtui_serve(haproxy, fleets):
             await asyncio.to_thread(fleet.set_weight, "a", 500, "ctl")
         assert s.engine.call(s.controller.snapshot).backend("a").weight == 3
         assert (await server_state(h, "a")).uweight == 3
+        # A reload cannot be rolled back: each member is asked, and the answer names those that refused.
+        with pytest.raises(ControlError, match=r"reload refused \(0 of 2 reloaded\)") as refused:
+            await asyncio.to_thread(fleet.reload, "ctl")
+        assert f"{url(h)}: reload is HAProxy's own" in str(refused.value)
+        assert f"{s.url}: <test>: file not found" in str(refused.value)  # the test's config has no file
 
 
 async def test_the_first_snapshot_of_a_fleet_that_never_answered_says_so(fleets, closed_port):
