@@ -25,9 +25,10 @@ Invariants:
   member's Event.after against what was asked); if it failed on any, it is rolled back where it succeeded (the
   inverse from that member's Event.before). A rollback that fails, or a member whose outcome is unknown (no
   answer within CALL_DEADLINE), leaves the row (the service, for a service's change) `diverged` until a later
-  change of it succeeds on every member or a read shows every member reachable and in agreement. One change is
-  one fleet Event whose note gives each member's outcome; a change that failed anywhere then raises, of the
-  first failure's class, with that note.
+  change of it succeeds on every member or reads of every member, all newer than the failure, show them
+  reachable and in agreement. One change is one fleet Event whose note gives each member's outcome; a change
+  that failed anywhere then raises, of the first failure's class, with that note. A member the polls cannot
+  reach is refused at the check without being asked again.
 - Members' own events are merged into events() as they are seen, renumbered in the fleet's order, with
   "on MEMBER" in their note.
 - Imports only the core and the config (the command line builds the members).
