@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from lbtui.haproxy.controller import HaproxyController
 
 DEFAULT_CONFIG = "lbtui.toml"
+GROUPS_ENV = "LBTUI_HAPROXY_GROUPS"
+GROUPS_HELP = (
+    "on HAProxy: a TOML file naming groups of each backend's servers and their canary ramp (default: "
+    "$LBTUI_HAPROXY_GROUPS; see docs/haproxy.md)"
+)
 FRESH_HELP = "start from the config alone: do not restore [state].file (it is still written after changes)"
 
 
@@ -125,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="the environment variable holding the admin token (default LBTUI_ADMIN_TOKEN)",
     )
+    attach.add_argument("--haproxy-groups", metavar="FILE", help=GROUPS_HELP)
     # SUPPRESS: `lbtui --theme X attach` keeps the X given before the command.
     attach.add_argument(
         "--theme", metavar="NAME", default=argparse.SUPPRESS, help="colour theme, as for lbtui"
@@ -160,6 +166,7 @@ def _ctl_options(admin_dest: str) -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print the API's JSON as it is"
     )
+    common.add_argument("--haproxy-groups", metavar="FILE", default=argparse.SUPPRESS, help=GROUPS_HELP)
     common.add_argument(
         "--request-timeout",
         type=_timeout,
@@ -364,12 +371,26 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return code if isinstance(code, int) else (app.return_code or 0)
 
 
-def _haproxy_controller(url: str, who: str, timeout: float | None = None) -> HaproxyController | None:
-    """A HaproxyController for a `haproxy://` URL, or None after one line on stderr (a bad URL)."""
+def _haproxy_controller(
+    url: str, who: str, timeout: float | None = None, groups_file: str | None = None
+) -> HaproxyController | None:
+    """A HaproxyController for a `haproxy://` URL, or None after one line on stderr (a bad URL), or one per issue
+    of a bad groups file (--haproxy-groups, else $LBTUI_HAPROXY_GROUPS)."""
+    from lbtui.config import ConfigError
     from lbtui.haproxy.controller import TIMEOUT, HaproxyController
+    from lbtui.haproxy.groups import Groups, load_groups
 
+    groups = Groups()
+    groups_file = groups_file or os.environ.get(GROUPS_ENV)
+    if groups_file:
+        try:
+            groups = load_groups(groups_file)
+        except ConfigError as error:
+            for issue in error.issues:
+                print(f"lbtui: {who}: {issue}", file=sys.stderr)
+            return None
     try:
-        return HaproxyController(url, timeout=timeout or TIMEOUT)
+        return HaproxyController(url, timeout=timeout or TIMEOUT, groups=groups)
     except ValueError as error:
         print(f"lbtui: {who}: {error}", file=sys.stderr)
         return None
@@ -391,13 +412,21 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return run_ctl(args)
     from lbtui.admin.direct import ControllerClient
 
-    controller = _haproxy_controller(url, "ctl", getattr(args, "request_timeout", None))
+    controller = _haproxy_controller(
+        url, "ctl", getattr(args, "request_timeout", None), getattr(args, "haproxy_groups", None)
+    )
     if controller is None:
         return 1
     return run_ctl(args, client=ControllerClient(controller, controller.close))
 
 
-def _members(urls: list[str], who: str, token_env: str | None, timeout: float | None = None) -> Fleet | int:
+def _members(
+    urls: list[str],
+    who: str,
+    token_env: str | None,
+    timeout: float | None = None,
+    groups_file: str | None = None,
+) -> Fleet | int:
     """A FleetController over `urls` (HAProxy sockets and admin APIs, mixed), or the exit code after one line."""
     from lbtui.admin.client import ClientError
     from lbtui.admin.ctl import TOKEN_ENV
@@ -416,7 +445,7 @@ def _members(urls: list[str], who: str, token_env: str | None, timeout: float | 
 
     for url in urls:
         if url.startswith("haproxy:"):
-            haproxy = _haproxy_controller(url, who, timeout)
+            haproxy = _haproxy_controller(url, who, timeout, groups_file)
             if haproxy is None:
                 close_all()
                 return 1
@@ -438,7 +467,13 @@ def _ctl_fleet(args: argparse.Namespace, urls: list[str]) -> int:
     from lbtui.admin.ctl import run as run_ctl
     from lbtui.admin.direct import ControllerClient
 
-    fleet = _members(urls, "ctl", getattr(args, "token_env", None), getattr(args, "request_timeout", None))
+    fleet = _members(
+        urls,
+        "ctl",
+        getattr(args, "token_env", None),
+        getattr(args, "request_timeout", None),
+        getattr(args, "haproxy_groups", None),
+    )
     if isinstance(fleet, int):
         return fleet
     return run_ctl(args, client=ControllerClient(fleet, fleet.close))
@@ -459,12 +494,12 @@ def cmd_attach(args: argparse.Namespace) -> int:
     url = urls[0] if urls else os.environ.get(URL_ENV) or default_url()
     controller: Controller
     if len(urls) > 1:
-        fleet = _members(urls, "attach", args.token_env)
+        fleet = _members(urls, "attach", args.token_env, groups_file=args.haproxy_groups)
         if isinstance(fleet, int):
             return fleet
         controller = fleet
     elif url.startswith("haproxy:"):
-        haproxy = _haproxy_controller(url, "attach")
+        haproxy = _haproxy_controller(url, "attach", groups_file=args.haproxy_groups)
         if haproxy is None:
             return 1
         controller = haproxy

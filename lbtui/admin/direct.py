@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from lbtui.core.control import Conflict, ControlError, Controller, Invalid, NotFound, has_backend
+from lbtui.core.ramp import DONE, RUNNING
 
 from .client import ApiError, Unreachable
 from .schema import backend_json, event_json, request_json, snapshot_json
@@ -134,6 +135,31 @@ class ControllerClient:
 
     def start_ramp(self, service: str) -> Any:
         return event_json(self._do(lambda: self.controller.start_ramp(service, ACTOR)))
+
+    def follow_ramp(self, service: str, start: Any, show: Callable[[Any], object]) -> int:
+        """The ramp `start` began runs on this process's controller (HAProxy's has no engine of its own to run
+        it): stay until it ends, showing each of its events; 0 once done, 1 rolled back or aborted. Ctrl-C aborts
+        it (the split goes back to what it was before the ramp)."""
+        last = int(start["id"])
+        shown_by = time.monotonic() + NEW_POLL_WAIT  # the ramp is on the snapshot after the next poll
+        try:
+            while True:
+                events = self._do(lambda: self.controller.events(MAX_EVENTS))
+                for e in reversed(events):
+                    if e.id > last and e.action == "ramp" and e.target == service:
+                        show(event_json(e))
+                        last = e.id
+                view = next(
+                    (v for v in self._do(self.controller.snapshot).services if v.name == service), None
+                )
+                if view is None or (view.ramp is None and time.monotonic() > shown_by):
+                    return 1
+                if view.ramp is not None and view.ramp.state != RUNNING:
+                    return 0 if view.ramp.state == DONE else 1
+                time.sleep(WAIT_POLL)
+        except KeyboardInterrupt:
+            show(self.abort_ramp(service))
+            return 1
 
     def abort_ramp(self, service: str) -> Any:
         return event_json(self._do(lambda: self.controller.abort_ramp(service, ACTOR)))

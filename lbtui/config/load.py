@@ -122,6 +122,13 @@ def parse_config(
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, parse and validate a TOML file. Raises ConfigError (also for unreadable files and bad TOML)."""
     file = os.fspath(path)
+    data = read_toml(file)
+    return parse_config(data, file, base_dir=os.path.dirname(os.path.abspath(file)))
+
+
+def read_toml(file: str) -> dict[str, Any]:
+    """A TOML file's tables. Raises ConfigError (one issue naming the file) for an unreadable file, bad UTF-8
+    or bad TOML."""
     try:
         with open(file, "rb") as stream:
             raw = stream.read()
@@ -139,7 +146,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         data = tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError, or int() refusing a 5000-digit number inside tomllib
         raise ConfigError([ConfigIssue(file, "", f"invalid TOML: {exc}")]) from None
-    return parse_config(data, file, base_dir=os.path.dirname(os.path.abspath(file)))
+    return data
 
 
 def _read_problem(file: str, exc: OSError) -> tuple[str, str | None]:

@@ -197,6 +197,11 @@ def _parse_ramp(ctx: Context, reader: Reader | None) -> RampConfig:
     return opts.build()
 
 
+def parse_ramp(ctx: Context, reader: Reader | None) -> RampConfig:
+    """A `ramp` table read with the same keys and checks as a service's (HAProxy's groups file has them too)."""
+    return _parse_ramp(ctx, reader)
+
+
 def _parse_health(ctx: Context, reader: Reader | None) -> HealthConfig | None:
     if reader is None:
         return None

@@ -46,6 +46,7 @@ class HAProxy:
     folder: Path
     servers: dict[str, DemoBackend]
     check: bool
+    balance: str = "roundrobin"
     socket_path: Path = field(init=False)
     admin_port: int = 0
     operator_port: int = 0
@@ -95,7 +96,7 @@ class HAProxy:
             f"  bind 127.0.0.1:{self.frontend_port}\n"
             "  default_backend app\n"
             "backend app\n"
-            "  balance roundrobin\n"
+            f"  balance {self.balance}\n"
             f"{servers}"
         )
 
@@ -155,6 +156,15 @@ class HAProxy:
             shutil.rmtree(self.short_folder, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def audit_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every HaproxyController of a test (and every `lbtui ctl` it runs) keeps its audit file under tmp_path,
+    never in the real home."""
+    folder = tmp_path / "audit"
+    monkeypatch.setenv("LBTUI_HAPROXY_AUDIT_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 async def haproxy(
     tmp_path: Path, backends: Callable[..., Awaitable[DemoBackend]]
@@ -167,11 +177,11 @@ async def haproxy(
         pytest.skip("haproxy is not installed (`apt-get install -y haproxy`; .ci/run installs it)")
     started: list[HAProxy] = []
 
-    async def start(names: list[str], *, check: bool = False) -> HAProxy:
+    async def start(names: list[str], *, check: bool = False, balance: str = "roundrobin") -> HAProxy:
         servers = {name: await backends(name) for name in names}
         folder = tmp_path / f"haproxy{len(started)}"
         folder.mkdir()
-        instance = HAProxy(binary, folder, servers, check)
+        instance = HAProxy(binary, folder, servers, check, balance)
         started.append(instance)
         return await instance.start()
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from lbtui.core.control import ControlError, Event, Invalid, NotFound
+from lbtui.core.control import Conflict, ControlError, Event, Invalid, NotFound
 from lbtui.core.views import Snapshot
 from lbtui.demo.backends import Profile
 from lbtui.haproxy.controller import LATENCY_LABEL, SOCKET_ACTOR, HaproxyController
@@ -237,15 +237,18 @@ async def test_what_haproxy_cannot_do_is_refused_in_one_line(haproxy):
             await call(c.set_algorithm, "app", "leastconn", "key")
         assert "HAProxy cannot change `balance` at runtime" in str(refused.value)
         assert "\n" not in str(refused.value)
-        for attempt in (
-            lambda: c.set_split("app", {"a": 1}),
-            lambda: c.flip("app"),
-            lambda: c.start_ramp("app"),
-            lambda: c.undo(),
-            lambda: c.reload(),
+        # With one group (no groups file), a split, a flip, a ramp and an undo have nothing to work on: refused,
+        # each in one line, of the kind lbtui's engine gives (Invalid 400, Conflict 409).
+        for attempt, kind, words in (
+            (lambda: c.set_split("app", {"default": 100}), Invalid, "has one group"),
+            (lambda: c.flip("app"), Conflict, "split of exactly two groups"),
+            (lambda: c.start_ramp("app"), Conflict, "split of exactly two groups"),
+            (lambda: c.undo(), Conflict, "nothing to undo"),
+            (lambda: c.reload(), Invalid, "systemctl reload haproxy"),
         ):
-            with pytest.raises(Invalid) as refused:
+            with pytest.raises(kind) as refused:
                 await call(attempt)
+            assert words in str(refused.value)
             assert "\n" not in str(refused.value)
         assert await call(c.recent_requests) == []
         assert c.events() == []
@@ -272,7 +275,16 @@ async def test_add_and_remove_a_server(haproxy, backends):
         assert len(served) == 2  # both servers took traffic
 
         event = await call(c.remove_backend, "c")
-        assert (event.action, event.before, event.after) == ("remove", "drain", "removing")
+        # Before: what an undo needs to add it back (as lbtui's engine records a removal).
+        removed = {
+            "service": "app",
+            "server": "c",
+            "address": extra.address,
+            "group": "default",
+            "weight": 1,
+            "state": "ready",
+        }
+        assert (event.action, event.before, event.after) == ("remove", removed, "removing")
         await event_where(c, lambda e: e.action == "remove" and e.note == "deleted", "c deleted")
         states = await h.client().show_servers_state("app")
         assert [s.server for s in states] == ["a"]
@@ -281,7 +293,7 @@ async def test_add_and_remove_a_server(haproxy, backends):
         assert actions == [
             ("add", None, {"service": "app", "address": extra.address, "group": "default", "weight": 1}),
             ("state", "ready", "drain"),
-            ("remove", "drain", "removing"),
+            ("remove", removed, "removing"),
             ("state", "drain", "maint"),
             ("remove", "removing", None),
         ]
