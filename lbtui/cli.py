@@ -4,8 +4,9 @@ No traceback ever reaches the user.
 
 The one place that wires the faces to the runtime: it hands the runtime the admin API's starter
 (ServeOptions.admin_server), for `serve` and for the dashboard that hosts the engine, and hands `attach`'s
-dashboard a RemoteController (a HaproxyController for a haproxy:// URL, as it hands `ctl` one); the dashboard,
-the admin API and the HAProxy client never import each other.
+dashboard a RemoteController (a HaproxyController for a haproxy:// URL, as it hands `ctl` one; a FleetController
+over one of those per URL where several are given); the dashboard, the admin API, the HAProxy client and the
+fleet never import each other.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lbtui.features import ignored, refused
 if TYPE_CHECKING:
     from textual.theme import Theme
 
+    from lbtui.fleet import FleetController as Fleet
     from lbtui.haproxy.controller import HaproxyController
 
 DEFAULT_CONFIG = "lbtui.toml"
@@ -118,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     attach.add_argument(
         "url",
-        nargs="?",
+        nargs="*",
         metavar="URL",
         help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901), or a HAProxy stats socket: "
-        "haproxy:///path/admin.sock or haproxy://HOST:PORT",
+        "haproxy:///path/admin.sock or haproxy://HOST:PORT; several: a fleet, steered as one (docs/fleet.md)",
     )
     attach.add_argument(
         "--token-env",
@@ -142,17 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`lbtui ctl`: steer a running instance through its admin API (lbtui/admin/ctl.py runs it)."""
-    # The options are taken before or after COMMAND alike; SUPPRESS keeps a command's parser from
-    # overwriting what was given before it.
+def _ctl_options(admin_dest: str) -> argparse.ArgumentParser:
+    """ctl's options. --admin is repeatable (a fleet): given before COMMAND it lands in `admin`, after it in
+    `admin_after` (a command's parser would otherwise replace the list given before it); cmd_ctl joins them."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--admin",
         metavar="URL",
+        dest=admin_dest,
+        action="append",
         default=argparse.SUPPRESS,
         help="the admin API (default: $LBTUI_ADMIN, else http://127.0.0.1:9901), or a HAProxy stats socket: "
-        "haproxy:///path/admin.sock or haproxy://HOST:PORT",
+        "haproxy:///path/admin.sock or haproxy://HOST:PORT; given again: a fleet, steered as one (docs/fleet.md)",
     )
     common.add_argument(
         "--token-env",
@@ -171,6 +174,15 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="DURATION",
         help="how long to wait for each answer of the admin API (default 10s)",
     )
+    return common
+
+
+def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`lbtui ctl`: steer a running instance through its admin API (lbtui/admin/ctl.py runs it)."""
+    # The options are taken before or after COMMAND alike; SUPPRESS keeps a command's parser from
+    # overwriting what was given before it.
+    common = _ctl_options("admin")
+    after = _ctl_options("admin_after")
     ctl = sub.add_parser(
         "ctl",
         parents=[common],
@@ -181,7 +193,7 @@ def _add_ctl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     commands = ctl.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common], help=help, description=help)
+        return commands.add_parser(name, parents=[after], help=help, description=help)
 
     command("state", "services and backends: state, health, weight, in flight, req/s, p99")
     drain = command("drain", "no new traffic to a backend; in-flight requests finish")
@@ -389,6 +401,12 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     from lbtui.admin.ctl import admin_url
     from lbtui.admin.ctl import run as run_ctl
 
+    urls = list(
+        dict.fromkeys([*(getattr(args, "admin", None) or []), *(getattr(args, "admin_after", None) or [])])
+    )
+    args.admin = urls[0] if urls else None
+    if len(urls) > 1:
+        return _ctl_fleet(args, urls)
     url = admin_url(args)
     if not url.startswith("haproxy:"):
         return run_ctl(args)
@@ -402,6 +420,65 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return run_ctl(args, client=ControllerClient(controller, controller.close))
 
 
+def _members(
+    urls: list[str],
+    who: str,
+    token_env: str | None,
+    timeout: float | None = None,
+    groups_file: str | None = None,
+) -> Fleet | int:
+    """A FleetController over `urls` (HAProxy sockets and admin APIs, mixed), or the exit code after one line."""
+    from lbtui.admin.client import ClientError
+    from lbtui.admin.ctl import TOKEN_ENV
+    from lbtui.admin.remote import TIMEOUT as REMOTE_TIMEOUT
+    from lbtui.admin.remote import RemoteController
+    from lbtui.core.control import Controller
+    from lbtui.fleet import FleetController
+
+    members: dict[str, Controller] = {}
+
+    def close_all() -> None:
+        for member in members.values():
+            close = getattr(member, "close", None)
+            if callable(close):
+                close()
+
+    for url in urls:
+        if url.startswith("haproxy:"):
+            haproxy = _haproxy_controller(url, who, timeout, groups_file)
+            if haproxy is None:
+                close_all()
+                return 1
+            members[url] = haproxy
+            continue
+        try:
+            members[url] = RemoteController(
+                url, os.environ.get(token_env or TOKEN_ENV) or None, timeout=timeout or REMOTE_TIMEOUT
+            )
+        except ClientError as error:
+            print(f"lbtui: {who}: {error}", file=sys.stderr)
+            close_all()
+            return 2
+    return FleetController(members)
+
+
+def _ctl_fleet(args: argparse.Namespace, urls: list[str]) -> int:
+    """`lbtui ctl --admin URL --admin URL ...`: every command on the fleet (lbtui/fleet.py), as on one."""
+    from lbtui.admin.ctl import run as run_ctl
+    from lbtui.admin.direct import ControllerClient
+
+    fleet = _members(
+        urls,
+        "ctl",
+        getattr(args, "token_env", None),
+        getattr(args, "request_timeout", None),
+        getattr(args, "haproxy_groups", None),
+    )
+    if isinstance(fleet, int):
+        return fleet
+    return run_ctl(args, client=ControllerClient(fleet, fleet.close))
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     """`lbtui attach [URL]`: the same dashboard, steering a running `lbtui serve` through its admin API."""
     from lbtui.admin.client import ClientError, default_url
@@ -413,9 +490,15 @@ def cmd_attach(args: argparse.Namespace) -> int:
     theme = _dashboard_theme(args)
     if isinstance(theme, int):
         return theme
-    url = args.url or os.environ.get(URL_ENV) or default_url()
+    urls = list(dict.fromkeys(args.url))
+    url = urls[0] if urls else os.environ.get(URL_ENV) or default_url()
     controller: Controller
-    if url.startswith("haproxy:"):
+    if len(urls) > 1:
+        fleet = _members(urls, "attach", args.token_env, groups_file=args.haproxy_groups)
+        if isinstance(fleet, int):
+            return fleet
+        controller = fleet
+    elif url.startswith("haproxy:"):
         haproxy = _haproxy_controller(url, "attach", groups_file=args.haproxy_groups)
         if haproxy is None:
             return 1

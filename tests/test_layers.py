@@ -1,9 +1,9 @@
 """lbtui's layers hold: import-linter runs the contracts of pyproject.toml ([tool.importlinter]) on lbtui/, and a
 broken contract fails the test with import-linter's report (which import, in which file, at which line).
 
-The contracts: the layers (cli; tui | admin | haproxy; threaded; serve; demo; proxy; features; gateway; core;
+The contracts: the layers (cli; tui | admin | haproxy; fleet; threaded; serve; demo; proxy; features; gateway; core;
 config; leaves), no Textual or Rich below the dashboard, the faces reach the engine through the Controller, the
-HAProxy client stands on the core and below, and no import cycle between lbtui's packages. A second test plants a
+HAProxy client and the fleet stand on the core and below, and no import cycle between lbtui's packages. A second test plants a
 violation of each in a copy of lbtui/ and checks that the contracts name it: a contract that cannot fail would prove nothing.
 """
 
@@ -57,6 +57,8 @@ PLANTS = {
     "demo/planted.py": "from lbtui import serve\n",
     # HAProxy's client importing the data plane (its layer would allow it; its own contract does not).
     "haproxy/planted.py": "import lbtui.proxy\n",
+    # The fleet importing a face above it (its layer forbids it) and the data plane (its own contract does).
+    "fleet.py": "\nimport lbtui.haproxy\nimport lbtui.proxy\n",
 }
 
 
@@ -76,5 +78,7 @@ def test_the_contracts_catch_planted_violations(tmp_path):
     assert "lbtui.tui.planted -> lbtui.gateway (l.1)" in report, report
     assert "lbtui.demo.planted -> lbtui.serve (l.1)" in layers, report
     assert "lbtui.haproxy.planted -> lbtui.proxy (l.1)" in report, report
+    assert "lbtui.fleet -> lbtui.haproxy (l." in layers, report
+    assert "lbtui.fleet -> lbtui.proxy (l." in report.split("The fleet steers", 2)[2], report
     cycles = report.split("No cycles are allowed in lbtui.", 1)[1]
     assert re.search(r"\.demo -> \.serve|\.serve -> \.demo", cycles), report

@@ -93,9 +93,18 @@ def format_state(state: dict[str, Any]) -> str:
             head += ", PANIC (too few healthy)"
         lines.append(head)
         latency = "AVG MS (HAPROXY, LAST 1024)" if average else "P99"
-        rows = [["NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", "IN-FLIGHT", "REQ/S", latency]]
+        # A fleet (lbtui/fleet.py): on how many instances each row's state and weight agree, or DIVERGED.
+        fleet = any(b.get("fleet") for b in service.get("backends", []))
+        rows = [["NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", *(["AGREE"] if fleet else []), "IN-FLIGHT"]]
+        rows[0] += ["REQ/S", latency]
         for b in service.get("backends", []):
             admin_state = f"{b['admin_state']}" + (" (removing)" if b.get("removing") else "")
+            agree = []
+            if fleet:
+                f = b.get("fleet") or {}
+                agree = [
+                    "DIVERGED" if f.get("diverged") else f"{f.get('agreeing', 0)}/{f.get('instances', 0)}"
+                ]
             rows.append(
                 [
                     str(b["name"]),
@@ -103,6 +112,7 @@ def format_state(state: dict[str, Any]) -> str:
                     admin_state,
                     str(b.get("health_label") or b["health"]),
                     str(b["weight"]),
+                    *agree,
                     str(b["in_flight"]),
                     _rate(b.get("rps")),
                     _milliseconds(b.get("latency_avg_ms")) if average else _ms(b.get("p99_ms")),
@@ -317,7 +327,13 @@ class Ctl:
 
 def admin_url(args: argparse.Namespace) -> str:
     """The URL `ctl` steers: --admin, else $LBTUI_ADMIN, else the default admin API."""
-    url: str = getattr(args, "admin", None) or os.environ.get(URL_ENV) or default_url()
+    # --admin is repeatable, before or after COMMAND (lbtui/cli.py): several make a fleet, one is this URL
+    given = getattr(args, "admin", None)
+    urls = (
+        [given] if isinstance(given, str) else [*(given or []), *(getattr(args, "admin_after", None) or [])]
+    )
+    admin = urls[0] if urls else None
+    url: str = admin or os.environ.get(URL_ENV) or default_url()
     return url
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from lbtui.core.control import Conflict, ControlError, Controller, Invalid, NotFound
+from lbtui.core.control import Conflict, ControlError, Controller, Invalid, NotFound, has_backend
 from lbtui.core.ramp import DONE, RUNNING
 
 from .client import ApiError, Unreachable
@@ -100,15 +100,22 @@ class ControllerClient:
         controller's last event of the removal (deleted, or why not): a removal that runs in this process, as
         HAProxy's does, would otherwise stop half-way."""
         event = self._do(lambda: self.controller.remove_backend(name, ACTOR))
+        # A fleet (lbtui/fleet.py) has as many removals as members: each may end with its own event, and the
+        # fleet's row goes once it is gone everywhere (an lbtui member's removal ends on its server, unsaid).
+        members = len(getattr(self.controller, "names", ())) or 1
         deadline = time.monotonic() + REMOVE_WAIT
         while time.monotonic() < deadline:
             events = self._do(lambda: self.controller.events(MAX_EVENTS))
-            if any(
-                e.id > event.id
+            ended = sum(
+                1
+                for e in events
+                if e.id > event.id
                 and e.action == "remove"
                 and e.target == event.target
                 and e.before == "removing"
-                for e in events
+            )
+            if ended >= members or (
+                members > 1 and not has_backend(self._do(self.controller.snapshot), name)
             ):
                 break
             time.sleep(WAIT_POLL)

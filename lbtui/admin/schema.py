@@ -96,6 +96,16 @@ def backend_json(b: BackendView) -> dict[str, Any]:
         "p90_ms": _number(b.window.p90_ms),
         "p99_ms": _number(b.window.p99_ms),
         "window": window_json(b.window),
+        # A fleet's row (lbtui/fleet.py): on how many instances its state and weight agree, what differs, and
+        # why they diverged ("" while in step); null for one instance.
+        "fleet": None
+        if not b.instances
+        else {
+            "instances": b.instances,
+            "agreeing": b.agreeing,
+            "mixed": list(b.mixed),
+            "diverged": b.diverged,
+        },
     }
 
 
@@ -284,7 +294,19 @@ def backend_from_json(value: dict[str, Any]) -> BackendView:
         sticky_cookies=value.get("sticky_cookies_set", 0),
         latency_avg_ms=_optional(value.get("latency_avg_ms")),
         aborted=value.get("aborted", 0),
+        **_fleet_from_json(value.get("fleet")),
     )
+
+
+def _fleet_from_json(value: Any) -> dict[str, Any]:
+    if not value:
+        return {}
+    return {
+        "instances": value["instances"],
+        "agreeing": value["agreeing"],
+        "mixed": tuple(value["mixed"]),
+        "diverged": value["diverged"],
+    }
 
 
 def ramp_from_json(value: dict[str, Any]) -> RampView:

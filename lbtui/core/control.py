@@ -101,11 +101,44 @@ class ReloadResult:
         }
 
 
+# check()'s actions: the Controller methods' names for what they change, by the kind of target they name.
+BACKEND_ACTIONS = frozenset({"state", "weight", "remove", "drain_then_maint"})
+SERVICE_ACTIONS = frozenset({"add", "algorithm", "split", "flip", "ramp", "abort_ramp"})
+
+
+def has_backend(snapshot: Snapshot, name: str) -> bool:
+    """Whether `name` is a backend row of the snapshot, by its name or as SERVICE/NAME (HAProxy's BE/SRV)."""
+    return any(
+        b.name == name or f"{b.service}/{b.name.rpartition('/')[2]}" == name
+        for s in snapshot.services
+        for b in s.backends
+    )
+
+
 class Controller(abc.ABC):
     """What a UI or API may do to a balancer."""
 
     @abc.abstractmethod
     def snapshot(self) -> Snapshot: ...
+
+    def check(self, action: str, target: str) -> None:
+        """Raise the ControlError that `action` (BACKEND_ACTIONS or SERVICE_ACTIONS) on `target` would meet now,
+        changing nothing: the engine cannot be reached (its snapshot is the last one, marked `connection_lost`),
+        or there is no such backend (service, for a service's action). A controller that can also ask whether
+        it may change things (HAProxy's socket level) adds that. A fleet checks every member before it changes
+        any (lbtui/fleet.py)."""
+        snapshot = self.snapshot()
+        lost = snapshot.extra.get("connection_lost")
+        if lost:
+            raise ControlError(str(lost))
+        if action in SERVICE_ACTIONS:
+            if not any(s.name == target for s in snapshot.services):
+                raise NotFound(f"no service named {target!r}")
+        elif action in BACKEND_ACTIONS:
+            if not has_backend(snapshot, target):
+                raise NotFound(f"no backend named {target!r}")
+        else:
+            raise Invalid(f"{action!r} is not an action to check")
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         """Call `callback` with every new event as it happens, where the controller can (UIs poll anyway)."""

@@ -67,6 +67,14 @@ class BackendView:
     # An engine that gives only an average latency (HAProxy's `rtime`, over its last 1024 requests) puts it here
     # and leaves the window's percentiles NaN: an average is never shown as a percentile. None: not that engine.
     latency_avg_ms: float | None = None
+    # A fleet's row (lbtui/fleet.py), merged across `instances` members (0: not a fleet): on `agreeing` of them
+    # its state and weight are the row's (the most common); `mixed` names what differs among them ("state",
+    # "weight", "health"); `diverged` says why the fleet could not put them back in step (a rollback that
+    # failed), "" while they are.
+    instances: int = 0
+    agreeing: int = 0
+    mixed: tuple[str, ...] = ()
+    diverged: str = ""
 
     @property
     def health_label(self) -> str:

@@ -658,6 +658,14 @@ class HaproxyController(Controller):
         return last
 
     # -- changes -------------------------------------------------------------------------------------------
+    def check(self, action: str, target: str) -> None:
+        """As every Controller's, and the stats socket must be `level admin` (`show cli level`, HAProxy 2.0+):
+        at level operator or user HAProxy answers every change "Permission denied"."""
+        super().check(action, target)
+        level = self._call(self._client.command("show cli level")).strip() or "unknown"
+        if level != "admin":
+            raise Conflict(f"{self.url}: the stats socket is at level {level}: changes need `level admin`")
+
     def _resolve(self, name: str) -> tuple[str, str]:
         """A row name, or BACKEND/SERVER, to HAProxy's (backend, server), by the last poll."""
         if self._closed:

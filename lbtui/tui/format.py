@@ -18,6 +18,7 @@ from rich.text import Text
 from lbtui.core.control import Event, ReloadRefused, ReloadResult
 from lbtui.core.stats import bucket_bounds
 from lbtui.core.views import BackendView, RampView, RequestView, RouteView, ServiceView, Snapshot
+from lbtui.fleet import FleetInfo
 
 SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -129,10 +130,26 @@ def backend_cells(
     }
     if b.latency_avg_ms is not None:  # an engine with an average only (HAProxy): no percentile is made up
         cells["p50"] = cells["p99"] = "-"
-        cells["avg"] = _past(b.latency_avg_ms, ms(b.latency_avg_ms), "latency", latency, colours)
+        avg = b.latency_avg_ms
+        cells["avg"] = "-" if math.isnan(avg) else _past(avg, ms(avg), "latency", latency, colours)
+    if b.instances:  # a fleet's row (lbtui/fleet.py)
+        cells["agree"] = agree_cell(b, colours)
+        if "weight" in b.mixed:
+            cells["weight"] = f"{b.weight}~"  # the most common weight; not every instance has it
     if sticky:
         cells["sticky"] = sticky_share(total, b.sticky_requests)
     return cells
+
+
+def agree_cell(b: BackendView, colours: Mapping[str, Style]) -> str | Text:
+    """A fleet's row: `3/3`; `2/3` in the warning colour where an instance differs or cannot be read;
+    `DIVERGED` in the error colour where a rollback failed; `-` for one instance."""
+    if not b.instances:
+        return "-"
+    if b.diverged:
+        return Text.styled("DIVERGED", colours.get("errors-bad", ""))
+    text = f"{b.agreeing}/{b.instances}"
+    return text if b.agreeing == b.instances else Text.styled(text, colours.get("errors-warn", ""))
 
 
 def split_bar(split: tuple[tuple[str, int], ...] | None, width: int = 20) -> str:
@@ -312,6 +329,59 @@ def latency_histogram(counts: tuple[int, ...], rows: int = 8, width: int = 40) -
     return lines
 
 
+def fleet_lines(snapshot: Snapshot, b: BackendView) -> list[str]:
+    """A fleet's row per instance (lbtui/fleet.py's FleetInfo in the snapshot's extra), after a line that says
+    on how many they agree, and why they diverged."""
+    info = snapshot.extra.get("fleet")
+    if not isinstance(info, FleetInfo):
+        return []
+    rows = info.rows.get((b.service, b.name), ())
+    head = f"on {b.instances} instances: state and weight agree on {b.agreeing}"
+    if b.mixed:
+        head += f"; {', '.join(b.mixed)} differ"
+    lines = [head]
+    if b.diverged:
+        lines.append(
+            f"DIVERGED: {b.diverged} (until a change of it succeeds everywhere, or they agree again)"
+        )
+    lines.append(
+        f"  {'instance':<40} {'state':<8} {'health':<12} {'weight':>6} {'in flight':>9} {'requests':>9} "
+        f"{'req/s':>7} {'latency':>10}"
+    )
+    for row in rows:
+        label = row.member if len(row.member) <= 40 else "…" + row.member[-39:]
+        if row.backend is None:
+            lines.append(f"  {label:<40} {'(no such backend here)' if row.reachable else 'UNREACHABLE'}")
+            continue
+        x = row.backend
+        if x.latency_avg_ms is not None:
+            latency = f"avg {ms(x.latency_avg_ms)}"
+        elif x.window.requests:
+            latency = f"p99 {ms(x.window.p99_ms)}"
+        else:
+            latency = "-"
+        state = x.admin_state if row.reachable else f"{x.admin_state}?"
+        lines.append(
+            f"  {label:<40} {state:<8} {x.health_label:<12} {x.weight:>6} {x.in_flight:>9} {x.requests:>9} "
+            f"{x.window.rps:>7.1f} {latency:>10}" + ("" if row.reachable else "  UNREACHABLE (last seen)")
+        )
+    return [*lines, ""]
+
+
+def fleet_status(snapshot: Snapshot) -> str:
+    """`fleet 3/3 up`, or `fleet 2/3 up, unreachable: URL` ("" for one instance)."""
+    info = snapshot.extra.get("fleet")
+    if not isinstance(info, FleetInfo):
+        return ""
+    down = info.unreachable
+    text = f"fleet {len(info.members) - len(down)}/{len(info.members)} up"
+    if down:
+        text += ", unreachable: " + ", ".join(m.name for m in down)
+    if info.diverged_services:
+        text += ", DIVERGED: " + ", ".join(info.diverged_services)
+    return text
+
+
 def detail_text(snapshot: Snapshot, name: str) -> str:
     try:
         b = snapshot.backend(name)
@@ -342,6 +412,7 @@ def detail_text(snapshot: Snapshot, name: str) -> str:
         f"bytes in {b.bytes_in}  out {b.bytes_out}   responses cut mid-way {b.aborted}",
         *sticky_lines(snapshot, b),
         "",
+        *fleet_lines(snapshot, b),
         *latency,
         "",
         *check_history(b),
@@ -405,5 +476,8 @@ def status_line(snapshot: Snapshot, flags: tuple[str, ...] = ()) -> str:
         latency = "latency: avg per row"
     else:
         latency = f"p99 {ms(max(p99s, default=0.0))} ms" if requests else "p99 -"
+    fleet = fleet_status(snapshot)
+    if fleet:
+        listeners = fleet if not snapshot.listeners else f"{fleet} │ {listeners}"
     line = f"{listeners} │ {rps:.1f} req/s │ 5xx {ratio} │ {latency} │ up {uptime}"
     return " │ ".join((line, *flags))

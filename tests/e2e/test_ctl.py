@@ -191,7 +191,8 @@ async def test_ctl_steers_a_running_serve(
     code, _, err = await served.ctl("split", "app", "blue")
     assert code == 1
     assert "GROUP=WEIGHT" in err
-    code, _, err = await served.ctl("--admin", f"http://127.0.0.1:{closed_port()}", "state")
+    # Another --admin than the fixture's: run_ctl with it alone (a second --admin would make a fleet of two).
+    code, _, err = await run_ctl(f"http://127.0.0.1:{closed_port()}", "state", env=served.env)
     assert code == 1
     assert err.startswith("lbtui ctl: cannot reach the admin API at http://127.0.0.1:")
     assert "Traceback" not in err
@@ -334,7 +335,7 @@ async def test_ctl_and_attach_refuse_what_is_not_the_admin_api(
         ("state",),
         ("--json", "weight", "blue-1", "3"),
     ):
-        assert await served.ctl("--admin", listener, *args) == (1, "", f"lbtui ctl: {line}"), args
+        assert await run_ctl(listener, *args, env=served.env) == (1, "", f"lbtui ctl: {line}"), args
     code, out, _ = await served.ctl("--json", "state")  # the real API: nothing changed
     assert code == 0
     assert [(b["admin_state"], b["weight"]) for b in json.loads(out)["services"][0]["backends"]] == [
@@ -356,7 +357,7 @@ async def test_ctl_and_attach_refuse_what_is_not_the_admin_api(
     assert (attach.returncode, out_bytes.decode(), err_bytes.decode()) == (1, "", f"lbtui: attach: {line}")
 
     async with nginx(tmp_path, {"static": NGINX_STATIC}) as web:
-        code, out, err = await served.ctl("--admin", web.urls["static"], "drain", "blue-1")
+        code, out, err = await run_ctl(web.urls["static"], "drain", "blue-1", env=served.env)
         assert (code, out) == (1, "")
         assert re.fullmatch(
             re.escape(
@@ -369,8 +370,8 @@ async def test_ctl_and_attach_refuse_what_is_not_the_admin_api(
     async with impostors() as start:
         silent_server = await start(silent)
         began = time.monotonic()
-        code, out, err = await served.ctl(
-            "--admin", silent_server.url, "--request-timeout", "500ms", "drain", "blue-1"
+        code, out, err = await run_ctl(
+            silent_server.url, "--request-timeout", "500ms", "drain", "blue-1", env=served.env
         )
         assert time.monotonic() - began < 10.0  # the timeout, and a Python start
         assert (code, out) == (1, "")

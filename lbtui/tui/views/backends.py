@@ -1,6 +1,7 @@
 """The backends view: the services line, the live backends table and the newest events under it.
 
-The table updates in place (only the cells that changed) and keeps the cursor on the same backend. Its trend
+A fleet (lbtui/fleet.py) adds the agree column: on how many instances a row's state and weight agree, or
+DIVERGED. The table updates in place (only the cells that changed) and keeps the cursor on the same backend. Its trend
 column is the request rate since the last refresh, kept here for the last TREND_POINTS refreshes; the sticky
 column (while a service has sticky sessions) is the share of the last STICKY_POINTS refreshes' requests that
 came by their cookie.
@@ -58,6 +59,18 @@ AVERAGE_COLUMNS = tuple(
     if key != "p99"
 )
 
+
+def with_agree(columns: tuple[tuple[str, str, int], ...]) -> tuple[tuple[str, str, int], ...]:
+    """A fleet's columns: `agree` after weight (on how many instances state and weight agree, or DIVERGED),
+    a few others narrower so that the table still fits 160 cells."""
+    out = []
+    for key, label, width in columns:
+        out.append((key, label, _NARROWER.get(key, width)))
+        if key == "weight":
+            out.append(("agree", "agree", 8))
+    return tuple(out)
+
+
 RECENT_EVENTS = 6  # lines of the events pane under the backends table
 TREND_POINTS = 20  # refreshes: 10 s at two a second
 STICKY_POINTS = 12  # refreshes: the sticky column's share is of the last 6 s
@@ -90,9 +103,11 @@ class BackendsView(Vertical):
         self.query_one("#services", TextPane).show(services_line(snapshot))
         table = self.query_one("#backends", Table)
         if any(b.latency_avg_ms is not None for s in snapshot.services for b in s.backends):
-            table.set_columns(AVERAGE_COLUMNS)
+            columns = AVERAGE_COLUMNS
         else:
-            table.set_columns(STICKY_COLUMNS if any(s.sticky for s in snapshot.services) else COLUMNS)
+            columns = STICKY_COLUMNS if any(s.sticky for s in snapshot.services) else COLUMNS
+        fleet = any(b.instances for s in snapshot.services for b in s.backends)
+        table.set_columns(with_agree(columns) if fleet else columns)
         rows = []
         for service in snapshot.services:
             for backend in service.backends:
