@@ -432,6 +432,7 @@ class FleetController(Controller):
             connect_failures=sum(b.connect_failures for b in live),
             ewma_ms=_weighted_mean([(b.window.requests, b.ewma_ms) for b in live]),
             drain_seconds=max(drains) if drains else None,
+            drained=bool(live) and all(b.drained for b in live),
             removing=any(b.removing for b in live),
             window=_merge_windows([b.window for b in live]),
             health_of=first.health_of if health != MIXED else 0,

@@ -75,6 +75,9 @@ class BackendView:
     agreeing: int = 0
     mixed: tuple[str, ...] = ()
     diverged: str = ""
+    # A drain that is over: draining, with nothing in flight (lbtui's engine counts exactly: at once; an engine
+    # read by polls, HAProxy, when scur and qcur have stayed 0 on several polls in a row).
+    drained: bool = False
 
     @property
     def health_label(self) -> str:
@@ -243,6 +246,7 @@ def backend_view(b: Backend, now: float, checked: bool = False) -> BackendView:
         connect_failures=b.connect_failures,
         ewma_ms=b.ewma_cost(now) * 1000.0,
         drain_seconds=(now - b.drain_since) if b.drain_since is not None else None,
+        drained=b.drain_since is not None and b.in_flight == 0,
         removing=b.remove_deadline is not None,
         window=b.window.view(now),
         health_of=b.health_of,

@@ -500,6 +500,7 @@ class HaproxyController(Controller):
             connect_failures=_int(r.econ),
             ewma_ms=_NAN,
             drain_seconds=now - since if since is not None else None,
+            drained=since is not None and self._quiet[key] >= QUIET_POLLS,
             removing=key in self._removing,
             window=window,
             checked=bool(r.check_status),

@@ -103,7 +103,9 @@ def backend_cells(
     """
     colours = palette or {}
     state = b.admin_state
-    if state == "drain" and b.drain_seconds is not None:
+    if state == "drain" and b.drained:
+        state = "drained"  # nothing in flight: safe to take it down
+    elif state == "drain" and b.drain_seconds is not None:
         state = f"drain {b.drain_seconds:.0f}s"
     health = b.health_label
     errors = b.status_classes[5] + b.status_classes[0]

@@ -240,10 +240,12 @@ async def test_drain_lets_in_flight_finish_and_shows_it(backends, engine_factory
         assert view.admin_state == "drain"
         assert view.in_flight == 1
         assert view.drain_seconds is not None
+        assert not view.drained  # one still in flight
         for _ in range(10):
             assert (await http.get("/")).json()["backend"] == "other"  # no new traffic
         assert (await first).status_code == 200  # in-flight finished
         assert engine.controller.snapshot().backend("slow").in_flight == 0
+        assert engine.controller.snapshot().backend("slow").drained
 
 
 async def test_live_changes_under_load_fail_no_request(backends, engine_factory):

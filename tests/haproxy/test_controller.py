@@ -22,6 +22,7 @@ from lbtui.core.views import Snapshot
 from lbtui.demo.backends import Profile
 from lbtui.haproxy.controller import LATENCY_LABEL, SOCKET_ACTOR, HaproxyController
 from lbtui.haproxy.runtime import RuntimeClient, ServerState
+from lbtui.tui.format import backend_cells
 from tests.conftest import DEADLINE, wait_for
 from tests.haproxy.conftest import HAProxy
 from tests.haproxy.test_runtime import get
@@ -325,9 +326,13 @@ async def test_a_drain_under_load_counts_in_flight_down_with_no_failed_request(h
             b = c.snapshot().backend("a")
             if not seen or seen[-1] != b.in_flight:
                 seen.append(b.in_flight)
-            return b.admin_state == "drain" and b.in_flight == 0
+            if b.in_flight:
+                assert not b.drained
+            return b.admin_state == "drain" and b.drained
 
         await wait_for(drained, what="a drained")
+        assert c.snapshot().backend("a").in_flight == 0
+        assert backend_cells(c.snapshot().backend("a"))["state"].plain == "drained"
         assert seen[0] == 4
         assert seen[-1] == 0
         assert seen == sorted(seen, reverse=True)  # counts down, never up: no new request went to a
