@@ -451,13 +451,17 @@ def check_history(b: BackendView, rows: int = 10) -> list[str]:
     return lines
 
 
+def can_serve(health: str) -> bool:
+    """Whether a backend of this health takes traffic: lbtui's `up`/`going_down`, HAProxy's `UP`, `UP 1/3` (going
+    down) and `no check` (a server without checks counts as up)."""
+    return health in ("up", "going_down", "no check") or health.partition(" ")[0] == "UP"
+
+
 def status_level(snapshot: Snapshot) -> str:
     """ "error" when a service has no backend that can serve, "warning" when one is degraded, else "ok"."""
     level = "ok"
     for service in snapshot.services:
-        serving = [
-            b for b in service.backends if b.admin_state == "ready" and b.health in ("up", "going_down")
-        ]
+        serving = [b for b in service.backends if b.admin_state == "ready" and can_serve(b.health)]
         if not serving:
             return "error"
         if len(serving) < len(service.backends) or service.window.error_ratio > 0.05:
@@ -466,7 +470,10 @@ def status_level(snapshot: Snapshot) -> str:
 
 
 def status_line(snapshot: Snapshot, flags: tuple[str, ...] = ()) -> str:
-    listeners = "  ".join(f"{v.name} {v.url}" for v in snapshot.listeners) or "no listener"
+    # An engine lbtui does not run (HAProxy) has no listeners of lbtui's: the line names the engine instead.
+    listeners = "  ".join(f"{v.name} {v.url}" for v in snapshot.listeners) or str(
+        snapshot.extra.get("engine") or "no listener"
+    )
     requests = sum(s.window.requests for s in snapshot.services)
     errors = sum(s.window.errors for s in snapshot.services)
     rps = sum(s.window.rps for s in snapshot.services)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from lbtui.core.stats import window_view
-from lbtui.core.views import BackendView, Snapshot
+from lbtui.core.views import BackendView, ServiceView, Snapshot
 from lbtui.serve import ServeOptions
 from lbtui.tui.app import Dashboard
-from lbtui.tui.format import backend_cells, latency_histogram, split_bar, status_line
+from lbtui.tui.format import backend_cells, latency_histogram, split_bar, status_level, status_line
 from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, DetailScreen, HelpScreen
 from lbtui.tui.table import Table
 from tests.conftest import make_config, wait_for
@@ -182,6 +183,50 @@ def test_cells_say_state_in_words_not_only_colour():
     assert str(cells["health"]) == "up"
     assert cells["in_flight"] == "2"
     assert cells["errors"] == "10.0"
+    assert str(backend_cells(replace(view, in_flight=0, drained=True))["state"]) == "drained"
+
+
+@pytest.mark.parametrize(
+    ("healths", "level"),
+    [
+        (("UP", "UP 1/3", "no check"), "ok"),  # HAProxy's words for a server that takes traffic
+        (("UP", "DOWN 1/2"), "warning"),
+        (("DOWN", "MAINT"), "error"),
+        (("up", "going_down"), "ok"),
+        (("down",), "error"),
+    ],
+)
+def test_status_level_reads_lbtui_and_haproxy_health_words(healths, level):
+    rows = tuple(
+        BackendView(
+            name=f"b{i}",
+            service="s",
+            group="default",
+            address="127.0.0.1:1",
+            weight=1,
+            admin_state="ready",
+            health=health,
+            health_count=0,
+            in_flight=0,
+            requests=0,
+            status_classes=(0, 0, 0, 0, 0, 0),
+            bytes_in=0,
+            bytes_out=0,
+            connect_failures=0,
+            ewma_ms=0.0,
+            drain_seconds=None,
+            removing=False,
+            window=window_view(1.0, 0, 0, [0] * 736),
+        )
+        for i, health in enumerate(healths)
+    )
+    empty = window_view(1.0, 0, 0, [0] * 736)
+    service = ServiceView("s", "roundrobin", None, ("default",), None, rows, 0, empty)
+    snapshot = Snapshot(
+        0.0, 1.0, (), (service,), 0, extra={"engine": "HAProxy 2.6.12 (pid 7) at /run/h.sock"}
+    )
+    assert status_level(snapshot) == level
+    assert status_line(snapshot).startswith("HAProxy 2.6.12 (pid 7) at /run/h.sock │")
 
 
 def test_status_line_without_traffic():
