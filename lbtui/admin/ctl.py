@@ -52,6 +52,13 @@ def describe(event: dict[str, Any]) -> str:
     return f"{text} ({note})" if note else text
 
 
+def _p99(figures: dict[str, Any]) -> str:
+    """A service's or backend's p99, or "-" when its window has no request (its percentiles are zeros then)."""
+    if not (figures.get("window") or {}).get("requests"):
+        return "-"
+    return _ms(figures.get("p99_ms"))
+
+
 def _ms(value: Any) -> str:
     text = _milliseconds(value)
     return f"{text} ms" if text != "-" else text
@@ -88,7 +95,7 @@ def format_state(state: dict[str, Any]) -> str:
             head += f", split {_value(split)}"
         head += f", {_rate(service.get('rps'))} req/s"
         if not average:
-            head += f", p99 {_ms(service.get('p99_ms'))}"
+            head += f", p99 {_p99(service)}"
         if service.get("panic"):
             head += ", PANIC (too few healthy)"
         lines.append(head)
@@ -98,7 +105,8 @@ def format_state(state: dict[str, Any]) -> str:
         rows = [["NAME", "GROUP", "STATE", "HEALTH", "WEIGHT", *(["AGREE"] if fleet else []), "IN-FLIGHT"]]
         rows[0] += ["REQ/S", latency]
         for b in service.get("backends", []):
-            admin_state = f"{b['admin_state']}" + (" (removing)" if b.get("removing") else "")
+            shown = "drained" if b["admin_state"] == "drain" and b.get("drained") else b["admin_state"]
+            admin_state = f"{shown}" + (" (removing)" if b.get("removing") else "")
             agree = []
             if fleet:
                 f = b.get("fleet") or {}
@@ -115,7 +123,7 @@ def format_state(state: dict[str, Any]) -> str:
                     *agree,
                     str(b["in_flight"]),
                     _rate(b.get("rps")),
-                    _milliseconds(b.get("latency_avg_ms")) if average else _ms(b.get("p99_ms")),
+                    _milliseconds(b.get("latency_avg_ms")) if average else _p99(b),
                 ]
             )
         lines.extend(_table(rows))

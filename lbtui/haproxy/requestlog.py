@@ -379,9 +379,11 @@ class RequestLog:
                 got = True
                 await asyncio.sleep(BATCH_SECONDS)
         finally:
-            watch.cancel()
-            if history is not None and not history.done():
-                history.cancel()
+            helpers = [task for task in (watch, history) if task is not None]
+            for task in helpers:
+                task.cancel()
+            # awaited: a helper left pending when the loop closes is "destroyed but pending" on stderr (`ctl`)
+            await asyncio.gather(*helpers, return_exceptions=True)
             self._socket = None
             sock.close()
         return got

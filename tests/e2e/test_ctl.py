@@ -148,6 +148,8 @@ async def test_ctl_steers_a_running_serve(
     ]
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("blue-1"))
     assert row[:6] == ["blue-1", "blue", "ready", "up", "1", "0"]
+    idle = next(line.split() for line in out.splitlines() if line.strip().startswith("green-1"))
+    assert idle[-1] == "-"  # no request in its window: no p99 (not "0.00 ms")
 
     code, out, _ = await served.ctl("--json", "state")
     state = json.loads(out)
@@ -254,6 +256,9 @@ async def test_drain_wait_returns_once_the_slow_request_finishes(
         "slow: 0 in flight",
         "slow: drained",
     ]
+    code, out, err = await served.ctl("state")
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("slow"))
+    assert (code, err, row[2]) == (0, "", "drained")  # lbtui's engine counts exactly: one read says it
 
 
 async def test_drain_wait_times_out_with_exit_3(
