@@ -91,7 +91,7 @@ def shape_error(error: Exception) -> str:
     return str(error) or error.__class__.__name__
 
 
-def _reload_answer(value: Any) -> None:
+def reload_answer(value: Any) -> None:
     """A reload's answer, checked: a summary, and lists of lines."""
     str(value["summary"])
     for key in ("changes", "warnings", "restart_needed"):
@@ -390,7 +390,7 @@ class AdminClient(ClientBase):
         return self.change("POST", f"/api/v1/services/{segment(service)}/flip")
 
     def reload(self) -> Any:
-        return self.checked("POST /api/v1/reload", self.request("POST", "/api/v1/reload"), _reload_answer)
+        return self.checked("POST /api/v1/reload", self.request("POST", "/api/v1/reload"), reload_answer)
 
     def start_ramp(self, service: str) -> Any:
         return self.change("POST", f"/api/v1/services/{segment(service)}/ramp")
