@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from rich.table import Table
 from rich.text import Text
@@ -108,12 +108,13 @@ class AddBackendScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="add.cancel", tooltip="Close the form, add nothing")]
 
     def __init__(
-        self, service: str, group: str, add: Callable[[str, str, str, str, int], str | None]
+        self, service: str, group: str, add: Callable[[str, str, str, str, int], Awaitable[str | None]]
     ) -> None:
         super().__init__()
         self.service = service
         self.group = group
-        self.add = add  # returns an error message, or None once added
+        self.add = add  # an error message, or None once added (off the UI loop: the form waits, the app not)
+        self.adding = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -139,7 +140,9 @@ class AddBackendScreen(ModalScreen[None]):
     def value(self, field: str) -> str:
         return self.query_one(f"#{field}", Input).value.strip()
 
-    def submit(self) -> None:
+    async def submit(self) -> None:
+        if self.adding:
+            return  # one add at a time: its answer decides whether the form closes
         for field, hint in (("name", "a name, e.g. blue-4"), ("address", "host:port, e.g. 127.0.0.1:9004")):
             if not self.value(field):
                 self.query_one("#error", Static).update(f"{field}: required ({hint})")
@@ -150,20 +153,27 @@ class AddBackendScreen(ModalScreen[None]):
         except ValueError:
             self.query_one("#error", Static).update("weight: a whole number from 0 to 1000")
             return
-        error = self.add(
-            self.value("service"), self.value("name"), self.value("address"), self.value("group"), weight
-        )
+        self.adding = True
+        self.query_one("#error", Static).update("adding…")
+        try:
+            error = await self.add(
+                self.value("service"), self.value("name"), self.value("address"), self.value("group"), weight
+            )
+        finally:
+            self.adding = False
+        if self.app.screen is not self:
+            return  # closed meanwhile (escape): the message line says what came of it
         if error is None:
             self.dismiss(None)
         else:
             self.query_one("#error", Static).update(error)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.submit()
+        self.run_worker(self.submit(), group="add")  # the form answers its keys meanwhile
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "add":
-            self.submit()
+            self.run_worker(self.submit(), group="add")
         else:
             self.dismiss(None)
 
