@@ -6,9 +6,10 @@ identity, JSON, refusals and messages); only the transport differs.
 Invariants:
 - Every request runs under one deadline (`timeout`: connect, send, the whole answer); past it the request is
   abandoned and raises Unreachable. Connections are pooled and kept alive (httpx), at most MAX_CONNECTIONS.
-- The first request identifies the API (`GET /api/v1/`), and so does a change after a failure or after
-  IDLE_SECONDS without an answer: no change is sent to what was not identified since it last answered. No
-  answer is read without the `X-Lbtui-Admin` header.
+- The first request identifies the API (`GET /api/v1/`), and so does the first request after a failure, and a
+  change after IDLE_SECONDS without an answer: no change is sent to what was not identified since it last
+  answered, and `identity` (its pid) says which server answers now. No answer is read without the
+  `X-Lbtui-Admin` header.
 - An answer httpx cannot read as HTTP (garbage, a connection closed at once) is looked at once more on a
   plain connection of its own, under the same deadline, to say what answered (its first bytes, or TLS).
 - Requests from several tasks at once are fine (each names its actor); use it from one event loop.
@@ -78,9 +79,12 @@ class AsyncAdminClient(ClientBase):
     async def request(
         self, method: str, path: str, body: dict[str, Any] | None = None, actor: str | None = None
     ) -> Any:
-        """One request; the answer's JSON (or text, for non-JSON answers). Raises ClientError."""
+        """One request; the answer's JSON (or text, for non-JSON answers). Raises ClientError.
+
+        Identifies first: the first request, any request after a failure (what answers may be another server
+        now), and a change without an answer in the last IDLE_SECONDS."""
         if self._identify and (
-            self.identity is None or (method not in ("GET", "HEAD") and not self._trusted())
+            self._trusted_at is None or (method not in ("GET", "HEAD") and not self._trusted())
         ):
             await self._identify_once()
         return await self._exchange(method, path, body, actor or self.actor)

@@ -22,8 +22,8 @@ Invariants:
   is not lbtui's admin API, or its JSON is of another shape), snapshot() is the last one, marked in
   `extra["connection_lost"]` with the reason; the polls go on, and the mark goes with the first good answer. No
   answer's JSON reaches the dashboard unread: what does not read back into a view is such a failure, never an
-  exception. A server that started again (its uptime went down) has new event ids: the events kept are
-  forgotten.
+  exception. A server that started again (its pid changed, or its uptime went down) has new event ids: the
+  events kept are forgotten.
 - Events are kept here (the newest MAX_EVENTS); each subscriber gets each new event once, in order, on its own
   loop. httpx is imported when a RemoteController is made, never by `lbtui ctl`.
 """
@@ -106,6 +106,7 @@ class RemoteController(Controller):
         self._poll_seconds = poll_seconds
         self._lock = threading.Lock()  # what the polls keep, shared with the callers' threads
         self._last: Snapshot | None = None
+        self._pid: object = None  # the server's, from its identity: another pid is another server
         self._lost = ""  # why the server cannot be reached, while it cannot
         self._refused: NotAdminApi | None = None  # the URL was never the API: nothing more is asked
         self._first_poll = threading.Event()
@@ -201,10 +202,14 @@ class RemoteController(Controller):
             try:
                 value = await self._client.request("GET", "/api/v1/state")
                 snapshot = self._client.parse("GET /api/v1/state", value, snapshot_from_json)
+                pid = (self._client.identity or {}).get("pid")
                 with self._lock:
-                    if self._last is not None and snapshot.uptime < self._last.uptime:
+                    restarted = self._last is not None and (
+                        snapshot.uptime < self._last.uptime or pid != self._pid
+                    )
+                    if restarted:
                         self._forget_events()  # another server (restarted): its event ids start again from 1
-                    self._last = snapshot
+                    self._last, self._pid = snapshot, pid
                 await self._fetch_events()
                 with self._lock:
                     wanted = time.monotonic() - self._requests_wanted < INTEREST_SECONDS

@@ -140,7 +140,8 @@ class AddBackendScreen(ModalScreen[None]):
     def value(self, field: str) -> str:
         return self.query_one(f"#{field}", Input).value.strip()
 
-    async def submit(self) -> None:
+    def submit(self) -> None:
+        """Check the form; then add, off the UI loop (`adding` until the answer: the form keeps its keys)."""
         if self.adding:
             return  # one add at a time: its answer decides whether the form closes
         for field, hint in (("name", "a name, e.g. blue-4"), ("address", "host:port, e.g. 127.0.0.1:9004")):
@@ -155,10 +156,12 @@ class AddBackendScreen(ModalScreen[None]):
             return
         self.adding = True
         self.query_one("#error", Static).update("adding…")
+        fields = (self.value("service"), self.value("name"), self.value("address"), self.value("group"))
+        self.run_worker(self._add(*fields, weight), group="add")
+
+    async def _add(self, service: str, name: str, address: str, group: str, weight: int) -> None:
         try:
-            error = await self.add(
-                self.value("service"), self.value("name"), self.value("address"), self.value("group"), weight
-            )
+            error = await self.add(service, name, address, group, weight)
         finally:
             self.adding = False
         if self.app.screen is not self:
@@ -169,11 +172,11 @@ class AddBackendScreen(ModalScreen[None]):
             self.query_one("#error", Static).update(error)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.run_worker(self.submit(), group="add")  # the form answers its keys meanwhile
+        self.submit()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "add":
-            self.run_worker(self.submit(), group="add")
+            self.submit()
         else:
             self.dismiss(None)
 

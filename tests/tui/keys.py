@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.pilot import Pilot
 
+from lbtui.tui.screens import AddBackendScreen
 from tests.conftest import wait_for
 
 DEADLINE = 20.0  # generous: a change on a loaded machine; the dashboard itself never waits on it
@@ -12,7 +13,12 @@ DEADLINE = 20.0  # generous: a change on a loaded machine; the dashboard itself 
 async def settled(pilot: Pilot[int]) -> None:
     """Wait until every change asked for has shown its result (or refusal), with a deadline."""
     app = pilot.app
-    await wait_for(lambda: getattr(app, "pending_changes", 0) == 0, DEADLINE, what="the changes asked for")
+
+    def done() -> bool:
+        adding = isinstance(app.screen, AddBackendScreen) and app.screen.adding
+        return getattr(app, "pending_changes", 0) == 0 and not adding
+
+    await wait_for(done, DEADLINE, what="the changes asked for")
     await pilot.pause()
 
 

@@ -1,0 +1,99 @@
+"""`lbtui attach` against an admin API that stops answering: the dashboard never waits on it.
+
+The API is a real engine's, reached through a fault proxy; `blackhole` makes the proxy take every request and
+never answer, as a server that hangs does. Keys, view changes and redraws must stay quick meanwhile (the old
+RemoteController made each of them wait for its socket's timeout), and the status bar says what is wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from lbtui.admin.remote import RemoteController
+from lbtui.tui.app import Dashboard
+from lbtui.tui.table import Table
+from tests.attached import canary_config, served
+from tests.conftest import wait_for
+from tests.faultproxy import FaultProxy
+from tests.tui.keys import settled
+
+SIZE = (160, 40)
+QUICK = 0.5  # seconds: a generous bound for a key or a redraw (each takes a few ms when nothing waits)
+TIMEOUT = 1.5  # the controller's deadline per request: what the old dashboard froze for on each call
+
+
+class Stalls:
+    """The longest time the event loop (the dashboard's: Pilot runs it on the test's) went without a turn."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            self.longest = max(self.longest, loop.time() - before - 0.01)
+
+    def __enter__(self) -> Stalls:
+        self._task = asyncio.get_running_loop().create_task(self._beat())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+def quick(work: Callable[[], object], what: str) -> None:
+    """`work` (an action, as a key runs it on the dashboard's loop) returns within QUICK."""
+    started = time.monotonic()
+    work()
+    took = time.monotonic() - started
+    assert took < QUICK, f"{what} took {took:.2f}s while the server hangs"
+
+
+async def test_keys_and_redraws_go_on_while_the_server_hangs(backends) -> None:
+    blue, green = await backends("blue-1"), await backends("green-1")
+    async with served(canary_config(blue, green)) as s:
+        proxy = await FaultProxy(s.url.removeprefix("http://")).start()
+        remote = RemoteController(f"http://{proxy.address}", timeout=TIMEOUT)
+        try:
+            await asyncio.to_thread(remote.snapshot)  # as `lbtui attach` does before drawing anything
+            app = Dashboard(None, controller=remote)
+            async with app.run_test(size=SIZE) as pilot:
+                await pilot.pause()
+                table = app.query_one("#backends", Table)
+                assert table.keys == ["blue-1", "green-1"]
+                message, status = app.query_one("#message"), app.query_one("#status")
+
+                proxy.blackhole()  # from now on: every request is taken, none is answered
+                with Stalls() as stalls:
+                    quick(app.action_next_view, "tab (the next view)")
+                    quick(lambda: app.action_view("backends"), "1 (the backends)")
+                    quick(app.action_drain, "d on a row")
+                    assert str(message.render()) == "draining blue-1…"  # at once; the answer comes later
+                    quick(app.refresh_view, "a redraw")
+                    await pilot.press("tab", "tab", "1", "down", "up", "d")  # keys, as a user presses them
+                    await wait_for(lambda: "CONNECTION LOST" in str(status.render()), what="the status")
+                assert stalls.longest < QUICK, f"the dashboard's loop stalled {stalls.longest:.2f}s"
+
+                assert "no answer from" in str(status.render())
+                assert status.has_class("error")
+                assert table.keys == ["blue-1", "green-1"]  # the last state stays
+                await settled(pilot)  # the drain gives up at its deadline, and says why
+                assert "no answer from" in str(message.render())  # (the request may have landed: unknown)
+
+                proxy.clear()  # the server answers again: the dashboard notices by itself
+                await wait_for(lambda: "CONNECTION LOST" not in str(status.render()), what="the recovery")
+                await pilot.press("down", "d")
+                await settled(pilot)
+                assert str(message.render()).startswith("green-1: state ready -> drain")
+                assert s.engine.call(s.controller.snapshot).backend("green-1").admin_state == "drain"
+                await pilot.press("q", "y")
+                await wait_for(lambda: not app.is_running, what="the dashboard to quit")
+        finally:
+            remote.close()
+            await proxy.stop()
