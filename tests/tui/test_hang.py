@@ -8,20 +8,49 @@ RemoteController made each of them wait for its socket's timeout), and the statu
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from lbtui.admin.remote import RemoteController
 from lbtui.tui.app import Dashboard
 from lbtui.tui.table import Table
 from tests.attached import canary_config, served
-from tests.conftest import wait_for
+from tests.conftest import DEADLINE, wait_for
 from tests.faultproxy import FaultProxy
 from tests.tui.keys import settled
 
+T = TypeVar("T")
 SIZE = (160, 40)
 QUICK = 0.5  # seconds: a generous bound for a key or a redraw (each takes a few ms when nothing waits)
 TIMEOUT = 1.5  # the controller's deadline per request: what the old dashboard froze for on each call
+
+
+class ProxyThread:
+    """A FaultProxy on a loop and thread of its own, as the network between two machines is: what the
+    dashboard's loop does (or fails to do) cannot hold it up."""
+
+    def __init__(self, target: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+        self.proxy = self._run(FaultProxy(target).start())
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(DEADLINE)
+
+    def call(self, change: Callable[[], object]) -> None:
+        async def run() -> None:
+            change()
+
+        self._run(run())
+
+    def stop(self) -> None:
+        self._run(self.proxy.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(DEADLINE)
+        self._loop.close()
 
 
 class Stalls:
@@ -58,8 +87,8 @@ def quick(work: Callable[[], object], what: str) -> None:
 async def test_keys_and_redraws_go_on_while_the_server_hangs(backends) -> None:
     blue, green = await backends("blue-1"), await backends("green-1")
     async with served(canary_config(blue, green)) as s:
-        proxy = await FaultProxy(s.url.removeprefix("http://")).start()
-        remote = RemoteController(f"http://{proxy.address}", timeout=TIMEOUT)
+        network = await asyncio.to_thread(ProxyThread, s.url.removeprefix("http://"))
+        remote = RemoteController(f"http://{network.proxy.address}", timeout=TIMEOUT)
         try:
             await asyncio.to_thread(remote.snapshot)  # as `lbtui attach` does before drawing anything
             app = Dashboard(None, controller=remote)
@@ -69,7 +98,7 @@ async def test_keys_and_redraws_go_on_while_the_server_hangs(backends) -> None:
                 assert table.keys == ["blue-1", "green-1"]
                 message, status = app.query_one("#message"), app.query_one("#status")
 
-                proxy.blackhole()  # from now on: every request is taken, none is answered
+                network.call(network.proxy.blackhole)  # from now on: every request is taken, none is answered
                 with Stalls() as stalls:
                     quick(app.action_next_view, "tab (the next view)")
                     quick(lambda: app.action_view("backends"), "1 (the backends)")
@@ -86,7 +115,7 @@ async def test_keys_and_redraws_go_on_while_the_server_hangs(backends) -> None:
                 await settled(pilot)  # the drain gives up at its deadline, and says why
                 assert "no answer from" in str(message.render())  # (the request may have landed: unknown)
 
-                proxy.clear()  # the server answers again: the dashboard notices by itself
+                network.call(network.proxy.clear)  # the server answers again: the dashboard notices by itself
                 await wait_for(lambda: "CONNECTION LOST" not in str(status.render()), what="the recovery")
                 await pilot.press("down", "d")
                 await settled(pilot)
@@ -96,4 +125,4 @@ async def test_keys_and_redraws_go_on_while_the_server_hangs(backends) -> None:
                 await wait_for(lambda: not app.is_running, what="the dashboard to quit")
         finally:
             remote.close()
-            await proxy.stop()
+            await asyncio.to_thread(network.stop)
