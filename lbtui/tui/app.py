@@ -5,6 +5,12 @@ message line, and steers by key (lbtui/tui/bindings.py). The view shown and the 
 the text comes from lbtui/tui/format.py. The dashboard hosts the engine (on its own thread, lbtui/threaded.py)
 or, with `controller`, steers the one given (`lbtui attach`: the command line passes a RemoteController); it
 never imports the admin API, which the command line wires in (ServeOptions.admin_server).
+
+The dashboard's loop never waits on a controller's change: a key's change runs on a worker thread, one after
+another in the order asked (`_change`), its pending text shown at once and its result or refusal when it comes;
+`pending_changes` counts those not answered yet. A key's checks read the snapshot the view last drew. Reads
+(snapshot, events, recent requests) are the controller's to answer at once: the remote ones answer from what
+they polled on their own loop.
 """
 
 from __future__ import annotations

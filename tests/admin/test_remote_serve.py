@@ -67,7 +67,9 @@ async def test_remote_controller_on_a_real_serve_and_its_restart(backends, tmp_p
             ("ctl", "weight", "green-1"),
         ]
         assert [e.id for e in kept] == sorted({e.id for e in kept}, reverse=True)  # no event twice
-        await wait_for(lambda: remote.snapshot().backend("blue-1").admin_state == "ready", what="ctl's enable")
+        await wait_for(
+            lambda: remote.snapshot().backend("blue-1").admin_state == "ready", what="ctl's enable"
+        )
 
         # Refusals keep the class the in-process controller raises, with the server's message.
         with pytest.raises(NotFound, match="no backend named 'nope'"):
