@@ -65,7 +65,7 @@ TIMEOUT: Final = 3.0  # each request to the server
 POLL_SECONDS: Final = 0.3  # how often the state and the new events are asked for
 INTEREST_SECONDS: Final = 2.0  # recent_requests() keeps the access log polled this long after it was called
 FIRST_DEADLINE_CALLS: Final = 2  # the first snapshot waits for the identity and the state
-CHANGE_CALLS: Final = 4  # a change: identify, change, and the poll after it (state, events)
+CHANGE_CALLS: Final = 4  # a change's deadline, in requests: identify, change, the poll after it (bounded)
 MAX_EVENTS: Final = 1000  # the API's limit
 
 T = TypeVar("T")
@@ -226,6 +226,8 @@ class RemoteController(Controller):
                 self._lost = str(error)
             except ClientError as error:
                 self._lost = str(error)
+            except Exception as error:  # an answer this code cannot read: said, and the polls go on
+                self._lost = f"{self.url}: {type(error).__name__}: {error}"
             else:
                 self._lost = ""
 
@@ -343,8 +345,16 @@ class RemoteController(Controller):
         except ClientError as error:
             raise ControlError(str(error)) from None
         self._keep([event])
-        await self._poll()
+        await self._read_back()
         return event
+
+    async def _read_back(self) -> None:
+        """A poll after a change, so that the next snapshot shows it; bounded: the change is done either way."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._poll()
+        except TimeoutError:
+            pass  # the next poll shows it
 
     async def _send(
         self, method: str, path: str, actor: str, body: dict[str, Any] | None, reload: bool = False
@@ -426,7 +436,7 @@ class RemoteController(Controller):
             self._client.checked("POST /api/v1/reload", answer, reload_answer)
         except ClientError as error:
             raise ControlError(str(error)) from None
-        await self._poll()  # the reload's own events come with it
+        await self._read_back()  # the reload's own events come with it
         try:
             return reload_from_json(answer, self.events(MAX_EVENTS))
         except (KeyError, TypeError, ValueError) as error:
