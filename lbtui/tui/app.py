@@ -6,8 +6,8 @@ the text comes from lbtui/tui/format.py. The dashboard hosts the engine (on its 
 or, with `controller`, steers the one given (`lbtui attach`: the command line passes a RemoteController); it
 never imports the admin API, which the command line wires in (ServeOptions.admin_server).
 
-The dashboard's loop never waits on a controller's change: a key's change runs on a worker thread, one after
-another in the order asked (`_change`), its pending text shown at once and its result or refusal when it comes;
+The dashboard's loop never waits on a controller's change: a key's change runs on a thread of its own
+(`off_the_loop`), one after another in the order asked (`_change`), its pending text shown at once and its result or refusal when it comes;
 `pending_changes` counts those not answered yet. A key's checks read the snapshot the view last drew. Reads
 (snapshot, events, recent requests) are the controller's to answer at once: the remote ones answer from what
 they polled on their own loop.
@@ -16,6 +16,7 @@ they polled on their own loop.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -59,6 +60,38 @@ from lbtui.tui.views.routes import RoutesView
 from lbtui.tui.views.text import TextPane
 
 T = TypeVar("T")
+
+
+async def off_the_loop(work: Callable[[], T]) -> T:
+    """`work()` on a daemon thread of its own; its result (or exception) back on the running loop.
+
+    Not asyncio.to_thread: a change that waits on an engine that hangs must not hold up quitting (the default
+    executor's threads are joined when the loop closes); the controller's own deadline ends it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return  # cancelled: the dashboard is closing
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as raised:  # handed to the awaiting task, which decides
+            error = raised
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop has closed: nobody waits for it any more
+
+    threading.Thread(target=run, name="lbtui-change", daemon=True).start()
+    return await future
 
 
 class Dashboard(App[int]):
@@ -262,7 +295,7 @@ class Dashboard(App[int]):
         try:
             async with self._changing:
                 try:
-                    result = await asyncio.to_thread(change)
+                    result = await off_the_loop(change)
                 except ReloadRefused as refused:
                     self.say(refused_text(refused))
                     return
@@ -378,8 +411,10 @@ class Dashboard(App[int]):
             try:
                 async with self._changing:
                     try:
-                        event = await asyncio.to_thread(
-                            controller.add_backend, service, name, address, group or "default", weight, "key"
+                        event = await off_the_loop(
+                            lambda: controller.add_backend(
+                                service, name, address, group or "default", weight, actor="key"
+                            )
                         )
                     except ControlError as error:
                         self.say(str(error))  # also where the form was closed meanwhile

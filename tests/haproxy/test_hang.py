@@ -26,8 +26,8 @@ from tests.tui.keys import settled
 
 T = TypeVar("T")
 SIZE = (160, 40)
-QUICK = 0.5  # seconds: a generous bound for a key or a redraw (each takes a few ms when nothing waits)
-TIMEOUT = 1.5  # the deadline per Runtime API call: what the old dashboard froze for on a change (at least)
+QUICK = 1.0  # seconds: a generous bound for a key, a redraw or a stall (a few ms when nothing waits)
+TIMEOUT = 3.0  # the deadline per Runtime API call: what the old dashboard froze for on a change (at least)
 
 
 class Relay:

@@ -13,7 +13,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import pytest
+
 from lbtui.admin.remote import RemoteController
+from lbtui.core.control import ControlError
 from lbtui.tui.app import Dashboard
 from lbtui.tui.table import Table
 from tests.attached import canary_config, served
@@ -23,8 +26,8 @@ from tests.tui.keys import settled
 
 T = TypeVar("T")
 SIZE = (160, 40)
-QUICK = 0.5  # seconds: a generous bound for a key or a redraw (each takes a few ms when nothing waits)
-TIMEOUT = 1.5  # the controller's deadline per request: what the old dashboard froze for on each call
+QUICK = 1.0  # seconds: a generous bound for a key, a redraw or a stall (a few ms when nothing waits)
+TIMEOUT = 3.0  # the deadline per request (the default): what the old dashboard froze for on each call
 
 
 class ProxyThread:
@@ -126,3 +129,29 @@ async def test_keys_and_redraws_go_on_while_the_server_hangs(backends) -> None:
         finally:
             remote.close()
             await asyncio.to_thread(network.stop)
+
+
+def test_a_change_that_hangs_does_not_hold_up_quitting() -> None:
+    """The dashboard's loop ends (asyncio.run, as App.run) while a change still waits on a silent engine."""
+    from lbtui.tui.app import off_the_loop
+
+    released = threading.Event()
+
+    async def dashboard() -> None:
+        change = asyncio.ensure_future(off_the_loop(lambda: released.wait(DEADLINE)))
+        await asyncio.sleep(0)
+        change.cancel()  # the app quits: its workers are cancelled
+
+    started = time.monotonic()
+    asyncio.run(dashboard())  # asyncio.to_thread's executor would be joined here, for the change's deadline
+    took = time.monotonic() - started
+    released.set()
+    assert took < QUICK, f"quitting took {took:.2f}s"
+
+
+async def test_off_the_loop_hands_back_results_and_exceptions() -> None:
+    from lbtui.tui.app import off_the_loop
+
+    assert await off_the_loop(lambda: threading.current_thread().name) == "lbtui-change"
+    with pytest.raises(ControlError, match="refused"):
+        await off_the_loop(lambda: (_ for _ in ()).throw(ControlError("refused")))
