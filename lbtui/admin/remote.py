@@ -20,7 +20,8 @@ Invariants:
   refused reload is ReloadRefused with the file's issues); an unreachable server is a plain ControlError.
 - While the server cannot give a snapshot (it stopped, hangs, the network went, what answers on its address now
   is not lbtui's admin API, or its JSON is of another shape), snapshot() is the last one, marked in
-  `extra["connection_lost"]` with the reason; the polls go on, and the mark goes with the first good answer. No
+  `extra["connection_lost"]` with the reason; the polls go on (at most every RETRY_SECONDS), and the mark goes
+  with the first good answer. No
   answer's JSON reaches the dashboard unread: what does not read back into a view is such a failure, never an
   exception. A server that started again (its pid changed, or its uptime went down) has new event ids: the
   events kept are forgotten.
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 
 TIMEOUT: Final = 3.0  # each request to the server
 POLL_SECONDS: Final = 0.3  # how often the state and the new events are asked for
+RETRY_SECONDS: Final = 1.0  # how often, while the server cannot be reached
 INTEREST_SECONDS: Final = 2.0  # recent_requests() keeps the access log polled this long after it was called
 FIRST_DEADLINE_CALLS: Final = 2  # the first snapshot waits for the identity and the state
 CHANGE_CALLS: Final = 4  # a change's deadline, in requests: identify, change, the poll after it (bounded)
@@ -187,8 +189,10 @@ class RemoteController(Controller):
             self._first_poll.set()
             if self._refused is not None:
                 return  # never the API: nothing more to ask it
+            # After a failure, the next try waits longer: a server that is down is not hammered.
+            interval = max(self._poll_seconds, RETRY_SECONDS) if self._lost else self._poll_seconds
             try:
-                async with asyncio.timeout(max(0.0, self._poll_seconds - (self._loop.time() - started))):
+                async with asyncio.timeout(max(0.0, interval - (self._loop.time() - started))):
                     await self._wake.wait()
             except TimeoutError:
                 pass
