@@ -105,6 +105,13 @@ class Impostor:
     async def _stop(self) -> None:
         self.stopping = True
         if self.server is not None:
+            # Stop accepting first, and let the accepts under way attach while the server is still open: in
+            # Python 3.11 a connection accepted in the turn the server closes is never closed (its transport
+            # cannot attach to a closed server; the socket leaks).
+            loop = asyncio.get_running_loop()
+            for listener in self.server.sockets:
+                loop.remove_reader(listener.fileno())
+            await asyncio.sleep(0)
             self.server.close()
             self.server = None
         for task in list(self.handlers):
