@@ -49,6 +49,7 @@ class Impostor:
         self.requests: list[str] = []  # request lines, as "GET /api/v1/"
         self.server: asyncio.Server | None = None
         self.handlers: set[asyncio.Task[None]] = set()
+        self.stopping = False  # a connection accepted from now on is closed at once
 
     @property
     def url(self) -> str:
@@ -67,6 +68,8 @@ class Impostor:
             assert task is not None
             self.handlers.add(task)
             try:
+                if self.stopping:
+                    return  # accepted while the listener closed: closed below
                 await self.script(reader, writer, self)
             except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
                 pass
@@ -100,12 +103,27 @@ class Impostor:
         await self._on_loop(self._stop())
 
     async def _stop(self) -> None:
+        self.stopping = True
         if self.server is not None:
+            # Stop accepting first, and let the accepts under way attach while the server is still open: in
+            # Python 3.11 a connection accepted in the turn the server closes is never closed (its transport
+            # cannot attach to a closed server; the socket leaks).
+            loop = asyncio.get_running_loop()
+            for listener in self.server.sockets:
+                loop.remove_reader(listener.fileno())
+            await asyncio.sleep(0)
             self.server.close()
             self.server = None
         for task in list(self.handlers):
             task.cancel()
         await asyncio.gather(*self.handlers, return_exceptions=True)
+
+
+async def _quiet() -> None:
+    """Wait (at most DEADLINE) until every other task of the running loop is done."""
+    async with asyncio.timeout(DEADLINE):
+        while others := {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}:
+            await asyncio.wait(others)
 
 
 async def _awaited(work: Awaitable[Any]) -> Any:
@@ -201,6 +219,10 @@ async def impostors() -> AsyncIterator[Callable[..., Awaitable[Impostor]]]:
     finally:
         for impostor in started:
             await impostor.stop()
+        # A connection accepted as a listener closed gets its handler a few turns later (which closes it at once):
+        # the loop runs until those are done, or its sockets would outlive it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_quiet(), loop))
         loop.call_soon_threadsafe(loop.stop)
         await asyncio.to_thread(thread.join, DEADLINE)
         loop.close()

@@ -1,5 +1,7 @@
-"""A small synchronous client of the admin API, for `lbtui ctl` and `lbtui attach`: stdlib http.client only
-(httpx imports rich).
+"""A small synchronous client of the admin API, for `lbtui ctl`: stdlib http.client only (httpx imports rich).
+ClientBase is what it shares with the asynchronous client of `lbtui attach` (admin/aclient.py, over httpx): the
+URL, the request's headers, and every judgement of an answer (header, identity, JSON, the messages), so that
+both say the same of the same answer.
 
 Every failure is a ClientError with a message fit for a user, in one line that names the URL:
 - ApiError: lbtui's admin API answered an error (its message);
@@ -89,7 +91,7 @@ def shape_error(error: Exception) -> str:
     return str(error) or error.__class__.__name__
 
 
-def _reload_answer(value: Any) -> None:
+def reload_answer(value: Any) -> None:
     """A reload's answer, checked: a summary, and lists of lines."""
     str(value["summary"])
     for key in ("changes", "warnings", "restart_needed"):
@@ -113,13 +115,10 @@ def _requests(value: Any) -> None:
         request_from_json(request)
 
 
-class AdminClient:
-    """One kept-alive connection to the admin API at `url`; from one thread. `identify=False` skips the
-    identifying request (a second client of a URL another one identified); the header is checked anyway."""
-
-    # `ctl drain --wait`: reads in a row with nothing in flight that make a backend drained (the engine counts
-    # its requests exactly: one).
-    quiet_reads = 1
+class ClientBase:
+    """What the admin API's clients share (this synchronous one, and admin/aclient.py's over httpx for
+    `lbtui attach`): the URL, what a request carries, and how an answer is judged (its header, its JSON, the
+    identity), so that both say the same thing of the same answer."""
 
     def __init__(
         self,
@@ -147,6 +146,113 @@ class AdminClient:
         self.identity: dict[str, Any] | None = None  # GET /api/v1/'s answer, once asked
         self._identify = identify
         self._answered = False  # something has answered with the header: a later answer without it is news
+
+    def headers(self, actor: str, body: dict[str, Any] | None) -> tuple[dict[str, str], bytes | None]:
+        """A request's headers and its body's bytes."""
+        headers = {"X-Lbtui-Actor": actor, "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        return headers, data
+
+    def header_error(self, status: int, header: Callable[[str], str | None]) -> NotAdminApi | None:
+        """NotAdminApi unless the answer (its status, its headers by name) carries the header with a version
+        this client speaks; None when it does."""
+        value = header(HEADER)
+        if value is None:
+            found = describe_answer(status, header("Content-Type") or "", header("Server") or "")
+            return self._not_the_api(f"it answered {found}")
+        versions = header_versions(value)
+        if versions is None or not set(versions) & set(VERSIONS):
+            spoken = ", ".join(str(v) for v in versions) if versions else repr(value[:20])
+            return NotAdminApi(
+                f"{self.url} is an lbtui admin API of version {spoken}; this lbtui ({lbtui.__version__}) "
+                f"speaks version {API_VERSION}: use the lbtui release of the server"
+            )
+        self._answered = True
+        return None
+
+    def decode(self, what: str, status: int, reason: str, content_type: str, raw: bytes) -> Any:
+        """An answer's body (to `what`, "METHOD PATH"): its JSON (or text, for non-JSON answers); ApiError for
+        an error status, BadAnswer for bad JSON."""
+        value: Any = raw.decode("utf-8", "replace")
+        if content_type.startswith("application/json"):
+            try:
+                value = json.loads(raw)
+            except (ValueError, RecursionError):
+                raise BadAnswer(f"{self.url} answered {what} with bad JSON ({status})") from None
+        if status >= 400:
+            message = value.get("error") if isinstance(value, dict) else None
+            raise ApiError(status, str(message or f"{status} {reason}"), value)
+        return value
+
+    def identified(self, value: Any, was_the_api: bool) -> dict[str, Any]:
+        """`GET /api/v1/`'s answer, if it is an identity (kept); else NotAdminApi."""
+        if not is_identity(value):
+            self._answered = was_the_api  # the header alone does not make it the API
+            raise self._not_the_api(f"GET {IDENTITY_PATH} answered JSON of another shape")
+        identity: dict[str, Any] = value
+        self.identity = identity
+        return identity
+
+    def unreachable(self, error: BaseException) -> Unreachable:
+        return Unreachable(f"cannot reach the admin API at {self.url}: {_reason(error)}")
+
+    def silent(self) -> Unreachable:
+        return Unreachable(
+            f"no answer from {self.url} within {self.timeout:g}s (it took the connection and said "
+            "nothing: is it an lbtui admin API?)"
+        )
+
+    def checked(self, what: str, value: Any, check: Callable[[Any], object]) -> Any:
+        """`value` (the answer to `what`) once `check(value)` read it without error; else BadAnswer."""
+        self.parse(what, value, check)
+        return value
+
+    def parse(self, what: str, value: Any, parse: Callable[[Any], T]) -> T:
+        """`parse(value)`, `value` being the answer to `what`; BadAnswer if it raises one of SHAPE_ERRORS."""
+        try:
+            return parse(value)
+        except SHAPE_ERRORS as error:
+            raise BadAnswer(
+                f"{self.url} answered {what} with JSON of another shape ({shape_error(error)})"
+            ) from None
+
+    def closed_at_once(self, speaks_tls: bool) -> NotAdminApi:
+        """What a new connection closed before any answer is: a TLS server does that to plain HTTP."""
+        if speaks_tls:
+            return self._not_the_api(f"it answered {TLS_ANSWER}")
+        return self._not_the_api("it closed the connection without an answer")
+
+    def not_http(self, line: str) -> NotAdminApi:
+        """An answer whose first line is not HTTP's."""
+        return self._not_the_api(f"it answered {describe_bytes(line)}")
+
+    def _not_the_api(self, found: str) -> NotAdminApi:
+        now = "no longer" if self._answered else "not"  # it was the API, earlier in this process
+        return NotAdminApi(f"{self.url} is {now} an lbtui admin API ({found})")
+
+
+class AdminClient(ClientBase):
+    """One kept-alive connection to the admin API at `url`; from one thread. `identify=False` skips the
+    identifying request (a second client of a URL another one identified); the header is checked anyway."""
+
+    # `ctl drain --wait`: reads in a row with nothing in flight that make a backend drained (the engine counts
+    # its requests exactly: one).
+    quiet_reads = 1
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        actor: str = "ctl",
+        timeout: float = DEFAULT_TIMEOUT,
+        identify: bool = True,
+    ) -> None:
+        super().__init__(url, token, actor, timeout, identify)
         self._connection: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
@@ -157,13 +263,7 @@ class AdminClient:
     def identify(self) -> dict[str, Any]:
         """Ask `GET /api/v1/` who answers: its identity, or NotAdminApi (ApiError for a token or Host refusal)."""
         was_the_api = self._answered
-        value = self._exchange("GET", IDENTITY_PATH, None)
-        if not is_identity(value):
-            self._answered = was_the_api  # the header alone does not make it the API
-            raise self._not_the_api(f"GET {IDENTITY_PATH} answered JSON of another shape")
-        identity: dict[str, Any] = value
-        self.identity = identity
-        return identity
+        return self.identified(self._exchange("GET", IDENTITY_PATH, None), was_the_api)
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Send one request; the answer's JSON (or text, for non-JSON answers). Raises ClientError.
@@ -181,28 +281,8 @@ class AdminClient:
         """GET `path`: its JSON once `check` read it without error (else BadAnswer)."""
         return self.checked(f"GET {path}", self.request("GET", path), check)
 
-    def checked(self, what: str, value: Any, check: Callable[[Any], object]) -> Any:
-        """`value` (the answer to `what`) once `check(value)` read it without error; else BadAnswer."""
-        self.parse(what, value, check)
-        return value
-
-    def parse(self, what: str, value: Any, parse: Callable[[Any], T]) -> T:
-        """`parse(value)`, `value` being the answer to `what`; BadAnswer if it raises one of SHAPE_ERRORS."""
-        try:
-            return parse(value)
-        except SHAPE_ERRORS as error:
-            raise BadAnswer(
-                f"{self.url} answered {what} with JSON of another shape ({shape_error(error)})"
-            ) from None
-
     def _exchange(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        headers = {"X-Lbtui-Actor": self.actor, "Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+        headers, data = self.headers(self.actor, body)
         for attempt in (1, 2):
             reused = self._connection is not None
             if self._connection is None:
@@ -211,33 +291,30 @@ class AdminClient:
                     self._connection.connect()
                 except OSError as error:
                     self.close()
-                    raise Unreachable(f"cannot reach the admin API at {self.url}: {_reason(error)}") from None
+                    raise self.unreachable(error) from None
             try:
                 self._connection.request(method, path, body=data, headers=headers)
                 response = self._connection.getresponse()
             except TimeoutError:
                 self.close()
-                raise Unreachable(
-                    f"no answer from {self.url} within {self.timeout:g}s (it took the connection and said "
-                    "nothing: is it an lbtui admin API?)"
-                ) from None
+                raise self.silent() from None
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as error:
                 self.close()
                 if reused and attempt == 1 and method == "GET":
                     continue  # a kept-alive connection the server had closed: once more, on a new one
                 if reused or not isinstance(error, http.client.RemoteDisconnected):
-                    raise Unreachable(f"cannot reach the admin API at {self.url}: {_reason(error)}") from None
+                    raise self.unreachable(error) from None
                 raise self._closed_at_once() from None
             except http.client.BadStatusLine as error:
                 self.close()
                 line = str(error.args[0]) if error.args else ""
-                raise self._not_the_api(f"it answered {describe_bytes(line)}") from None
+                raise self.not_http(line) from None
             except http.client.HTTPException as error:  # a line too long, too many header lines
                 self.close()
                 raise self._not_the_api(f"its answer is not HTTP this client reads: {error}") from None
             except OSError as error:
                 self.close()
-                raise Unreachable(f"cannot reach the admin API at {self.url}: {_reason(error)}") from None
+                raise self.unreachable(error) from None
             break
         self._check_header(response)
         try:
@@ -251,56 +328,27 @@ class AdminClient:
         if response.getheader("Connection", "").lower() == "close":
             self.close()
         content_type = response.getheader("Content-Type", "")
-        value: Any = raw.decode("utf-8", "replace")
-        if content_type.startswith("application/json"):
-            try:
-                value = json.loads(raw)
-            except (ValueError, RecursionError):
-                raise BadAnswer(
-                    f"{self.url} answered {method} {path} with bad JSON ({response.status})"
-                ) from None
-        if response.status >= 400:
-            message = value.get("error") if isinstance(value, dict) else None
-            raise ApiError(response.status, str(message or f"{response.status} {response.reason}"), value)
-        return value
+        return self.decode(f"{method} {path}", response.status, response.reason, content_type, raw)
 
     def _check_header(self, response: http.client.HTTPResponse) -> None:
         """NotAdminApi unless the answer carries the header with a version this client speaks."""
-        value = response.getheader(HEADER)
-        if value is None:
-            self.close()  # its body is not read: it may be anything, of any length
-            found = describe_answer(
-                response.status, response.getheader("Content-Type", ""), response.getheader("Server", "")
-            )
-            raise self._not_the_api(f"it answered {found}")
-        versions = header_versions(value)
-        if versions is None or not set(versions) & set(VERSIONS):
+        error = self.header_error(response.status, response.getheader)
+        if error is not None:
+            response.close()  # its body is not read: it may be anything, of any length
             self.close()
-            spoken = ", ".join(str(v) for v in versions) if versions else repr(value[:20])
-            raise NotAdminApi(
-                f"{self.url} is an lbtui admin API of version {spoken}; this lbtui ({lbtui.__version__}) "
-                f"speaks version {API_VERSION}: use the lbtui release of the server"
-            )
-        self._answered = True
+            raise error
 
     def _closed_at_once(self) -> ClientError:
         """A new connection closed before any answer: a TLS server does that to plain HTTP; say if it is one."""
         try:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE  # not to trust it: only to learn whether it speaks TLS
             with (
                 socket.create_connection((self.host, self.port), timeout=self.timeout) as raw,
-                context.wrap_socket(raw, server_hostname=self.host),
+                tls_probe_context().wrap_socket(raw, server_hostname=self.host),
             ):
                 pass
         except (OSError, ValueError):
-            return self._not_the_api("it closed the connection without an answer")
-        return self._not_the_api(f"it answered {TLS_ANSWER}")
-
-    def _not_the_api(self, found: str) -> NotAdminApi:
-        now = "no longer" if self._answered else "not"  # it was the API, earlier in this process
-        return NotAdminApi(f"{self.url} is {now} an lbtui admin API ({found})")
+            return self.closed_at_once(speaks_tls=False)
+        return self.closed_at_once(speaks_tls=True)
 
     # -- the API, one method per endpoint (reads and changes checked for their shape) ---------------------
     def state(self) -> Any:
@@ -342,7 +390,7 @@ class AdminClient:
         return self.change("POST", f"/api/v1/services/{segment(service)}/flip")
 
     def reload(self) -> Any:
-        return self.checked("POST /api/v1/reload", self.request("POST", "/api/v1/reload"), _reload_answer)
+        return self.checked("POST /api/v1/reload", self.request("POST", "/api/v1/reload"), reload_answer)
 
     def start_ramp(self, service: str) -> Any:
         return self.change("POST", f"/api/v1/services/{segment(service)}/ramp")
@@ -352,6 +400,14 @@ class AdminClient:
 
     def undo(self) -> Any:
         return self.change("POST", "/api/v1/undo")
+
+
+def tls_probe_context() -> ssl.SSLContext:
+    """A TLS client context that only learns whether a server speaks TLS (it trusts nothing it meets)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # not to trust it: only to learn whether it speaks TLS
+    return context
 
 
 def _reason(error: BaseException) -> str:

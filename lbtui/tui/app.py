@@ -5,12 +5,21 @@ message line, and steers by key (lbtui/tui/bindings.py). The view shown and the 
 the text comes from lbtui/tui/format.py. The dashboard hosts the engine (on its own thread, lbtui/threaded.py)
 or, with `controller`, steers the one given (`lbtui attach`: the command line passes a RemoteController); it
 never imports the admin API, which the command line wires in (ServeOptions.admin_server).
+
+The dashboard's loop never waits on a controller's change: a key's change runs on a thread of its own
+(`off_the_loop`), one after another in the order asked (`_change`), its pending text shown at once and its result or refusal when it comes;
+`pending_changes` counts those not answered yet. A key's checks read the snapshot the view last drew. Reads
+(snapshot, events, recent requests) are the controller's to answer at once: the remote ones answer from what
+they polled on their own loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from rich.style import Style
 from textual.app import App, ComposeResult
@@ -49,6 +58,40 @@ from lbtui.tui.views.events import EventsView
 from lbtui.tui.views.log import LogView
 from lbtui.tui.views.routes import RoutesView
 from lbtui.tui.views.text import TextPane
+
+T = TypeVar("T")
+
+
+async def off_the_loop(work: Callable[[], T]) -> T:
+    """`work()` on a daemon thread of its own; its result (or exception) back on the running loop.
+
+    Not asyncio.to_thread: a change that waits on an engine that hangs must not hold up quitting (the default
+    executor's threads are joined when the loop closes); the controller's own deadline ends it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return  # cancelled: the dashboard is closing
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as raised:  # handed to the awaiting task, which decides
+            error = raised
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop has closed: nobody waits for it any more
+
+    threading.Thread(target=run, name="lbtui-change", daemon=True).start()
+    return await future
 
 
 class Dashboard(App[int]):
@@ -90,6 +133,8 @@ class Dashboard(App[int]):
         )
         self.controller: Controller | None = controller
         self.view = "backends"
+        self.pending_changes = 0  # changes asked for whose result is not shown yet
+        self._changing = asyncio.Lock()  # one change at a time, in the order asked
 
     @property
     def runtime(self) -> Runtime | None:
@@ -226,40 +271,60 @@ class Dashboard(App[int]):
         self.query_one("#message", Static).update(text)
 
     def _service_of(self, name: str) -> str | None:
-        if self.controller is None:
+        """The service of a backend row, as the view last drew it (no call to the controller)."""
+        snapshot = self._last_snapshot
+        if snapshot is None:
             return None
         try:
-            return self.controller.snapshot().backend(name).service
+            return snapshot.backend(name).service
         except KeyError:
             return None
 
-    def _do(self, change: Callable[[], Event]) -> None:
-        try:
-            event = change()
-        except ControlError as error:
-            self.say(str(error))
-            return
-        self.say(change_text(event))
-        self.refresh_view()
+    def _do(self, change: Callable[[], Event], pending: str) -> None:
+        """Run a change off the UI loop: `pending` shows at once, then what it did or why not."""
+        self._change(change, pending, change_text)
 
-    def _confirm_then_do(self, question: str, change: Callable[[], Event]) -> None:
+    def _change(self, change: Callable[[], T], pending: str, done: Callable[[T], str]) -> None:
+        """Changes run one after another, in the order of the keys, each on a thread of its own (a controller
+        may wait on a slow or silent engine: the keys and the redraws go on meanwhile)."""
+        self.pending_changes += 1
+        self.say(pending)
+        self.run_worker(self._apply(change, done), group="changes")
+
+    async def _apply(self, change: Callable[[], T], done: Callable[[T], str]) -> None:
+        try:
+            async with self._changing:
+                try:
+                    result = await off_the_loop(change)
+                except ReloadRefused as refused:
+                    self.say(refused_text(refused))
+                    return
+                except ControlError as error:  # a refusal, an engine that does not answer
+                    self.say(str(error))
+                    return
+                self.say(done(result))
+                self.refresh_view()
+        finally:
+            self.pending_changes -= 1
+
+    def _confirm_then_do(self, question: str, change: Callable[[], Event], pending: str) -> None:
         """Destructive actions ask first (Cancel focused); the change happens only on yes."""
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self._do(change)
+                self._do(change, pending)
 
         self.push_screen(ConfirmScreen(question), answer)
 
     def action_drain(self) -> None:
         name, controller = self.selected_backend(), self.controller
         if name is not None and controller is not None:
-            self._do(lambda: controller.drain(name, actor="key"))
+            self._do(lambda: controller.drain(name, actor="key"), f"draining {name}…")
 
     def action_enable(self) -> None:
         name, controller = self.selected_backend(), self.controller
         if name is not None and controller is not None:
-            self._do(lambda: controller.enable(name, actor="key"))
+            self._do(lambda: controller.enable(name, actor="key"), f"enabling {name}…")
 
     def action_maint(self) -> None:
         name, controller = self.selected_backend(), self.controller
@@ -267,31 +332,45 @@ class Dashboard(App[int]):
             self._confirm_then_do(
                 f"Put {name} in maintenance? It gets no traffic at all.",
                 lambda: controller.maint(name, actor="key"),
+                f"putting {name} in maintenance…",
             )
 
     def action_weight(self, delta: int) -> None:
         name, controller = self.selected_backend(), self.controller
         if name is None or controller is None:
             return
-        weight = controller.snapshot().backend(name).weight
-        self._do(lambda: controller.set_weight(name, max(0, weight + delta), actor="key"))
+
+        def change() -> Event:
+            # Read when the change runs, after the changes queued before it: `+ +` adds two.
+            weight = controller.snapshot().backend(name).weight
+            return controller.set_weight(name, max(0, weight + delta), actor="key")
+
+        self._do(change, f"{'raising' if delta > 0 else 'lowering'} {name}'s weight…")
 
     def action_shift(self, points: int) -> None:
         """Move `points` of the split toward the canary group (the split's second group)."""
-        name, controller = self.selected_backend(), self.controller
+        name, controller, snapshot = self.selected_backend(), self.controller, self._last_snapshot
         service = self._service_of(name) if name is not None else None
-        if service is None or controller is None:
+        if service is None or controller is None or snapshot is None:
             return
-        split = controller.snapshot().service(service).split
+        split = snapshot.service(service).split
         if not split or len(split) < 2:
             self.say(f"service {service} has no split to shift")
             return
-        (stable, a), (canary, b) = split[0], split[1]
-        total = a + b
-        moved = max(-b, min(a, points * total // 100 if total else points))
-        new = {group: weight for group, weight in split}
-        new[stable], new[canary] = a - moved, b + moved
-        self._do(lambda: controller.set_split(service, new, actor="key"))
+
+        def change() -> Event:
+            # Read when the change runs, after the changes queued before it: `] ]` shifts twice.
+            split = controller.snapshot().service(service).split
+            if not split or len(split) < 2:
+                raise ControlError(f"service {service} has no split to shift")
+            (stable, a), (canary, b) = split[0], split[1]
+            total = a + b
+            moved = max(-b, min(a, points * total // 100 if total else points))
+            new = {group: weight for group, weight in split}
+            new[stable], new[canary] = a - moved, b + moved
+            return controller.set_split(service, new, actor="key")
+
+        self._do(change, f"shifting {abs(points)} points of {service}'s split…")
 
     def action_flip(self) -> None:
         name, controller = self.selected_backend(), self.controller
@@ -300,6 +379,7 @@ class Dashboard(App[int]):
             self._confirm_then_do(
                 f"Flip service {service}: swap the weights of its two groups?",
                 lambda: controller.flip(service, actor="key"),
+                f"flipping {service}…",
             )
 
     def action_remove(self) -> None:
@@ -308,55 +388,70 @@ class Dashboard(App[int]):
             self._confirm_then_do(
                 f"Remove {name}? It drains first: requests in flight finish, then it is gone.",
                 lambda: controller.remove_backend(name, actor="key"),
+                f"removing {name}…",
             )
 
     def action_add(self) -> None:
-        controller = self.controller
-        if controller is None:
+        controller, snapshot = self.controller, self._last_snapshot
+        if controller is None or snapshot is None:
             return
-        snapshot = controller.snapshot()
         name = self.selected_backend()
-        if name is not None:
-            backend = snapshot.backend(name)
+        try:
+            backend = snapshot.backend(name) if name is not None else None
+        except KeyError:
+            backend = None
+        if backend is not None:
             service, group = backend.service, backend.group
         else:
             service, group = (snapshot.services[0].name if snapshot.services else ""), "default"
 
-        def add(service: str, name: str, address: str, group: str, weight: int) -> str | None:
+        async def add(service: str, name: str, address: str, group: str, weight: int) -> str | None:
+            """Off the UI loop, as every change; the form stays open with the reason if it is refused."""
+            self.pending_changes += 1
             try:
-                event = controller.add_backend(
-                    service, name, address, group or "default", weight, actor="key"
-                )
-            except ControlError as error:
-                return str(error)
-            self.say(f"{event.target}: added to {service}")
-            self.refresh_view()
-            return None
+                async with self._changing:
+                    try:
+                        event = await off_the_loop(
+                            lambda: controller.add_backend(
+                                service, name, address, group or "default", weight, actor="key"
+                            )
+                        )
+                    except ControlError as error:
+                        self.say(str(error))  # also where the form was closed meanwhile
+                        return str(error)
+                    self.say(f"{event.target}: added to {service}")
+                    self.refresh_view()
+                    return None
+            finally:
+                self.pending_changes -= 1
 
         self.push_screen(AddBackendScreen(service, group, add))
 
     def action_algorithm(self) -> None:
-        name, controller = self.selected_backend(), self.controller
+        name, controller, snapshot = self.selected_backend(), self.controller, self._last_snapshot
         service = self._service_of(name) if name is not None else None
-        if service is None or controller is None:
+        if service is None or controller is None or snapshot is None:
             return
-        current = controller.snapshot().service(service).algorithm
+        current = snapshot.service(service).algorithm
 
         def chosen(algorithm: str | None) -> None:
             if algorithm is not None and algorithm != current:
-                self._do(lambda: controller.set_algorithm(service, algorithm, actor="key"))
+                self._do(
+                    lambda: controller.set_algorithm(service, algorithm, actor="key"),
+                    f"setting {service}'s algorithm to {algorithm}…",
+                )
 
         self.push_screen(ChoiceScreen(f"Algorithm of service {service}:", ALGORITHMS, current), chosen)
 
     def action_ramp(self) -> None:
         """R: start the service's canary ramp (asks first); R while one runs aborts it at once."""
-        name, controller = self.selected_backend(), self.controller
+        name, controller, snapshot = self.selected_backend(), self.controller, self._last_snapshot
         service = self._service_of(name) if name is not None else None
-        if service is None or controller is None:
+        if service is None or controller is None or snapshot is None:
             return
-        view = controller.snapshot().service(service)
+        view = snapshot.service(service)
         if view.ramp is not None and view.ramp.state == "running":
-            self._do(lambda: controller.abort_ramp(service, actor="key"))
+            self._do(lambda: controller.abort_ramp(service, actor="key"), f"aborting {service}'s ramp…")
             return
         if not view.split or len(view.split) != 2:
             self.say(f"service {service} needs a split of two groups to ramp (stable, canary)")
@@ -366,29 +461,20 @@ class Dashboard(App[int]):
             f"Start a canary ramp on {service}? {canary} goes through the steps of its ramp config, "
             f"and rolls back to {stable} on its own if its 5xx rate or p99 crosses the limits.",
             lambda: controller.start_ramp(service, actor="key"),
+            f"starting {service}'s canary ramp…",
         )
 
     def action_reload(self) -> None:
         """Re-read the config file (Controller.reload: on the engine's thread, or on the server `attach` steers)
         and say what came of it."""
         controller = self.controller
-        if controller is None:
-            return
-        try:
-            result = controller.reload(actor="key")
-        except ReloadRefused as refused:
-            self.say(refused_text(refused))
-            return
-        except ControlError as error:  # no file to reload, a server that does not answer
-            self.say(str(error))
-            return
-        self.say(reload_text(result))
-        self.refresh_view()
+        if controller is not None:
+            self._change(lambda: controller.reload(actor="key"), "reloading the config…", reload_text)
 
     def action_undo(self) -> None:
         controller = self.controller
         if controller is not None:
-            self._do(lambda: controller.undo(actor="key"))
+            self._do(lambda: controller.undo(actor="key"), "undoing the last change…")
 
     def action_detail(self) -> None:
         name, controller = self.selected_backend(), self.controller

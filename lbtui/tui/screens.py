@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from rich.table import Table
 from rich.text import Text
@@ -108,12 +108,13 @@ class AddBackendScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="add.cancel", tooltip="Close the form, add nothing")]
 
     def __init__(
-        self, service: str, group: str, add: Callable[[str, str, str, str, int], str | None]
+        self, service: str, group: str, add: Callable[[str, str, str, str, int], Awaitable[str | None]]
     ) -> None:
         super().__init__()
         self.service = service
         self.group = group
-        self.add = add  # returns an error message, or None once added
+        self.add = add  # an error message, or None once added (off the UI loop: the form waits, the app not)
+        self.adding = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -140,6 +141,9 @@ class AddBackendScreen(ModalScreen[None]):
         return self.query_one(f"#{field}", Input).value.strip()
 
     def submit(self) -> None:
+        """Check the form; then add, off the UI loop (`adding` until the answer: the form keeps its keys)."""
+        if self.adding:
+            return  # one add at a time: its answer decides whether the form closes
         for field, hint in (("name", "a name, e.g. blue-4"), ("address", "host:port, e.g. 127.0.0.1:9004")):
             if not self.value(field):
                 self.query_one("#error", Static).update(f"{field}: required ({hint})")
@@ -150,9 +154,18 @@ class AddBackendScreen(ModalScreen[None]):
         except ValueError:
             self.query_one("#error", Static).update("weight: a whole number from 0 to 1000")
             return
-        error = self.add(
-            self.value("service"), self.value("name"), self.value("address"), self.value("group"), weight
-        )
+        self.adding = True
+        self.query_one("#error", Static).update("adding…")
+        fields = (self.value("service"), self.value("name"), self.value("address"), self.value("group"))
+        self.run_worker(self._add(*fields, weight), group="add")
+
+    async def _add(self, service: str, name: str, address: str, group: str, weight: int) -> None:
+        try:
+            error = await self.add(service, name, address, group, weight)
+        finally:
+            self.adding = False
+        if self.app.screen is not self:
+            return  # closed meanwhile (escape): the message line says what came of it
         if error is None:
             self.dismiss(None)
         else:

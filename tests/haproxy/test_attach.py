@@ -14,6 +14,7 @@ from lbtui.tui.format import health_style
 from lbtui.tui.table import Table
 from tests.conftest import wait_for
 from tests.haproxy.test_runtime import get
+from tests.tui.keys import press
 
 SIZE = (160, 40)
 
@@ -41,11 +42,11 @@ async def test_the_dashboard_shows_and_steers_haproxy(haproxy):
             assert "latency: avg per row" in header  # no percentile to show: never "p99 nan"
             assert "nan" not in header
 
-            await pilot.press("d")  # the cursor is on a
+            await press(pilot, "d")  # the cursor is on a
             states = await h.client().show_servers_state("app")
             assert next(s for s in states if s.server == "a").draining
             await wait_for(lambda: str(table.get_cell("a", "state")).startswith("drain"), what="drain shown")
-            await pilot.press("e")
+            await press(pilot, "e")
             states = await h.client().show_servers_state("app")
             assert not next(s for s in states if s.server == "a").draining
             assert [(e.actor, e.before, e.after) for e in controller.events()] == [

@@ -16,6 +16,7 @@ from lbtui.tui.format import backend_cells, latency_histogram, split_bar, status
 from lbtui.tui.screens import AddBackendScreen, ChoiceScreen, ConfirmScreen, DetailScreen, HelpScreen
 from lbtui.tui.table import Table
 from tests.conftest import make_config, wait_for
+from tests.tui.keys import press
 
 SIZE = (160, 40)
 
@@ -57,7 +58,7 @@ async def test_table_shows_backends_in_config_order_and_live_counts(backends):
 async def test_d_drains_and_e_enables_the_selected_backend(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
     async with running(make_config(bs)) as (app, pilot):
-        await pilot.press("down", "d")
+        await press(pilot, "down", "d")
         controller = app.controller
         assert controller.snapshot().backend("b1").admin_state == "drain"
         assert controller.snapshot().backend("b0").admin_state == "ready"
@@ -66,7 +67,7 @@ async def test_d_drains_and_e_enables_the_selected_backend(backends):
         event = controller.events()[0]
         assert (event.actor, event.action, event.target, event.after) == ("key", "state", "b1", "drain")
         assert "b1" in str(app.query_one("#events").render())  # the events pane
-        await pilot.press("e")
+        await press(pilot, "e")
         assert controller.snapshot().backend("b1").admin_state == "ready"
         pane = str(app.query_one("#events").render()).splitlines()
         assert "ready" in pane[0].split("->")[1]  # newest first: the enable, then the drain
@@ -77,24 +78,24 @@ async def test_d_drains_and_e_enables_the_selected_backend(backends):
 async def test_m_asks_first_and_n_leaves_it(backends):
     b = await backends("b0")
     async with running(make_config([b])) as (app, pilot):
-        await pilot.press("m")
+        await press(pilot, "m")
         assert isinstance(app.screen, ConfirmScreen)
         assert "b0" in app.screen.question
         assert app.screen.focused.id == "cancel"  # Cancel has the focus
-        await pilot.press("n")
+        await press(pilot, "n")
         assert app.controller.snapshot().backend("b0").admin_state == "ready"
-        await pilot.press("m", "y")
+        await press(pilot, "m", "y")
         assert app.controller.snapshot().backend("b0").admin_state == "maint"
 
 
 async def test_weight_keys_and_undo(backends):
     b = await backends("b0")
     async with running(make_config([b])) as (app, pilot):
-        await pilot.press("plus", "plus")
+        await press(pilot, "plus", "plus")
         assert app.controller.snapshot().backend("b0").weight == 3
-        await pilot.press("minus")
+        await press(pilot, "minus")
         assert app.controller.snapshot().backend("b0").weight == 2
-        await pilot.press("u")
+        await press(pilot, "u")
         assert app.controller.snapshot().backend("b0").weight == 3
 
 
@@ -108,14 +109,14 @@ async def test_split_shift_and_flip(backends):
         split={"blue": 90, "green": 10},
     )
     async with running(config) as (app, pilot):
-        await pilot.press("right_square_bracket")
+        await press(pilot, "right_square_bracket")
         assert dict(app.controller.snapshot().service("app").split) == {"blue": 85, "green": 15}
         assert "blue 85%" in str(app.query_one("#services").render())
-        await pilot.press("left_square_bracket", "left_square_bracket")
+        await press(pilot, "left_square_bracket", "left_square_bracket")
         assert dict(app.controller.snapshot().service("app").split) == {"blue": 95, "green": 5}
-        await pilot.press("f")
+        await press(pilot, "f")
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("y")
+        await press(pilot, "y")
         assert dict(app.controller.snapshot().service("app").split) == {"blue": 5, "green": 95}
 
 
@@ -123,25 +124,25 @@ async def test_p_pauses_the_view(backends):
     b = await backends("b0")
     async with running(make_config([b])) as (app, pilot):
         table = app.query_one("#backends", Table)
-        await pilot.press("p")
+        await press(pilot, "p")
         async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
             await http.get("/")
         app.refresh_view()
         assert str(table.get_cell("b0", "requests")) == "0"  # frozen
-        await pilot.press("p")
+        await press(pilot, "p")
         assert str(table.get_cell("b0", "requests")) == "1"
 
 
 async def test_help_lists_every_key(backends):
     b = await backends("b0")
     async with running(make_config([b])) as (app, pilot):
-        await pilot.press("question_mark")
+        await press(pilot, "question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = "\n".join(f"{k} {t}" for k, t in app.screen.keys)
         for binding in Dashboard.BINDINGS:
             assert binding.tooltip, binding.key  # every key has help text
             assert binding.tooltip in text
-        await pilot.press("escape")
+        await press(pilot, "escape")
         assert not isinstance(app.screen, HelpScreen)
 
 
@@ -150,7 +151,7 @@ async def test_read_only_turns_every_steering_key_off(backends, key):
     b = await backends("b0")
     async with running(make_config([b]), read_only=True) as (app, pilot):
         before = app.controller.snapshot().backend("b0")
-        await pilot.press(key)
+        await press(pilot, key)
         assert not isinstance(app.screen, ConfirmScreen)
         after = app.controller.snapshot().backend("b0")
         assert (after.admin_state, after.weight) == (before.admin_state, before.weight)
@@ -238,10 +239,10 @@ def test_status_line_without_traffic():
 async def test_x_removes_after_confirmation(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
     async with running(make_config(bs)) as (app, pilot):
-        await pilot.press("down", "x")
+        await press(pilot, "down", "x")
         assert isinstance(app.screen, ConfirmScreen)
         assert "b1" in app.screen.question
-        await pilot.press("y")
+        await press(pilot, "y")
         await wait_for(
             lambda: all(b.name != "b1" for s in app.controller.snapshot().services for b in s.backends),
             what="b1 to go",
@@ -253,28 +254,30 @@ async def test_x_removes_after_confirmation(backends):
 async def test_l_chooses_the_algorithm_from_a_list(backends):
     b = await backends("b0")
     async with running(make_config([b])) as (app, pilot):
-        await pilot.press("l")
+        await press(pilot, "l")
         assert isinstance(app.screen, ChoiceScreen)
-        await pilot.press("down", "down", "enter")  # round_robin -> weighted_round_robin -> least_connections
+        await press(
+            pilot, "down", "down", "enter"
+        )  # round_robin -> weighted_round_robin -> least_connections
         assert app.controller.snapshot().service("app").algorithm == "least_connections"
-        await pilot.press("l", "escape")
+        await press(pilot, "l", "escape")
         assert app.controller.snapshot().service("app").algorithm == "least_connections"
 
 
 async def test_a_adds_a_backend_and_shows_errors_in_the_form(backends):
     b0, b1 = await backends("b0"), await backends("b1")
     async with running(make_config([b0])) as (app, pilot):
-        await pilot.press("a")
+        await press(pilot, "a")
         form = app.screen
         assert isinstance(form, AddBackendScreen)
         assert form.query_one("#service").value == "app"  # the selected backend's service
-        await pilot.press(*"new-1", "tab", *"not-an-address", "enter")
+        await press(pilot, *"new-1", "tab", *"not-an-address", "enter")
         assert form.query_one("#name").value == "new-1"
         assert form.query_one("#address").value == "not-an-address"
         assert isinstance(app.screen, AddBackendScreen)  # still open, with the reason
         assert "address" in str(form.query_one("#error").render())
         form.query_one("#address").value = b1.address
-        await pilot.press("enter")
+        await press(pilot, "enter")
         assert not isinstance(app.screen, AddBackendScreen)
         assert app.controller.snapshot().backend("new-1").address == b1.address
         app.refresh_view()
@@ -293,14 +296,14 @@ async def test_enter_opens_the_detail_of_the_selected_backend(backends):
         async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
             for _ in range(4):
                 await http.get("/")
-        await pilot.press("down", "enter")
+        await press(pilot, "down", "enter")
         assert isinstance(app.screen, DetailScreen)
         assert app.screen.backend == "b1"
         text = str(app.screen.query_one("#detail").render())
         assert "b1" in text
         assert "2xx 2" in text
         assert " ms " in text  # the latency distribution
-        await pilot.press("escape")
+        await press(pilot, "escape")
         assert not isinstance(app.screen, DetailScreen)
 
 
@@ -308,9 +311,9 @@ async def test_slash_filters_the_table_and_escape_clears(backends):
     bs = [await backends(n) for n in ("blue-1", "blue-2", "green-1")]
     async with running(make_config(bs)) as (app, pilot):
         table = app.query_one("#backends", Table)
-        await pilot.press("slash", *"green", "enter")
+        await press(pilot, "slash", *"green", "enter")
         assert table.keys == ["green-1"]
-        await pilot.press("slash", "escape")
+        await press(pilot, "slash", "escape")
         assert table.keys == ["blue-1", "blue-2", "green-1"]  # config order again
 
 
@@ -332,9 +335,9 @@ async def test_status_bar_turns_warning_then_error_colour(backends):
         status = app.query_one("#status")
         assert not status.has_class("warning")
         assert not status.has_class("error")
-        await pilot.press("d")
+        await press(pilot, "d")
         assert status.has_class("warning")  # one backend out of service: degraded
-        await pilot.press("down", "m", "y")
+        await press(pilot, "down", "m", "y")
         app.refresh_view()
         assert status.has_class("error")  # none left to serve
 

@@ -18,6 +18,7 @@ from lbtui.tui.table import Table
 from tests.attached import Served, canary_config, served
 from tests.conftest import wait_for
 from tests.impostors import NGINX_STATIC, garbage, http_answer, impostors, nginx
+from tests.tui.keys import press
 
 SIZE = (160, 40)
 
@@ -44,36 +45,36 @@ async def test_the_keys_steer_the_server(backends):
             def service():
                 return engine_state(s).service("app")
 
-            await pilot.press("d")
+            await press(pilot, "d")
             assert backend("blue-1").admin_state == "drain"
             await wait_for(
                 lambda: str(table.get_cell("blue-1", "state")).startswith("drain"), what="drain shown"
             )
-            await pilot.press("e")
+            await press(pilot, "e")
             assert backend("blue-1").admin_state == "ready"
-            await pilot.press("plus", "plus")
+            await press(pilot, "plus", "plus")
             assert backend("blue-1").weight == 3
-            await pilot.press("minus", "u")
+            await press(pilot, "minus", "u")
             assert backend("blue-1").weight == 3  # undo of the minus
-            await pilot.press("m", "y")
+            await press(pilot, "m", "y")
             assert backend("blue-1").admin_state == "maint"
-            await pilot.press("e", "right_square_bracket")
+            await press(pilot, "e", "right_square_bracket")
             assert dict(service().split or ()) == {"blue": 85, "green": 15}
-            await pilot.press("f", "y")
+            await press(pilot, "f", "y")
             assert dict(service().split or ()) == {"blue": 15, "green": 85}
-            await pilot.press("left_square_bracket")
-            await pilot.press("l")
+            await press(pilot, "left_square_bracket")
+            await press(pilot, "l")
             assert isinstance(app.screen, ChoiceScreen)
-            await pilot.press("escape")
+            await press(pilot, "escape")
             # The server's refusals show as in-process: a ramp needs a step above the canary's share.
             s.remote.set_split("app", {"blue": 0, "green": 100}, actor="key")
-            await pilot.press("R", "y")
+            await press(pilot, "R", "y")
             assert "no step above it" in str(app.query_one("#message").render())
             s.remote.set_split("app", {"blue": 90, "green": 10}, actor="key")
-            await pilot.press("R", "y")
+            await press(pilot, "R", "y")
             assert service().ramp is not None
             assert service().ramp.state == "running"
-            await pilot.press("R")
+            await press(pilot, "R")
             assert service().ramp.state == "aborted"
             # Every change is the keys' in the server's audit log, and shows in the events pane.
             events = s.engine.call(s.controller.events, 100)
@@ -89,7 +90,7 @@ async def test_the_keys_steer_the_server(backends):
             async with httpx.AsyncClient(base_url=s.proxy) as http:
                 for path in ("/first", "/second"):
                     assert (await http.get(path)).status_code == 200
-            await pilot.press("4")
+            await press(pilot, "4")
             access = app.query_one("#access", Table)
             await wait_for(lambda: access.row_count >= 2, what="the access log")
             assert [access.get_row_at(i)[3] for i in range(2)] == ["/second", "/first"]
@@ -115,7 +116,7 @@ async def test_a_lost_server_shows_in_the_status_bar_not_a_traceback(backends):
             status = app.query_one("#status")
             await wait_for(lambda: "CONNECTION LOST" in str(status.render()), what="the status bar to say so")
             assert status.has_class("error")
-            await pilot.press("d")  # a key says why it did nothing
+            await press(pilot, "d")  # a key says why it did nothing
             assert "cannot reach the admin API" in str(app.query_one("#message").render())
             assert app.query_one("#backends", Table).keys == ["blue-1", "green-1"]  # the last state stays
             await pilot.press("q", "y")
@@ -136,7 +137,7 @@ async def test_r_reloads_the_server_it_is_attached_to(backends, tmp_path):
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             path.write_text(base + backend.format("one", one.address) + backend.format("two", two.address))
-            await pilot.press("r")
+            await press(pilot, "r")
             assert [b.name for b in engine_state(s).services[0].backends] == ["one", "two"]
             table = app.query_one("#backends", Table)
             await wait_for(lambda: table.keys == ["one", "two"], what="the new backend shown")
@@ -216,7 +217,7 @@ async def test_a_server_replaced_by_the_proxy_shows_in_the_status_bar(backends) 
                 await wait_for(lambda: said in str(status.render()), what="the status bar to say so")
                 assert "CONNECTION LOST" in str(status.render())
                 assert status.has_class("error")
-                await pilot.press("d")  # a key says why it did nothing
+                await press(pilot, "d")  # a key says why it did nothing
                 assert said in str(app.query_one("#message").render())
                 assert table.keys == ["blue-1", "green-1"]  # the last state stays
                 assert web.requests  # what the dashboard asked reached the new proxy's backend: reads only

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lbtui.config import load_config
 from lbtui.tui.app import Dashboard
+from tests.tui.keys import press
 from tests.tui.test_app import running
 
 
@@ -29,14 +30,14 @@ async def test_r_reloads_the_config_file(backends, tmp_path: Path) -> None:
     write(path, [b0])
     async with running(load_config(path)) as (app, pilot):
         write(path, [b0, b1])
-        await pilot.press("r")
+        await press(pilot, "r")
         assert "reloaded" in message(app)
         assert "backend b1: added" in message(app)
         assert [b.name for b in app.controller.snapshot().service("app").backends] == ["b0", "b1"]
         assert {e.actor for e in app.controller.events()} == {"reload"}
 
         write(path, [b0], algorithm="fastest")
-        await pilot.press("r")
+        await press(pilot, "r")
         assert "reload refused" in message(app)
         assert "services.app.algorithm" in message(app)
         assert [b.name for b in app.controller.snapshot().service("app").backends] == ["b0", "b1"]
@@ -48,5 +49,5 @@ async def test_r_is_off_when_read_only(backends, tmp_path: Path) -> None:
     write(path, [b0])
     async with running(load_config(path), read_only=True) as (app, pilot):
         write(path, [b0, b1])
-        await pilot.press("r")
+        await press(pilot, "r")
         assert [b.name for b in app.controller.snapshot().service("app").backends] == ["b0"]

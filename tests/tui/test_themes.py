@@ -20,6 +20,7 @@ from lbtui.tui.app import Dashboard
 from lbtui.tui.format import backend_cells
 from lbtui.tui.table import Table
 from tests.conftest import make_config, wait_for
+from tests.tui.keys import press
 from tests.tui.test_app import SIZE, quit_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,7 +239,7 @@ async def test_the_dashboard_uses_its_theme_and_recolours_live(backends):
             lambda: colour_of(table.get_cell("b0", "health")) == nord_success, what="nord's success"
         )
 
-        await pilot.press("d")
+        await press(pilot, "d")
         app.theme = "dark"
         await wait_for(
             lambda: colour_of(table.get_cell("b0", "state")) == "#58A6FF", what="dark's health-drain"
@@ -260,7 +261,7 @@ async def test_no_color_renders_without_colour_and_keeps_the_words(backends, mon
     b0, b1 = await backends("b0"), await backends("b1")
     async with themed(make_config([b0, b1])) as (app, pilot):
         assert app.no_color
-        await pilot.press("down", "d")
+        await press(pilot, "down", "d")
         table = app.query_one("#backends", Table)
         await wait_for(lambda: str(table.get_cell("b1", "state")).startswith("drain"), what="drain")
         assert colour_of(table.get_cell("b1", "state")) is None

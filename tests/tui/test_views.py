@@ -9,6 +9,7 @@ from lbtui.config import parse_config
 from lbtui.tui.screens import AddBackendScreen, ConfirmScreen
 from lbtui.tui.table import Table
 from tests.conftest import make_config, wait_for
+from tests.tui.keys import press
 from tests.tui.test_app import running
 
 
@@ -38,10 +39,10 @@ async def drive(app, until, what, limit=3000):
 async def test_R_ramps_a_healthy_canary_to_100_percent(backends):
     blue, green = await backends("blue-1"), await backends("green-1")
     async with running(canary_config(blue, green)) as (app, pilot):
-        await pilot.press("R")
+        await press(pilot, "R")
         assert isinstance(app.screen, ConfirmScreen)
         assert "green" in app.screen.question
-        await pilot.press("y")
+        await press(pilot, "y")
         service = lambda: app.controller.snapshot().service("app")  # noqa: E731
         assert dict(service().split) == {"blue": 80, "green": 20}
         app.refresh_view()
@@ -61,7 +62,7 @@ async def test_R_ramps_a_healthy_canary_to_100_percent(backends):
 async def test_a_failing_canary_rolls_back_and_gets_nothing_after(backends):
     blue, green = await backends("blue-1"), await backends("green-1", error_rate=1.0)
     async with running(canary_config(blue, green)) as (app, pilot):
-        await pilot.press("R", "y")
+        await press(pilot, "R", "y")
         service = lambda: app.controller.snapshot().service("app")  # noqa: E731
         await drive(app, lambda: service().ramp.state == "rolled back", "the ramp to roll back")
         assert dict(service().split) == {"blue": 100, "green": 0}
@@ -79,21 +80,21 @@ async def test_a_failing_canary_rolls_back_and_gets_nothing_after(backends):
 async def test_R_again_aborts_and_puts_the_split_back(backends):
     blue, green = await backends("blue-1"), await backends("green-1")
     async with running(canary_config(blue, green, hold="1h")) as (app, pilot):
-        await pilot.press("R", "y")
+        await press(pilot, "R", "y")
         assert dict(app.controller.snapshot().service("app").split) == {"blue": 80, "green": 20}
-        await pilot.press("R")  # no question: aborting is the safe way out
+        await press(pilot, "R")  # no question: aborting is the safe way out
         assert not isinstance(app.screen, ConfirmScreen)
         view = app.controller.snapshot().service("app")
         assert dict(view.split) == {"blue": 90, "green": 10}
         assert view.ramp.state == "aborted"
-        await pilot.press("R", "n")  # asked, and no: nothing starts
+        await press(pilot, "R", "n")  # asked, and no: nothing starts
         assert app.controller.snapshot().service("app").ramp.state == "aborted"
 
 
 async def test_R_without_a_split_says_why(backends):
     b = await backends("b0")
     async with running(make_config([b])) as (app, pilot):
-        await pilot.press("R")
+        await press(pilot, "R")
         assert not isinstance(app.screen, ConfirmScreen)
         assert "needs a split" in str(app.query_one("#message").render())
 
@@ -103,32 +104,32 @@ async def test_tab_and_digits_switch_views_and_steering_keys_stay_on_the_backend
     async with running(make_config([b])) as (app, pilot):
         switcher = app.query_one("#views")
         assert switcher.current == "view-backends"
-        await pilot.press("tab")
+        await press(pilot, "tab")
         assert switcher.current == "view-routes"
-        await pilot.press("tab", "tab")
+        await press(pilot, "tab", "tab")
         assert switcher.current == "view-log"
-        await pilot.press("tab")
+        await press(pilot, "tab")
         assert switcher.current == "view-backends"
-        await pilot.press("3")
+        await press(pilot, "3")
         assert switcher.current == "view-events"
         assert "3 Events" in str(app.query_one("#tabs").render())
-        await pilot.press("d")  # not on this view
+        await press(pilot, "d")  # not on this view
         assert app.controller.snapshot().backend("b0").admin_state == "ready"
-        await pilot.press("1", "d")
+        await press(pilot, "1", "d")
         assert app.controller.snapshot().backend("b0").admin_state == "drain"
 
 
 async def test_tab_in_the_add_form_moves_between_fields(backends):
     b = await backends("b0")
     async with running(make_config([b])) as (app, pilot):
-        await pilot.press("a")
+        await press(pilot, "a")
         form = app.screen
         assert isinstance(form, AddBackendScreen)
         first = form.focused
-        await pilot.press("tab")
+        await press(pilot, "tab")
         assert form.focused is not first
         assert app.view == "backends"
-        await pilot.press("escape")
+        await press(pilot, "escape")
 
 
 async def test_the_access_log_view_shows_requests_newest_first(backends):
@@ -137,13 +138,13 @@ async def test_the_access_log_view_shows_requests_newest_first(backends):
         async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
             for path in ("/first", "/second", "/third"):
                 assert (await http.get(path)).status_code == 200
-        await pilot.press("4")
+        await press(pilot, "4")
         table = app.query_one("#access", Table)
         rows = [table.get_row_at(i) for i in range(table.row_count)]
         assert [row[3] for row in rows] == ["/third", "/second", "/first"]
         assert {row[7] for row in rows} == {"b0", "b1"}
         assert all(row[4] == "200" and row[2] == "GET" for row in rows)
-        await pilot.press("slash", *"second", "enter")  # the filter applies to this view too
+        await press(pilot, "slash", *"second", "enter")  # the filter applies to this view too
         assert [table.get_row_at(i)[3] for i in range(table.row_count)] == ["/second"]
 
 
@@ -166,7 +167,7 @@ async def test_the_routes_view_lists_routes_in_words(backends):
         ],
     }
     async with running(parse_config(data, source="<test>")) as (app, pilot):
-        await pilot.press("2")
+        await press(pilot, "2")
         table = app.query_one("#routes", Table)
         assert table.keys == ["api", "rest"]
         assert table.get_row("api")[1] == "prefix /api, GET"
@@ -178,27 +179,27 @@ async def test_the_routes_view_lists_routes_in_words(backends):
 async def test_the_routes_view_without_routes_says_where_requests_go(backends):
     b = await backends("b0")
     async with running(make_config([b])) as (app, pilot):
-        await pilot.press("2")
+        await press(pilot, "2")
         assert "no routes" in str(app.query_one("#routes-note").render())
 
 
 async def test_a_new_filter_rebuilds_the_events_view(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
     async with running(make_config(bs)) as (app, pilot):
-        await pilot.press("d", "down", "d")
-        await pilot.press("3", "slash", *"b1", "enter")
+        await press(pilot, "d", "down", "d")
+        await press(pilot, "3", "slash", *"b1", "enter")
         table = app.query_one("#events-table", Table)
         assert [table.get_row_at(i)[4] for i in range(table.row_count)] == ["b1"]
         assert "b0" not in str(app.query_one("#events").render())
-        await pilot.press("slash", "escape")  # clears the filter: every event again
+        await press(pilot, "slash", "escape")  # clears the filter: every event again
         assert [table.get_row_at(i)[4] for i in range(table.row_count)] == ["b1", "b0"]
 
 
 async def test_the_events_view_is_newest_first(backends):
     bs = [await backends(f"b{i}") for i in range(2)]
     async with running(make_config(bs)) as (app, pilot):
-        await pilot.press("d", "down", "d", "plus")
-        await pilot.press("3")
+        await press(pilot, "d", "down", "d", "plus")
+        await press(pilot, "3")
         table = app.query_one("#events-table", Table)
         actions = [(table.get_row_at(i)[3], table.get_row_at(i)[4]) for i in range(table.row_count)]
         assert actions == [("weight", "b1"), ("state", "b1"), ("state", "b0")]
@@ -208,7 +209,7 @@ async def test_the_events_view_is_newest_first(backends):
 async def test_read_only_turns_the_ramp_key_off(backends, key):
     blue, green = await backends("blue-1"), await backends("green-1")
     async with running(canary_config(blue, green), read_only=True) as (app, pilot):
-        await pilot.press(key)
+        await press(pilot, key)
         assert not isinstance(app.screen, ConfirmScreen)
         assert app.controller.events() == []
 
@@ -217,7 +218,7 @@ async def test_waits_for_the_engine_tick_not_for_time(backends):
     """The ramp advances on the engine's own tick: no key press needed between steps."""
     blue, green = await backends("blue-1"), await backends("green-1")
     async with running(canary_config(blue, green, min_requests=1)) as (app, pilot):
-        await pilot.press("R", "y")
+        await press(pilot, "R", "y")
         async with httpx.AsyncClient(base_url=app.runtime.engine.url()) as http:
             for _ in range(20):
                 await http.get("/")
@@ -243,11 +244,11 @@ async def test_health_shows_going_down_k_of_fall_and_the_detail_shows_the_checks
         await wait_for(
             lambda: shown().startswith("going_down") and shown().endswith("/30"), what="going_down k/30"
         )
-        await pilot.press("down", "enter")
+        await press(pilot, "down", "enter")
         detail = app.screen.query_one("#detail")
         assert "health checks, newest first" in str(detail.render())
         await wait_for(lambda: "FAIL  status 503" in str(detail.render()), what="a check that got the 503")
-        await pilot.press("escape")
+        await press(pilot, "escape")
         assert "health" in str(app.query_one("#events").render())  # the transition is an event
 
 
@@ -374,9 +375,9 @@ async def test_j_and_k_move_the_cursor(backends):
     bs = [await backends(f"b{i}") for i in range(3)]
     async with running(make_config(bs)) as (app, pilot):
         table = app.query_one("#backends", Table)
-        await pilot.press("j", "j")
+        await press(pilot, "j", "j")
         assert table.cursor_row == 2
-        await pilot.press("k")
+        await press(pilot, "k")
         assert table.cursor_row == 1
 
 
@@ -384,25 +385,25 @@ async def test_the_status_bar_says_paused_and_read_only(backends):
     b = await backends("b0")
     async with running(make_config([b]), read_only=True) as (app, pilot):
         assert "READ-ONLY" in str(app.query_one("#status").render())
-        await pilot.press("p")
+        await press(pilot, "p")
         assert "PAUSED" in str(app.query_one("#status").render())
-        await pilot.press("p")
+        await press(pilot, "p")
         assert "PAUSED" not in str(app.query_one("#status").render())
 
 
 async def test_the_add_form_names_a_missing_field(backends):
     b = await backends("b0")
     async with running(make_config([b])) as (app, pilot):
-        await pilot.press("a", *"new", "enter")
+        await press(pilot, "a", *"new", "enter")
         form = app.screen
         assert isinstance(form, AddBackendScreen)
         assert "address: required" in str(form.query_one("#error").render())
         form.query_one("#address").value = "nowhere"
-        await pilot.press("enter")
+        await press(pilot, "enter")
         error = str(form.query_one("#error").render())
         assert error.startswith("address:")
         assert "backend." not in error
-        await pilot.press("escape")
+        await press(pilot, "escape")
 
 
 async def test_ctrl_p_opens_the_palette_and_runs_a_drain(backends):
@@ -410,14 +411,14 @@ async def test_ctrl_p_opens_the_palette_and_runs_a_drain(backends):
 
     bs = [await backends(f"b{i}") for i in range(2)]
     async with running(make_config(bs)) as (app, pilot):
-        await pilot.press("ctrl+p")
+        await press(pilot, "ctrl+p")
         assert isinstance(app.screen, CommandPalette)
-        await pilot.press(*"Drain")
+        await press(pilot, *"Drain")
         await wait_for(
             lambda: any("Drain" in str(o.prompt) for o in app.screen.query("CommandList").first().options),
             what="the Drain command to be offered",
         )
-        await pilot.press("enter")
+        await press(pilot, "enter")
         await wait_for(
             lambda: app.controller.snapshot().backend("b0").admin_state == "drain", what="the drain"
         )
@@ -448,7 +449,7 @@ async def test_an_ejected_backend_and_panic_show_in_the_table_and_services_line(
             what="the services line to show panic mode",
         )
         assert any(e.action == "panic" for e in app.controller.events())
-        await pilot.press("2")  # the events view lists the ejection
+        await press(pilot, "2")  # the events view lists the ejection
         events = app.query_one("#events-table", Table)
         await wait_for(
             lambda: any(str(events.get_cell(key, "actor")) == "outlier" for key in events.keys),
@@ -487,9 +488,9 @@ async def test_sticky_sessions_show_in_a_column_the_services_line_and_the_detail
         assert str(table.get_cell(other, "sticky")) == "0%"
         assert "sticky lbtui_srv" in str(app.query_one("#services").render())
         table.move_cursor(table.keys.index(first))
-        await pilot.press("enter")
+        await press(pilot, "enter")
         await wait_for(lambda: "sticky lbtui_srv: 9 of" in str(app.screen.query_one("#detail").render()))
-        await pilot.press("escape")
+        await press(pilot, "escape")
 
 
 async def test_without_sticky_sessions_there_is_no_sticky_column(backends):
