@@ -13,7 +13,16 @@ import time
 
 from lbtui.core.views import BackendView, Snapshot
 from lbtui.haproxy.controller import LATENCY_LABEL, LOG_LATENCY_LABEL, HaproxyController
-from lbtui.haproxy.requestlog import LOG_FORMAT, MARKER, RequestLog, parse_line
+from lbtui.haproxy.requestlog import (
+    BATCH_MIN,
+    BATCH_SECONDS,
+    LOG_FORMAT,
+    MARKER,
+    READ_TARGET,
+    RequestLog,
+    next_read,
+    parse_line,
+)
 from lbtui.haproxy.runtime import RuntimeClient
 from lbtui.tui.app import Dashboard
 from lbtui.tui.table import Table
@@ -294,3 +303,15 @@ async def test_the_dashboard_shows_the_logs_percentiles_and_requests(haproxy):
             assert shown == {f"/seen/{i}" for i in range(4)}
             await pilot.press("q", "y")
             await wait_for(lambda: not app.is_running, what="the dashboard to quit")
+
+
+def test_reads_come_sooner_under_load_so_haproxys_side_never_fills():
+    # idle, or a trickle: ten reads a second at most
+    assert next_read(0, 0.1) == BATCH_SECONDS
+    assert next_read(2_000, 0.1) == BATCH_SECONDS
+    # 2.2 MB/s (about 30k requests/s): a read every ~15 ms brings about READ_TARGET, far below a socket's buffer
+    wait = next_read(220_000, 0.1)
+    assert 0.01 < wait < 0.02
+    assert abs(wait * 2_200_000 - READ_TARGET) < READ_TARGET / 100
+    # a flood: never a busy loop
+    assert next_read(50_000_000, 0.1) == BATCH_MIN
