@@ -318,9 +318,15 @@ class FleetController(Controller):
             "engine": f"a fleet of {len(members)}: " + ", ".join(m.name for m in members),
             "fleet": FleetInfo(statuses, rows, diverged_services),
         }
-        labels = [s.extra["latency"] for s in live if "latency" in s.extra]
-        if labels:
-            extra["latency"] = f"{labels[0]}, request-weighted mean over instances"
+        averaged = [
+            str(s.extra.get("latency") or "avg")
+            for s in live
+            if any(b.latency_avg_ms is not None for v in s.services for b in v.backends)
+        ]
+        if averaged:  # a member with averages only: the rows' avg is a mean (see _latency_avg)
+            extra["latency"] = f"{averaged[0]}, request-weighted mean over instances"
+        elif live:
+            extra["latency"] = "p50/p99 of the instances' histograms added"
         unwired = [s.extra.get("request_log") for s in live]
         if unwired and all(unwired):
             extra["request_log"] = unwired[0]
@@ -362,7 +368,8 @@ class FleetController(Controller):
             rows[(name, backend)] = members
             backends.append(self._merge_backend(name, backend, members))
         splits = {s.split for s in live}
-        if len(live) == len(per) and len(splits) == 1 and len({s.algorithm for s in live}) == 1:
+        algorithms = {_algorithm(s.algorithm) for s in live}
+        if len(live) == len(per) and len(splits) == 1 and len(algorithms) == 1:
             self._in_step((name, ""))  # every member reachable, and in step
         why = self._diverged.get((name, ""), "")
         if why:
@@ -370,7 +377,7 @@ class FleetController(Controller):
         classes = _sum_tuples([s.status_classes for s in live], 6)
         return ServiceView(
             name=name,
-            algorithm=_common([s.algorithm for s in basis], MIXED),
+            algorithm=first.algorithm if len({_algorithm(s.algorithm) for s in basis}) == 1 else MIXED,
             split=first.split,
             groups=tuple(_ordered(g for s in present for g in s.groups)),
             backup_group=_common([s.backup_group for s in basis], None),
@@ -401,7 +408,7 @@ class FleetController(Controller):
         else:
             state, weight, agreeing = first.admin_state, first.weight, 0
         states = {b.admin_state for b in live}
-        healths = {b.health_label for b in live}
+        healths = {_health(b.health_label) for b in live}
         mixed = tuple(
             what
             for what, values in (("state", states), ("weight", {b.weight for b in live}), ("health", healths))
@@ -752,6 +759,21 @@ def _service(snapshot: Snapshot | None, name: str) -> ServiceView | None:
 
 def _backend(service: ServiceView, name: str) -> BackendView | None:
     return next((b for b in service.backends if b.name == name), None)
+
+
+# HAProxy's `balance` words and lbtui's algorithms that are the same algorithm: a fleet of both is not "mixed".
+_SAME_ALGORITHM: Final = {"roundrobin": "round_robin", "leastconn": "least_connections", "source": "ip_hash"}
+
+
+def _health(label: str) -> str:
+    """A health word as both engines mean it: HAProxy's `UP` is lbtui's `up`, and its `no check` (a server without
+    checks) counts as up, as a backend of a service without checks does in lbtui."""
+    word = label.lower()
+    return "up" if word == "no check" else word
+
+
+def _algorithm(name: str) -> str:
+    return _SAME_ALGORITHM.get(name, name)
 
 
 def _common(values: Sequence[T], otherwise: T) -> T:

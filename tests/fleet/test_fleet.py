@@ -213,6 +213,11 @@ async def test_a_mixed_fleet_of_haproxy_and_lbtui_serve(haproxy, fleets):
         # One engine has percentiles and one an average: no percentile is made of a part of the traffic.
         assert a.latency_avg_ms is not None
         assert math.isnan(a.window.p50_ms)
+        assert "request-weighted mean" in snapshot.extra["latency"]
+        # The same words in two engines' spellings are not a difference: HAProxy's UP is lbtui's up, its
+        # roundrobin lbtui's round_robin.
+        assert "health" not in a.mixed
+        assert snapshot.service(a.service).algorithm != "mixed"
         event = await asyncio.to_thread(fleet.set_weight, "a", 3, "ctl")
         assert (event.before, event.after) == (1, 3)
         assert (await server_state(h, "a")).uweight == 3
