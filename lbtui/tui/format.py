@@ -340,20 +340,21 @@ def fleet_lines(snapshot: Snapshot, b: BackendView) -> list[str]:
     rows = info.rows.get((b.service, b.name), ())
     head = f"on {b.instances} instances: state and weight agree on {b.agreeing}"
     if b.mixed:
-        head += f"; {', '.join(b.mixed)} differ"
+        head += f"; {', '.join(b.mixed)} {'differs' if len(b.mixed) == 1 else 'differ'}"
     lines = [head]
     if b.diverged:
         lines.append(
             f"DIVERGED: {b.diverged} (until a change of it succeeds everywhere, or they agree again)"
         )
+    # 94 cells wide: the detail dialog's width (a URL longer than its column keeps its end, which tells them apart)
     lines.append(
-        f"  {'instance':<40} {'state':<8} {'health':<12} {'weight':>6} {'in flight':>9} {'requests':>9} "
-        f"{'req/s':>7} {'latency':>10}"
+        f"  {'instance':<28} {'state':<8} {'health':<10} {'weight':>6} {'in flight':>9} {'requests':>8} "
+        f"{'req/s':>7} {'latency':>9}"
     )
     for row in rows:
-        label = row.member if len(row.member) <= 40 else "…" + row.member[-39:]
+        label = row.member if len(row.member) <= 28 else "…" + row.member[-27:]
         if row.backend is None:
-            lines.append(f"  {label:<40} {'(no such backend here)' if row.reachable else 'UNREACHABLE'}")
+            lines.append(f"  {label:<28} {'(no such backend here)' if row.reachable else 'UNREACHABLE'}")
             continue
         x = row.backend
         if x.latency_avg_ms is not None:
@@ -364,8 +365,8 @@ def fleet_lines(snapshot: Snapshot, b: BackendView) -> list[str]:
             latency = "-"
         state = x.admin_state if row.reachable else f"{x.admin_state}?"
         lines.append(
-            f"  {label:<40} {state:<8} {x.health_label:<12} {x.weight:>6} {x.in_flight:>9} {x.requests:>9} "
-            f"{x.window.rps:>7.1f} {latency:>10}" + ("" if row.reachable else "  UNREACHABLE (last seen)")
+            f"  {label:<28} {state:<8} {x.health_label:<10} {x.weight:>6} {x.in_flight:>9} {x.requests:>8} "
+            f"{x.window.rps:>7.1f} {latency:>9}" + ("" if row.reachable else "  UNREACHABLE (last seen)")
         )
     return [*lines, ""]
 
