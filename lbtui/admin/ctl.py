@@ -292,10 +292,17 @@ class Ctl:
     def cmd_ramp(self) -> int:
         if self.args.abort:
             return self.change(self.client.abort_ramp(self.args.service))
-        started = self.client.start_ramp(self.args.service)
-        self.change(started)
         follow = getattr(self.client, "follow_ramp", None)  # HAProxy's: the ramp runs in this process
-        return 0 if follow is None else int(follow(self.args.service, started, self.change))
+        if follow is None:
+            self.change(self.client.start_ramp(self.args.service))
+            return 0
+        try:
+            started = self.client.start_ramp(self.args.service)
+            self.change(started)
+        except KeyboardInterrupt:  # Ctrl-C as it began: it runs in this process, so it ends with it
+            self.change(self.client.abort_ramp(self.args.service))
+            return 1
+        return int(follow(self.args.service, started, self.change))
 
     def cmd_undo(self) -> int:
         return self.change(self.client.undo())

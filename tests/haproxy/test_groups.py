@@ -484,6 +484,9 @@ async def test_ctrl_c_on_ctl_ramp_aborts_the_ramp(haproxy, tmp_path):
     )
     try:
         await wait_for_weights(h, {"a": 256, "c1": 85})
+        assert ramp.stdout is not None
+        async with asyncio.timeout(DEADLINE):  # its start is printed: ctl follows the ramp now
+            started = await ramp.stdout.readline()
         ramp.send_signal(signal.SIGINT)
         async with asyncio.timeout(DEADLINE):
             out, err = await ramp.communicate()
@@ -492,6 +495,7 @@ async def test_ctrl_c_on_ctl_ramp_aborts_the_ramp(haproxy, tmp_path):
             ramp.kill()
             await ramp.wait()
     assert (ramp.returncode, err.decode()) == (1, "")
+    assert started.decode().startswith("app: ramp blue=100 green=0 -> blue=75 green=25 (start")
     assert out.decode().splitlines()[-1] == (
         "app: ramp blue=75 green=25 -> blue=100 green=0 (aborted: split as before the ramp)"
     )
@@ -522,6 +526,12 @@ async def test_the_dashboards_ramp_key_starts_and_aborts_a_ramp_on_haproxy(hapro
             await pilot.press("y")
             await wait_for_weights(h, {"a": 256, "c1": 85})
             await wait_for(lambda: (app(c).ramp or ramp_none()).state == "running", what="the ramp shown")
+
+            def drawn() -> bool:  # the key reads what the view drew last: wait for a redraw with the ramp
+                shown = dashboard._last_snapshot
+                return shown is not None and (shown.service("app").ramp or ramp_none()).state == "running"
+
+            await wait_for(drawn, what="the ramp drawn")
             await pilot.press("R")  # again, while it runs: abort
             await wait_for_weights(h, {"a": 256, "c1": 0})
         assert [(e.actor, e.note.split(":")[0]) for e in reversed(c.events()) if e.action == "ramp"] == [
