@@ -481,6 +481,9 @@ async def test_ctrl_c_on_ctl_ramp_aborts_the_ramp(haproxy, tmp_path):
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # pytest-xdist's workers ignore SIGINT and a child inherits that (Python then leaves it ignored): a
+        # terminal's Ctrl-C reaches ctl with the default disposition, as here.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         await wait_for_weights(h, {"a": 256, "c1": 85})
