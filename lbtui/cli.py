@@ -114,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     attach = sub.add_parser(
         "attach",
-        help="the dashboard on a running `lbtui serve`, through its admin API",
-        description="The dashboard on a running `lbtui serve`, through its admin API: every key works as "
-        "in `lbtui`. Quitting leaves the server running.",
+        help="the dashboard on a running `lbtui serve` or HAProxy, or on several as a fleet",
+        description="The dashboard on a running `lbtui serve` (through its admin API), a running HAProxy "
+        "(through its stats socket), or several of them steered as one: every key works as in `lbtui`. "
+        "Quitting leaves them running.",
     )
     attach.add_argument(
         "url",
