@@ -32,7 +32,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -48,6 +47,7 @@ from lbtui.core.control import (
     NotFound,
     ReloadResult,
 )
+from lbtui.core.loopcall import call_on_loop
 from lbtui.core.views import RequestView, Snapshot
 
 from .client import ApiError, ClientError, NotAdminApi, reload_answer, segment
@@ -157,28 +157,13 @@ class RemoteController(Controller):
 
     def _call(self, coro: Coroutine[Any, Any, T], deadline: float) -> T:
         """Run `coro` on the controller's loop; wait for it at most `deadline`. ClientError -> ControlError."""
+        closed = f"{self.url}: the connection to it is closed"
         if self._closed:
             coro.close()
-            raise ControlError(f"{self.url}: the connection to it is closed")
-
-        async def bounded() -> T:
-            async with asyncio.timeout(deadline):
-                return await coro
-
-        wrapped = bounded()
-        try:
-            future = asyncio.run_coroutine_threadsafe(wrapped, self._loop)
-        except RuntimeError:  # the loop closed meanwhile
-            wrapped.close()
-            coro.close()
-            raise ControlError(f"{self.url}: the connection to it is closed") from None
-        try:
-            return future.result(deadline + 0.5)
-        except (TimeoutError, concurrent.futures.TimeoutError):
-            future.cancel()
-            raise ControlError(f"no answer from {self.url} within {deadline:g}s") from None
-        except concurrent.futures.CancelledError:
-            raise ControlError(f"{self.url}: the connection to it is closed") from None
+            raise ControlError(closed)
+        return call_on_loop(
+            self._loop, coro, deadline, closed, f"no answer from {self.url} within {deadline:g}s"
+        )
 
     # -- polling -------------------------------------------------------------------------------------------
     async def _poll_forever(self) -> None:

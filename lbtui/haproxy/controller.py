@@ -41,7 +41,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import math
 import os
 import threading
@@ -61,6 +60,7 @@ from lbtui.core.control import (
     NotFound,
     ReloadResult,
 )
+from lbtui.core.loopcall import call_on_loop
 from lbtui.core.ramp import ABORTED, RUNNING, Ramp
 from lbtui.core.stats import WindowView, merge_views
 from lbtui.core.views import BackendView, RequestView, ServiceView, Snapshot
@@ -226,26 +226,14 @@ class HaproxyController(Controller):
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the controller's loop; wait for it at most the deadline of a change."""
         deadline = self._timeout * CHANGE_CALLS
+        closed = f"{self.url}: the controller is closed"
         if self._closed:
             coro.close()
-            raise ControlError(f"{self.url}: the controller is closed")
-
-        async def bounded() -> T:
-            async with asyncio.timeout(deadline):
-                return await coro
-
-        wrapped = bounded()
+            raise ControlError(closed)
         try:
-            future = asyncio.run_coroutine_threadsafe(wrapped, self._loop)
-        except RuntimeError:  # the loop closed meanwhile
-            wrapped.close()
-            coro.close()
-            raise ControlError(f"{self.url}: the controller is closed") from None
-        try:
-            return future.result(deadline + 0.5)
-        except (TimeoutError, concurrent.futures.TimeoutError):
-            future.cancel()
-            raise ControlError(f"{self.url}: no answer within {deadline:g}s") from None
+            return call_on_loop(
+                self._loop, coro, deadline, closed, f"{self.url}: no answer within {deadline:g}s"
+            )
         except RuntimeUnreachable as error:
             raise ControlError(str(error)) from None
         except RuntimeCommandError as error:

@@ -1,0 +1,49 @@
+"""Calling a coroutine on an asyncio loop that runs on a thread of its own, from another thread, under one deadline.
+
+The controllers that talk to something outside the process (HAProxy's socket: lbtui/haproxy/controller.py; a
+`lbtui serve` admin API: lbtui/admin/remote.py) run their I/O on a loop of their own, so that the dashboard's loop
+and `ctl` never wait on a socket themselves; this is the one way their callers reach that loop.
+
+Invariants: the coroutine is bounded on the loop (asyncio.timeout) and the caller waits at most half a second more;
+a loop that has closed, or a call cancelled with it, is ControlError(`closed`); a deadline that passed is
+ControlError(`late`); any other exception of the coroutine reaches the caller as it was raised. A coroutine that is
+never scheduled is closed (no "never awaited" warning).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from lbtui.core.control import ControlError
+
+__all__ = ["call_on_loop"]
+
+T = TypeVar("T")
+
+
+def call_on_loop(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], deadline: float, closed: str, late: str
+) -> T:
+    """Run `coro` on `loop` (another thread's) and return its result, waiting at most `deadline` seconds."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(deadline):
+            return await coro
+
+    wrapped = bounded()
+    try:
+        future = asyncio.run_coroutine_threadsafe(wrapped, loop)
+    except RuntimeError:  # the loop closed meanwhile
+        wrapped.close()
+        coro.close()
+        raise ControlError(closed) from None
+    try:
+        return future.result(deadline + 0.5)
+    except (TimeoutError, concurrent.futures.TimeoutError):
+        future.cancel()
+        raise ControlError(late) from None
+    except concurrent.futures.CancelledError:
+        raise ControlError(closed) from None
