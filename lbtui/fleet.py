@@ -56,6 +56,7 @@ from lbtui.core.control import (
     ReloadResult,
     has_backend,
 )
+from lbtui.core.loopcall import poster
 from lbtui.core.stats import BUCKETS, WindowView, bucket_value_us, merge_views
 from lbtui.core.views import BackendView, ListenerView, RequestView, ServiceView, Snapshot
 
@@ -270,16 +271,7 @@ class FleetController(Controller):
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         """`callback` runs on the subscriber's loop (the one running now) for each new event, in order."""
-        import asyncio  # only a subscriber with a loop (the dashboard) gets here
-
-        loop = asyncio.get_running_loop()
-
-        def post(event: Event) -> None:
-            try:
-                loop.call_soon_threadsafe(callback, event)
-            except RuntimeError:
-                pass  # the subscriber's loop has closed
-
+        post = poster(callback)
         with self._lock:
             self._subscribers.append(post)
 

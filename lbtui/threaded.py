@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from lbtui.core.control import Controller, Event, ReloadResult
+from lbtui.core.loopcall import poster
 from lbtui.core.views import RequestView, Snapshot
 from lbtui.serve import Runtime, ServeOptions, event_loop
 
@@ -123,14 +124,7 @@ class ThreadedController(Controller):
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         """`callback` runs on the subscriber's loop (the one running now); the engine never waits for it."""
-        loop = asyncio.get_running_loop()
-
-        def post(event: Event) -> None:
-            try:
-                loop.call_soon_threadsafe(callback, event)
-            except RuntimeError:
-                pass  # the subscriber's loop has closed: nobody is left to tell
-
+        post = poster(callback)
         self._engine.call(self._inner.subscribe, post)
 
     def snapshot(self) -> Snapshot:

@@ -47,7 +47,7 @@ from lbtui.core.control import (
     NotFound,
     ReloadResult,
 )
-from lbtui.core.loopcall import call_on_loop
+from lbtui.core.loopcall import call_on_loop, poster
 from lbtui.core.views import RequestView, Snapshot
 
 from .client import ApiError, ClientError, NotAdminApi, reload_answer, segment
@@ -311,14 +311,7 @@ class RemoteController(Controller):
     # -- push ----------------------------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         """`callback` runs on the subscriber's loop (the one running now) for each new event, in order."""
-        loop = asyncio.get_running_loop()
-
-        def post(event: Event) -> None:
-            try:
-                loop.call_soon_threadsafe(callback, event)
-            except RuntimeError:
-                pass  # the subscriber's loop has closed: nobody is left to tell
-
+        post = poster(callback)
         with self._lock:
             self._notified = self._newest  # what is kept already is not new
             self._subscribers.append(post)

@@ -1,4 +1,5 @@
-"""Calling a coroutine on an asyncio loop that runs on a thread of its own, from another thread, under one deadline.
+"""Crossing between asyncio loops on threads of their own: calling a coroutine on one from another thread under
+one deadline (call_on_loop), and handing a callback's calls to the loop of whoever subscribed (poster).
 
 The controllers that talk to something outside the process (HAProxy's socket: lbtui/haproxy/controller.py; a
 `lbtui serve` admin API: lbtui/admin/remote.py) run their I/O on a loop of their own, so that the dashboard's loop
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from lbtui.core.control import ControlError
 
-__all__ = ["call_on_loop"]
+__all__ = ["call_on_loop", "poster"]
 
 T = TypeVar("T")
+E = TypeVar("E")
 
 
 def call_on_loop(
@@ -47,3 +49,17 @@ def call_on_loop(
         raise ControlError(late) from None
     except concurrent.futures.CancelledError:
         raise ControlError(closed) from None
+
+
+def poster(callback: Callable[[E], None]) -> Callable[[E], None]:
+    """`callback` wrapped to run on the loop running now (the subscriber's: the dashboard's), called from any
+    thread; once that loop has closed, calls are dropped (nobody is left to tell)."""
+    loop = asyncio.get_running_loop()
+
+    def post(item: E) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, item)
+        except RuntimeError:
+            pass  # the subscriber's loop has closed
+
+    return post

@@ -60,7 +60,7 @@ from lbtui.core.control import (
     NotFound,
     ReloadResult,
 )
-from lbtui.core.loopcall import call_on_loop
+from lbtui.core.loopcall import call_on_loop, poster
 from lbtui.core.ramp import ABORTED, RUNNING, Ramp
 from lbtui.core.stats import WindowView, merge_views
 from lbtui.core.views import BackendView, RequestView, ServiceView, Snapshot
@@ -606,14 +606,7 @@ class HaproxyController(Controller):
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         """`callback` runs on the subscriber's loop (the one running now) for each new event, in order."""
-        loop = asyncio.get_running_loop()
-
-        def post(event: Event) -> None:
-            try:
-                loop.call_soon_threadsafe(callback, event)
-            except RuntimeError:
-                pass  # the subscriber's loop has closed
-
+        post = poster(callback)
         with self._lock:
             self._subscribers.append(post)
 
