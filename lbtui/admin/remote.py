@@ -47,7 +47,7 @@ from lbtui.core.control import (
     NotFound,
     ReloadResult,
 )
-from lbtui.core.loopcall import call_on_loop, poster
+from lbtui.core.loopcall import call_on_loop, finish_tasks, poster
 from lbtui.core.views import RequestView, Snapshot
 
 from .client import ApiError, ClientError, NotAdminApi, reload_answer, segment
@@ -136,11 +136,9 @@ class RemoteController(Controller):
             self._loop.run_forever()
         finally:
             poller.cancel()
-            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            finish_tasks(self._loop)
             self._loop.run_until_complete(self._client.aclose())
+            finish_tasks(self._loop)
             self._loop.close()
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from lbtui.core.control import ControlError
 
-__all__ = ["call_on_loop", "poster"]
+__all__ = ["call_on_loop", "finish_tasks", "poster"]
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -63,3 +63,16 @@ def poster(callback: Callable[[E], None]) -> Callable[[E], None]:
             pass  # the subscriber's loop has closed
 
     return post
+
+
+def finish_tasks(loop: asyncio.AbstractEventLoop, rounds: int = 10) -> None:
+    """Cancel every task of `loop` (stopped, not closed) and run it until they are done, again for tasks their
+    cancellation started (a library's connection attempt, say): a task left unstarted when the loop closes is a
+    "coroutine ... was never awaited" warning on the way out."""
+    for _ in range(rounds):
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))

@@ -60,7 +60,7 @@ from lbtui.core.control import (
     NotFound,
     ReloadResult,
 )
-from lbtui.core.loopcall import call_on_loop, poster
+from lbtui.core.loopcall import call_on_loop, finish_tasks, poster
 from lbtui.core.ramp import ABORTED, RUNNING, Ramp
 from lbtui.core.stats import WindowView, merge_views
 from lbtui.core.views import BackendView, RequestView, ServiceView, Snapshot
@@ -194,10 +194,7 @@ class HaproxyController(Controller):
             self._loop.run_forever()
         finally:
             poller.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            pending = [poller, *self._tasks]
-            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            finish_tasks(self._loop)
             self._loop.close()
 
     def close(self) -> None:
